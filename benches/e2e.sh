@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# End-to-end throughput and latency: private Redis (no persistence) and NATS (JetStream) on free
+# ports, one `coretex serve`, one `coretex worker --echo --max-parallel 50`, and `coretex loadgen`
+# — three throughput runs (N jobs, bulk submits) and three open-loop latency runs, then medians.
+#
+#   benches/e2e.sh                 # N=20000, C=50, 3 runs, 1 serve + 1 worker
+#   REPLICAS=2 WORKERS=2 benches/e2e.sh    # scale-out: two serves (loadgen alternates), two workers
+#
+# Needs redis-server and nats-server on PATH; builds the release binary first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-20000}
+C=${C:-50}
+BATCH=${BATCH:-1000}
+RUNS=${RUNS:-3}
+RATE=${RATE:-1000}
+RATE_JOBS=${RATE_JOBS:-5000}
+REPLICAS=${REPLICAS:-1}
+WORKERS=${WORKERS:-1}
+
+cargo build --release --quiet
+BIN=target/release/coretex
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+REDIS_PORT=$(free_port); NATS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
+nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
+wait_port "$REDIS_PORT"; wait_port "$NATS_PORT"
+
+gateways=()
+for r in $(seq 1 "$REPLICAS"); do
+  port=$(free_port)
+  RUST_LOG=warn $BIN serve --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+    --nats-url "nats://127.0.0.1:$NATS_PORT" >"$work/serve$r.log" 2>&1 & pids+=($!)
+  wait_port "$port"
+  gateways+=("http://127.0.0.1:$port")
+done
+for w in $(seq 1 "$WORKERS"); do
+  RUST_LOG=warn $BIN worker --nats-url "nats://127.0.0.1:$NATS_PORT" --id "bench-$w" --pool echo \
+    --topic job.echo --max-parallel 50 --echo >"$work/worker$w.log" 2>&1 & pids+=($!)
+done
+sleep 2
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
+
+run_loadgen() {
+  # With several replicas, each loadgen run talks to the next one in turn... and all replicas
+  # share the work through NATS either way.
+  local i=$1; shift
+  local gw=${gateways[$(( i % ${#gateways[@]} ))]}
+  $BIN loadgen --gateway "$gw" "$@"
+}
+
+echo "== throughput: N=$N C=$C batch=$BATCH, $REPLICAS serve, $WORKERS worker(s), $(nproc) cores"
+: >"$work/tp"
+for i in $(seq 1 "$RUNS"); do
+  line=$(run_loadgen "$i" --jobs "$N" --concurrency "$C" --batch "$BATCH" --topic job.echo)
+  echo "$line"; echo "$line" >>"$work/tp"
+done
+echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs"
+: >"$work/lat"
+for i in $(seq 1 "$RUNS"); do
+  line=$(run_loadgen "$i" --jobs "$RATE_JOBS" --concurrency "$C" --rate "$RATE" --topic job.echo)
+  echo "$line"; echo "$line" >>"$work/lat"
+done
+echo "== medians of $RUNS runs"
+echo "throughput: e2e_per_s=$(field e2e_per_s <"$work/tp" | median) submit_per_s=$(field submit_per_s <"$work/tp" | median)"
+echo "latency at $RATE/s: p50_ms=$(field p50_ms <"$work/lat" | median) p99_ms=$(field p99_ms <"$work/lat" | median)"

@@ -1,0 +1,107 @@
+//! What a plugin costs: `least-loaded` native against the same strategy as a component (through
+//! the adapter the scheduler calls: breaker, counters and all) at 1, 10, 100 and 1000 candidates;
+//! loading a compiled component from the cache (a restart); instantiating one (a recycle).
+//!
+//! `cargo bench --bench plugins -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Targets (SPEC §9): a warm call ≤ 0.3 µs at 1 candidate, ≤ 3× native at 1000; a cached load
+//! ≤ 5 ms.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use coretex::breaker::BreakerConfig;
+use coretex::job::{JobRequest, JobSpec};
+use coretex::plugins::runtime::PluginRuntime;
+use coretex::plugins::{PluginRegistry, PluginSettings, Source};
+use coretex::scheduler::registry::Candidate;
+use coretex::scheduler::strategy::{DispatchStrategy, LeastLoaded};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde_json::json;
+
+fn candidates(n: usize) -> Vec<Candidate> {
+    let labels = Arc::new(BTreeMap::new());
+    (0..n)
+        .map(|i| Candidate {
+            worker_id: format!("worker-{i}").into(),
+            active_jobs: (i % 7) as u32,
+            max_parallel: 16,
+            cpu_load: (i % 50) as f64,
+            preferred: false,
+            labels: labels.clone(),
+        })
+        .collect()
+}
+
+fn bytes(stem: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../plugins/target/wasm32-wasip2/release/{stem}.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (built by the host's build.rs)"))
+}
+
+fn settings(cache: &tempfile::TempDir) -> PluginSettings {
+    PluginSettings {
+        cache_dir: cache.path().into(),
+        ..Default::default()
+    }
+}
+
+fn pick(c: &mut Criterion) {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(&cache)).unwrap();
+    let registry = PluginRegistry::new(runtime, BreakerConfig::default());
+    registry
+        .install("least-loaded", Source::Builtin, &bytes("least_loaded"))
+        .unwrap();
+    let config = json!({"dispatch": {"strategy": "least-loaded"}});
+    let job = JobSpec::accept(
+        JobRequest {
+            topic: "bench".into(),
+            ..Default::default()
+        },
+        0,
+    );
+    let native = LeastLoaded::default();
+    let mut group = c.benchmark_group("least-loaded pick");
+    for n in [1, 10, 100, 1000] {
+        let cs = candidates(n);
+        group.bench_with_input(BenchmarkId::new("native", n), &cs, |b, cs| {
+            b.iter(|| native.pick(&job, cs).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("component", n), &cs, |b, cs| {
+            b.iter(|| registry.strategy_for(&config).pick(&job, cs).unwrap())
+        });
+    }
+    group.finish();
+    let plugin = registry.get("least-loaded").unwrap();
+    assert_eq!(
+        plugin.component().instantiations(),
+        1,
+        "calls reuse one warm instance"
+    );
+}
+
+fn load_and_instantiate(c: &mut Criterion) {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(&cache)).unwrap();
+    let mut group = c.benchmark_group("plugin lifecycle");
+    for stem in ["least_loaded", "cel"] {
+        let wasm = bytes(stem);
+        let warm = runtime.load(&wasm).unwrap();
+        group.bench_function(BenchmarkId::new("cached load", stem), |b| {
+            b.iter(|| {
+                let loaded = runtime.load(&wasm).unwrap();
+                assert!(loaded.from_cache());
+            })
+        });
+        group.bench_function(BenchmarkId::new("instantiate", stem), |b| {
+            b.iter(|| warm.instantiate().unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, load_and_instantiate);
+criterion_main!(benches);

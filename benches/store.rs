@@ -1,0 +1,133 @@
+//! The store's hot path: the create script and the transition script, one at a time (latency of
+//! one round trip) and 100 in flight on the multiplexed connection (what the scheduler does under
+//! load), against the real Redis and, for comparison, the embedded store.
+//!
+//! `cargo bench --bench store` (Redis at REDIS_URL, default 127.0.0.1:6379).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use coretex::job::{JobRequest, JobSpec, JobState};
+use coretex::store::memory::MemoryStore;
+use coretex::store::redis::RedisStore;
+use coretex::store::{JobUpdate, NewJob, SharedStore, StoreOptions, Transition};
+use coretex::time::now_ms;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn new_job() -> NewJob {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let req = JobRequest {
+        id: Some(format!("bench-{}-{n}", std::process::id())),
+        topic: "bench".into(),
+        payload: serde_json::json!({"n": n}),
+        ..Default::default()
+    };
+    NewJob {
+        spec: JobSpec::accept(req, now_ms()),
+        idempotency_key: None,
+        note: None,
+    }
+}
+
+fn dispatch() -> Transition {
+    let mut t = Transition::to(JobState::Dispatched, now_ms());
+    t.update = JobUpdate {
+        worker_id: Some("w1".into()),
+        safety_decision: Some("ALLOW".into()),
+        ..Default::default()
+    };
+    t
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Deletes every key the benchmark wrote.
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn stores(rt: &tokio::runtime::Runtime, prefix: &str) -> Vec<(&'static str, SharedStore)> {
+    let url = redis_url();
+    let redis = rt
+        .block_on(RedisStore::connect(&url, prefix, StoreOptions::default()))
+        .unwrap_or_else(|e| panic!("Redis at {url} is needed for this benchmark: {e}"));
+    vec![
+        ("redis", Arc::new(redis) as SharedStore),
+        (
+            "memory",
+            Arc::new(MemoryStore::new(StoreOptions::default())),
+        ),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prefix = format!("bench{}:", uuid::Uuid::new_v4().simple());
+    for (name, store) in stores(&rt, &prefix) {
+        let mut g = c.benchmark_group(format!("store/{name}"));
+        g.bench_function("create", |b| {
+            b.to_async(&rt).iter_batched(
+                new_job,
+                |j| {
+                    let store = store.clone();
+                    async move { store.create_job(&j).await.unwrap() }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function("transition", |b| {
+            b.to_async(&rt).iter_batched(
+                || {
+                    let j = new_job();
+                    rt.block_on(store.create_job(&j)).unwrap();
+                    j.spec.id
+                },
+                |id| {
+                    let store = store.clone();
+                    async move { store.transition(&id, &dispatch()).await.unwrap() }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function("transition_x100_concurrent", |b| {
+            b.to_async(&rt).iter_batched(
+                || {
+                    let jobs: Vec<NewJob> = (0..100).map(|_| new_job()).collect();
+                    rt.block_on(store.create_jobs(&jobs)).unwrap();
+                    jobs.into_iter().map(|j| j.spec.id).collect::<Vec<_>>()
+                },
+                |ids| {
+                    let store = store.clone();
+                    async move {
+                        let t = dispatch();
+                        futures::future::join_all(ids.iter().map(|id| store.transition(id, &t)))
+                            .await
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.finish();
+    }
+    rt.block_on(cleanup(&prefix));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,323 @@
+//! The config service (SPEC §8): scoped JSON documents with revisions, and the effective config
+//! of a job — the shallow merge `system → org → team → workflow → step`, where a top-level key of
+//! a later scope replaces the earlier value whole.
+//!
+//! Step documents are keyed by workflow *and* step id (the original keyed them by step id alone,
+//! so two workflows with a step `build` shared one config). The scheduler asks for an effective
+//! config per job; answers are cached for a second and dropped at once when any replica changes a
+//! scope (`sys.config.changed`), so the hot path reads Redis at most once a second per
+//! (tenant, team, workflow, step) and never waits for it on a hit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::bus::{SharedBus, publish_json};
+use crate::job::{FieldError, check_ident};
+use crate::protocol::{ConfigChangedMsg, VERSION};
+use crate::store::{ConfigDoc, SharedStore, StoreError};
+use crate::time::now_ms;
+
+/// One config scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    System,
+    Org(String),
+    Team(String),
+    Workflow(String),
+    Step { workflow: String, step: String },
+}
+
+/// How a scope is named on the API: `scope` plus `id`, or `workflow_id` and `step_id` for a step.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ScopeRef {
+    pub scope: Option<String>,
+    pub id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub step_id: Option<String>,
+}
+
+impl Scope {
+    /// The store key of the scope's document.
+    pub fn key(&self) -> String {
+        match self {
+            Scope::System => "system:default".into(),
+            Scope::Org(id) => format!("org:{id}"),
+            Scope::Team(id) => format!("team:{id}"),
+            Scope::Workflow(id) => format!("workflow:{id}"),
+            Scope::Step { workflow, step } => format!("step:{workflow}:{step}"),
+        }
+    }
+
+    pub fn parse(r: &ScopeRef) -> Result<Scope, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let need = |field: &str, v: &Option<String>, errors: &mut Vec<FieldError>| -> String {
+            match v {
+                Some(v) => {
+                    check_ident(field, v, errors);
+                    v.clone()
+                }
+                None => {
+                    errors.push(FieldError::new(field, "is required for this scope"));
+                    String::new()
+                }
+            }
+        };
+        let scope = match r.scope.as_deref() {
+            Some("system") => Scope::System,
+            Some("org") => Scope::Org(need("id", &r.id, &mut errors)),
+            Some("team") => Scope::Team(need("id", &r.id, &mut errors)),
+            Some("workflow") => Scope::Workflow(need("id", &r.id, &mut errors)),
+            Some("step") => Scope::Step {
+                workflow: need("workflow_id", &r.workflow_id, &mut errors),
+                step: need("step_id", &r.step_id, &mut errors),
+            },
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "scope",
+                    format!("`{other}` is not one of system, org, team, workflow, step"),
+                ));
+                Scope::System
+            }
+            None => {
+                errors.push(FieldError::new("scope", "is required"));
+                Scope::System
+            }
+        };
+        if errors.is_empty() {
+            Ok(scope)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Whose effective config to resolve.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub struct ConfigTarget {
+    pub org_id: Option<String>,
+    pub team_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub step_id: Option<String>,
+}
+
+impl ConfigTarget {
+    /// The scopes that apply, in merge order.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut scopes = vec![Scope::System];
+        if let Some(o) = &self.org_id {
+            scopes.push(Scope::Org(o.clone()));
+        }
+        if let Some(t) = &self.team_id {
+            scopes.push(Scope::Team(t.clone()));
+        }
+        if let Some(w) = &self.workflow_id {
+            scopes.push(Scope::Workflow(w.clone()));
+            if let Some(s) = &self.step_id {
+                scopes.push(Scope::Step {
+                    workflow: w.clone(),
+                    step: s.clone(),
+                });
+            }
+        }
+        scopes
+    }
+}
+
+/// Shallow merge: each later document's top-level keys replace the earlier ones whole.
+pub fn merge<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Value {
+    let mut out = Map::new();
+    for doc in docs {
+        if let Value::Object(m) = doc {
+            for (k, v) in m {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// An effective config, with its JSON text ready for `CORETEX_EFFECTIVE_CONFIG`.
+#[derive(Debug)]
+pub struct Effective {
+    pub value: Value,
+    pub json: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid config")]
+    Invalid(Vec<FieldError>),
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+pub struct ConfigService {
+    store: SharedStore,
+    bus: SharedBus,
+    cache: Mutex<HashMap<ConfigTarget, (Instant, Arc<Effective>)>>,
+}
+
+impl ConfigService {
+    pub fn new(store: SharedStore, bus: SharedBus) -> Arc<Self> {
+        Arc::new(ConfigService {
+            store,
+            bus,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn get(&self, scope: &Scope) -> Result<Option<ConfigDoc>, ConfigError> {
+        Ok(self.store.config_get(&[scope.key()]).await?.pop().flatten())
+    }
+
+    pub async fn set(
+        &self,
+        scope: &Scope,
+        data: &Value,
+        if_match: Option<u64>,
+    ) -> Result<ConfigDoc, ConfigError> {
+        if !data.is_object() {
+            return Err(ConfigError::Invalid(vec![FieldError::new(
+                "data",
+                "must be a JSON object",
+            )]));
+        }
+        let doc = self
+            .store
+            .config_put(&scope.key(), data, if_match, now_ms())
+            .await?;
+        self.changed(scope).await;
+        Ok(doc)
+    }
+
+    pub async fn delete(&self, scope: &Scope, if_match: Option<u64>) -> Result<bool, ConfigError> {
+        let deleted = self.store.config_delete(&scope.key(), if_match).await?;
+        self.changed(scope).await;
+        Ok(deleted)
+    }
+
+    /// The merged config for a target, from the cache when fresh.
+    pub async fn effective(&self, target: &ConfigTarget) -> Result<Arc<Effective>, ConfigError> {
+        if let Some((at, eff)) = self.cache.lock().get(target)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(eff.clone());
+        }
+        let keys: Vec<String> = target.scopes().iter().map(Scope::key).collect();
+        let docs = self.store.config_get(&keys).await?;
+        let value = merge(docs.iter().flatten().map(|d| &d.data));
+        let eff = Arc::new(Effective {
+            json: value.to_string(),
+            value,
+        });
+        let mut cache = self.cache.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(target.clone(), (Instant::now(), eff.clone()));
+        Ok(eff)
+    }
+
+    async fn changed(&self, scope: &Scope) {
+        self.cache.lock().clear();
+        let msg = ConfigChangedMsg {
+            v: VERSION,
+            scope: scope.key(),
+        };
+        let subject = self.bus.subjects().config_changed();
+        if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+            tracing::warn!(error = %e, "could not announce a config change; other replicas catch up within a second");
+        }
+    }
+
+    /// Drops cached effective configs whenever any replica announces a change.
+    pub async fn listen_for_changes(self: Arc<Self>) {
+        let subject = self.bus.subjects().config_changed();
+        let mut sub = match self.bus.subscribe(&subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "config change listener could not subscribe");
+                return;
+            }
+        };
+        while sub.next().await.is_some() {
+            self.cache.lock().clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn later_scopes_replace_top_level_keys_whole() {
+        let system = json!({"a": 1, "nested": {"x": 1, "y": 2}, "keep": true});
+        let org = json!({"a": 2, "nested": {"x": 9}});
+        let step = json!({"a": 3});
+        assert_eq!(
+            merge([&system, &org, &step]),
+            json!({"a": 3, "nested": {"x": 9}, "keep": true})
+        );
+    }
+
+    #[test]
+    fn step_scope_is_keyed_by_workflow_and_step() {
+        let a = Scope::Step {
+            workflow: "wf1".into(),
+            step: "build".into(),
+        };
+        let b = Scope::Step {
+            workflow: "wf2".into(),
+            step: "build".into(),
+        };
+        assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn target_scopes_follow_the_hierarchy() {
+        let t = ConfigTarget {
+            org_id: Some("o".into()),
+            team_id: Some("t".into()),
+            workflow_id: Some("w".into()),
+            step_id: Some("s".into()),
+        };
+        let keys: Vec<_> = t.scopes().iter().map(Scope::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "system:default",
+                "org:o",
+                "team:t",
+                "workflow:w",
+                "step:w:s"
+            ]
+        );
+    }
+
+    #[test]
+    fn scope_parsing_names_the_missing_field() {
+        let err = Scope::parse(&ScopeRef {
+            scope: Some("step".into()),
+            workflow_id: Some("w".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err[0].field, "step_id");
+        let err = Scope::parse(&ScopeRef {
+            scope: Some("galaxy".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err[0].field, "scope");
+    }
+}

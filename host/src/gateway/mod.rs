@@ -1,0 +1,211 @@
+//! The HTTP gateway (SPEC §11): JSON over HTTP under `/api/v1`, errors as problem+json (built
+//! in [`error`] only), lists as `{items, next_cursor}` with `limit` ≤ 500 and an opaque cursor.
+//!
+//! Every body is size-limited and every field validated before anything changes. With an admin
+//! key configured (`--api-key`) every `/api` route needs it (`Authorization: Bearer …` or
+//! `X-API-Key`); without one, `serve` refuses to listen beyond loopback.
+
+mod config;
+mod dlq;
+pub mod error;
+mod jobs;
+mod plugins;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::configsvc::ConfigService;
+use crate::dlq::Dlq;
+use crate::reconciler::Reconciler;
+use crate::scheduler::Scheduler;
+use error::ApiError;
+
+/// A JSON body whose rejection is a problem+json naming the field.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Body<T>(pub T);
+
+/// A raw body (for routes whose body is optional) whose rejection, e.g. one over the size limit,
+/// is a problem+json.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
+    }
+}
+
+/// A query string whose rejection is a problem+json naming the parameter.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub config: Arc<ConfigService>,
+    pub dlq: Arc<Dlq>,
+    pub reconciler: Arc<Reconciler>,
+    pub metrics: Option<PrometheusHandle>,
+    pub api_key: Option<String>,
+    pub started: Instant,
+    pub max_body_bytes: usize,
+}
+
+/// The largest page a list answers.
+pub const MAX_LIMIT: usize = 500;
+pub const DEFAULT_LIMIT: usize = 50;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/jobs", post(jobs::submit).get(jobs::list))
+        .route("/jobs/batch", post(jobs::submit_batch))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/approve", post(jobs::approve))
+        .route("/traces/{trace_id}", get(jobs::trace))
+        .route("/workers", get(jobs::workers))
+        .route("/stream", get(stream::stream))
+        .route(
+            "/config",
+            post(config::set).get(config::get).delete(config::delete),
+        )
+        .route("/config/effective", get(config::effective))
+        .route("/dlq", get(dlq::list))
+        .route("/dlq/retry", post(dlq::retry_matching))
+        .route("/dlq/{job_id}", get(dlq::get).delete(dlq::delete))
+        .route("/dlq/{job_id}/retry", post(dlq::retry))
+        .route("/plugins", get(plugins::list))
+        .route(
+            "/plugins/{name}",
+            axum::routing::put(plugins::put).delete(plugins::delete),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+async fn require_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            });
+        if given != Some(key.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let store_ok = s.scheduler.store.ping().await.is_ok();
+    let bus_ok = s.scheduler.bus.is_connected();
+    let body = json!({
+        "status": if store_ok && bus_ok { "ok" } else { "degraded" },
+        "uptime_s": s.started.elapsed().as_secs(),
+        "store": {"backend": s.scheduler.store.backend(), "ok": store_ok},
+        "bus": {"backend": s.scheduler.bus.backend(), "connected": bus_ok},
+        "workers": s.scheduler.registry.list().len(),
+        "waiting_jobs": s.scheduler.waiting_jobs(),
+        "safety_breaker": s.scheduler.safety().breaker().state(),
+        "reconciler_skipped": s.reconciler.skipped(),
+        "plugins": s.scheduler.plugins.list(),
+    });
+    let code = if store_ok && bus_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => h.render().into_response(),
+        None => ApiError::not_found("metrics are not enabled in this process").into_response(),
+    }
+}
+
+/// Reads `limit` (default 50, at most 500) and the opaque cursor.
+pub fn page_request(
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Result<crate::store::PageRequest, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::field(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let cursor = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(
+            crate::store::Cursor::decode(c)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
+    Ok(crate::store::PageRequest { limit, cursor })
+}
+
+/// A body that may be absent (an empty body means the defaults).
+pub fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        let mut err = ApiError::field(&field, e.inner().to_string());
+        err.status = StatusCode::BAD_REQUEST;
+        err.title = "malformed body";
+        err
+    })
+}
+
+/// Parses an optional RFC 3339 time parameter.
+pub fn time_param(field: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|s| crate::time::parse_rfc3339(s).map_err(|e| ApiError::field(field, e)))
+        .transpose()
+}

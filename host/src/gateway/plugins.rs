@@ -1,0 +1,58 @@
+//! Plugin routes: the listing, and upload and delete of plugins kept in the store (admin).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{AppState, RawBody};
+use crate::plugins::Source;
+
+pub async fn list(State(s): State<AppState>) -> Response {
+    Json(json!({"items": s.scheduler.plugins.list(), "next_cursor": null})).into_response()
+}
+
+/// `PUT /api/v1/plugins/{name}` with the component as the body: 201 when the name is new to the
+/// API, 200 when it replaces an uploaded version; either way every replica loads it.
+pub async fn put(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::field(
+            "body",
+            "must be a WebAssembly component (the .wasm file's bytes)",
+        ));
+    }
+    let plugins = s.scheduler.plugins.clone();
+    let replaced = plugins
+        .get(&name)
+        .is_some_and(|p| p.source() == Source::Api);
+    let info = plugins
+        .upload(&s.scheduler.store, &s.scheduler.bus, &name, body.to_vec())
+        .await?;
+    let code = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((code, Json(info)).into_response())
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let plugins = &s.scheduler.plugins;
+    if plugins
+        .delete(&s.scheduler.store, &s.scheduler.bus, &name)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!("no uploaded plugin `{name}`")))
+    }
+}

@@ -1,0 +1,589 @@
+//! The job model: states, the one transition table, the submitted request and its validation,
+//! and the stored record. Plain data and pure functions; nothing here does I/O.
+//!
+//! Every other module (the Lua scripts of the Redis store included, which are generated from
+//! [`TRANSITIONS`]) takes the legal moves from this file, so the table exists exactly once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::time::{self, Millis};
+
+/// The life of a job. The last five are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Scheduled,
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Timeout,
+    Denied,
+}
+
+use JobState::*;
+
+/// The legal moves (SPEC §3). A same-state move is a no-op and is not listed; a job enters the
+/// system as PENDING.
+pub const TRANSITIONS: &[(JobState, &[JobState])] = &[
+    (
+        Pending,
+        &[Scheduled, Dispatched, Denied, Failed, Timeout, Cancelled],
+    ),
+    (Scheduled, &[Dispatched, Denied, Failed, Timeout, Cancelled]),
+    (
+        Dispatched,
+        &[Running, Succeeded, Failed, Cancelled, Timeout],
+    ),
+    (Running, &[Succeeded, Failed, Cancelled, Timeout]),
+];
+
+impl JobState {
+    pub const ALL: [JobState; 9] = [
+        Pending, Scheduled, Dispatched, Running, Succeeded, Failed, Cancelled, Timeout, Denied,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Pending => "PENDING",
+            Scheduled => "SCHEDULED",
+            Dispatched => "DISPATCHED",
+            Running => "RUNNING",
+            Succeeded => "SUCCEEDED",
+            Failed => "FAILED",
+            Cancelled => "CANCELLED",
+            Timeout => "TIMEOUT",
+            Denied => "DENIED",
+        }
+    }
+
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Succeeded | Failed | Cancelled | Timeout | Denied)
+    }
+
+    /// Whether `self → to` is a real move of the table. Same-state is not a move (it is a no-op,
+    /// which callers treat separately).
+    pub fn can_transition_to(self, to: JobState) -> bool {
+        TRANSITIONS
+            .iter()
+            .find(|(from, _)| *from == self)
+            .is_some_and(|(_, tos)| tos.contains(&to))
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown job state `{s}`"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+    Critical,
+}
+
+impl Priority {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+            Priority::Critical => "critical",
+        }
+    }
+}
+
+/// What a client submits (`POST /api/v1/jobs`). Everything but `topic` is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub topic: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Time budget in milliseconds from acceptance; the job fails or times out past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+}
+
+/// Limits applied when validating a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One invalid field, named as the client spelled it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The env key the scheduler fills with the effective config; clients may not set it.
+pub const EFFECTIVE_CONFIG_ENV: &str = "CORETEX_EFFECTIVE_CONFIG";
+const MAX_ID_LEN: usize = 128;
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_VALUE: usize = 1024;
+const MAX_ENV: usize = 128;
+const MAX_ENV_VALUE: usize = 16 * 1024;
+const MAX_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// An identifier a job, tenant, topic or trace may carry: 1–128 of `[A-Za-z0-9._:-]`. Kept
+/// narrow because ids become parts of Redis keys and NATS-safe tokens.
+pub fn check_ident(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+    if value.is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if value.len() > MAX_ID_LEN {
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {MAX_ID_LEN} characters"),
+        ));
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        errors.push(FieldError::new(
+            field,
+            "may hold only letters, digits, '.', '_', '-' and ':'",
+        ));
+    }
+}
+
+fn check_opt_ident(field: &str, value: &Option<String>, errors: &mut Vec<FieldError>) {
+    if let Some(v) = value {
+        check_ident(field, v, errors);
+    }
+}
+
+impl JobRequest {
+    /// Every problem with the request, each naming its field. Empty means valid.
+    pub fn validate(&self, limits: &Limits) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_ident("topic", &self.topic, &mut errors);
+        check_opt_ident("id", &self.id, &mut errors);
+        check_opt_ident("tenant_id", &self.tenant_id, &mut errors);
+        check_opt_ident("team_id", &self.team_id, &mut errors);
+        check_opt_ident("principal_id", &self.principal_id, &mut errors);
+        check_opt_ident("trace_id", &self.trace_id, &mut errors);
+        check_opt_ident("workflow_id", &self.workflow_id, &mut errors);
+        check_opt_ident("run_id", &self.run_id, &mut errors);
+        check_opt_ident("step_id", &self.step_id, &mut errors);
+        let payload_len = serde_json::to_vec(&self.payload).map_or(0, |v| v.len());
+        if payload_len > limits.max_payload_bytes {
+            errors.push(FieldError::new(
+                "payload",
+                format!(
+                    "is {payload_len} bytes; the limit is {}",
+                    limits.max_payload_bytes
+                ),
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            errors.push(FieldError::new(
+                "labels",
+                format!("at most {MAX_LABELS} labels"),
+            ));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > MAX_ID_LEN {
+                errors.push(FieldError::new(
+                    format!("labels.{k}"),
+                    "label keys are 1–128 characters",
+                ));
+            }
+            if v.len() > MAX_LABEL_VALUE {
+                errors.push(FieldError::new(
+                    format!("labels.{k}"),
+                    format!("label values are at most {MAX_LABEL_VALUE} characters"),
+                ));
+            }
+        }
+        if self.env.len() > MAX_ENV {
+            errors.push(FieldError::new(
+                "env",
+                format!("at most {MAX_ENV} variables"),
+            ));
+        }
+        for (k, v) in &self.env {
+            let valid_name = !k.is_empty()
+                && k.len() <= MAX_ID_LEN
+                && !k.as_bytes()[0].is_ascii_digit()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_name {
+                errors.push(FieldError::new(
+                    format!("env.{k}"),
+                    "names are letters, digits and '_', not starting with a digit",
+                ));
+            } else if k == EFFECTIVE_CONFIG_ENV {
+                errors.push(FieldError::new(
+                    format!("env.{k}"),
+                    "is set by the scheduler and may not be submitted",
+                ));
+            }
+            if v.len() > MAX_ENV_VALUE {
+                errors.push(FieldError::new(
+                    format!("env.{k}"),
+                    format!("values are at most {MAX_ENV_VALUE} bytes"),
+                ));
+            }
+        }
+        if let Some(d) = self.deadline_ms
+            && (d == 0 || d > MAX_DEADLINE_MS)
+        {
+            errors.push(FieldError::new(
+                "deadline_ms",
+                format!("must be between 1 and {MAX_DEADLINE_MS}"),
+            ));
+        }
+        errors
+    }
+}
+
+/// The immutable part of a job, fixed at acceptance. Stored once, carried whole in the submit
+/// message (so the scheduler never reads the store to schedule) and in DLQ entries (so a retry
+/// replays it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub id: String,
+    pub topic: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub priority: Priority,
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Absolute deadline (acceptance + `deadline_ms`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339_opt"
+    )]
+    pub deadline: Option<Millis>,
+    pub trace_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// The job this one replays (DLQ retry) or retries (retry policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// Not to be dispatched before this time (a retry's back-off).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339_opt"
+    )]
+    pub not_before: Option<Millis>,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Millis,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl JobSpec {
+    /// The spec of a newly accepted, already validated request.
+    pub fn accept(req: JobRequest, now: Millis) -> JobSpec {
+        let id = req.id.unwrap_or_else(new_id);
+        let trace_id = req.trace_id.unwrap_or_else(new_id);
+        JobSpec {
+            deadline: req.deadline_ms.map(|d| now + d as i64),
+            id,
+            topic: req.topic,
+            payload: req.payload,
+            priority: req.priority,
+            tenant_id: req.tenant_id.unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            team_id: req.team_id,
+            principal_id: req.principal_id,
+            labels: req.labels,
+            env: req.env,
+            deadline_ms: req.deadline_ms,
+            trace_id,
+            workflow_id: req.workflow_id,
+            run_id: req.run_id,
+            step_id: req.step_id,
+            retry_of: None,
+            attempt: 1,
+            not_before: None,
+            created_at: now,
+        }
+    }
+
+    /// The request that would submit this job again (what a DLQ entry keeps and replays).
+    pub fn to_request(&self) -> JobRequest {
+        JobRequest {
+            id: None,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            priority: self.priority,
+            tenant_id: Some(self.tenant_id.clone()),
+            team_id: self.team_id.clone(),
+            principal_id: self.principal_id.clone(),
+            labels: self.labels.clone(),
+            env: self.env.clone(),
+            deadline_ms: self.deadline_ms,
+            trace_id: Some(self.trace_id.clone()),
+            workflow_id: self.workflow_id.clone(),
+            run_id: self.run_id.clone(),
+            step_id: self.step_id.clone(),
+        }
+    }
+}
+
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A fresh, time-ordered identifier (UUID v7).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One entry of a job's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A stored job: its spec plus everything that changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_reason: Option<String>,
+    /// Why the job is where it is (e.g. waiting for capacity), when that is worth saying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_ms: Option<u64>,
+    /// The effective config (SPEC §8) the job was dispatched with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_config: Option<Value>,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Millis,
+    #[serde(default)]
+    pub history: Vec<JobEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legal_pairs() -> Vec<(JobState, JobState)> {
+        vec![
+            (Pending, Scheduled),
+            (Pending, Dispatched),
+            (Pending, Denied),
+            (Pending, Failed),
+            (Pending, Timeout),
+            (Pending, Cancelled),
+            (Scheduled, Dispatched),
+            (Scheduled, Denied),
+            (Scheduled, Failed),
+            (Scheduled, Timeout),
+            (Scheduled, Cancelled),
+            (Dispatched, Running),
+            (Dispatched, Succeeded),
+            (Dispatched, Failed),
+            (Dispatched, Cancelled),
+            (Dispatched, Timeout),
+            (Running, Succeeded),
+            (Running, Failed),
+            (Running, Cancelled),
+            (Running, Timeout),
+        ]
+    }
+
+    #[test]
+    fn every_pair_of_states_is_legal_exactly_when_spec_lists_it() {
+        let legal = legal_pairs();
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                assert_eq!(
+                    from.can_transition_to(to),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        assert_eq!(legal.len(), 20);
+    }
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(JobState::ALL.iter().all(|to| !from.can_transition_to(*to)));
+        }
+        assert_eq!(JobState::ALL.iter().filter(|s| s.is_terminal()).count(), 5);
+    }
+
+    #[test]
+    fn same_state_is_never_a_move() {
+        for s in JobState::ALL {
+            assert!(!s.can_transition_to(s));
+        }
+    }
+
+    #[test]
+    fn states_parse_from_their_names() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                Value::String(s.as_str().into())
+            );
+        }
+        assert!("DONE".parse::<JobState>().is_err());
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let req = JobRequest {
+            topic: "bad topic".into(),
+            id: Some(String::new()),
+            env: [(EFFECTIVE_CONFIG_ENV.to_string(), "{}".to_string())].into(),
+            deadline_ms: Some(0),
+            payload: Value::String("x".repeat(100)),
+            ..Default::default()
+        };
+        let errs = req.validate(&Limits {
+            max_payload_bytes: 10,
+        });
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "topic",
+                "id",
+                "payload",
+                "env.CORETEX_EFFECTIVE_CONFIG",
+                "deadline_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_minimal_request_is_valid_and_gets_ids() {
+        let req: JobRequest = serde_json::from_str(r#"{"topic":"job.echo"}"#).unwrap();
+        assert!(req.validate(&Limits::default()).is_empty());
+        let spec = JobSpec::accept(req, 1_000);
+        assert_eq!(spec.tenant_id, DEFAULT_TENANT);
+        assert!(!spec.id.is_empty() && !spec.trace_id.is_empty());
+        assert_eq!(spec.attempt, 1);
+    }
+
+    #[test]
+    fn unknown_request_fields_are_rejected() {
+        let err = serde_json::from_str::<JobRequest>(r#"{"topic":"a","topci":"b"}"#).unwrap_err();
+        assert!(err.to_string().contains("topci"));
+    }
+
+    #[test]
+    fn deadline_is_absolute_from_acceptance() {
+        let req = JobRequest {
+            topic: "t".into(),
+            deadline_ms: Some(500),
+            ..Default::default()
+        };
+        assert_eq!(JobSpec::accept(req, 10_000).deadline, Some(10_500));
+    }
+}

@@ -1,0 +1,357 @@
+//! `coretex loadgen`: submits N jobs through the HTTP API and waits until every one is terminal,
+//! learning of completions from the completion feed (`GET /api/v1/stream`) instead of polling
+//! each job; only jobs the feed never reported are looked up at the end.
+//!
+//! Two modes: throughput (bulk submits of `batch` jobs from `concurrency` submitters) and
+//! open-loop latency (`rate` single submits per second, whatever the answers' pace). Latency is
+//! measured by the client from sending a job's submit to receiving its terminal event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone)]
+pub struct LoadgenOptions {
+    pub gateway: String,
+    pub api_key: Option<String>,
+    pub jobs: usize,
+    pub concurrency: usize,
+    pub batch: usize,
+    pub topic: String,
+    /// Open-loop latency mode: single submits at this many per second.
+    pub rate: Option<f64>,
+    /// How long to wait for the last completion.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub jobs: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub lost: usize,
+    pub submit_per_s: f64,
+    pub e2e_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loadgen jobs={} ok={} failed={} submit_per_s={:.0} e2e_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+            self.jobs,
+            self.ok,
+            self.failed,
+            self.submit_per_s,
+            self.e2e_per_s,
+            self.p50_ms,
+            self.p99_ms
+        )?;
+        if self.lost > 0 {
+            write!(f, " lost={}", self.lost)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Accepted jobs: when their submit was sent, and when their terminal event came.
+    jobs: HashMap<String, (Instant, Option<(Instant, bool)>)>,
+    /// Events that arrived before their submit's answer.
+    early: HashMap<String, (Instant, bool)>,
+    done: usize,
+    rejected: usize,
+}
+
+impl Ledger {
+    fn accepted(&mut self, id: String, sent: Instant) {
+        let end = self.early.remove(&id);
+        if end.is_some() {
+            self.done += 1;
+        }
+        self.jobs.insert(id, (sent, end));
+    }
+
+    fn finished(&mut self, id: &str, at: Instant, ok: bool) {
+        match self.jobs.get_mut(id) {
+            Some((_, end @ None)) => {
+                *end = Some((at, ok));
+                self.done += 1;
+            }
+            Some(_) => {}
+            None => {
+                self.early.insert(id.to_string(), (at, ok));
+            }
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl Client {
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+}
+
+pub async fn run(opts: LoadgenOptions) -> anyhow::Result<Summary> {
+    if opts.jobs == 0 || opts.concurrency == 0 || opts.batch == 0 || opts.batch > 1000 {
+        bail!("--jobs and --concurrency must be ≥ 1, --batch between 1 and 1000");
+    }
+    let client = Arc::new(Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(opts.concurrency)
+            .build()?,
+        base: opts.gateway.trim_end_matches('/').to_string(),
+        key: opts.api_key.clone(),
+    });
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    // The completion feed first, so no completion is missed.
+    let feed = client
+        .req(reqwest::Method::GET, "/api/v1/stream")
+        .send()
+        .await
+        .context("opening the completion feed")?
+        .error_for_status()?;
+    let feed_ledger = ledger.clone();
+    let feed_task = tokio::spawn(async move {
+        let mut bytes = feed.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = bytes.next().await {
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data:")
+                        && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+                        && let (Some(id), Some(state)) = (v["job_id"].as_str(), v["state"].as_str())
+                    {
+                        feed_ledger.lock().finished(id, now, state == "SUCCEEDED");
+                    }
+                }
+            }
+        }
+    });
+    // Let the host's subscription settle before the first job can finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    match opts.rate {
+        None => submit_bulk(&opts, &client, &ledger).await,
+        Some(rate) => submit_open_loop(&opts, rate, &client, &ledger).await?,
+    }
+    let submit_secs = started.elapsed().as_secs_f64();
+
+    let accepted = ledger.lock().jobs.len();
+    let until = Instant::now() + opts.timeout;
+    while ledger.lock().done < accepted && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    feed_task.abort();
+
+    // Jobs the feed did not report: ask for them once.
+    let missing: Vec<String> = ledger
+        .lock()
+        .jobs
+        .iter()
+        .filter(|(_, (_, end))| end.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut lost = 0;
+    let mut late_ok = 0;
+    let mut late_failed = 0;
+    for id in &missing {
+        let resp = client
+            .req(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"))
+            .send()
+            .await?;
+        let state = resp
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_string));
+        match state.as_deref() {
+            Some("SUCCEEDED") => late_ok += 1,
+            Some("FAILED" | "CANCELLED" | "TIMEOUT" | "DENIED") => late_failed += 1,
+            _ => lost += 1,
+        }
+    }
+
+    let l = ledger.lock();
+    let mut latencies: Vec<f64> = l
+        .jobs
+        .values()
+        .filter_map(|(sent, end)| {
+            end.filter(|(_, ok)| *ok)
+                .map(|(at, _)| (at - *sent).as_secs_f64() * 1e3)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let ok = latencies.len() + late_ok;
+    let failed = l.rejected
+        + late_failed
+        + l.jobs
+            .values()
+            .filter(|(_, e)| matches!(e, Some((_, false))))
+            .count()
+        + lost;
+    let last = l
+        .jobs
+        .values()
+        .filter_map(|(_, e)| e.map(|(at, _)| at))
+        .max()
+        .unwrap_or(started);
+    let e2e_secs = (last - started).as_secs_f64().max(1e-9);
+    Ok(Summary {
+        jobs: opts.jobs,
+        ok,
+        failed,
+        lost,
+        submit_per_s: accepted as f64 / submit_secs.max(1e-9),
+        e2e_per_s: (ok as f64) / e2e_secs,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i]
+}
+
+fn job_body(topic: &str, i: usize) -> Value {
+    json!({"topic": topic, "payload": {"i": i}})
+}
+
+/// Throughput mode: `concurrency` submitters send batches until `jobs` are submitted.
+async fn submit_bulk(opts: &LoadgenOptions, client: &Arc<Client>, ledger: &Arc<Mutex<Ledger>>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let submitters = (0..opts.concurrency).map(|_| {
+        let (client, ledger, next, opts) =
+            (client.clone(), ledger.clone(), next.clone(), opts.clone());
+        tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(opts.batch, Ordering::Relaxed);
+                if start >= opts.jobs {
+                    return;
+                }
+                let end = (start + opts.batch).min(opts.jobs);
+                let jobs: Vec<Value> = (start..end).map(|i| job_body(&opts.topic, i)).collect();
+                let sent = Instant::now();
+                let resp = client
+                    .req(reqwest::Method::POST, "/api/v1/jobs/batch")
+                    .json(&json!({"jobs": jobs}))
+                    .send()
+                    .await;
+                let body = match resp {
+                    Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                };
+                let mut l = ledger.lock();
+                let items = body["items"].as_array().cloned().unwrap_or_default();
+                let mut accepted = 0;
+                for item in items {
+                    if let Some(id) = item["job_id"].as_str() {
+                        l.accepted(id.to_string(), sent);
+                        accepted += 1;
+                    }
+                }
+                l.rejected += (end - start) - accepted;
+            }
+        })
+    });
+    futures::future::join_all(submitters).await;
+}
+
+/// Latency mode: one submit every 1/rate seconds, at most `concurrency` in flight.
+async fn submit_open_loop(
+    opts: &LoadgenOptions,
+    rate: f64,
+    client: &Arc<Client>,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> anyhow::Result<()> {
+    if !rate.is_finite() || rate <= 0.0 {
+        bail!("--rate must be a positive number");
+    }
+    let slots = Arc::new(Semaphore::new(opts.concurrency));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(opts.jobs);
+    for i in 0..opts.jobs {
+        tick.tick().await;
+        let permit = slots.clone().acquire_owned().await?;
+        let (client, ledger, topic) = (client.clone(), ledger.clone(), opts.topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let resp = client
+                .req(reqwest::Method::POST, "/api/v1/jobs")
+                .json(&job_body(&topic, i))
+                .send()
+                .await;
+            let id = match resp {
+                Ok(r) if r.status().is_success() => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["job_id"].as_str().map(str::to_string)),
+                _ => None,
+            };
+            let mut l = ledger.lock();
+            match id {
+                Some(id) => l.accepted(id, sent),
+                None => l.rejected += 1,
+            }
+            drop(permit);
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_before_its_answer_still_counts() {
+        let mut l = Ledger::default();
+        let t = Instant::now();
+        l.finished("a", t, true);
+        assert_eq!(l.done, 0);
+        l.accepted("a".into(), t);
+        assert_eq!(l.done, 1);
+        l.finished("a", t, true);
+        assert_eq!(l.done, 1, "a repeated event is counted once");
+    }
+
+    #[test]
+    fn percentiles_of_a_sorted_sample() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

@@ -1,0 +1,542 @@
+//! The `coretex` command: `serve`, `worker`, and the client subcommands that talk to the HTTP API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use coretex::bus::Subjects;
+use coretex::bus::nats::NatsBus;
+use coretex::job::Limits;
+use coretex::plugins::PluginSettings;
+use coretex::reconciler::ReconcilerSettings;
+use coretex::scheduler::SchedulerSettings;
+use coretex::serve::{self, ServeOptions};
+use coretex::store::StoreOptions;
+use coretex::worker::{Mode, Worker, WorkerOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "coretex",
+    version,
+    about = "Job and workflow orchestrator with WebAssembly scheduling plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: gateway, scheduler, reconciler, config service.
+    Serve(ServeArgs),
+    /// Run a worker that takes jobs over NATS.
+    Worker(WorkerArgs),
+    /// Submit one job.
+    Submit(SubmitArgs),
+    /// List, show or cancel jobs.
+    Jobs(JobsArgs),
+    /// List, retry or delete dead letters.
+    Dlq(DlqArgs),
+    /// Show the live workers.
+    Workers(ClientArgs),
+    /// Show the host's status.
+    Status(ClientArgs),
+    /// List, upload or delete plugins.
+    Plugins(PluginsArgs),
+    /// Submit N jobs, wait until all are terminal, print one summary line.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Submitters in flight at once.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Jobs per bulk submit (throughput mode).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value = "job.echo")]
+    topic: String,
+    /// Open-loop latency mode: single submits at this many jobs per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How long to wait for the last job to finish.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "CORETEX_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Redis URL; without it, an embedded in-memory store.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// NATS URL; without it, an in-process bus.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CORETEX_KEY_PREFIX", default_value = "coretex:")]
+    key_prefix: String,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "CORETEX_SUBJECT_PREFIX", default_value = "")]
+    subject_prefix: String,
+    /// Admin API key; without it the API is open and listens on loopback only.
+    #[arg(long, env = "CORETEX_API_KEY")]
+    api_key: Option<String>,
+    /// Start an in-process echo worker pool (pool `echo`, topic `job.echo`).
+    #[arg(long)]
+    demo_workers: bool,
+    /// How long a job record lives after its last change.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7days")]
+    job_ttl: Duration,
+    /// DISPATCHED jobs not started within this time out.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    dispatch_timeout: Duration,
+    /// RUNNING jobs without a result within this time out.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    running_timeout: Duration,
+    /// A DISPATCHED job not started after this is sent to its worker again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    redeliver_after: Duration,
+    /// A PENDING job nobody scheduled within this is published again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pending_grace: Duration,
+    /// How often the reconciler scans.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    reconcile_interval: Duration,
+    /// A worker unseen for this long is gone.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    worker_ttl: Duration,
+    /// Largest request body.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest job payload.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_payload_bytes: usize,
+    /// Load `.wasm` plugins from this directory, and pick up changes while running.
+    #[arg(long, env = "CORETEX_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached (default `$XDG_CACHE_HOME/coretex/plugins`).
+    #[arg(long, env = "CORETEX_PLUGIN_CACHE_DIR")]
+    plugin_cache_dir: Option<PathBuf>,
+    /// How long one plugin call may run before it is interrupted.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    plugin_deadline: Duration,
+    /// The most memory one plugin instance may use, in MiB.
+    #[arg(long, default_value_t = 32)]
+    plugin_memory_mib: usize,
+    /// A plugin instance is replaced by a fresh one after this many calls.
+    #[arg(long, default_value_t = 10_000)]
+    plugin_recycle_after: u64,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "CORETEX_SUBJECT_PREFIX", default_value = "")]
+    subject_prefix: String,
+    /// Worker id (default: a random one).
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long, default_value = "default")]
+    pool: String,
+    /// A topic this worker serves (repeatable).
+    #[arg(long = "topic", required = true)]
+    topics: Vec<String>,
+    #[arg(long, default_value_t = 4)]
+    max_parallel: u32,
+    /// A label `k=v` (repeatable); `placement.*` labels constrain placement.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Run this shell command per job (payload on stdin, result on stdout).
+    #[arg(long, conflicts_with = "echo")]
+    exec: Option<String>,
+    /// Answer each job with its payload.
+    #[arg(long)]
+    echo: bool,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    heartbeat: Duration,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    #[arg(long, env = "CORETEX_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    #[arg(long, env = "CORETEX_API_KEY")]
+    api_key: Option<String>,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long)]
+    topic: String,
+    /// Payload JSON.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    priority: Option<String>,
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Args)]
+struct JobsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: JobsAction,
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job with its history.
+    Get { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: DlqAction,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    List {
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    Retry {
+        job_id: String,
+    },
+    Delete {
+        job_id: String,
+    },
+}
+
+#[derive(Args)]
+struct PluginsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: PluginsAction,
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// The loaded plugins, with their kind, source, calls, failures and breaker.
+    List,
+    /// Upload a component (admin): every replica loads it.
+    Put { name: String, file: PathBuf },
+    /// Delete an uploaded plugin (admin).
+    Delete { name: String },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{s}` is not k=v"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => run_serve(a).await,
+        Command::Worker(a) => run_worker(a).await,
+        Command::Submit(a) => {
+            let payload: Value =
+                serde_json::from_str(&a.payload).context("--payload is not JSON")?;
+            let mut body = serde_json::json!({"topic": a.topic, "payload": payload});
+            if let Some(t) = a.tenant {
+                body["tenant_id"] = t.into();
+            }
+            if let Some(p) = a.priority {
+                body["priority"] = p.into();
+            }
+            if let Some(d) = a.deadline_ms {
+                body["deadline_ms"] = d.into();
+            }
+            if !a.labels.is_empty() {
+                body["labels"] =
+                    serde_json::to_value(a.labels.into_iter().collect::<BTreeMap<_, _>>())?;
+            }
+            let mut req = client(&a.client).post("/api/v1/jobs");
+            if let Some(k) = a.idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            print_response(req.json(&body)).await
+        }
+        Command::Jobs(a) => {
+            let c = client(&a.client);
+            match a.action {
+                JobsAction::List {
+                    state,
+                    topic,
+                    tenant,
+                    limit,
+                } => {
+                    let mut q = vec![("limit", limit.to_string())];
+                    q.extend(state.map(|v| ("state", v)));
+                    q.extend(topic.map(|v| ("topic", v)));
+                    q.extend(tenant.map(|v| ("tenant", v)));
+                    print_response(c.get("/api/v1/jobs").query(&q)).await
+                }
+                JobsAction::Get { id } => {
+                    print_response(c.get(&format!("/api/v1/jobs/{id}"))).await
+                }
+                JobsAction::Cancel { id } => {
+                    print_response(c.post(&format!("/api/v1/jobs/{id}/cancel"))).await
+                }
+            }
+        }
+        Command::Dlq(a) => {
+            let c = client(&a.client);
+            match a.action {
+                DlqAction::List { topic, limit } => {
+                    let mut q = vec![("limit", limit.to_string())];
+                    q.extend(topic.map(|v| ("topic", v)));
+                    print_response(c.get("/api/v1/dlq").query(&q)).await
+                }
+                DlqAction::Retry { job_id } => {
+                    print_response(c.post(&format!("/api/v1/dlq/{job_id}/retry"))).await
+                }
+                DlqAction::Delete { job_id } => {
+                    print_response(c.delete(&format!("/api/v1/dlq/{job_id}"))).await
+                }
+            }
+        }
+        Command::Workers(c) => print_response(client(&c).get("/api/v1/workers")).await,
+        Command::Status(c) => print_response(client(&c).get("/api/v1/status")).await,
+        Command::Plugins(a) => {
+            let c = client(&a.client);
+            match a.action {
+                PluginsAction::List => print_response(c.get("/api/v1/plugins")).await,
+                PluginsAction::Put { name, file } => {
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    print_response(
+                        c.put(&format!("/api/v1/plugins/{name}"))
+                            .header("content-type", "application/wasm")
+                            .body(bytes),
+                    )
+                    .await
+                }
+                PluginsAction::Delete { name } => {
+                    print_response(c.delete(&format!("/api/v1/plugins/{name}"))).await
+                }
+            }
+        }
+        Command::Loadgen(a) => {
+            let summary = coretex::loadgen::run(coretex::loadgen::LoadgenOptions {
+                gateway: a.client.gateway,
+                api_key: a.client.api_key,
+                jobs: a.jobs,
+                concurrency: a.concurrency,
+                batch: a.batch,
+                topic: a.topic,
+                rate: a.rate,
+                timeout: a.timeout,
+            })
+            .await?;
+            println!("{summary}");
+            if summary.ok != summary.jobs {
+                bail!(
+                    "{} of {} jobs did not succeed",
+                    summary.jobs - summary.ok,
+                    summary.jobs
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let opts = ServeOptions {
+        listen: a.listen,
+        redis_url: a.redis_url,
+        nats_url: a.nats_url,
+        key_prefix: a.key_prefix,
+        subject_prefix: a.subject_prefix,
+        api_key: a.api_key,
+        demo_workers: a.demo_workers,
+        store: StoreOptions {
+            job_ttl_ms: a.job_ttl.as_millis() as u64,
+            ..Default::default()
+        },
+        scheduler: SchedulerSettings {
+            limits: Limits {
+                max_payload_bytes: a.max_payload_bytes,
+            },
+            ..Default::default()
+        },
+        reconciler: ReconcilerSettings {
+            interval: a.reconcile_interval,
+            dispatch_timeout: a.dispatch_timeout,
+            running_timeout: a.running_timeout,
+            redeliver_after: a.redeliver_after,
+            pending_grace: a.pending_grace,
+            job_ttl: a.job_ttl,
+            ..Default::default()
+        },
+        worker_ttl: a.worker_ttl,
+        max_body_bytes: a.max_body_bytes,
+        plugin_dir: a.plugin_dir,
+        plugins: PluginSettings {
+            cache_dir: a
+                .plugin_cache_dir
+                .unwrap_or_else(coretex::plugins::default_cache_dir),
+            call_deadline: a.plugin_deadline,
+            memory_cap: a.plugin_memory_mib << 20,
+            recycle_after: a.plugin_recycle_after,
+            ..Default::default()
+        },
+    };
+    let running = serve::start(opts).await?;
+    eprintln!("coretex listening on http://{}", running.addr);
+    let stop = running.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    running.handle.await?
+}
+
+async fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let mode = match (a.exec, a.echo) {
+        (Some(cmd), false) => Mode::Exec(cmd),
+        (None, true) => Mode::Echo,
+        _ => bail!("give exactly one of --exec CMD or --echo"),
+    };
+    let bus = NatsBus::connect(&a.nats_url, Subjects::new(&a.subject_prefix))
+        .await
+        .with_context(|| format!("connecting to NATS at {}", a.nats_url))?;
+    let opts = WorkerOptions {
+        id: a
+            .id
+            .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
+        pool: a.pool,
+        topics: a.topics,
+        max_parallel: a.max_parallel.max(1),
+        labels: a.labels.into_iter().collect(),
+        mode,
+        heartbeat_interval: a.heartbeat,
+        report_cpu: true,
+    };
+    let worker = Worker::new(Arc::new(bus), opts);
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        s.cancel();
+    });
+    worker.run(stop).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+fn client(a: &ClientArgs) -> Client {
+    Client {
+        http: reqwest::Client::new(),
+        base: a.gateway.trim_end_matches('/').to_string(),
+        key: a.api_key.clone(),
+    }
+}
+
+impl Client {
+    fn with_key(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(self.http.get(format!("{}{path}", self.base)))
+    }
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(self.http.post(format!("{}{path}", self.base)))
+    }
+    fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(self.http.put(format!("{}{path}", self.base)))
+    }
+    fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(self.http.delete(format!("{}{path}", self.base)))
+    }
+}
+
+/// Prints the answer's JSON; a 4xx/5xx prints the problem and fails the command.
+async fn print_response(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let resp = req.send().await.context("calling the gateway")?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        bail!("the gateway answered {status}")
+    }
+}

@@ -1,0 +1,230 @@
+//! Plugins behind the host's traits. Each adapter is resolved per job from the effective config
+//! and borrows it for the one decision; every call goes through the plugin's breaker
+//! ([`Plugin::call`]) and, when it fails for any reason, the native default decides instead:
+//! [`LeastLoaded`](crate::scheduler::strategy::LeastLoaded) for dispatch, dead-lettering (the job
+//! waits in the DLQ, whole and retryable) for retry. Nothing a plugin does stops a job.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::registry::{Plugin, PluginRegistry};
+use super::runtime::{DispatchCall, RetryCall};
+use super::{CallError, ConditionEvaluator, FailureReason};
+use crate::job::JobSpec;
+use crate::scheduler::registry::Candidate;
+use crate::scheduler::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
+use crate::scheduler::strategy::{DispatchStrategy, Pick, StrategyError};
+
+/// The retry policy when the config names none. Issue 3 asks for `exponential-jitter`; the
+/// native `never` (dead-letter at once) stays until the lead decides, since the API tests expect
+/// a failing job in the DLQ at once.
+pub const DEFAULT_RETRY_POLICY: Option<&str> = None;
+
+/// The condition evaluator when the config names none.
+pub const DEFAULT_CONDITION_EVALUATOR: &str = "cel";
+
+/// Which plugin a config key names.
+enum Selected {
+    /// The key is absent: the native default decides.
+    Native,
+    Plugin(Arc<Plugin>),
+    /// The key names a plugin that is not loaded.
+    Missing(String),
+}
+
+impl PluginRegistry {
+    fn select(&self, name: Option<&str>) -> Selected {
+        match name {
+            None => Selected::Native,
+            Some(name) => match self.get(name) {
+                Some(p) => Selected::Plugin(p),
+                None => Selected::Missing(name.to_string()),
+            },
+        }
+    }
+
+    /// The dispatch strategy `effective.dispatch.strategy` names (native least-loaded if none).
+    pub fn strategy_for<'a>(&'a self, effective: &'a Value) -> StrategyChoice<'a> {
+        let dispatch = effective.get("dispatch");
+        StrategyChoice {
+            selected: self.select(dispatch.and_then(|d| d.get("strategy")?.as_str())),
+            settings: dispatch,
+            registry: self,
+        }
+    }
+
+    /// The retry policy `effective.retry.policy` names, with the `retry` object's settings.
+    pub fn retry_for<'a>(&'a self, effective: &'a Value) -> RetryChoice<'a> {
+        let retry = effective.get("retry");
+        let name = retry
+            .and_then(|r| r.get("policy")?.as_str())
+            .or(DEFAULT_RETRY_POLICY);
+        RetryChoice {
+            selected: self.select(name),
+            settings: retry,
+        }
+    }
+
+    /// The condition evaluator `effective.workflow.condition_evaluator` names (`cel` if none).
+    pub fn conditions_for(&self, effective: &Value) -> PluginConditions {
+        let name = effective
+            .get("workflow")
+            .and_then(|w| w.get("condition_evaluator")?.as_str())
+            .unwrap_or(DEFAULT_CONDITION_EVALUATOR);
+        PluginConditions {
+            name: name.to_string(),
+            plugin: self.get(name),
+        }
+    }
+}
+
+/// Counts and logs a configured plugin that is not loaded (the native default decides).
+fn not_loaded(name: &str) -> CallError {
+    metrics::counter!("coretex_plugin_failures_total", "plugin" => name.to_string(),
+        "reason" => FailureReason::NotLoaded.as_str())
+    .increment(1);
+    tracing::warn!(
+        plugin = name,
+        "the config names a plugin that is not loaded; the built-in default decides"
+    );
+    CallError::new(
+        FailureReason::NotLoaded,
+        format!("no plugin `{name}` is loaded"),
+    )
+}
+
+/// The dispatch strategy of one job.
+pub struct StrategyChoice<'a> {
+    selected: Selected,
+    settings: Option<&'a Value>,
+    registry: &'a PluginRegistry,
+}
+
+impl DispatchStrategy for StrategyChoice<'_> {
+    fn name(&self) -> &str {
+        match &self.selected {
+            Selected::Native => self.registry.least_loaded.name(),
+            Selected::Plugin(p) => p.name(),
+            Selected::Missing(name) => name,
+        }
+    }
+
+    fn pick(&self, job: &JobSpec, candidates: &[Candidate]) -> Result<Pick, StrategyError> {
+        let call = DispatchCall {
+            job,
+            candidates,
+            settings: self.settings,
+        };
+        let failed = match &self.selected {
+            Selected::Native => None,
+            Selected::Plugin(p) => match p.call(|c| c.pick(&call)) {
+                Ok(pick) => return Ok(pick),
+                Err(e) => Some(e),
+            },
+            Selected::Missing(name) => Some(not_loaded(name)),
+        };
+        let pick = self.registry.least_loaded.pick(job, candidates)?;
+        if let Some(e) = failed {
+            tracing::debug!(job_id = %job.id, strategy = self.name(), error = %e,
+                "dispatched by the built-in least-loaded instead");
+        }
+        Ok(pick)
+    }
+}
+
+/// The retry policy of one failed job.
+pub struct RetryChoice<'a> {
+    selected: Selected,
+    settings: Option<&'a Value>,
+}
+
+impl RetryChoice<'_> {
+    fn setting_u64(&self, key: &str) -> Option<u64> {
+        self.settings?.get(key)?.as_u64()
+    }
+}
+
+impl RetryPolicy for RetryChoice<'_> {
+    fn name(&self) -> &str {
+        match &self.selected {
+            Selected::Native => DeadLetterAtOnce.name(),
+            Selected::Plugin(p) => p.name(),
+            Selected::Missing(name) => name,
+        }
+    }
+
+    fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
+        let plugin = match &self.selected {
+            Selected::Native => return DeadLetterAtOnce.decide(failure),
+            Selected::Plugin(p) => p,
+            Selected::Missing(name) => {
+                let e = not_loaded(name);
+                return dead_letter_after(name, &e, failure);
+            }
+        };
+        let spec = &failure.job.spec;
+        let call = RetryCall {
+            topic: &spec.topic,
+            attempt: spec.attempt,
+            outcome: Some(failure.outcome),
+            error_code: failure.error.map_or("", |e| e.code.as_str()),
+            error_message: failure.error.map_or("", |e| e.message.as_str()),
+            elapsed_ms: failure.elapsed_ms,
+            max_attempts: self
+                .setting_u64("max_attempts")
+                .and_then(|n| u32::try_from(n).ok()),
+            initial_backoff_ms: self.setting_u64("initial_backoff_ms"),
+            max_backoff_ms: self.setting_u64("max_backoff_ms"),
+            multiplier: self.settings.and_then(|s| s.get("multiplier")?.as_f64()),
+        };
+        match plugin.call(|c| c.decide(&call)) {
+            Ok(d) => d,
+            Err(e) => dead_letter_after(plugin.name(), &e, failure),
+        }
+    }
+}
+
+/// The answer when a retry policy cannot give one: the DLQ, where the job waits whole for a
+/// person (or a bulk retry) — never lost, never retried blindly.
+fn dead_letter_after(policy: &str, e: &CallError, failure: &Failure<'_>) -> RetryDecision {
+    RetryDecision::DeadLetter {
+        reason: format!(
+            "{} on attempt {}; retry policy `{policy}` failed ({e}), so the job was dead-lettered",
+            failure.outcome, failure.job.spec.attempt
+        ),
+    }
+}
+
+/// The condition evaluator of one workflow, through its plugin.
+pub struct PluginConditions {
+    name: String,
+    plugin: Option<Arc<Plugin>>,
+}
+
+impl PluginConditions {
+    fn plugin(&self) -> Result<&Plugin, String> {
+        self.plugin
+            .as_deref()
+            .ok_or_else(|| not_loaded(&self.name).to_string())
+    }
+
+    fn failed(&self, e: CallError) -> String {
+        format!("condition evaluator `{}` failed: {e}", self.name)
+    }
+}
+
+impl ConditionEvaluator for PluginConditions {
+    fn compile(&self, expression: &str) -> Result<(), String> {
+        self.plugin()?
+            .call(|c| c.compile_condition(expression))
+            .map_err(|e| self.failed(e))?
+    }
+
+    fn evaluate(&self, expression: &str, scope: &Value) -> Result<bool, String> {
+        let scope = scope.to_string();
+        self.plugin()?
+            .call(|c| c.evaluate_condition(expression, &scope))
+            .map_err(|e| self.failed(e))?
+    }
+}

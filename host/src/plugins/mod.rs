@@ -1,0 +1,222 @@
+//! Plugins (SPEC §9): the decisions users most want to change — which worker gets a job, whether
+//! a failed job runs again, whether a workflow step runs — made by WebAssembly components.
+//!
+//! * [`runtime`] is the one module that touches wasmtime: the engine and its knobs, the on-disk
+//!   cache of compiled components, the sandbox (epoch deadline, memory cap, empty WASI) and the
+//!   pool of warm instances.
+//! * [`registry`] keeps the loaded plugins by name — built in, from `--plugin-dir`, or uploaded
+//!   through the API and kept in the store — and swaps a replaced one atomically.
+//! * [`adapters`] puts a plugin behind the host's own traits
+//!   ([`DispatchStrategy`](crate::scheduler::strategy::DispatchStrategy),
+//!   [`RetryPolicy`](crate::scheduler::retry::RetryPolicy), [`ConditionEvaluator`]): every call is
+//!   guarded by the plugin's circuit breaker, counted, and falls back to the native default when
+//!   the plugin fails, so a plugin can slow one decision down by its deadline but never stop a job.
+//!
+//! Which plugin decides is config (any scope): `{"dispatch": {"strategy": "round-robin"}}`,
+//! `{"retry": {"policy": "exponential-jitter"}}`, `{"workflow": {"condition_evaluator": "cel"}}`.
+
+pub mod adapters;
+mod builtin;
+pub mod registry;
+pub mod runtime;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use adapters::{PluginConditions, RetryChoice, StrategyChoice};
+pub use registry::{PluginInfo, PluginRegistry, Source};
+
+/// The three kinds of plugin, one per WIT world; a component's kind is read from what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// World `dispatch-strategy`: exports `coretex:plugin/dispatch`.
+    DispatchStrategy,
+    /// World `step-condition`: exports `coretex:plugin/condition`.
+    StepCondition,
+    /// World `retry-policy`: exports `coretex:plugin/retry`.
+    RetryPolicy,
+}
+
+impl PluginKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::DispatchStrategy => "dispatch-strategy",
+            PluginKind::StepCondition => "step-condition",
+            PluginKind::RetryPolicy => "retry-policy",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a plugin call failed: the `reason` label of `coretex_plugin_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Ran past its epoch deadline.
+    Deadline,
+    /// Tried to grow its memory past the cap.
+    Memory,
+    /// Trapped (a panic, `unreachable`, a bad memory access, a stack overflow, …).
+    Trap,
+    /// Answered with a candidate index outside the candidates.
+    OutOfRange,
+    /// Answered with its own `plugin-error`.
+    PluginError,
+    /// Waited on I/O it cannot have (the sandbox has none to wait for).
+    Blocked,
+    /// Is not of the kind the config asked for (e.g. a retry policy named as a strategy).
+    WrongKind,
+    /// No plugin of that name is loaded.
+    NotLoaded,
+    /// The plugin's circuit breaker is open: not called at all.
+    BreakerOpen,
+}
+
+impl FailureReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Deadline => "deadline",
+            FailureReason::Memory => "memory",
+            FailureReason::Trap => "trap",
+            FailureReason::OutOfRange => "out_of_range",
+            FailureReason::PluginError => "plugin_error",
+            FailureReason::Blocked => "blocked",
+            FailureReason::WrongKind => "wrong_kind",
+            FailureReason::NotLoaded => "not_loaded",
+            FailureReason::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+/// A failed plugin call: why, and what the sandbox said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", reason.as_str())]
+pub struct CallError {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+impl CallError {
+    pub fn new(reason: FailureReason, message: impl Into<String>) -> Self {
+        CallError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a component could not be loaded as a plugin.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    #[error("not a Coretex plugin: {0}")]
+    NotAPlugin(String),
+    #[error("cannot be linked: {0}")]
+    Link(String),
+    #[error("cannot be instantiated: {0}")]
+    Instantiate(String),
+    #[error("plugin cache: {0}")]
+    Cache(String),
+    #[error("invalid plugin name `{0}`: use lowercase letters, digits and '-' (at most 64)")]
+    Name(String),
+}
+
+/// Checks a step condition when a workflow is saved and evaluates it when a step may run. The
+/// workflow engine calls it; [`PluginConditions`] answers through the configured evaluator
+/// plugin (the built-in one is CEL).
+pub trait ConditionEvaluator: Send + Sync {
+    /// Whether `expression` is well formed (an error names what is wrong).
+    fn compile(&self, expression: &str) -> Result<(), String>;
+    /// Evaluates `expression` against `scope` (`input`, `ctx`, `steps`, and `item`/`index` inside
+    /// a `for_each`); a non-boolean result is an error.
+    fn evaluate(&self, expression: &str, scope: &serde_json::Value) -> Result<bool, String>;
+}
+
+/// How plugins run: parsed once by `coretex serve`.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Compiled components, by content hash.
+    pub cache_dir: PathBuf,
+    /// How long one call may run before it is interrupted.
+    pub call_deadline: Duration,
+    /// The most linear memory one instance may have.
+    pub memory_cap: usize,
+    /// An instance is recycled after this many calls.
+    pub recycle_after: u64,
+    /// How often the plugin dir is scanned.
+    pub poll_interval: Duration,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            cache_dir: default_cache_dir(),
+            call_deadline: Duration::from_millis(10),
+            memory_cap: 32 << 20,
+            recycle_after: 10_000,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`, else under the system's
+/// temporary directory: never inside a build's `target`, so a `cargo clean` costs no recompile
+/// and a restart finds its compiled plugins.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("coretex").join("plugins")
+}
+
+/// Plugin names are file stems with `_` read as `-`: `round_robin.wasm` is `round-robin`.
+pub fn name_from_stem(stem: &str) -> String {
+    stem.replace('_', "-")
+}
+
+/// A name a plugin may have: it is a config value, a store key and a URL segment.
+pub fn check_name(name: &str) -> Result<(), LoadError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LoadError::Name(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_stems_become_dashed_names() {
+        assert_eq!(
+            name_from_stem("power_of_two_choices"),
+            "power-of-two-choices"
+        );
+        assert!(check_name("round-robin").is_ok());
+        assert!(check_name("Round").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("").is_err());
+    }
+}

@@ -1,0 +1,596 @@
+//! The registry of loaded plugins: name → plugin, from three sources.
+//!
+//! * **built-in** — embedded in the binary, loaded at start;
+//! * **dir** — `.wasm` files in `--plugin-dir` (name = file stem, `_` read as `-`), scanned every
+//!   `poll_interval`: a file whose modification time or size changed is read, and loaded when its
+//!   hash changed; a file that is gone is unloaded;
+//! * **api** — uploaded with `PUT /api/v1/plugins/{name}` and kept in the store, so every replica
+//!   loads it: the replica that took the upload announces `sys.plugins.changed`, the others
+//!   compare the store's list with what they run (also every few seconds, in case a notice was
+//!   missed) and load what differs.
+//!
+//! A name may come from several sources at once; api wins over dir, dir over built-in, so an
+//! upload or a file named `least-loaded` replaces the built-in, and removing it brings the
+//! built-in back. The winners are published as one immutable map behind an [`ArcSwap`]: a lookup
+//! (once per job) is lock-free, and a swap leaves calls in flight running on the plugin they
+//! started with — they hold its `Arc`. A component that fails to load never replaces anything:
+//! the failure is kept and listed, and the previous version stays in service.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::runtime::{PluginComponent, PluginRuntime, sha256_hex};
+use super::{CallError, FailureReason, LoadError, PluginKind, check_name, name_from_stem};
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::bus::{SharedBus, publish_json};
+use crate::protocol::{PluginsChangedMsg, VERSION};
+use crate::scheduler::strategy::LeastLoaded;
+use crate::store::{SharedStore, StoreError};
+use crate::time::{self, Millis, now_ms};
+
+/// Where a plugin came from; a later variant wins over an earlier one for the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Builtin,
+    Dir,
+    Api,
+}
+
+/// A loaded plugin with its circuit breaker and its counts. A new version of a plugin is a new
+/// `Plugin`: it starts with a closed breaker and fresh counts.
+pub struct Plugin {
+    name: String,
+    source: Source,
+    component: Arc<PluginComponent>,
+    breaker: CircuitBreaker,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    rejected: AtomicU64,
+    last_failure: Mutex<Option<FailureInfo>>,
+    loaded_at: Millis,
+}
+
+/// The last failure of a plugin, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureInfo {
+    pub reason: FailureReason,
+    pub message: String,
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> PluginKind {
+        self.component.kind()
+    }
+
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    pub fn component(&self) -> &PluginComponent {
+        &self.component
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Makes one call through the breaker, and counts, logs and remembers how it went.
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&PluginComponent) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        if self.breaker.try_acquire(Instant::now()).is_err() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
+                "reason" => FailureReason::BreakerOpen.as_str())
+            .increment(1);
+            return Err(CallError::new(
+                FailureReason::BreakerOpen,
+                "the plugin's circuit breaker is open after repeated failures",
+            ));
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("coretex_plugin_calls_total", "plugin" => self.name.clone()).increment(1);
+        let out = f(&self.component);
+        match &out {
+            Ok(_) => self.breaker.record_success(),
+            Err(e) => {
+                self.breaker.record_failure(Instant::now());
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
+                    "reason" => e.reason.as_str())
+                .increment(1);
+                tracing::warn!(plugin = %self.name, reason = e.reason.as_str(), error = %e.message,
+                    "plugin call failed; the built-in default decides instead");
+                *self.last_failure.lock() = Some(FailureInfo {
+                    reason: e.reason,
+                    message: e.message.clone(),
+                    at: now_ms(),
+                });
+            }
+        }
+        out
+    }
+
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.name.clone(),
+            status: "loaded",
+            kind: Some(self.kind()),
+            version: Some(self.component.version().to_string()),
+            hash: Some(self.component.hash().to_string()),
+            source: self.source,
+            loaded_at: Some(self.loaded_at),
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            breaker: Some(self.breaker.state()),
+            last_failure: self.last_failure.lock().clone(),
+            load_error: None,
+        }
+    }
+}
+
+/// One row of `GET /api/v1/plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    /// `loaded`, or `failed` when no version of the name could be loaded.
+    pub status: &'static str,
+    pub kind: Option<PluginKind>,
+    /// The `coretex:plugin` package version the plugin was built against.
+    pub version: Option<String>,
+    /// SHA-256 of the component.
+    pub hash: Option<String>,
+    pub source: Source,
+    #[serde(with = "time::rfc3339_opt")]
+    pub loaded_at: Option<Millis>,
+    pub calls: u64,
+    pub failures: u64,
+    /// Calls refused by the open breaker (the built-in default decided them).
+    pub rejected: u64,
+    pub breaker: Option<BreakerState>,
+    pub last_failure: Option<FailureInfo>,
+    /// Why the latest version offered under this name did not load (the listed one, if any,
+    /// is the previous version, still in service).
+    pub load_error: Option<LoadProblem>,
+}
+
+/// A version of a plugin that could not be loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadProblem {
+    pub source: Source,
+    pub message: String,
+    pub hash: String,
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("plugin `{name}` comes from {from:?}, not from the API; it cannot be deleted here")]
+    NotUploaded { name: String, from: Source },
+}
+
+pub struct PluginRegistry {
+    runtime: Arc<PluginRuntime>,
+    breaker: BreakerConfig,
+    /// The plugin in service under each name.
+    active: ArcSwap<HashMap<String, Arc<Plugin>>>,
+    /// Every loaded plugin by name and source; `active` is the highest source of each name.
+    loaded: Mutex<BTreeMap<String, BTreeMap<Source, Arc<Plugin>>>>,
+    problems: Mutex<BTreeMap<String, LoadProblem>>,
+    /// The native strategy: the default, and the fallback of every strategy plugin.
+    pub(super) least_loaded: LeastLoaded,
+}
+
+/// Keeps `--plugin-dir` and the registry in step.
+pub struct DirWatcher {
+    registry: Arc<PluginRegistry>,
+    dir: PathBuf,
+    seen: HashMap<String, Seen>,
+}
+
+impl DirWatcher {
+    /// Scans every `every`, forever.
+    pub async fn run(mut self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.scan().await;
+        }
+    }
+
+    /// Loads new and changed files, unloads the plugins whose file is gone. A file is read only
+    /// when its modification time or size changed, and loaded only when its hash did.
+    pub async fn scan(&mut self) {
+        let mut present = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the plugin dir");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "wasm") {
+                continue;
+            }
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let name = name_from_stem(stem);
+            present.push(name.clone());
+            let modified = meta.modified().ok();
+            if self
+                .seen
+                .get(&name)
+                .is_some_and(|s| s.modified == modified && s.len == meta.len())
+            {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read a plugin file");
+                    continue;
+                }
+            };
+            let hash = sha256_hex(&bytes);
+            let unchanged = self.seen.get(&name).is_some_and(|s| s.hash == hash);
+            self.seen.insert(
+                name.clone(),
+                Seen {
+                    modified,
+                    len: meta.len(),
+                    hash,
+                },
+            );
+            if unchanged {
+                continue;
+            }
+            let registry = self.registry.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || registry.install(&name, Source::Dir, &bytes))
+                    .await;
+        }
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| !present.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.seen.remove(&name);
+            self.registry.remove(&name, Source::Dir);
+        }
+    }
+}
+
+/// What the directory scan remembers of a file.
+#[derive(Clone, PartialEq)]
+struct Seen {
+    modified: Option<SystemTime>,
+    len: u64,
+    hash: String,
+}
+
+/// How often replicas compare their API plugins with the store, besides on each notice.
+const STORE_RESYNC: Duration = Duration::from_secs(10);
+
+impl PluginRegistry {
+    pub fn new(runtime: Arc<PluginRuntime>, breaker: BreakerConfig) -> Arc<Self> {
+        Arc::new(PluginRegistry {
+            runtime,
+            breaker,
+            active: ArcSwap::from_pointee(HashMap::new()),
+            loaded: Mutex::new(BTreeMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
+            least_loaded: LeastLoaded::default(),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
+    /// The plugin in service under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.active.load().get(name).cloned()
+    }
+
+    /// Every plugin in service, and every name whose latest version failed to load.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let active = self.active.load();
+        let problems = self.problems.lock();
+        let mut out: BTreeMap<String, PluginInfo> = active
+            .iter()
+            .map(|(name, p)| (name.clone(), p.info()))
+            .collect();
+        for (name, problem) in problems.iter() {
+            match out.get_mut(name) {
+                Some(info) => info.load_error = Some(problem.clone()),
+                None => {
+                    out.insert(
+                        name.clone(),
+                        PluginInfo {
+                            name: name.clone(),
+                            status: "failed",
+                            kind: None,
+                            version: None,
+                            hash: None,
+                            source: problem.source,
+                            loaded_at: None,
+                            calls: 0,
+                            failures: 0,
+                            rejected: 0,
+                            breaker: None,
+                            last_failure: None,
+                            load_error: Some(problem.clone()),
+                        },
+                    );
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Loads `bytes` as plugin `name` from `source` and puts it in service (if no higher source
+    /// holds the name). A failure is recorded and listed; whatever served the name still does.
+    /// Compiles when the cache misses: call it off the async threads.
+    pub fn install(
+        &self,
+        name: &str,
+        source: Source,
+        bytes: &[u8],
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let loaded = check_name(name).and_then(|()| self.runtime.load(bytes));
+        let component = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(plugin = name, source = ?source, error = %e,
+                    "plugin not loaded; the previous version (if any) stays in service");
+                self.problems.lock().insert(
+                    name.to_string(),
+                    LoadProblem {
+                        source,
+                        message: e.to_string(),
+                        hash: sha256_hex(bytes),
+                        at: now_ms(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        let plugin = Arc::new(Plugin {
+            name: name.to_string(),
+            source,
+            breaker: CircuitBreaker::new(format!("plugin:{name}"), self.breaker),
+            component,
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            loaded_at: now_ms(),
+        });
+        tracing::info!(plugin = name, source = ?source, kind = %plugin.kind(),
+            version = plugin.component.version(), hash = plugin.component.hash(),
+            from_cache = plugin.component.from_cache(), "plugin loaded");
+        let mut loaded = self.loaded.lock();
+        self.problems.lock().remove(name);
+        loaded
+            .entry(name.to_string())
+            .or_default()
+            .insert(source, plugin.clone());
+        self.publish(&loaded);
+        Ok(plugin)
+    }
+
+    /// Takes the `source` version of `name` out of service (a lower source takes over, if any).
+    pub fn remove(&self, name: &str, source: Source) -> bool {
+        let mut loaded = self.loaded.lock();
+        let removed = match loaded.get_mut(name) {
+            Some(versions) => {
+                let removed = versions.remove(&source).is_some();
+                if versions.is_empty() {
+                    loaded.remove(name);
+                }
+                removed
+            }
+            None => false,
+        };
+        let mut problems = self.problems.lock();
+        if problems.get(name).is_some_and(|p| p.source == source) {
+            problems.remove(name);
+        }
+        drop(problems);
+        if removed {
+            tracing::info!(plugin = name, source = ?source, "plugin unloaded");
+            self.publish(&loaded);
+        }
+        removed
+    }
+
+    fn publish(&self, loaded: &BTreeMap<String, BTreeMap<Source, Arc<Plugin>>>) {
+        let winners = loaded
+            .iter()
+            .filter_map(|(name, versions)| {
+                let (_, top) = versions.last_key_value()?;
+                Some((name.clone(), top.clone()))
+            })
+            .collect();
+        self.active.store(Arc::new(winners));
+    }
+
+    fn loaded_from(&self, name: &str, source: Source) -> Option<Arc<Plugin>> {
+        self.loaded.lock().get(name)?.get(&source).cloned()
+    }
+
+    /// Loads the plugins embedded in the binary.
+    pub fn load_builtins(&self) {
+        for (name, bytes) in super::builtin::BUILTINS {
+            let _ = self.install(name, Source::Builtin, bytes);
+        }
+    }
+
+    /// A watcher of `dir`; its first [`DirWatcher::scan`] loads what is there.
+    pub fn watch_dir(self: &Arc<Self>, dir: PathBuf) -> DirWatcher {
+        DirWatcher {
+            registry: self.clone(),
+            dir,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Uploads a plugin through the API: loads it here first (so a broken component is refused
+    /// with the reason, and stored nowhere), stores it, puts it in service, and tells the other
+    /// replicas.
+    pub async fn upload(
+        self: Arc<Self>,
+        store: &SharedStore,
+        bus: &SharedBus,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<PluginInfo, UploadError> {
+        check_name(name)?;
+        let bytes = Arc::new(bytes);
+        let (this, owned_name, b) = (self.clone(), name.to_string(), bytes.clone());
+        let plugin =
+            tokio::task::spawn_blocking(move || this.install(&owned_name, Source::Api, &b))
+                .await
+                .map_err(|e| LoadError::Instantiate(format!("the loader stopped: {e}")))??;
+        if let Err(e) = store
+            .plugin_put(name, &bytes, plugin.component.hash(), now_ms())
+            .await
+        {
+            self.remove(name, Source::Api);
+            return Err(e.into());
+        }
+        announce(bus, name).await;
+        Ok(plugin.info())
+    }
+
+    /// Deletes an uploaded plugin everywhere. `Ok(false)`: there was none by that name.
+    pub async fn delete(
+        &self,
+        store: &SharedStore,
+        bus: &SharedBus,
+        name: &str,
+    ) -> Result<bool, UploadError> {
+        if self.loaded_from(name, Source::Api).is_none()
+            && let Some(other) = self.get(name)
+        {
+            return Err(UploadError::NotUploaded {
+                name: name.to_string(),
+                from: other.source(),
+            });
+        }
+        let existed = store.plugin_delete(name).await?;
+        let removed = self.remove(name, Source::Api);
+        announce(bus, name).await;
+        Ok(existed || removed)
+    }
+
+    /// Makes the API plugins in service match the store's.
+    pub async fn sync_from_store(self: Arc<Self>, store: &SharedStore) -> Result<(), StoreError> {
+        let stored = store.plugin_list().await?;
+        let mut wanted = Vec::new();
+        for meta in stored {
+            wanted.push(meta.name.clone());
+            let current = self.loaded_from(&meta.name, Source::Api);
+            if current.is_some_and(|p| p.component.hash() == meta.hash) {
+                continue;
+            }
+            let failed_before = self
+                .problems
+                .lock()
+                .get(&meta.name)
+                .is_some_and(|p| p.source == Source::Api && p.hash == meta.hash);
+            if failed_before {
+                continue;
+            }
+            let Some(stored) = store.plugin_get(&meta.name).await? else {
+                continue;
+            };
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                this.install(&stored.name, Source::Api, &stored.bytes)
+            })
+            .await;
+        }
+        let running: Vec<String> = self
+            .loaded
+            .lock()
+            .iter()
+            .filter(|(_, versions)| versions.contains_key(&Source::Api))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in running {
+            if !wanted.contains(&name) {
+                self.remove(&name, Source::Api);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows uploads and deletes made through any replica: on each `sys.plugins.changed`, and
+    /// every few seconds in case a notice was lost.
+    pub async fn follow_store(self: Arc<Self>, store: SharedStore, bus: SharedBus) {
+        let subject = bus.subjects().plugins_changed();
+        let mut notices = match bus.subscribe(&subject).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to plugin changes; polling the store");
+                None
+            }
+        };
+        loop {
+            if let Err(e) = self.clone().sync_from_store(&store).await {
+                tracing::warn!(error = %e, "cannot read the uploaded plugins; retrying");
+            }
+            let notice = async {
+                match notices.as_mut() {
+                    Some(n) => n.next().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
+            if let Ok(false) = tokio::time::timeout(STORE_RESYNC, notice).await {
+                notices = None;
+            }
+        }
+    }
+}
+
+async fn announce(bus: &SharedBus, name: &str) {
+    let msg = PluginsChangedMsg {
+        v: VERSION,
+        name: name.to_string(),
+    };
+    let subject = bus.subjects().plugins_changed();
+    if let Err(e) = publish_json(bus.as_ref(), &subject, &msg).await {
+        tracing::warn!(error = %e, "could not announce a plugin change; other replicas catch up within seconds");
+    }
+}

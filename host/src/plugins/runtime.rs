@@ -1,0 +1,913 @@
+//! The plugin runtime: the one module that touches wasmtime. Everything else in Coretex sees
+//! [`PluginRuntime::load`] and the typed calls of a [`PluginComponent`], in the host's own types.
+//!
+//! # The sandbox
+//!
+//! A plugin runs in a [`Store`] of its own with an **epoch deadline** per call (a ticker thread
+//! advances the engine's epoch every millisecond; a call gets `call_deadline` worth of ticks and
+//! traps when they run out), a **memory cap** (a resource limiter refuses to grow a linear
+//! memory past `memory_cap`, and the refusal is a trap), and **WASI with nothing in it**: no
+//! preopened directory, no socket permission, no environment, no arguments, stdin empty and
+//! stdout/stderr discarded. Rust plugins import WASI for their standard library, so it is linked,
+//! but there is nothing behind it to read, write or leak.
+//!
+//! WASI is linked in its `async` form and every call is driven by one poll with a no-op waker.
+//! Nothing a plugin can reach ever waits (its streams are sinks and empties), so one poll finishes
+//! the call; a call still pending after it waited on something it cannot have and fails
+//! ([`FailureReason::Blocked`]). The `sync` form is no use here: its blocking stream operations
+//! enter a Tokio runtime with `block_on`, which panics when the caller — the scheduler — is
+//! itself a Tokio task, so one `eprintln!` in a plugin would take a scheduler task down.
+//!
+//! # The instance pool
+//!
+//! Instantiating a component costs tens of microseconds (a store, a linear memory laid out from
+//! its data segments, the guest's own start-up), a call well under one: so instances are kept
+//! warm and reused, and a call that finds one idle pays only for itself. Each
+//! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
+//! and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on it
+//! alone — no lock is held during the call, so as many calls run at once as there are threads
+//! calling — and pushes it back. The stack is last-in-first-out so the instance that ran last,
+//! whose memory is warm in cache, runs next; it is bounded (twice the CPUs) so a burst of
+//! concurrent calls does not leave a crowd of idle instances behind.
+//!
+//! An instance keeps its linear memory between calls, which is what lets `round-robin` remember
+//! whose turn it is; it also means the state of one instance is not the state of another, so a
+//! plugin may keep hints between calls, never truth. Reuse has a price that recycling bounds: an
+//! instance is dropped after `recycle_after` calls (10,000 by default), so a slow leak or a
+//! fragmenting allocator inside a plugin never grows without end, and it is dropped at once
+//! after any failed call — after a trap its memory may be half-written, and wasmtime refuses to
+//! enter it again anyway. The next call instantiates a fresh one; a failing plugin therefore
+//! pays an instantiation per failure, which its circuit breaker soon stops.
+//!
+//! Per-call data a strategy may ask for (the job's labels, a candidate's id) stays where it is:
+//! the store holds a pointer to the caller's borrowed [`DispatchCall`] for the duration of the
+//! call only, so a pick over a thousand candidates copies sixteen bytes per candidate and no
+//! strings.
+//!
+//! # The cache
+//!
+//! Compiling a component takes from milliseconds to seconds; loading a compiled one takes
+//! milliseconds. Compiled components are kept in `cache_dir` under the SHA-256 of the component's
+//! bytes and a hash of everything that decides whether wasmtime can load the artifact (its
+//! version, the compiler's target and flags, the engine's settings), and are loaded with
+//! `Component::deserialize_file`, which maps the file instead of reading it. A restart, a second
+//! replica on the same machine or a second load of the same bytes compiles nothing. The
+//! directory is created private to the user (0700): whoever can write into it can make the host
+//! run native code.
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
+use crate::job::{JobSpec, JobState, Priority};
+use crate::scheduler::registry::Candidate;
+use crate::scheduler::retry::RetryDecision;
+use crate::scheduler::strategy::Pick;
+
+/// The generated bindings of the three worlds; nothing outside this module sees them.
+mod wit {
+    pub mod dispatch {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "dispatch-strategy",
+            exports: { default: async },
+        });
+    }
+    pub mod condition {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "step-condition",
+            exports: { default: async },
+            with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
+        });
+    }
+    pub mod retry {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "retry-policy",
+            exports: { default: async },
+            with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
+        });
+    }
+}
+
+use wit::dispatch::exports::coretex::plugin::dispatch as wire_dispatch;
+use wit::retry::exports::coretex::plugin::retry as wire_retry;
+
+/// How often the engine's epoch advances: the resolution of every call deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The longest message a plugin can put in a log line or on a job.
+const MAX_MESSAGE: usize = 512;
+
+/// Limits applied to every instance, from [`PluginSettings`].
+#[derive(Debug, Clone, Copy)]
+struct SandboxLimits {
+    deadline_ticks: u64,
+    memory_cap: usize,
+    recycle_after: u64,
+    max_idle: usize,
+}
+
+/// The engine, the linker every plugin is resolved against, and the compiled-component cache.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    limits: SandboxLimits,
+    cache_dir: PathBuf,
+    /// The hash of what makes a compiled artifact loadable by this engine, in cache file names.
+    engine_tag: String,
+    compiles: AtomicU64,
+}
+
+impl PluginRuntime {
+    pub fn new(settings: &PluginSettings) -> Result<Arc<Self>, LoadError> {
+        let mut config = Config::new();
+        // Calls are interrupted by epoch, not fuel: an epoch check is a load and a compare at
+        // loop heads and function entries, where fuel counting costs on every block.
+        config.epoch_interruption(true);
+        // Plugins are called one call at a time per store; the component-model-async machinery
+        // (tasks, streams, futures) would only add per-store set-up to every instantiation.
+        config.concurrency_support(false);
+        // Deep recursion traps as a stack overflow long before it could hurt the host.
+        config.max_wasm_stack(512 << 10);
+        // Calls run on a fiber (the async call path); its stack must hold the wasm stack above
+        // plus the host frames under it.
+        config.async_stack_size(2 << 20);
+        // Plugins are compiled once and cached, so spend compile time for faster calls.
+        config.cranelift_opt_level(OptLevel::Speed);
+        // A large component (CEL is 3 MB) compiles on every core the first time.
+        config.parallel_compilation(true);
+        // A trap is reported by its cause; a backtrace through a plugin stripped of symbols is
+        // noise in a log line, and capturing it costs on every trap.
+        config.wasm_backtrace_max_frames(None);
+        // Instances start from a copy-on-write image of the initial memory: instantiation maps
+        // pages instead of copying data segments, which keeps recycling cheap.
+        config.memory_init_cow(true);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        wit::dispatch::DispatchStrategy::add_to_linker::<Sandbox, HasSelf<Sandbox>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+
+        create_private_dir(&settings.cache_dir)
+            .map_err(|e| LoadError::Cache(format!("{}: {e}", settings.cache_dir.display())))?;
+        let mut tag = Sha256Hasher::default();
+        engine.precompile_compatibility_hash().hash(&mut tag);
+        let tick_ms = EPOCH_TICK.as_millis().max(1);
+        let max_idle = std::thread::available_parallelism()
+            .map_or(2, |n| n.get() * 2)
+            .clamp(2, 64);
+        Ok(Arc::new(PluginRuntime {
+            limits: SandboxLimits {
+                deadline_ticks: (settings.call_deadline.as_millis() / tick_ms).max(1) as u64,
+                memory_cap: settings.memory_cap,
+                recycle_after: settings.recycle_after.max(1),
+                max_idle,
+            },
+            engine,
+            linker,
+            cache_dir: settings.cache_dir.clone(),
+            engine_tag: format!("{:016x}", tag.finish()),
+            compiles: AtomicU64::new(0),
+        }))
+    }
+
+    /// How many components this runtime compiled (a cache hit compiles nothing).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Where the compiled form of `bytes` is cached.
+    pub fn cache_path(&self, bytes: &[u8]) -> PathBuf {
+        self.cache_file(&sha256_hex(bytes))
+    }
+
+    fn cache_file(&self, hash: &str) -> PathBuf {
+        self.cache_dir
+            .join(format!("{hash}-{}.cwasm", self.engine_tag))
+    }
+
+    /// Compiles (or loads from the cache), checks the kind, resolves the imports and
+    /// instantiates once — a component that cannot run is refused here, not at its first call.
+    /// Compiling can take seconds: call this off the async threads.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<PluginComponent>, LoadError> {
+        let hash = sha256_hex(bytes);
+        let path = self.cache_file(&hash);
+        let (component, from_cache) = match self.deserialize(&path) {
+            Some(c) => (c, true),
+            None => {
+                // One compile at a time in the process: each uses every core already, and a
+                // second host in the process (tests start many) then finds the first one's
+                // artifact in the cache instead of compiling the same bytes again.
+                static COMPILING: Mutex<()> = Mutex::new(());
+                let _one_at_a_time = COMPILING.lock();
+                match self.deserialize(&path) {
+                    Some(c) => (c, true),
+                    None => (self.compile(bytes, &path)?, false),
+                }
+            }
+        };
+        let (kind, version) = plugin_kind(&self.engine, &component)?;
+        let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = match kind {
+            PluginKind::DispatchStrategy => {
+                Pre::Dispatch(wit::dispatch::DispatchStrategyPre::new(pre).map_err(link)?)
+            }
+            PluginKind::StepCondition => {
+                Pre::Condition(wit::condition::StepConditionPre::new(pre).map_err(link)?)
+            }
+            PluginKind::RetryPolicy => {
+                Pre::Retry(wit::retry::RetryPolicyPre::new(pre).map_err(link)?)
+            }
+        };
+        let loaded = Arc::new(PluginComponent {
+            kind,
+            version,
+            hash,
+            from_cache,
+            engine: self.engine.clone(),
+            limits: self.limits,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            instantiations: AtomicU64::new(0),
+        });
+        let first = loaded
+            .instantiate()
+            .map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        loaded.check_in(first);
+        Ok(loaded)
+    }
+
+    fn deserialize(&self, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `compile` below from `Component::serialize` of an
+        // engine with the same compatibility hash (it is in the file name), into a directory
+        // only this user can write; wasmtime checks the header again and refuses a mismatch.
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"),
+                    "unusable compiled plugin in the cache; compiling again");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn compile(&self, bytes: &[u8], path: &Path) -> Result<Component, LoadError> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        match component.serialize() {
+            Ok(artifact) => {
+                if let Err(e) = write_atomically(path, &artifact) {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "could not cache a compiled plugin; it will be compiled again next time");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not serialize a compiled plugin")
+            }
+        }
+        Ok(component)
+    }
+}
+
+/// Advances the epoch every tick for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("coretex-plugin-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline ever fires; refuse to run plugins at all instead.
+        panic!("cannot start the plugin epoch ticker: {e}");
+    }
+}
+
+/// Reads the kind from the one `coretex:plugin/…@0.1.x` interface the component exports.
+fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, String), LoadError> {
+    let ty = component.component_type();
+    let mut found = Vec::new();
+    for (name, _) in ty.exports(engine) {
+        let Some(rest) = name.strip_prefix("coretex:plugin/") else {
+            continue;
+        };
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        let kind = match interface {
+            "dispatch" => PluginKind::DispatchStrategy,
+            "condition" => PluginKind::StepCondition,
+            "retry" => PluginKind::RetryPolicy,
+            _ => continue,
+        };
+        if !version.starts_with("0.1.") {
+            return Err(LoadError::NotAPlugin(format!(
+                "it exports `{name}`, and this host speaks coretex:plugin 0.1.x"
+            )));
+        }
+        found.push((kind, version.to_string()));
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => {
+            let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+            Err(LoadError::NotAPlugin(format!(
+                "it exports none of coretex:plugin/dispatch, condition or retry (it exports: {})",
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                }
+            )))
+        }
+        _ => Err(LoadError::NotAPlugin(
+            "it exports more than one plugin interface".into(),
+        )),
+    }
+}
+
+enum Pre {
+    Dispatch(wit::dispatch::DispatchStrategyPre<Sandbox>),
+    Condition(wit::condition::StepConditionPre<Sandbox>),
+    Retry(wit::retry::RetryPolicyPre<Sandbox>),
+}
+
+enum Exports {
+    Dispatch(wit::dispatch::DispatchStrategy),
+    Condition(wit::condition::StepCondition),
+    Retry(wit::retry::RetryPolicy),
+}
+
+/// A loaded plugin: its kind, its `InstancePre` and its idle instances.
+pub struct PluginComponent {
+    kind: PluginKind,
+    version: String,
+    hash: String,
+    from_cache: bool,
+    engine: Engine,
+    limits: SandboxLimits,
+    pre: Pre,
+    idle: Mutex<Vec<Instance>>,
+    instantiations: AtomicU64,
+}
+
+/// One warm instance, used by one call at a time.
+pub struct Instance {
+    store: Store<Sandbox>,
+    exports: Exports,
+    calls: u64,
+    /// The wire form of the candidates, kept to save an allocation per call.
+    wire: Vec<wire_dispatch::Candidate>,
+}
+
+/// What a dispatch strategy is asked: borrowed from the scheduler for the length of the call.
+#[derive(Clone, Copy)]
+pub struct DispatchCall<'a> {
+    pub job: &'a JobSpec,
+    pub candidates: &'a [Candidate],
+    /// The effective config's `dispatch` object.
+    pub settings: Option<&'a serde_json::Value>,
+}
+
+/// What a retry policy is told about a failure.
+#[derive(Debug, Clone, Default)]
+pub struct RetryCall<'a> {
+    pub topic: &'a str,
+    pub attempt: u32,
+    /// FAILED, TIMEOUT or CANCELLED.
+    pub outcome: Option<JobState>,
+    pub error_code: &'a str,
+    pub error_message: &'a str,
+    pub elapsed_ms: u64,
+    pub max_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub multiplier: Option<f64>,
+}
+
+impl PluginComponent {
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+
+    /// The version of the `coretex:plugin` package the component was built against.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// SHA-256 of the component's bytes, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Whether it was loaded from the compiled-component cache rather than compiled.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// How many instances were made so far (warm reuse keeps this low).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations.load(Ordering::Relaxed)
+    }
+
+    /// A fresh instance, outside the pool (the pool uses this; so does the benchmark).
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        self.instantiations.fetch_add(1, Ordering::Relaxed);
+        let mut store = Store::new(&self.engine, Sandbox::new(self.limits.memory_cap));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        // A start-up that loops is stopped like a call that loops.
+        store.set_epoch_deadline(self.limits.deadline_ticks);
+        let exports = match &self.pre {
+            Pre::Dispatch(pre) => {
+                let out = drive(pre.instantiate_async(&mut store));
+                Exports::Dispatch(settle(&store, out)?)
+            }
+            Pre::Condition(pre) => {
+                let out = drive(pre.instantiate_async(&mut store));
+                Exports::Condition(settle(&store, out)?)
+            }
+            Pre::Retry(pre) => {
+                let out = drive(pre.instantiate_async(&mut store));
+                Exports::Retry(settle(&store, out)?)
+            }
+        };
+        Ok(Instance {
+            store,
+            exports,
+            calls: 0,
+            wire: Vec::new(),
+        })
+    }
+
+    /// Runs `f` on an idle instance (or a new one) and returns the instance to the pool when the
+    /// call succeeded and the instance has calls left; a failed call drops it.
+    fn with_instance<R>(
+        &self,
+        f: impl FnOnce(&mut Instance, u64) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let idle = self.idle.lock().pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        instance.calls += 1;
+        let out = f(&mut instance, self.limits.deadline_ticks);
+        if out.is_ok() {
+            self.check_in(instance);
+        }
+        out
+    }
+
+    fn check_in(&self, instance: Instance) {
+        if instance.calls >= self.limits.recycle_after {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < self.limits.max_idle {
+            idle.push(instance);
+        }
+    }
+
+    fn wrong_kind(&self, wanted: PluginKind) -> CallError {
+        CallError::new(
+            FailureReason::WrongKind,
+            format!("this plugin is a {}, not a {wanted}", self.kind),
+        )
+    }
+
+    /// Asks a dispatch strategy to pick one of `call.candidates`.
+    pub fn pick(&self, call: &DispatchCall<'_>) -> Result<Pick, CallError> {
+        if self.kind != PluginKind::DispatchStrategy {
+            return Err(self.wrong_kind(PluginKind::DispatchStrategy));
+        }
+        self.with_instance(|inst, ticks| {
+            let Exports::Dispatch(bindings) = &inst.exports else {
+                unreachable!("a dispatch plugin's instances export dispatch");
+            };
+            inst.wire.clear();
+            inst.wire
+                .extend(call.candidates.iter().map(|c| wire_dispatch::Candidate {
+                    active_jobs: c.active_jobs,
+                    max_parallel: c.max_parallel,
+                    cpu_load: c.cpu_load as f32,
+                    preferred: c.preferred,
+                }));
+            let job = wire_dispatch::JobSummary {
+                priority: match call.job.priority {
+                    Priority::Interactive => wire_dispatch::Priority::Interactive,
+                    Priority::Batch => wire_dispatch::Priority::Batch,
+                    Priority::Critical => wire_dispatch::Priority::Critical,
+                },
+                attempt: call.job.attempt,
+                label_count: u32::try_from(call.job.labels.len()).unwrap_or(u32::MAX),
+            };
+            inst.store.set_epoch_deadline(ticks);
+            inst.store.data_mut().call.enter(call);
+            let out = drive(bindings.coretex_plugin_dispatch().call_pick(
+                &mut inst.store,
+                job,
+                &inst.wire,
+            ));
+            inst.store.data_mut().call.leave();
+            match settle(&inst.store, out)? {
+                Ok(wire_dispatch::Decision::Worker(i)) if (i as usize) < call.candidates.len() => {
+                    Ok(Pick::Worker(i as usize))
+                }
+                Ok(wire_dispatch::Decision::Worker(i)) => Err(CallError::new(
+                    FailureReason::OutOfRange,
+                    format!(
+                        "picked candidate {i} of {} candidates",
+                        call.candidates.len()
+                    ),
+                )),
+                Ok(wire_dispatch::Decision::NoWorker(reason)) => {
+                    Ok(Pick::NoWorker(bounded(reason)))
+                }
+                Err(e) => Err(CallError::new(
+                    FailureReason::PluginError,
+                    bounded(e.message),
+                )),
+            }
+        })
+    }
+
+    /// Asks a retry policy what to do with a failed job.
+    pub fn decide(&self, call: &RetryCall<'_>) -> Result<RetryDecision, CallError> {
+        if self.kind != PluginKind::RetryPolicy {
+            return Err(self.wrong_kind(PluginKind::RetryPolicy));
+        }
+        self.with_instance(|inst, ticks| {
+            let Exports::Retry(bindings) = &inst.exports else {
+                unreachable!("a retry plugin's instances export retry");
+            };
+            let failure = wire_retry::Failure {
+                topic: call.topic.to_string(),
+                attempt: call.attempt,
+                outcome: match call.outcome {
+                    Some(JobState::Timeout) => wire_retry::Outcome::Timeout,
+                    Some(JobState::Cancelled) => wire_retry::Outcome::Cancelled,
+                    _ => wire_retry::Outcome::Failed,
+                },
+                error_code: call.error_code.to_string(),
+                error_message: call.error_message.to_string(),
+                elapsed_ms: call.elapsed_ms,
+                max_attempts: call.max_attempts,
+                initial_backoff_ms: call.initial_backoff_ms,
+                max_backoff_ms: call.max_backoff_ms,
+                multiplier: call.multiplier,
+            };
+            inst.store.set_epoch_deadline(ticks);
+            let out = drive(
+                bindings
+                    .coretex_plugin_retry()
+                    .call_decide(&mut inst.store, &failure),
+            );
+            match settle(&inst.store, out)? {
+                Ok(wire_retry::Decision::Retry(after_ms)) => Ok(RetryDecision::Retry { after_ms }),
+                Ok(wire_retry::Decision::DeadLetter(reason)) => Ok(RetryDecision::DeadLetter {
+                    reason: bounded(reason),
+                }),
+                Err(e) => Err(CallError::new(
+                    FailureReason::PluginError,
+                    bounded(e.message),
+                )),
+            }
+        })
+    }
+
+    /// Asks a condition evaluator whether `expression` is well formed: the outer error is the
+    /// plugin failing, the inner one the expression's fault.
+    pub fn compile_condition(&self, expression: &str) -> Result<Result<(), String>, CallError> {
+        self.condition(|bindings, store| {
+            drive(
+                bindings
+                    .coretex_plugin_condition()
+                    .call_compile(store, expression),
+            )
+        })
+        .map(|r| r.map_err(|e| bounded(e.message)))
+    }
+
+    /// Asks a condition evaluator for the value of `expression` in `scope_json`.
+    pub fn evaluate_condition(
+        &self,
+        expression: &str,
+        scope_json: &str,
+    ) -> Result<Result<bool, String>, CallError> {
+        self.condition(|bindings, store| {
+            drive(
+                bindings
+                    .coretex_plugin_condition()
+                    .call_evaluate(store, expression, scope_json),
+            )
+        })
+        .map(|r| r.map_err(|e| bounded(e.message)))
+    }
+
+    fn condition<R>(
+        &self,
+        call: impl FnOnce(
+            &wit::condition::StepCondition,
+            &mut Store<Sandbox>,
+        ) -> Option<wasmtime::Result<R>>,
+    ) -> Result<R, CallError> {
+        if self.kind != PluginKind::StepCondition {
+            return Err(self.wrong_kind(PluginKind::StepCondition));
+        }
+        self.with_instance(|inst, ticks| {
+            let Exports::Condition(bindings) = &inst.exports else {
+                unreachable!("a condition plugin's instances export condition");
+            };
+            inst.store.set_epoch_deadline(ticks);
+            let out = call(bindings, &mut inst.store);
+            settle(&inst.store, out)
+        })
+    }
+}
+
+/// Polls a call once. Nothing in the sandbox waits, so a call is done when its first poll
+/// returns; `None` means the plugin waited on something, and dropping the future abandons it.
+fn drive<F: Future>(call: F) -> Option<F::Output> {
+    let mut call = pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+/// Turns a driven call into the host's error vocabulary.
+fn settle<T>(store: &Store<Sandbox>, out: Option<wasmtime::Result<T>>) -> Result<T, CallError> {
+    match out {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(classify(&e, store.data().limits.exceeded)),
+        None => Err(CallError::new(
+            FailureReason::Blocked,
+            "the plugin waited on I/O; plugins have none",
+        )),
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> CallError {
+    let message = bounded(format!("{e:#}"));
+    if memory_exceeded {
+        return CallError::new(FailureReason::Memory, message);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::new(
+            FailureReason::Deadline,
+            "ran past its deadline and was interrupted",
+        ),
+        _ => CallError::new(FailureReason::Trap, message),
+    }
+}
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// The data of a plugin's store.
+struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryCap,
+    call: CurrentCall,
+}
+
+impl Sandbox {
+    fn new(memory_cap: usize) -> Self {
+        Sandbox {
+            // Nothing: no directories, no network, no environment, no arguments; stdin is empty
+            // and stdout/stderr are discarded.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: MemoryCap {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(memory_cap)
+                    // A component is a handful of core instances, tables and memories.
+                    .instances(32)
+                    .tables(32)
+                    .memories(8)
+                    // Refusing to grow is a trap, not a `-1` the guest might spin on.
+                    .trap_on_grow_failure(true)
+                    .build(),
+                exceeded: false,
+            },
+            call: CurrentCall(None),
+        }
+    }
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// [`StoreLimits`], remembering whether it refused to grow a memory (to name the failure).
+struct MemoryCap {
+    limits: StoreLimits,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.exceeded = true;
+        }
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// The dispatch call in progress, for the `dispatch-context` imports.
+struct CurrentCall(Option<NonNull<DispatchCall<'static>>>);
+
+// SAFETY: the pointer is only dereferenced by the store's own host functions, on the thread
+// that is running the call; `DispatchCall` is made of shared references to `Sync` data.
+unsafe impl Send for CurrentCall {}
+
+impl CurrentCall {
+    fn enter(&mut self, call: &DispatchCall<'_>) {
+        self.0 = Some(NonNull::from(call).cast());
+    }
+
+    fn leave(&mut self) {
+        self.0 = None;
+    }
+
+    fn get(&self) -> Option<&DispatchCall<'_>> {
+        // SAFETY: `enter` is called with a borrow that outlives the call (`PluginComponent::pick`
+        // holds it), and `leave` clears the pointer when the call returns. Host functions run
+        // only inside the call. Should the call unwind instead, the instance is dropped with
+        // the unwinding frame and never called again.
+        self.0.map(|p| unsafe { p.as_ref() })
+    }
+}
+
+impl wit::dispatch::coretex::plugin::types::Host for Sandbox {}
+
+impl wit::dispatch::coretex::plugin::dispatch_context::Host for Sandbox {
+    fn job_topic(&mut self) -> String {
+        self.call
+            .get()
+            .map(|c| c.job.topic.clone())
+            .unwrap_or_default()
+    }
+
+    fn job_tenant(&mut self) -> String {
+        self.call
+            .get()
+            .map(|c| c.job.tenant_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn job_label(&mut self, key: String) -> Option<String> {
+        self.call.get()?.job.labels.get(&key).cloned()
+    }
+
+    fn job_labels(&mut self) -> Vec<(String, String)> {
+        self.call
+            .get()
+            .map(|c| {
+                c.job
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn candidate_label(&mut self, index: u32, key: String) -> Option<String> {
+        let c = self.call.get()?.candidates.get(index as usize)?;
+        c.labels.get(&key).cloned()
+    }
+
+    fn candidate_id(&mut self, index: u32) -> Option<String> {
+        let c = self.call.get()?.candidates.get(index as usize)?;
+        Some(c.worker_id.to_string())
+    }
+
+    fn setting(&mut self, key: String) -> Option<String> {
+        let value = self.call.get()?.settings?.get(&key)?;
+        Some(value.to_string())
+    }
+}
+
+/// `std::hash::Hash` into SHA-256, so the engine's compatibility hash is stable across runs.
+#[derive(Default)]
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 32 bytes"),
+        )
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes to a temporary file and renames it into place, so a reader never maps a half-written
+/// artifact (two hosts compiling the same bytes at once both rename whole files).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}

@@ -1,0 +1,216 @@
+//! The JSON messages that cross NATS (SPEC §4): one kind per subject, each carrying `"v": 1`
+//! and its `"kind"`. Unknown fields are ignored so the protocol can grow; workers in any
+//! language need only these shapes. Plain data, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::{JobError, JobSpec, Priority};
+use crate::time::{self, Millis};
+
+pub const VERSION: u8 = 1;
+
+fn v1() -> u8 {
+    VERSION
+}
+
+/// `sys.job.submit`: a job to schedule. Carries the whole spec so the scheduler needs no read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "submit")]
+pub struct SubmitMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job: JobSpec,
+    /// Whether the safety check already let the job through.
+    #[serde(default, skip_serializing_if = "Clearance::is_none")]
+    pub clearance: Clearance,
+}
+
+/// A safety decision that has already been made for a job being re-submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clearance {
+    /// Check as usual.
+    #[default]
+    None,
+    /// A human approved it after REQUIRE_HUMAN.
+    Approved,
+    /// It was throttled and has waited its delay.
+    Throttled,
+}
+
+impl Clearance {
+    pub fn is_none(&self) -> bool {
+        *self == Clearance::None
+    }
+}
+
+/// `worker.<id>.jobs`: a job handed to one worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "job")]
+pub struct JobMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    pub trace_id: String,
+    pub topic: String,
+    pub attempt: u32,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339_opt"
+    )]
+    pub deadline_at: Option<Millis>,
+}
+
+/// `sys.job.started`: a worker began a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "started")]
+pub struct StartedMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    pub worker_id: String,
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Timeout,
+}
+
+/// `sys.job.result`: how a job ended on its worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "result")]
+pub struct ResultMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    pub worker_id: String,
+    pub status: ResultStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub execution_ms: u64,
+}
+
+/// `sys.heartbeat`: a worker's liveness and load, seen by every replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "heartbeat")]
+pub struct HeartbeatMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub worker_id: String,
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub active_jobs: u32,
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    /// Percent, 0–100 (and above on a saturated host).
+    #[serde(default)]
+    pub cpu_load: f64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `sys.job.cancel`: stop a job wherever it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "cancel")]
+pub struct CancelMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `sys.job.events`: a job reached a terminal state (the completion feed behind
+/// `GET /api/v1/stream` and `coretex loadgen`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "job_event")]
+pub struct JobEventMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    pub state: crate::job::JobState,
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+}
+
+/// `sys.config.changed`: a config scope changed; replicas drop their cached effective configs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "config_changed")]
+pub struct ConfigChangedMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub scope: String,
+}
+
+/// `sys.plugins.changed`: a plugin was uploaded or deleted; replicas load the store's plugins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "plugins_changed")]
+pub struct PluginsChangedMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_version_and_kind() {
+        let m = CancelMsg {
+            v: VERSION,
+            job_id: "j1".into(),
+            reason: "user".into(),
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["kind"], "cancel");
+    }
+
+    #[test]
+    fn a_foreign_worker_result_parses_with_unknown_fields() {
+        let raw = r#"{"v":1,"kind":"result","job_id":"j","worker_id":"w","status":"failed",
+                      "error":{"code":"E","message":"boom"},"execution_ms":3,"extra":true}"#;
+        let m: ResultMsg = serde_json::from_str(raw).unwrap();
+        assert_eq!(m.status, ResultStatus::Failed);
+        assert_eq!(m.error.unwrap().code, "E");
+    }
+
+    #[test]
+    fn a_minimal_heartbeat_parses() {
+        let m: HeartbeatMsg =
+            serde_json::from_str(r#"{"kind":"heartbeat","worker_id":"w1"}"#).unwrap();
+        assert_eq!(m.max_parallel, 1);
+        assert_eq!(m.v, 1);
+    }
+}

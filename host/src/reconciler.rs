@@ -1,0 +1,317 @@
+//! The reconciler (SPEC §6): the loop that finds what fell through the cracks. It runs in one
+//! replica at a time, holding the `reconciler` lock with an owner token (renewed each tick,
+//! released only by its owner), and every tick:
+//!
+//! * DISPATCHED jobs older than `dispatch_timeout` → TIMEOUT (cancel sent, retry policy asked);
+//!   younger ones whose worker has not said `started` for `redeliver_after` are sent to their
+//!   worker again (it drops duplicates and re-sends results it already has) — this is what
+//!   recovers a job whose dispatch message died with a replica;
+//! * RUNNING jobs older than `running_timeout` → TIMEOUT;
+//! * jobs past their deadline → TIMEOUT (FAILED when they never reached a worker);
+//! * PENDING jobs nobody scheduled within `pending_grace` are published again;
+//! * index entries of expired records are pruned (every minute).
+//!
+//! Work per tick is bounded (`page` jobs per query). A job whose handling keeps failing is
+//! skipped after `retry_budget` attempts and reported (log, metric, `/api/v1/status`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::job::{Job, JobError, JobState};
+use crate::protocol::Clearance;
+use crate::scheduler::{Scheduler, SchedulerError};
+use crate::store::{Annotation, JobUpdate, StoreError};
+use crate::time::{Millis, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    pub interval: Duration,
+    pub dispatch_timeout: Duration,
+    pub running_timeout: Duration,
+    pub redeliver_after: Duration,
+    pub pending_grace: Duration,
+    pub page: usize,
+    pub retry_budget: u32,
+    pub job_ttl: Duration,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            interval: Duration::from_secs(1),
+            dispatch_timeout: Duration::from_secs(300),
+            running_timeout: Duration::from_secs(3600),
+            redeliver_after: Duration::from_secs(10),
+            pending_grace: Duration::from_secs(5),
+            page: 500,
+            retry_budget: 3,
+            job_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+const LOCK: &str = "reconciler";
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Reconciler {
+    scheduler: Arc<Scheduler>,
+    settings: ReconcilerSettings,
+    owner: String,
+    failures: Mutex<HashMap<String, u32>>,
+    skipped: Mutex<Vec<String>>,
+}
+
+fn ms(d: Duration) -> Millis {
+    d.as_millis() as Millis
+}
+
+impl Reconciler {
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        settings: ReconcilerSettings,
+        owner: String,
+    ) -> Arc<Self> {
+        Arc::new(Reconciler {
+            scheduler,
+            settings,
+            owner,
+            failures: Mutex::new(HashMap::new()),
+            skipped: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Jobs given up on after the retry budget (most recent last).
+    pub fn skipped(&self) -> Vec<String> {
+        self.skipped.lock().clone()
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        let mut last_prune = Instant::now();
+        let lock_ttl = (self.settings.interval * 3).max(Duration::from_secs(3));
+        loop {
+            tokio::time::sleep(self.settings.interval).await;
+            match self
+                .scheduler
+                .store
+                .lock_acquire(LOCK, &self.owner, lock_ttl.as_millis() as u64)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciler cannot reach the store");
+                    continue;
+                }
+            }
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "reconciler tick incomplete");
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                let before = now_ms() - ms(self.settings.job_ttl);
+                match self.scheduler.store.prune_indexes(before).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired index entries"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "index pruning failed"),
+                }
+            }
+        }
+    }
+
+    /// Releases the lock (on shutdown), so another replica takes over at once.
+    pub async fn release(&self) {
+        let _ = self.scheduler.store.lock_release(LOCK, &self.owner).await;
+    }
+
+    /// One pass over everything the reconciler watches.
+    pub async fn tick(&self) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        let s = &self.settings;
+        let store = &self.scheduler.store;
+
+        let due = store
+            .jobs_due(JobState::Dispatched, now - ms(s.redeliver_after), s.page)
+            .await?;
+        self.each(due, |job| self.check_dispatched(job, now))
+            .await?;
+
+        let due = store
+            .jobs_due(JobState::Running, now - ms(s.running_timeout), s.page)
+            .await?;
+        self.each(due, |job| async move {
+            if job.state != JobState::Running {
+                return Ok(());
+            }
+            let note = format!(
+                "no result within the running timeout ({:?})",
+                self.settings.running_timeout
+            );
+            self.time_out(job, JobState::Timeout, "running_timeout", note)
+                .await
+        })
+        .await?;
+
+        let due = store.deadlines_due(now, s.page).await?;
+        self.each(due, |job| async move {
+            if job.state.is_terminal() {
+                return Ok(());
+            }
+            let outcome = match job.state {
+                JobState::Pending | JobState::Scheduled => JobState::Failed,
+                _ => JobState::Timeout,
+            };
+            self.time_out(
+                job,
+                outcome,
+                "deadline_exceeded",
+                "the deadline passed".into(),
+            )
+            .await
+        })
+        .await?;
+
+        let due = store
+            .jobs_due(JobState::Pending, now - ms(s.pending_grace), s.page)
+            .await?;
+        self.each(due, |job| async move {
+            if job.state != JobState::Pending {
+                return Ok(());
+            }
+            let clearance = if job.safety_decision.as_deref() == Some("APPROVED") {
+                Clearance::Approved
+            } else {
+                Clearance::None
+            };
+            let recheck = Annotation {
+                expect: JobState::Pending,
+                at: now_ms(),
+                reason: None,
+                update: JobUpdate::default(),
+                recheck_at: Some(now_ms()),
+            };
+            if store.annotate(&job.spec.id, &recheck).await? {
+                self.scheduler.announce(job.spec, clearance).await;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn check_dispatched(&self, job: Job, now: Millis) -> Result<(), SchedulerError> {
+        if job.state != JobState::Dispatched {
+            return Ok(());
+        }
+        let age = now - job.updated_at;
+        if age >= ms(self.settings.dispatch_timeout) {
+            let note = format!(
+                "not started within the dispatch timeout ({:?})",
+                self.settings.dispatch_timeout
+            );
+            return self
+                .time_out(job, JobState::Timeout, "dispatch_timeout", note)
+                .await;
+        }
+        let Some(worker) = job.worker_id.clone() else {
+            return Ok(());
+        };
+        if !self.scheduler.registry.is_alive(&worker) {
+            return Ok(());
+        }
+        let recheck = Annotation {
+            expect: JobState::Dispatched,
+            at: now_ms(),
+            reason: None,
+            update: JobUpdate::default(),
+            recheck_at: Some(now_ms()),
+        };
+        if self
+            .scheduler
+            .store
+            .annotate(&job.spec.id, &recheck)
+            .await?
+        {
+            let effective = job
+                .effective_config
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "{}".into());
+            tracing::info!(job_id = %job.spec.id, worker_id = %worker, "re-delivering a job its worker has not started");
+            self.scheduler
+                .send_to_worker(&worker, &job.spec, &effective)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn time_out(
+        &self,
+        job: Job,
+        outcome: JobState,
+        code: &str,
+        note: String,
+    ) -> Result<(), SchedulerError> {
+        let was_out = matches!(job.state, JobState::Dispatched | JobState::Running);
+        let update = JobUpdate {
+            error: Some(JobError::new(code, note.clone())),
+            ..Default::default()
+        };
+        let id = job.spec.id.clone();
+        self.scheduler
+            .settle_failure(&job, outcome, update, note)
+            .await?;
+        if was_out {
+            self.scheduler.send_cancel(&id, code).await;
+        }
+        Ok(())
+    }
+
+    /// Loads the jobs and handles each, counting failures against the retry budget.
+    async fn each<F, Fut>(&self, ids: Vec<String>, mut handle: F) -> Result<(), SchedulerError>
+    where
+        F: FnMut(Job) -> Fut,
+        Fut: std::future::Future<Output = Result<(), SchedulerError>>,
+    {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let jobs = self.scheduler.store.get_jobs(&ids).await?;
+        for (id, job) in ids.into_iter().zip(jobs) {
+            let Some(job) = job else { continue };
+            if self.skipped.lock().contains(&id) {
+                continue;
+            }
+            match handle(job).await {
+                Ok(()) => {
+                    self.failures.lock().remove(&id);
+                }
+                Err(SchedulerError::Store(StoreError::Unavailable(e))) => {
+                    return Err(SchedulerError::Store(StoreError::Unavailable(e)));
+                }
+                Err(e) => {
+                    let n = {
+                        let mut f = self.failures.lock();
+                        let n = f.entry(id.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if n >= self.settings.retry_budget {
+                        tracing::error!(job_id = %id, error = %e, attempts = n, "reconciler gives up on a job");
+                        metrics::counter!("coretex_reconciler_skipped_total").increment(1);
+                        self.failures.lock().remove(&id);
+                        let mut skipped = self.skipped.lock();
+                        skipped.push(id);
+                        let excess = skipped.len().saturating_sub(1000);
+                        skipped.drain(..excess);
+                    } else {
+                        tracing::warn!(job_id = %id, error = %e, attempts = n, "reconciler could not handle a job");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,834 @@
+//! The scheduler (SPEC §5): accepts jobs, decides where each one runs, and applies what workers
+//! report back.
+//!
+//! # The hot path, and what it costs
+//!
+//! A job submitted over HTTP and completed by a worker costs **three Redis round trips** and
+//! four NATS messages on the host's side:
+//!
+//! 1. *accept* — the create script writes the record, its indexes and history (round trip 1);
+//!    the 201 goes out only after it. The whole spec is then published on `sys.job.submit`, so
+//!    the scheduler that takes it (any replica, queue group) never reads it back.
+//! 2. *schedule* — validation, effective config (an in-process cache, refreshed at most once a
+//!    second and dropped on `sys.config.changed`), the safety gate, and the strategy over the
+//!    in-memory worker registry run without I/O; one transition script moves the job
+//!    PENDING → DISPATCHED with worker, safety decision and effective config (round trip 2); the
+//!    job goes to `worker.<id>.jobs`.
+//! 3. *result* — the worker's `started` and `result` arrive through the durable event stream. A
+//!    `started` is held for a short window (`started_coalesce`, 50 ms by default); when the result
+//!    comes within it, one script records DISPATCHED → RUNNING → SUCCEEDED (round trip 3), else
+//!    RUNNING is written on its own when the window closes (a long job pays a fourth trip that is
+//!    not on its critical path).
+//!
+//! No step holds a lock or awaits another job: every submission and every worker event is its
+//! own task, and the multiplexed Redis connection pipelines whatever is in flight, so under load
+//! many jobs share each round trip. Failure paths (retry, dead letter) read the job once more;
+//! they are off the hot path.
+//!
+//! # Crash safety
+//!
+//! A job is stored before it is announced, and every later step is idempotent against the
+//! store's check-and-set, so the reconciler may re-publish anything that looks stuck: a PENDING
+//! job nobody scheduled, a DISPATCHED job whose worker never said `started` (the worker drops
+//! duplicates and re-sends the result of a job it already finished). Worker events are acked
+//! only after their transition is stored.
+
+pub mod registry;
+pub mod results;
+pub mod retry;
+pub mod safety;
+pub mod strategy;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::bus::{SCHEDULER_GROUP, SharedBus, publish_json};
+use crate::configsvc::{ConfigService, ConfigTarget, Effective};
+use crate::job::{
+    EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
+};
+use crate::plugins::PluginRegistry;
+use crate::protocol::{
+    CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
+};
+use crate::store::{
+    Annotation, CreateOutcome, DlqEntry, JobUpdate, NewJob, PARKED, SharedStore, StoreError,
+    Transition, TransitionOutcome,
+};
+use crate::time::{Millis, now_ms};
+
+use registry::{Placement, Registry};
+use retry::{Failure, RetryDecision, RetryPolicy};
+use safety::{Decision, SafetyGate};
+use strategy::{DispatchStrategy, Pick};
+
+/// Settings of the scheduler, from the command line.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    pub limits: Limits,
+    /// How long a worker's `started` waits to be written together with its result.
+    pub started_coalesce: Duration,
+    /// At most this many jobs are scheduled (or worker events applied) at once per replica.
+    pub max_in_flight: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            limits: Limits::default(),
+            started_coalesce: Duration::from_millis(50),
+            max_in_flight: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("invalid job")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no such job `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub job_id: String,
+    pub trace_id: String,
+    /// False when the id or idempotency key named an existing job.
+    pub created: bool,
+}
+
+/// Jobs waiting for a worker, by priority (critical first, batch last), each once, with the
+/// reason last recorded on each (so a job that keeps waiting for the same reason is written to
+/// the store once, not at every retry).
+#[derive(Default)]
+struct WaitQueue {
+    lanes: [VecDeque<(JobSpec, Clearance)>; 3],
+    ids: HashSet<String>,
+    recorded: HashMap<String, String>,
+}
+
+impl WaitQueue {
+    fn lane(p: crate::job::Priority) -> usize {
+        match p {
+            crate::job::Priority::Critical => 0,
+            crate::job::Priority::Interactive => 1,
+            crate::job::Priority::Batch => 2,
+        }
+    }
+
+    fn push(&mut self, spec: JobSpec, clearance: Clearance) {
+        if self.ids.insert(spec.id.clone()) {
+            self.lanes[Self::lane(spec.priority)].push_back((spec, clearance));
+        }
+    }
+
+    /// Takes up to `n` jobs, highest priority first.
+    fn take(&mut self, n: usize) -> Vec<(JobSpec, Clearance)> {
+        let mut out = Vec::with_capacity(n.min(self.ids.len()));
+        for lane in self.lanes.iter_mut() {
+            while out.len() < n {
+                let Some(entry) = lane.pop_front() else { break };
+                self.ids.remove(&entry.0.id);
+                out.push(entry);
+            }
+        }
+        out
+    }
+
+    /// Forgets a job that left the queue for good (dispatched, cancelled, failed).
+    fn forget(&mut self, id: &str) {
+        self.recorded.remove(id);
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+pub struct Scheduler {
+    pub store: SharedStore,
+    pub bus: SharedBus,
+    pub config: Arc<ConfigService>,
+    pub registry: Arc<Registry>,
+    /// Resolves each job's dispatch strategy and retry policy from its effective config.
+    pub plugins: Arc<PluginRegistry>,
+    safety: SafetyGate,
+    settings: SchedulerSettings,
+    waiting: Mutex<WaitQueue>,
+    capacity: Notify,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: SharedStore,
+        bus: SharedBus,
+        config: Arc<ConfigService>,
+        registry: Arc<Registry>,
+        plugins: Arc<PluginRegistry>,
+        safety: SafetyGate,
+        settings: SchedulerSettings,
+    ) -> Arc<Self> {
+        let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
+        Arc::new(Scheduler {
+            store,
+            bus,
+            config,
+            registry,
+            plugins,
+            safety,
+            settings,
+            waiting: Mutex::new(WaitQueue::default()),
+            capacity: Notify::new(),
+            in_flight,
+        })
+    }
+
+    pub fn safety(&self) -> &SafetyGate {
+        &self.safety
+    }
+
+    pub fn waiting_jobs(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    /// Validates, stores (PENDING) and announces a job. Answers only once the job is stored.
+    pub async fn submit(
+        &self,
+        req: JobRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Accepted, SchedulerError> {
+        let errors = req.validate(&self.settings.limits);
+        if !errors.is_empty() {
+            return Err(SchedulerError::Invalid(errors));
+        }
+        let new = NewJob {
+            spec: JobSpec::accept(req, now_ms()),
+            idempotency_key,
+            note: None,
+        };
+        let outcome = self.store.create_job(&new).await?;
+        self.after_create(new.spec, outcome).await
+    }
+
+    /// Many submissions with one store round trip; one answer per request, in order. A bad item
+    /// is reported in its place and never holds back the good ones.
+    pub async fn submit_batch(
+        &self,
+        reqs: Vec<JobRequest>,
+    ) -> Result<Vec<Result<Accepted, SchedulerError>>, SchedulerError> {
+        let now = now_ms();
+        let mut answers: Vec<Option<Result<Accepted, SchedulerError>>> = Vec::new();
+        let mut valid = Vec::new();
+        for req in reqs {
+            let errors = req.validate(&self.settings.limits);
+            if errors.is_empty() {
+                valid.push(NewJob {
+                    spec: JobSpec::accept(req, now),
+                    idempotency_key: None,
+                    note: None,
+                });
+                answers.push(None);
+            } else {
+                answers.push(Some(Err(SchedulerError::Invalid(errors))));
+            }
+        }
+        let outcomes = self.store.create_jobs(&valid).await?;
+        let mut stored = valid.into_iter().zip(outcomes);
+        for slot in answers.iter_mut().filter(|a| a.is_none()) {
+            let (new, outcome) = stored.next().expect("one outcome per valid job");
+            *slot = Some(match outcome {
+                Ok(o) => self.after_create(new.spec, o).await,
+                Err(e) => Err(e.into()),
+            });
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    async fn after_create(
+        &self,
+        spec: JobSpec,
+        outcome: CreateOutcome,
+    ) -> Result<Accepted, SchedulerError> {
+        match outcome {
+            CreateOutcome::Created => {
+                let accepted = Accepted {
+                    job_id: spec.id.clone(),
+                    trace_id: spec.trace_id.clone(),
+                    created: true,
+                };
+                self.announce(spec, Clearance::None).await;
+                Ok(accepted)
+            }
+            CreateOutcome::Exists { job_id } => {
+                let trace_id = match self.store.get_job(&job_id).await? {
+                    Some(j) => j.spec.trace_id,
+                    None => spec.trace_id,
+                };
+                Ok(Accepted {
+                    job_id,
+                    trace_id,
+                    created: false,
+                })
+            }
+        }
+    }
+
+    /// Publishes a stored job for scheduling. A failed publish is not an error for the caller:
+    /// the job is stored, and the reconciler re-publishes PENDING jobs nobody scheduled.
+    pub async fn announce(&self, spec: JobSpec, clearance: Clearance) {
+        let subject = self.bus.subjects().submit();
+        let msg = SubmitMsg {
+            v: VERSION,
+            job: spec,
+            clearance,
+        };
+        if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+            tracing::warn!(job_id = %msg.job.id, error = %e, "could not announce job; the reconciler will");
+        }
+    }
+
+    /// Takes submissions from the queue group until the bus closes.
+    pub async fn run_submissions(self: Arc<Self>) {
+        let subject = self.bus.subjects().submit();
+        let mut sub = match self.bus.queue_subscribe(&subject, SCHEDULER_GROUP).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler could not subscribe to submissions");
+                return;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let msg: SubmitMsg = match serde_json::from_slice(&msg.payload) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping malformed submit message");
+                    continue;
+                }
+            };
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.schedule(msg.job, msg.clearance).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Keeps the registry from heartbeats and wakes waiting jobs when capacity appears.
+    pub async fn run_heartbeats(self: Arc<Self>) {
+        let subject = self.bus.subjects().heartbeat();
+        let mut sub = match self.bus.subscribe(&subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler could not subscribe to heartbeats");
+                return;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            match serde_json::from_slice::<HeartbeatMsg>(&msg.payload) {
+                Ok(hb) => {
+                    if self.registry.observe(hb) {
+                        self.capacity.notify_one();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "ignoring malformed heartbeat"),
+            }
+        }
+    }
+
+    /// Retries waiting jobs whenever capacity may have appeared, and at least every 250 ms: as
+    /// many as there are free slots (at least one, so a job for an idle pool is not starved by a
+    /// queue head nobody can take), each in its own task.
+    pub async fn run_wait_queue(self: Arc<Self>) {
+        loop {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(250), self.capacity.notified()).await;
+            self.registry.expire();
+            let budget = self.registry.free_slots().max(1);
+            let batch = self.waiting.lock().take(budget);
+            for (spec, clearance) in batch {
+                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.schedule(spec, clearance).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiting.lock().len() > 0 {
+            self.capacity.notify_one();
+        }
+    }
+
+    /// One pass of SPEC §5 for one job. Never fails: every outcome is recorded on the job, or
+    /// left for the reconciler when the store is unreachable.
+    pub async fn schedule(self: &Arc<Self>, spec: JobSpec, clearance: Clearance) {
+        let now = now_ms();
+        if let Some(nb) = spec.not_before
+            && nb > now
+        {
+            self.announce_later(spec, clearance, Duration::from_millis((nb - now) as u64));
+            return;
+        }
+        if let Err(e) = self.try_schedule(spec, clearance, now).await {
+            tracing::warn!(error = %e, "scheduling deferred to the reconciler");
+        }
+    }
+
+    /// Publishes the job again after a delay (a back-off or a throttle). Should this replica die
+    /// meanwhile, the job is PENDING with a recheck time, and the reconciler publishes it.
+    fn announce_later(self: &Arc<Self>, spec: JobSpec, clearance: Clearance, delay: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            this.announce(spec, clearance).await;
+        });
+    }
+
+    async fn try_schedule(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        clearance: Clearance,
+        now: Millis,
+    ) -> Result<(), SchedulerError> {
+        // 1. Validate what came off the bus (the gateway validated the request already).
+        if spec.id.is_empty() || spec.topic.is_empty() {
+            let err = JobError::new("invalid_job", "a job needs an id and a topic");
+            return self.fail_now(&spec, err).await;
+        }
+        if spec.deadline.is_some_and(|d| d <= now) {
+            let err = JobError::new("deadline_exceeded", "the deadline passed before dispatch");
+            return self.fail_now(&spec, err).await;
+        }
+        // 2. Effective config for (tenant, team, workflow, step).
+        let effective = self.effective_config(&spec).await?;
+        // 3. Safety, against the effective config.
+        let (decision, reason) = if clearance == Clearance::Approved {
+            ("APPROVED".to_string(), "approved by a human".to_string())
+        } else if clearance == Clearance::Throttled {
+            (
+                "ALLOW".to_string(),
+                "released after its throttle delay".to_string(),
+            )
+        } else {
+            let verdict = self.safety.check(&spec, &effective.value).await;
+            match verdict.decision {
+                Decision::Allow => {}
+                Decision::Deny => {
+                    let mut t = Transition::to(JobState::Denied, now_ms()).note(&verdict.reason);
+                    t.update.safety_decision = Some("DENY".into());
+                    t.update.safety_reason = Some(verdict.reason);
+                    return self.apply(&spec.id, &t).await.map(drop);
+                }
+                Decision::RequireHuman => {
+                    let a = Annotation {
+                        expect: JobState::Pending,
+                        at: now_ms(),
+                        reason: Some(format!("awaiting approval: {}", verdict.reason)),
+                        update: JobUpdate {
+                            safety_decision: Some("REQUIRE_HUMAN".into()),
+                            safety_reason: Some(verdict.reason),
+                            ..Default::default()
+                        },
+                        recheck_at: Some(PARKED),
+                    };
+                    self.store.annotate(&spec.id, &a).await?;
+                    return Ok(());
+                }
+                Decision::Throttle { delay_ms } => {
+                    let a = Annotation {
+                        expect: JobState::Pending,
+                        at: now_ms(),
+                        reason: Some(format!("throttled for {delay_ms} ms: {}", verdict.reason)),
+                        update: JobUpdate {
+                            safety_decision: Some("THROTTLE".into()),
+                            safety_reason: Some(verdict.reason),
+                            ..Default::default()
+                        },
+                        recheck_at: Some(now_ms() + delay_ms as i64),
+                    };
+                    if self.store.annotate(&spec.id, &a).await? {
+                        self.announce_later(
+                            spec,
+                            Clearance::Throttled,
+                            Duration::from_millis(delay_ms),
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+            ("ALLOW".to_string(), verdict.reason)
+        };
+        // 4. The strategy picks among the eligible workers.
+        let pool = spec
+            .labels
+            .get("preferred_pool")
+            .map(String::as_str)
+            .or_else(|| {
+                effective.value["pools"]
+                    .get(spec.topic.as_str())
+                    .and_then(|p| p.as_str())
+            });
+        let placement = Placement {
+            topic: &spec.topic,
+            pool,
+            required_labels: spec
+                .labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("placement."))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            preferred_worker: spec.labels.get("preferred_worker_id").map(String::as_str),
+        };
+        let candidates = self.registry.eligible_workers(&placement);
+        let strategy = self.plugins.strategy_for(&effective.value);
+        let pick = match strategy.pick(&spec, &candidates) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(strategy = strategy.name(), error = %e, "strategy failed");
+                Pick::NoWorker(format!("strategy {} failed: {e}", strategy.name()))
+            }
+        };
+        let worker = match pick {
+            Pick::Worker(i) if i < candidates.len() => {
+                // Reserve the slot before awaiting the store, so the jobs being scheduled
+                // concurrently see it taken.
+                let w = candidates[i].worker_id.clone();
+                self.registry.note_dispatched(&w);
+                w
+            }
+            Pick::Worker(i) => {
+                tracing::warn!(index = i, "strategy returned an out-of-range candidate");
+                return self
+                    .wait_for_capacity(spec, clearance, "strategy returned no valid worker".into())
+                    .await;
+            }
+            Pick::NoWorker(reason) => {
+                let reason = match pool {
+                    Some(p) => format!("waiting for capacity in pool `{p}`: {reason}"),
+                    None => format!("waiting for capacity for topic `{}`: {reason}", spec.topic),
+                };
+                return self.wait_for_capacity(spec, clearance, reason).await;
+            }
+        };
+        // 5. Record the dispatch, then hand the job to that worker.
+        let mut t = Transition::to(JobState::Dispatched, now_ms());
+        t.update = JobUpdate {
+            worker_id: Some(worker.to_string()),
+            safety_decision: Some(decision),
+            safety_reason: Some(reason),
+            effective_config: Some(effective.value.clone()),
+            ..Default::default()
+        };
+        let applied = self.apply(&spec.id, &t).await;
+        if !matches!(applied, Ok(Some(TransitionOutcome::Applied { .. }))) {
+            // Already dispatched by another replica, cancelled meanwhile, or not stored: give
+            // the reserved slot back.
+            self.registry.note_finished(&worker);
+            return applied.map(drop);
+        }
+        self.waiting.lock().forget(&spec.id);
+        self.send_to_worker(&worker, &spec, &effective.json).await;
+        Ok(())
+    }
+
+    /// The effective config (SPEC §8) of a job's (tenant, team, workflow, step).
+    async fn effective_config(&self, spec: &JobSpec) -> Result<Arc<Effective>, SchedulerError> {
+        let target = ConfigTarget {
+            org_id: Some(spec.tenant_id.clone()),
+            team_id: spec.team_id.clone(),
+            workflow_id: spec.workflow_id.clone(),
+            step_id: spec.step_id.clone(),
+        };
+        self.config.effective(&target).await.map_err(|e| match e {
+            crate::configsvc::ConfigError::Store(s) => SchedulerError::Store(s),
+            other => SchedulerError::Conflict(other.to_string()),
+        })
+    }
+
+    /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver).
+    pub async fn send_to_worker(&self, worker: &str, spec: &JobSpec, effective_json: &str) {
+        let mut env = spec.env.clone();
+        env.insert(EFFECTIVE_CONFIG_ENV.to_string(), effective_json.to_string());
+        let msg = JobMsg {
+            v: VERSION,
+            job_id: spec.id.clone(),
+            trace_id: spec.trace_id.clone(),
+            topic: spec.topic.clone(),
+            attempt: spec.attempt,
+            payload: spec.payload.clone(),
+            env,
+            labels: spec.labels.clone(),
+            priority: spec.priority,
+            deadline_at: spec.deadline,
+        };
+        let subject = self.bus.subjects().worker_jobs(worker);
+        if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+            tracing::warn!(job_id = %spec.id, error = %e, "could not send job to worker; the reconciler re-delivers");
+        }
+    }
+
+    async fn wait_for_capacity(
+        &self,
+        spec: JobSpec,
+        clearance: Clearance,
+        reason: String,
+    ) -> Result<(), SchedulerError> {
+        let known = self.waiting.lock().recorded.get(&spec.id) == Some(&reason);
+        if !known {
+            let a = Annotation {
+                expect: JobState::Pending,
+                at: now_ms(),
+                reason: Some(reason.clone()),
+                update: JobUpdate::default(),
+                recheck_at: None,
+            };
+            if !self.store.annotate(&spec.id, &a).await? {
+                // No longer PENDING (cancelled, timed out): nothing to wait for.
+                self.waiting.lock().forget(&spec.id);
+                return Ok(());
+            }
+        }
+        let mut waiting = self.waiting.lock();
+        waiting.recorded.insert(spec.id.clone(), reason);
+        waiting.push(spec, clearance);
+        Ok(())
+    }
+
+    /// Applies a transition, treating "someone else moved it" as a quiet no-op.
+    async fn apply(
+        &self,
+        id: &str,
+        t: &Transition,
+    ) -> Result<Option<TransitionOutcome>, SchedulerError> {
+        match self.store.transition(id, t).await {
+            Ok(o) => {
+                if t.to.is_terminal() && matches!(o, TransitionOutcome::Applied { .. }) {
+                    self.publish_event(id, t.to, t.at).await;
+                }
+                Ok(Some(o))
+            }
+            Err(StoreError::IllegalTransition { from, to }) => {
+                tracing::debug!(job_id = id, %from, %to, "transition skipped: the job moved on");
+                Ok(None)
+            }
+            Err(StoreError::NotFound(_)) => {
+                tracing::warn!(job_id = id, "transition of a job that is not stored");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the completion feed that a job ended.
+    async fn publish_event(&self, id: &str, state: JobState, at: Millis) {
+        let msg = JobEventMsg {
+            v: VERSION,
+            job_id: id.to_string(),
+            state,
+            at,
+        };
+        let subject = self.bus.subjects().job_events();
+        if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+            tracing::debug!(job_id = id, error = %e, "job event not published");
+        }
+    }
+
+    /// Fails a job that cannot be scheduled at all, through the retry policy's dead letter.
+    async fn fail_now(&self, spec: &JobSpec, err: JobError) -> Result<(), SchedulerError> {
+        let Some(job) = self.store.get_job(&spec.id).await? else {
+            return Ok(());
+        };
+        let reason = err.message.clone();
+        self.dead_letter(
+            &job,
+            JobState::Failed,
+            JobUpdate {
+                error: Some(err),
+                ..Default::default()
+            },
+            reason,
+        )
+        .await
+    }
+
+    /// A job ended badly: the retry policy decides between another attempt and the DLQ. The
+    /// next attempt is created before the failure is recorded, so a crash in between leaves a
+    /// job to run, never a lost retry (the attempt id is deterministic, so doing it twice
+    /// creates it once).
+    pub async fn settle_failure(
+        &self,
+        job: &Job,
+        outcome: JobState,
+        update: JobUpdate,
+        note: String,
+    ) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        let deadline_passed = job.spec.deadline.is_some_and(|d| d <= now);
+        let decision = if deadline_passed {
+            RetryDecision::DeadLetter {
+                reason: "deadline exceeded".into(),
+            }
+        } else {
+            // The policy of the config the job was dispatched with; a job that never was
+            // dispatched goes by its current effective config.
+            let resolved;
+            let effective = match &job.effective_config {
+                Some(v) => v,
+                None => {
+                    resolved = self.effective_config(&job.spec).await?;
+                    &resolved.value
+                }
+            };
+            self.plugins.retry_for(effective).decide(&Failure {
+                job,
+                outcome,
+                error: update.error.as_ref(),
+                elapsed_ms: (now - job.spec.created_at).max(0) as u64,
+            })
+        };
+        match decision {
+            RetryDecision::Retry { after_ms } => {
+                let next = retry::next_attempt(&job.spec, now, after_ms);
+                let next_id = next.id.clone();
+                let new = NewJob {
+                    spec: next.clone(),
+                    idempotency_key: None,
+                    note: Some(format!("attempt {} of {}", next.attempt, job.spec.id)),
+                };
+                if self.store.create_job(&new).await? == CreateOutcome::Created {
+                    self.announce(next, Clearance::None).await;
+                }
+                let mut t = Transition::to(outcome, now)
+                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"));
+                t.update = update;
+                self.apply(&job.spec.id, &t).await?;
+                Ok(())
+            }
+            RetryDecision::DeadLetter { reason } => {
+                self.dead_letter(job, outcome, update, format!("{note}; {reason}"))
+                    .await
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        job: &Job,
+        outcome: JobState,
+        update: JobUpdate,
+        reason: String,
+    ) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        let entry = DlqEntry {
+            job_id: job.spec.id.clone(),
+            topic: job.spec.topic.clone(),
+            tenant_id: job.spec.tenant_id.clone(),
+            status: outcome,
+            reason: reason.clone(),
+            error: update.error.clone(),
+            attempts: job.spec.attempt,
+            created_at: now,
+            request: job.spec.clone(),
+        };
+        let mut t = Transition::to(outcome, now).note(reason);
+        t.update = update;
+        t.dead_letter = Some(entry);
+        self.apply(&job.spec.id, &t).await?;
+        Ok(())
+    }
+
+    /// Cancels a job wherever it is. A terminal job is answered as it is, unchanged.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, SchedulerError> {
+        let t = Transition::to(JobState::Cancelled, now_ms()).note(format!("cancelled: {reason}"));
+        self.apply(id, &t).await?;
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.into()))?;
+        if job.state == JobState::Cancelled {
+            self.waiting.lock().forget(id);
+            self.send_cancel(id, reason).await;
+        }
+        Ok(job)
+    }
+
+    pub async fn send_cancel(&self, id: &str, reason: &str) {
+        let msg = CancelMsg {
+            v: VERSION,
+            job_id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let subject = self.bus.subjects().cancel();
+        if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+            tracing::warn!(job_id = id, error = %e, "could not send cancel");
+        }
+    }
+
+    /// Releases (or denies) a job held for human approval.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<Job, SchedulerError> {
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.into()))?;
+        if job.state != JobState::Pending || job.safety_decision.as_deref() != Some("REQUIRE_HUMAN")
+        {
+            return Err(SchedulerError::Conflict(format!(
+                "job `{id}` is {} and not awaiting approval",
+                job.state
+            )));
+        }
+        let comment = comment.unwrap_or_default();
+        if approved {
+            let a = Annotation {
+                expect: JobState::Pending,
+                at: now_ms(),
+                reason: Some(format!("approved {comment}").trim().to_string()),
+                update: JobUpdate {
+                    safety_decision: Some("APPROVED".into()),
+                    safety_reason: Some(comment),
+                    ..Default::default()
+                },
+                recheck_at: Some(now_ms()),
+            };
+            self.store.annotate(id, &a).await?;
+            self.announce(job.spec.clone(), Clearance::Approved).await;
+        } else {
+            let mut t = Transition::to(JobState::Denied, now_ms())
+                .note(format!("rejected by a human {comment}").trim().to_string());
+            t.update.safety_decision = Some("DENY".into());
+            t.update.safety_reason =
+                Some(format!("rejected by a human {comment}").trim().to_string());
+            self.apply(id, &t).await?;
+        }
+        Ok(self.store.get_job(id).await?.unwrap_or(job))
+    }
+}

@@ -1,0 +1,184 @@
+//! Applies what workers report (`sys.job.started`, `sys.job.result`), from the durable event
+//! stream. An event is acked only once its effect is stored; one that could not be stored (the
+//! store is down) is left unacked and comes back.
+//!
+//! A `started` is held for `started_coalesce` so that a short job's RUNNING and its result are
+//! written by one script (see the module docs of [`crate::scheduler`]). Both events of a job
+//! come through the same ordered stream, so a result always finds its `started` if it is held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+
+use super::{Scheduler, SchedulerError};
+use crate::bus::Ack;
+use crate::job::JobState;
+use crate::protocol::{ResultMsg, ResultStatus, StartedMsg};
+use crate::store::{JobUpdate, Transition, TransitionOutcome};
+use crate::time::now_ms;
+
+struct HeldStart {
+    msg: StartedMsg,
+    ack: Ack,
+    since: Instant,
+}
+
+type Held = Arc<Mutex<HashMap<String, HeldStart>>>;
+
+impl Scheduler {
+    /// Consumes worker events until the bus closes, reconnecting the consumer after errors.
+    pub async fn run_results(self: Arc<Self>) {
+        let held: Held = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(self.clone().flush_held_starts(held.clone()));
+        loop {
+            let mut events = match self.bus.consume_worker_events().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot consume worker events; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let started_subject = self.bus.subjects().started();
+            while let Some(mut msg) = events.next().await {
+                let ack = msg.take_ack();
+                if msg.subject == started_subject {
+                    match serde_json::from_slice::<StartedMsg>(&msg.payload) {
+                        Ok(s) => {
+                            let held_start = HeldStart {
+                                msg: s,
+                                ack,
+                                since: Instant::now(),
+                            };
+                            held.lock()
+                                .insert(held_start.msg.job_id.clone(), held_start);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping malformed started message");
+                            let _ = ack.ack().await;
+                        }
+                    }
+                    continue;
+                }
+                let result = match serde_json::from_slice::<ResultMsg>(&msg.payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping malformed result message");
+                        let _ = ack.ack().await;
+                        continue;
+                    }
+                };
+                let start = held.lock().remove(&result.job_id);
+                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    match this
+                        .apply_result(&result, start.as_ref().map(|s| &s.msg))
+                        .await
+                    {
+                        Ok(()) => {
+                            let _ = ack.ack().await;
+                            if let Some(s) = start {
+                                let _ = s.ack.ack().await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(job_id = %result.job_id, error = %e,
+                            "result not applied; it will be delivered again"),
+                    }
+                    drop(permit);
+                });
+            }
+            tracing::warn!("worker event stream ended; resubscribing");
+        }
+    }
+
+    /// Writes RUNNING for starts whose result did not come within the coalescing window.
+    async fn flush_held_starts(self: Arc<Self>, held: Held) {
+        let window = self.settings.started_coalesce;
+        let mut tick = tokio::time::interval((window / 2).max(Duration::from_millis(5)));
+        loop {
+            tick.tick().await;
+            let due: Vec<HeldStart> = {
+                let mut map = held.lock();
+                let ids: Vec<String> = map
+                    .iter()
+                    .filter(|(_, h)| h.since.elapsed() >= window)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| map.remove(id)).collect()
+            };
+            for h in due {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let mut t = Transition::to(JobState::Running, h.msg.at);
+                    t.update.worker_id = Some(h.msg.worker_id.clone());
+                    match this.apply(&h.msg.job_id, &t).await {
+                        Ok(_) => {
+                            let _ = h.ack.ack().await;
+                        }
+                        Err(e) => tracing::warn!(job_id = %h.msg.job_id, error = %e,
+                            "started not applied; it will be delivered again"),
+                    }
+                });
+            }
+        }
+    }
+
+    async fn apply_result(
+        &self,
+        r: &ResultMsg,
+        start: Option<&StartedMsg>,
+    ) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        let update = JobUpdate {
+            worker_id: Some(r.worker_id.clone()),
+            result: r.result.clone(),
+            error: r.error.clone(),
+            execution_ms: Some(r.execution_ms),
+            ..Default::default()
+        };
+        let outcome = match r.status {
+            ResultStatus::Succeeded => JobState::Succeeded,
+            ResultStatus::Failed => JobState::Failed,
+            ResultStatus::Cancelled => JobState::Cancelled,
+            ResultStatus::Timeout => JobState::Timeout,
+        };
+        let via = start.map(|s| (JobState::Running, s.at));
+        if outcome == JobState::Succeeded {
+            let mut t = Transition::to(outcome, now);
+            t.via = via;
+            t.update = update;
+            if let Some(TransitionOutcome::Applied { .. }) = self.apply(&r.job_id, &t).await? {
+                self.registry.note_finished(&r.worker_id);
+                self.wake_waiters();
+            }
+            return Ok(());
+        }
+        if let Some((_, at)) = via {
+            let mut t = Transition::to(JobState::Running, at);
+            t.update.worker_id = Some(r.worker_id.clone());
+            self.apply(&r.job_id, &t).await?;
+        }
+        let Some(job) = self.store.get_job(&r.job_id).await? else {
+            return Ok(());
+        };
+        if job.state.is_terminal() {
+            return Ok(());
+        }
+        self.registry.note_finished(&r.worker_id);
+        self.wake_waiters();
+        let note = match &r.error {
+            Some(e) => format!(
+                "worker {} reported {}: {}: {}",
+                r.worker_id, outcome, e.code, e.message
+            ),
+            None => format!("worker {} reported {}", r.worker_id, outcome),
+        };
+        self.settle_failure(&job, outcome, update, note).await
+    }
+}

@@ -1,0 +1,254 @@
+//! `coretex serve`: wires one host process — store, bus, config service, scheduler, result
+//! applier, reconciler, gateway and (optionally) the demo workers — and runs it until stopped.
+//!
+//! With neither `--redis-url` nor `--nats-url` it runs on the embedded store and bus, and says
+//! so: everything then lives in this process and goes with it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::BreakerConfig;
+use crate::bus::memory::MemoryBus;
+use crate::bus::nats::NatsBus;
+use crate::bus::{SharedBus, Subjects};
+use crate::configsvc::ConfigService;
+use crate::dlq::Dlq;
+use crate::gateway::{self, AppState};
+use crate::plugins::runtime::PluginRuntime;
+use crate::plugins::{PluginRegistry, PluginSettings};
+use crate::reconciler::{Reconciler, ReconcilerSettings};
+use crate::scheduler::registry::Registry;
+use crate::scheduler::safety::{BuiltinPolicy, SafetyGate};
+use crate::scheduler::{Scheduler, SchedulerSettings};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{SharedStore, StoreOptions};
+use crate::worker::{Mode, Worker, WorkerOptions};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub redis_url: Option<String>,
+    pub nats_url: Option<String>,
+    pub key_prefix: String,
+    pub subject_prefix: String,
+    pub api_key: Option<String>,
+    pub demo_workers: bool,
+    pub store: StoreOptions,
+    pub scheduler: SchedulerSettings,
+    pub reconciler: ReconcilerSettings,
+    pub worker_ttl: Duration,
+    pub max_body_bytes: usize,
+    /// `.wasm` plugins loaded from here, and watched for changes.
+    pub plugin_dir: Option<PathBuf>,
+    pub plugins: PluginSettings,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_url: None,
+            nats_url: None,
+            key_prefix: "coretex:".into(),
+            subject_prefix: String::new(),
+            api_key: None,
+            demo_workers: false,
+            store: StoreOptions::default(),
+            scheduler: SchedulerSettings::default(),
+            reconciler: ReconcilerSettings::default(),
+            worker_ttl: Duration::from_secs(30),
+            max_body_bytes: 16 << 20,
+            plugin_dir: None,
+            plugins: PluginSettings::default(),
+        }
+    }
+}
+
+/// A running host.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// The process-wide Prometheus recorder (one per process, however many hosts a test starts).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// The plugin registry with the built-in plugins and the uploaded ones loaded. The first start
+/// on a machine compiles the built-ins (seconds); later starts load them from the cache.
+async fn start_plugins(
+    opts: &ServeOptions,
+    store: &SharedStore,
+) -> anyhow::Result<Arc<PluginRegistry>> {
+    let runtime = PluginRuntime::new(&opts.plugins).context("starting the plugin runtime")?;
+    let plugins = PluginRegistry::new(runtime, BreakerConfig::default());
+    let loading = plugins.clone();
+    tokio::task::spawn_blocking(move || loading.load_builtins())
+        .await
+        .context("loading the built-in plugins")?;
+    if let Err(e) = plugins.clone().sync_from_store(store).await {
+        tracing::warn!(error = %e, "cannot load the uploaded plugins yet; retrying in the background");
+    }
+    Ok(plugins)
+}
+
+/// The echo pool of `--demo-workers`.
+pub const DEMO_POOL: &str = "echo";
+pub const DEMO_TOPIC: &str = "job.echo";
+
+/// Connects the backends, starts every component and the HTTP listener.
+pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
+    if opts.api_key.is_none() && !opts.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without an API key: set --api-key (CORETEX_API_KEY) or listen on loopback",
+            opts.listen
+        );
+    }
+    let subjects = Subjects::new(&opts.subject_prefix);
+    let store: SharedStore = match &opts.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::connect(url, &opts.key_prefix, opts.store.clone())
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no --redis-url: using the embedded in-memory store (state lives and dies with this process)"
+            );
+            Arc::new(MemoryStore::new(opts.store.clone()))
+        }
+    };
+    let bus: SharedBus = match &opts.nats_url {
+        Some(url) => {
+            let nats = NatsBus::connect(url, subjects)
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?;
+            nats.ensure_events_stream()
+                .await
+                .context("creating the JetStream stream for worker events")?;
+            Arc::new(nats)
+        }
+        None => {
+            tracing::warn!(
+                "no --nats-url: using the in-process bus (only in-process workers can connect)"
+            );
+            Arc::new(MemoryBus::new(subjects))
+        }
+    };
+    let stop = CancellationToken::new();
+    let config = ConfigService::new(store.clone(), bus.clone());
+    let registry = Arc::new(Registry::new(opts.worker_ttl));
+    let plugins = start_plugins(&opts, &store).await?;
+    let scheduler = Scheduler::new(
+        store.clone(),
+        bus.clone(),
+        config.clone(),
+        registry,
+        plugins.clone(),
+        SafetyGate::new(
+            Arc::new(BuiltinPolicy),
+            BreakerConfig::default(),
+            Duration::from_secs(1),
+        ),
+        opts.scheduler.clone(),
+    );
+    let owner = format!("serve-{}", uuid::Uuid::new_v4());
+    let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
+
+    let mut tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(plugins.clone().follow_store(store.clone(), bus.clone())),
+        tokio::spawn(config.clone().listen_for_changes()),
+        tokio::spawn(scheduler.clone().run_heartbeats()),
+        tokio::spawn(scheduler.clone().run_submissions()),
+        tokio::spawn(scheduler.clone().run_wait_queue()),
+        tokio::spawn(scheduler.clone().run_results()),
+        tokio::spawn(reconciler.clone().run()),
+    ];
+    if let Some(dir) = &opts.plugin_dir {
+        let mut watcher = plugins.watch_dir(dir.clone());
+        watcher.scan().await;
+        tasks.push(tokio::spawn(watcher.run(opts.plugins.poll_interval)));
+        tracing::info!(dir = %dir.display(), "watching the plugin dir");
+    }
+    if opts.demo_workers {
+        for i in 1..=2 {
+            let w = Worker::new(
+                bus.clone(),
+                WorkerOptions {
+                    id: format!("demo-echo-{i}"),
+                    pool: DEMO_POOL.into(),
+                    topics: vec![DEMO_TOPIC.into()],
+                    max_parallel: 50,
+                    labels: BTreeMap::new(),
+                    mode: Mode::Echo,
+                    heartbeat_interval: Duration::from_secs(1),
+                    report_cpu: false,
+                },
+            );
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = w.run(stop).await {
+                    tracing::error!(error = %e, "demo worker stopped");
+                }
+            }));
+        }
+        tracing::info!(
+            pool = DEMO_POOL,
+            topic = DEMO_TOPIC,
+            "demo echo workers started"
+        );
+    }
+
+    let state = AppState {
+        scheduler: scheduler.clone(),
+        config,
+        dlq: Arc::new(Dlq::new(scheduler.clone())),
+        reconciler: reconciler.clone(),
+        metrics: metrics_handle(),
+        api_key: opts.api_key.clone(),
+        started: Instant::now(),
+        max_body_bytes: opts.max_body_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    if opts.api_key.is_none() {
+        tracing::warn!("no API key configured: the API is open, on loopback only");
+    }
+    tracing::info!(%addr, store = store.backend(), bus = bus.backend(), "coretex serving");
+    let app = gateway::router(state);
+    let stop_http = stop.clone();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+            .await
+            .context("HTTP server")?;
+        reconciler.release().await;
+        for t in tasks {
+            t.abort();
+        }
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        stop,
+        handle,
+        scheduler,
+    })
+}

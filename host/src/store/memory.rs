@@ -1,0 +1,587 @@
+//! The embedded store: everything in one process's memory, with the semantics of the Redis store
+//! (same indexes, same ordering and cursors, same TTLs, same check-and-set), so `serve` works on
+//! a machine with nothing installed. One mutex guards it all; each operation is short and never
+//! awaits while holding it, which is what makes every operation atomic, as a Lua script is.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::*;
+use crate::job::{Job, JobEvent, JobState};
+use crate::time::now_ms;
+
+/// A sorted set ordered by `(score, member)`, as Redis orders a ZSET.
+#[derive(Default)]
+struct ZSet {
+    scores: HashMap<String, i64>,
+    ordered: BTreeSet<(i64, String)>,
+}
+
+impl ZSet {
+    fn add(&mut self, member: &str, score: i64) {
+        if let Some(old) = self.scores.insert(member.to_string(), score) {
+            self.ordered.remove(&(old, member.to_string()));
+        }
+        self.ordered.insert((score, member.to_string()));
+    }
+
+    fn remove(&mut self, member: &str) {
+        if let Some(old) = self.scores.remove(member) {
+            self.ordered.remove(&(old, member.to_string()));
+        }
+    }
+
+    /// Descending `(score, member)` strictly after `cursor`.
+    fn iter_desc_after<'a>(
+        &'a self,
+        cursor: Option<&Cursor>,
+    ) -> Box<dyn Iterator<Item = &'a (i64, String)> + 'a> {
+        match cursor {
+            None => Box::new(self.ordered.iter().rev()),
+            Some(c) => Box::new(self.ordered.range(..(c.score, c.id.clone())).rev()),
+        }
+    }
+
+    fn ascending_up_to(&self, max: i64, limit: usize) -> Vec<String> {
+        self.ordered
+            .iter()
+            .take_while(|(s, _)| *s <= max)
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    fn remove_below(&mut self, before: i64) -> u64 {
+        let doomed: Vec<_> = self
+            .ordered
+            .iter()
+            .take_while(|(s, _)| *s < before)
+            .cloned()
+            .collect();
+        for (_, m) in &doomed {
+            self.remove(m);
+        }
+        doomed.len() as u64
+    }
+}
+
+struct Record {
+    job: Job,
+    expires_at: Millis,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: HashMap<String, Record>,
+    idempotency: HashMap<String, (String, Millis)>,
+    indexes: HashMap<String, ZSet>,
+    dlq: HashMap<String, DlqEntry>,
+    dlq_index: ZSet,
+    config: HashMap<String, ConfigDoc>,
+    locks: HashMap<String, (String, Millis)>,
+    plugins: BTreeMap<String, StoredPlugin>,
+}
+
+fn index_key(name: IndexName<'_>) -> String {
+    match name {
+        IndexName::Recent => "recent".into(),
+        IndexName::Tenant(t) => format!("tenant:{t}"),
+        IndexName::Team(t) => format!("team:{t}"),
+        IndexName::Topic(t) => format!("topic:{t}"),
+        IndexName::Trace(t) => format!("trace:{t}"),
+        IndexName::State(s) => format!("state:{s}"),
+    }
+}
+
+const DEADLINE: &str = "deadline";
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    opts: StoreOptions,
+}
+
+impl MemoryStore {
+    pub fn new(opts: StoreOptions) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            opts,
+        }
+    }
+}
+
+impl Inner {
+    fn index(&mut self, name: IndexName<'_>) -> &mut ZSet {
+        self.indexes.entry(index_key(name)).or_default()
+    }
+
+    /// The live record, dropping it if its TTL has passed (as Redis would have).
+    fn live(&mut self, id: &str, now: Millis) -> Option<&mut Record> {
+        if self.jobs.get(id).is_some_and(|r| r.expires_at <= now) {
+            self.jobs.remove(id);
+        }
+        self.jobs.get_mut(id)
+    }
+
+    /// Re-scores the "updated" indexes of a job that just changed.
+    fn touch_indexes(&mut self, job: &Job) {
+        let (id, at) = (job.spec.id.as_str(), job.updated_at);
+        self.index(IndexName::Recent).add(id, at);
+        self.index(IndexName::Tenant(&job.spec.tenant_id))
+            .add(id, at);
+        self.index(IndexName::Topic(&job.spec.topic)).add(id, at);
+        if let Some(team) = &job.spec.team_id {
+            self.index(IndexName::Team(team)).add(id, at);
+        }
+    }
+
+    fn create(&mut self, new: &NewJob, opts: &StoreOptions, now: Millis) -> CreateOutcome {
+        let spec = &new.spec;
+        let idem_key = new
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("{}:{k}", spec.tenant_id));
+        if let Some(key) = &idem_key
+            && let Some((existing, exp)) = self.idempotency.get(key)
+            && *exp > now
+        {
+            return CreateOutcome::Exists {
+                job_id: existing.clone(),
+            };
+        }
+        if self.live(&spec.id, now).is_some() {
+            return CreateOutcome::Exists {
+                job_id: spec.id.clone(),
+            };
+        }
+        if let Some(key) = idem_key {
+            self.idempotency
+                .insert(key, (spec.id.clone(), now + opts.idempotency_ttl_ms as i64));
+        }
+        let job = Job {
+            spec: spec.clone(),
+            state: JobState::Pending,
+            worker_id: None,
+            safety_decision: None,
+            safety_reason: None,
+            reason: None,
+            result: None,
+            error: None,
+            execution_ms: None,
+            effective_config: None,
+            updated_at: spec.created_at,
+            history: vec![JobEvent {
+                at: spec.created_at,
+                state: JobState::Pending,
+                note: new.note.clone(),
+            }],
+        };
+        let id = spec.id.as_str();
+        self.index(IndexName::State(JobState::Pending))
+            .add(id, spec.not_before.unwrap_or(spec.created_at));
+        self.index(IndexName::Trace(&spec.trace_id))
+            .add(id, spec.created_at);
+        if let Some(d) = spec.deadline {
+            self.indexes.entry(DEADLINE.into()).or_default().add(id, d);
+        }
+        self.touch_indexes(&job);
+        self.jobs.insert(
+            spec.id.clone(),
+            Record {
+                job,
+                expires_at: now + opts.job_ttl_ms as i64,
+            },
+        );
+        CreateOutcome::Created
+    }
+}
+
+fn apply_update(rec: &mut Record, u: &JobUpdate) {
+    let job = &mut rec.job;
+    if let Some(v) = &u.worker_id {
+        job.worker_id = Some(v.clone());
+    }
+    if let Some(v) = &u.result {
+        job.result = Some(v.clone());
+    }
+    if let Some(v) = &u.error {
+        job.error = Some(v.clone());
+    }
+    if let Some(v) = &u.safety_decision {
+        job.safety_decision = Some(v.clone());
+    }
+    if let Some(v) = &u.safety_reason {
+        job.safety_reason = Some(v.clone());
+    }
+    if let Some(v) = u.execution_ms {
+        job.execution_ms = Some(v);
+    }
+    if let Some(v) = &u.effective_config {
+        job.effective_config = Some(v.clone());
+    }
+}
+
+/// The walk `from → [via →] to` a transition takes, or the illegal pair.
+pub(crate) fn plan_path(
+    from: JobState,
+    t: &Transition,
+) -> Result<Vec<(JobState, Millis)>, StoreError> {
+    if let Some((via, via_at)) = t.via
+        && from != via
+        && from.can_transition_to(via)
+        && via.can_transition_to(t.to)
+    {
+        return Ok(vec![(via, via_at), (t.to, t.at)]);
+    }
+    if from.can_transition_to(t.to) {
+        Ok(vec![(t.to, t.at)])
+    } else {
+        Err(StoreError::IllegalTransition { from, to: t.to })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
+        Ok(self.inner.lock().create(job, &self.opts, now_ms()))
+    }
+
+    async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        Ok(jobs
+            .iter()
+            .map(|j| Ok(inner.create(j, &self.opts, now)))
+            .collect())
+    }
+
+    async fn get_job(&self, id: &str) -> StoreResult<Option<Job>> {
+        Ok(self.inner.lock().live(id, now_ms()).map(|r| r.job.clone()))
+    }
+
+    async fn get_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        Ok(ids
+            .iter()
+            .map(|id| inner.live(id, now).map(|r| r.job.clone()))
+            .collect())
+    }
+
+    async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        let ttl = self.opts.job_ttl_ms as i64;
+        let Some(rec) = inner.live(id, now) else {
+            return Err(StoreError::NotFound(id.to_string()));
+        };
+        let from = rec.job.state;
+        if from == t.to {
+            return Ok(TransitionOutcome::Unchanged);
+        }
+        let path = plan_path(from, t)?;
+        apply_update(rec, &t.update);
+        for (i, (state, at)) in path.iter().enumerate() {
+            let last = i + 1 == path.len();
+            rec.job.history.push(JobEvent {
+                at: *at,
+                state: *state,
+                note: if last { t.note.clone() } else { None },
+            });
+        }
+        rec.job.state = t.to;
+        rec.job.updated_at = t.at;
+        rec.job.reason = None;
+        rec.expires_at = now + ttl;
+        let job = rec.job.clone();
+        inner.index(IndexName::State(from)).remove(id);
+        inner.index(IndexName::State(t.to)).add(id, t.at);
+        if t.to.is_terminal() {
+            inner.indexes.entry(DEADLINE.into()).or_default().remove(id);
+        }
+        inner.touch_indexes(&job);
+        if let Some(dl) = &t.dead_letter {
+            // Filed under the id of the job that failed, as the Redis script does.
+            inner.dlq.insert(id.to_string(), dl.clone());
+            inner.dlq_index.add(id, dl.created_at);
+        }
+        Ok(TransitionOutcome::Applied { from })
+    }
+
+    async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool> {
+        let mut inner = self.inner.lock();
+        let Some(rec) = inner.live(id, now_ms()) else {
+            return Err(StoreError::NotFound(id.to_string()));
+        };
+        if rec.job.state != a.expect {
+            return Ok(false);
+        }
+        apply_update(rec, &a.update);
+        // An empty reason says nothing (Redis cannot tell it from none): it is not recorded.
+        if a.reason.as_deref().is_some_and(|r| !r.is_empty()) && a.reason != rec.job.reason {
+            rec.job.reason = a.reason.clone();
+            rec.job.history.push(JobEvent {
+                at: a.at,
+                state: a.expect,
+                note: a.reason.clone(),
+            });
+        }
+        if let Some(score) = a.recheck_at {
+            inner.index(IndexName::State(a.expect)).add(id, score);
+        }
+        Ok(true)
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        let key = index_key(list_index(filter));
+        let candidates: Vec<(i64, String)> = match inner.indexes.get(&key) {
+            None => Vec::new(),
+            Some(z) => z
+                .iter_desc_after(page.cursor.as_ref())
+                .take(scan_budget(page.limit))
+                .cloned()
+                .collect(),
+        };
+        let budget_hit = candidates.len() == scan_budget(page.limit);
+        let mut items = Vec::new();
+        let mut last = None;
+        for (score, id) in candidates {
+            last = Some(Cursor {
+                score,
+                id: id.clone(),
+            });
+            if let Some(rec) = inner.live(&id, now) {
+                let j = &rec.job;
+                let team = j.spec.team_id.as_deref().unwrap_or("");
+                if filter.matches(
+                    j.state,
+                    &j.spec.topic,
+                    &j.spec.tenant_id,
+                    team,
+                    j.updated_at,
+                ) {
+                    items.push(j.clone());
+                    if items.len() == page.limit {
+                        break;
+                    }
+                }
+            }
+        }
+        let next = (items.len() == page.limit || budget_hit)
+            .then(|| last.map(|c| c.encode()))
+            .flatten();
+        Ok(Page {
+            items,
+            next_cursor: next,
+        })
+    }
+
+    async fn jobs_due(
+        &self,
+        state: JobState,
+        before: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .indexes
+            .get(&index_key(IndexName::State(state)))
+            .map(|z| z.ascending_up_to(before, limit))
+            .unwrap_or_default())
+    }
+
+    async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .indexes
+            .get(DEADLINE)
+            .map(|z| z.ascending_up_to(now, limit))
+            .unwrap_or_default())
+    }
+
+    async fn prune_indexes(&self, before: Millis) -> StoreResult<u64> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        inner.jobs.retain(|_, r| r.expires_at > now);
+        inner.idempotency.retain(|_, (_, exp)| *exp > now);
+        let Inner { jobs, indexes, .. } = &mut *inner;
+        let mut removed = 0;
+        for (name, z) in indexes.iter_mut() {
+            if name.starts_with("trace:") {
+                // A trace index is scored by creation time and lives as long as its jobs (Redis
+                // expires the whole key with them): only the entries of expired jobs go, uncounted.
+                let dead: Vec<String> = z
+                    .scores
+                    .keys()
+                    .filter(|id| !jobs.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in &dead {
+                    z.remove(id);
+                }
+            } else if name != DEADLINE {
+                removed += z.remove_below(before);
+            }
+        }
+        indexes.retain(|_, z| !z.scores.is_empty());
+        Ok(removed)
+    }
+
+    async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
+        Ok(self.inner.lock().dlq.get(job_id).cloned())
+    }
+
+    async fn dlq_list(
+        &self,
+        filter: &DlqFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<DlqEntry>> {
+        let inner = self.inner.lock();
+        let budget = scan_budget(page.limit);
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        for (score, id) in inner.dlq_index.iter_desc_after(page.cursor.as_ref()) {
+            if scanned == budget {
+                break;
+            }
+            scanned += 1;
+            last = Some(Cursor {
+                score: *score,
+                id: id.clone(),
+            });
+            if let Some(e) = inner.dlq.get(id).filter(|e| filter.matches(e)) {
+                items.push(e.clone());
+                if items.len() == page.limit {
+                    break;
+                }
+            }
+        }
+        let next = (items.len() == page.limit || scanned == budget)
+            .then(|| last.map(|c| c.encode()))
+            .flatten();
+        Ok(Page {
+            items,
+            next_cursor: next,
+        })
+    }
+
+    async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
+        let mut inner = self.inner.lock();
+        inner.dlq_index.remove(job_id);
+        Ok(inner.dlq.remove(job_id).is_some())
+    }
+
+    async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>> {
+        let inner = self.inner.lock();
+        Ok(keys.iter().map(|k| inner.config.get(k).cloned()).collect())
+    }
+
+    async fn config_put(
+        &self,
+        key: &str,
+        data: &Value,
+        if_match: Option<u64>,
+        now: Millis,
+    ) -> StoreResult<ConfigDoc> {
+        let mut inner = self.inner.lock();
+        let current = inner.config.get(key).map_or(0, |d| d.revision);
+        if if_match.is_some_and(|m| m != current) {
+            return Err(StoreError::Conflict { current });
+        }
+        let doc = ConfigDoc {
+            data: data.clone(),
+            revision: current + 1,
+            updated_at: now,
+        };
+        inner.config.insert(key.to_string(), doc.clone());
+        Ok(doc)
+    }
+
+    async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool> {
+        let mut inner = self.inner.lock();
+        let current = inner.config.get(key).map_or(0, |d| d.revision);
+        if if_match.is_some_and(|m| m != current) {
+            return Err(StoreError::Conflict { current });
+        }
+        Ok(inner.config.remove(key).is_some())
+    }
+
+    async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        let free = match inner.locks.get(name) {
+            None => true,
+            Some((holder, exp)) => holder == owner || *exp <= now,
+        };
+        if free {
+            inner
+                .locks
+                .insert(name.to_string(), (owner.to_string(), now + ttl_ms as i64));
+        }
+        Ok(free)
+    }
+
+    async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        match inner.locks.get(name) {
+            Some((holder, exp)) if holder == owner && *exp > now => {
+                inner.locks.remove(name);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn plugin_put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let plugin = StoredPlugin {
+            name: name.to_string(),
+            hash: hash.to_string(),
+            bytes: bytes.to_vec(),
+            updated_at: now,
+        };
+        self.inner.lock().plugins.insert(name.to_string(), plugin);
+        Ok(())
+    }
+
+    async fn plugin_get(&self, name: &str) -> StoreResult<Option<StoredPlugin>> {
+        Ok(self.inner.lock().plugins.get(name).cloned())
+    }
+
+    async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>> {
+        Ok(self
+            .inner
+            .lock()
+            .plugins
+            .values()
+            .map(|p| PluginMeta {
+                name: p.name.clone(),
+                hash: p.hash.clone(),
+                updated_at: p.updated_at,
+            })
+            .collect())
+    }
+
+    async fn plugin_delete(&self, name: &str) -> StoreResult<bool> {
+        Ok(self.inner.lock().plugins.remove(name).is_some())
+    }
+}

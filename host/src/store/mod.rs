@@ -1,0 +1,392 @@
+//! The store: everything Coretex keeps — jobs with their indexes and history, config documents,
+//! dead letters and singleton locks — behind one trait with two backends.
+//!
+//! * [`redis::RedisStore`]: the real one. Every job state change is one Lua script (one round
+//!   trip, atomic, safe on a multiplexed connection); the key layout lives in `store/redis.rs`.
+//! * [`memory::MemoryStore`]: the embedded default, with the same semantics, so `serve` runs with
+//!   nothing installed. One conformance suite (`tests/store_conformance.rs`) runs against both.
+//!
+//! Both answer list queries from server-side indexes ordered by `(updated_at, id)` descending, with
+//! an opaque cursor holding the last `(score, id)` returned: members that tie on the score are
+//! ordered by id, so a page boundary inside a tie neither skips nor repeats a job.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::{Job, JobError, JobSpec, JobState};
+use crate::time::{self, Millis};
+
+pub type SharedStore = Arc<dyn Store>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("no such job `{0}`")]
+    NotFound(String),
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition { from: JobState, to: JobState },
+    #[error("revision conflict: the current revision is {current}")]
+    Conflict { current: u64 },
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A job to create in state PENDING.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub spec: JobSpec,
+    /// Client idempotency key (scoped to the tenant): a second create with the same key answers
+    /// the first job's id and creates nothing.
+    pub idempotency_key: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// Nothing was written: the id (or the idempotency key) already names this job.
+    Exists {
+        job_id: String,
+    },
+}
+
+/// Fields a transition (or annotation) may set alongside the state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobUpdate {
+    pub worker_id: Option<String>,
+    pub result: Option<Value>,
+    pub error: Option<JobError>,
+    pub safety_decision: Option<String>,
+    pub safety_reason: Option<String>,
+    pub execution_ms: Option<u64>,
+    /// The effective config the job was dispatched with.
+    pub effective_config: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub to: JobState,
+    pub at: Millis,
+    /// Pass through this state first when the table allows `from → via → to` (e.g. RUNNING on
+    /// the way to SUCCEEDED when a worker's `started` and `result` are written together), with
+    /// the time it was entered.
+    pub via: Option<(JobState, Millis)>,
+    pub note: Option<String>,
+    pub update: JobUpdate,
+    /// Written in the same atomic step: a job is never FAILED without its dead letter.
+    pub dead_letter: Option<DlqEntry>,
+}
+
+impl Transition {
+    pub fn to(to: JobState, at: Millis) -> Self {
+        Transition {
+            to,
+            at,
+            via: None,
+            note: None,
+            update: JobUpdate::default(),
+            dead_letter: None,
+        }
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    Applied {
+        from: JobState,
+    },
+    /// The job was already in the target state: nothing changed.
+    Unchanged,
+}
+
+/// A change that keeps the state: a note on why a job waits, and when to look at it again.
+#[derive(Debug, Clone)]
+pub struct Annotation {
+    /// Applied only while the job is in this state.
+    pub expect: JobState,
+    pub at: Millis,
+    /// Recorded (and added to the history when it differs from the last one).
+    pub reason: Option<String>,
+    pub update: JobUpdate,
+    /// New score in the state index: the reconciler looks at the job again once this time is
+    /// past by its grace period (`Millis::MAX`-like values park it, e.g. awaiting approval).
+    pub recheck_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub topic: Option<String>,
+    pub tenant: Option<String>,
+    pub team: Option<String>,
+    pub trace_id: Option<String>,
+    pub updated_after: Option<Millis>,
+    pub updated_before: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlqFilter {
+    pub tenant: Option<String>,
+    pub topic: Option<String>,
+    pub status: Option<JobState>,
+}
+
+/// A position in an index: the last `(score, id)` a page returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub score: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}:{}", self.score, self.id))
+    }
+
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        let (score, id) = raw.split_once(':')?;
+        Some(Cursor {
+            score: score.parse().ok()?,
+            id: id.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A dead letter: how a job ended and the whole request, so a retry replays it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DlqEntry {
+    pub job_id: String,
+    pub topic: String,
+    pub tenant_id: String,
+    pub status: JobState,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub attempts: u32,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Millis,
+    /// The original job spec: payload, labels, env, priority, budget, trace and workflow ids.
+    pub request: JobSpec,
+}
+
+/// A config scope's document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDoc {
+    pub data: Value,
+    pub revision: u64,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Millis,
+}
+
+/// A plugin uploaded through the API, kept so that every replica loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlugin {
+    pub name: String,
+    /// SHA-256 of `bytes`, hex.
+    pub hash: String,
+    pub bytes: Vec<u8>,
+    pub updated_at: Millis,
+}
+
+/// A stored plugin without its bytes: enough to see whether a replica runs the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginMeta {
+    pub name: String,
+    pub hash: String,
+    pub updated_at: Millis,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is, for status and logs.
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome>;
+    /// Many creates in one round trip; one outcome per job, in order.
+    async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>>;
+    async fn get_job(&self, id: &str) -> StoreResult<Option<Job>>;
+    async fn get_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>>;
+    /// Check-and-set of the state with its indexes, fields, history and (optionally) a dead
+    /// letter, atomically. An illegal move is an error naming both states and changes nothing.
+    async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome>;
+    /// Returns false (and changes nothing) when the job is not in `a.expect`.
+    async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool>;
+    async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>>;
+    /// Ids in `state` whose index score (time entered, or the last recheck time) is ≤ `before`,
+    /// oldest first.
+    async fn jobs_due(
+        &self,
+        state: JobState,
+        before: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+    /// Non-terminal jobs whose deadline is ≤ `now`, earliest first.
+    async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>>;
+    /// Drops index entries of records older than `before` (their records expired).
+    async fn prune_indexes(&self, before: Millis) -> StoreResult<u64>;
+
+    async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>>;
+    async fn dlq_list(&self, filter: &DlqFilter, page: &PageRequest)
+    -> StoreResult<Page<DlqEntry>>;
+    async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool>;
+
+    async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>>;
+    /// Replaces the document; with `if_match`, only when the current revision equals it (a
+    /// missing document has revision 0).
+    async fn config_put(
+        &self,
+        key: &str,
+        data: &Value,
+        if_match: Option<u64>,
+        now: Millis,
+    ) -> StoreResult<ConfigDoc>;
+    async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool>;
+
+    /// Takes the lock, or renews it when `owner` holds it already.
+    async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;
+    /// Releases the lock only if `owner` holds it.
+    async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool>;
+
+    /// Stores (or replaces) an uploaded plugin.
+    async fn plugin_put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn plugin_get(&self, name: &str) -> StoreResult<Option<StoredPlugin>>;
+    /// Every stored plugin, by name.
+    async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>>;
+    async fn plugin_delete(&self, name: &str) -> StoreResult<bool>;
+}
+
+/// Settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a job record (and its history) lives after its last change.
+    pub job_ttl_ms: u64,
+    /// How long an idempotency key keeps answering the first job.
+    pub idempotency_ttl_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            job_ttl_ms: 7 * 24 * 3600 * 1000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The score that parks a job in its state index (nobody rechecks it by time).
+pub const PARKED: Millis = 1 << 52;
+
+/// The index a job list is answered from: the most selective filter that has one.
+pub(crate) fn list_index(filter: &JobFilter) -> IndexName<'_> {
+    if let Some(t) = &filter.trace_id {
+        IndexName::Trace(t)
+    } else if let Some(t) = &filter.tenant {
+        IndexName::Tenant(t)
+    } else if let Some(t) = &filter.team {
+        IndexName::Team(t)
+    } else if let Some(t) = &filter.topic {
+        IndexName::Topic(t)
+    } else if let Some(s) = filter.state.filter(|s| s.is_terminal()) {
+        // A terminal job never changes again, so its state-index score is its updated_at.
+        IndexName::State(s)
+    } else {
+        IndexName::Recent
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexName<'a> {
+    Recent,
+    Tenant(&'a str),
+    Team(&'a str),
+    Topic(&'a str),
+    Trace(&'a str),
+    State(JobState),
+}
+
+/// How many index entries one list call may look at before it answers a short page (with a
+/// cursor to go on from): bounds the work of a very selective filter.
+pub(crate) fn scan_budget(limit: usize) -> usize {
+    (limit * 20).max(2_000)
+}
+
+impl JobFilter {
+    /// Whether a job with these indexed fields passes every filter.
+    pub fn matches(
+        &self,
+        state: JobState,
+        topic: &str,
+        tenant: &str,
+        team: &str,
+        updated_at: Millis,
+    ) -> bool {
+        self.state.is_none_or(|s| s == state)
+            && self.topic.as_deref().is_none_or(|t| t == topic)
+            && self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && self.team.as_deref().is_none_or(|t| t == team)
+            && self.updated_after.is_none_or(|a| updated_at > a)
+            && self.updated_before.is_none_or(|b| updated_at < b)
+    }
+}
+
+impl DlqFilter {
+    pub fn matches(&self, e: &DlqEntry) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == e.tenant_id)
+            && self.topic.as_deref().is_none_or(|t| t == e.topic)
+            && self.status.is_none_or(|s| s == e.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            score: -5,
+            id: "a:b".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("!!"), None);
+    }
+}

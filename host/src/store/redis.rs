@@ -1,0 +1,983 @@
+//! The Redis store. This file owns the key layout and every Lua script; nothing else in Coretex
+//! names a Redis key.
+//!
+//! # Key layout (all under a configurable prefix `P`, default `coretex:`)
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `updated_at`, `tenant`, `topic`, `team`, `trace`, and the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`) |
+//! | `P job:{id}:events` | list | the history, one JSON event per entry |
+//! | `P idem:{tenant}:{key}` | string | idempotency key → job id |
+//! | `P idx:recent` | zset | every job, scored by `updated_at` |
+//! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
+//! | `P idx:tenant:{t}`, `P idx:team:{t}`, `P idx:topic:{t}` | zset | scored by `updated_at` |
+//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`; expires with them (every create and transition of one of its jobs pushes its TTL out with the job's) |
+//! | `P idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
+//! | `P idx:names` | set | the tenant/team/topic index keys, for pruning |
+//! | `P dlq:{id}` | string | a dead letter (JSON) |
+//! | `P dlq:idx` | zset | dead letters by time |
+//! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
+//! | `P lock:{name}` | string | the owner token, with a TTL |
+//! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
+//! | `P plugins` | set | the names of the uploaded plugins |
+//!
+//! # The transition script
+//!
+//! A state change is one `EVALSHA`: read the current state, check the move against the table
+//! (the Lua table is generated from [`crate::job::TRANSITIONS`] when the store starts), then set
+//! the fields, append the history, move the job between state indexes, re-score the recent,
+//! tenant, team and topic indexes, drop the deadline entry of a terminal job, refresh TTLs and,
+//! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
+//! The original used WATCH/MULTI, which needs a dedicated connection per attempt and retries
+//! under contention; a script needs neither and is safe on the shared multiplexed connection.
+//! Keys are built inside the scripts from the prefix, which ties us to one Redis node (not
+//! Cluster) — the trade we take for one round trip per transition.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{AsyncCommands, Script, Value as RValue};
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::*;
+use crate::job::{Job, JobEvent, JobSpec, JobState, TRANSITIONS};
+
+const LUA_CREATE: &str = r#"
+local p, id = ARGV[1], ARGV[2]
+local key = p .. 'job:' .. id
+if ARGV[12] ~= '' then
+  local ik = p .. 'idem:' .. ARGV[6] .. ':' .. ARGV[12]
+  local existing = redis.call('GET', ik)
+  if existing then return {'exists', existing} end
+  if redis.call('EXISTS', key) == 1 then return {'exists', id} end
+  redis.call('SET', ik, id, 'PX', ARGV[13])
+elseif redis.call('EXISTS', key) == 1 then
+  return {'exists', id}
+end
+local created, ttl = ARGV[3], ARGV[4]
+redis.call('HSET', key, 'spec', ARGV[5], 'state', 'PENDING', 'updated_at', created,
+  'tenant', ARGV[6], 'topic', ARGV[7], 'team', ARGV[8], 'trace', ARGV[9])
+redis.call('PEXPIRE', key, ttl)
+local ev = key .. ':events'
+redis.call('RPUSH', ev, ARGV[11])
+redis.call('PEXPIRE', ev, ttl)
+redis.call('ZADD', p .. 'idx:state:PENDING', ARGV[14], id)
+redis.call('ZADD', p .. 'idx:recent', created, id)
+local tk, pk = p .. 'idx:tenant:' .. ARGV[6], p .. 'idx:topic:' .. ARGV[7]
+redis.call('ZADD', tk, created, id)
+redis.call('ZADD', pk, created, id)
+redis.call('SADD', p .. 'idx:names', tk, pk)
+if ARGV[8] ~= '' then
+  local mk = p .. 'idx:team:' .. ARGV[8]
+  redis.call('ZADD', mk, created, id)
+  redis.call('SADD', p .. 'idx:names', mk)
+end
+local trk = p .. 'idx:trace:' .. ARGV[9]
+redis.call('ZADD', trk, created, id)
+redis.call('PEXPIRE', trk, ttl)
+if ARGV[10] ~= '' then redis.call('ZADD', p .. 'idx:deadline', ARGV[10], id) end
+return {'created'}
+"#;
+
+const LUA_TRANSITION: &str = r#"
+local p, id, to, at, via = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local key = p .. 'job:' .. id
+local h = redis.call('HMGET', key, 'state', 'tenant', 'topic', 'team', 'trace')
+local cur = h[1]
+if not cur then return {'missing'} end
+if cur == to then return {'same', cur} end
+local ev = key .. ':events'
+if via ~= '' and cur ~= via and ALLOWED[cur .. '>' .. via] and ALLOWED[via .. '>' .. to] then
+  redis.call('RPUSH', ev, ARGV[7])
+elseif not ALLOWED[cur .. '>' .. to] then
+  return {'illegal', cur}
+end
+redis.call('RPUSH', ev, ARGV[6])
+local fields = {'state', to, 'updated_at', at}
+for i = 11, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+end
+redis.call('HSET', key, unpack(fields))
+redis.call('HDEL', key, 'reason')
+local ttl = ARGV[8]
+redis.call('PEXPIRE', key, ttl)
+redis.call('PEXPIRE', ev, ttl)
+if h[5] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[5], ttl) end
+redis.call('ZREM', p .. 'idx:state:' .. cur, id)
+redis.call('ZADD', p .. 'idx:state:' .. to, at, id)
+redis.call('ZADD', p .. 'idx:recent', at, id)
+redis.call('ZADD', p .. 'idx:tenant:' .. h[2], at, id)
+redis.call('ZADD', p .. 'idx:topic:' .. h[3], at, id)
+if h[4] and h[4] ~= '' then redis.call('ZADD', p .. 'idx:team:' .. h[4], at, id) end
+if TERMINAL[to] then redis.call('ZREM', p .. 'idx:deadline', id) end
+if ARGV[9] ~= '' then
+  redis.call('SET', p .. 'dlq:' .. id, ARGV[9])
+  redis.call('ZADD', p .. 'dlq:idx', ARGV[10], id)
+end
+return {'ok', cur}
+"#;
+
+const LUA_ANNOTATE: &str = r#"
+local p, id, expect = ARGV[1], ARGV[2], ARGV[3]
+local key = p .. 'job:' .. id
+local cur = redis.call('HGET', key, 'state')
+if not cur then return 'missing' end
+if cur ~= expect then return 'skip' end
+if ARGV[4] ~= '' and redis.call('HGET', key, 'reason') ~= ARGV[4] then
+  redis.call('HSET', key, 'reason', ARGV[4])
+  redis.call('RPUSH', key .. ':events', ARGV[5])
+end
+if #ARGV > 6 then
+  local fields = {}
+  for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', key, unpack(fields))
+end
+if ARGV[6] ~= '' then redis.call('ZADD', p .. 'idx:state:' .. expect, ARGV[6], id) end
+return 'ok'
+"#;
+
+/// Walks an index from the cursor down, filtering on the indexed hash fields, up to `limit`
+/// matches or `budget` entries looked at. Ties on the score are ordered by id, compared byte by
+/// byte (Lua's `<` would use the locale).
+const LUA_BYTE_LT: &str = r#"
+local function lt(a, b)
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return la < lb
+end
+"#;
+
+const LUA_LIST: &str = r#"
+local p, idx = ARGV[1], ARGV[2]
+local maxs, cs, cid = '+inf', nil, ARGV[4]
+if ARGV[3] ~= '' then maxs = ARGV[3]; cs = tonumber(ARGV[3]) end
+local limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
+local fs, ftopic, ften, fteam, fa, fb = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local items, scanned, offset, ls, lid = {}, 0, 0, '', ''
+while true do
+  local chunk = redis.call('ZREVRANGEBYSCORE', idx, maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
+  if #chunk == 0 then return {items, '', '', 0} end
+  offset = offset + #chunk / 2
+  for i = 1, #chunk, 2 do
+    local id, s = chunk[i], chunk[i + 1]
+    if not (cs and tonumber(s) == cs and not lt(id, cid)) then
+      scanned = scanned + 1
+      ls, lid = s, id
+      local h = redis.call('HMGET', p .. 'job:' .. id, 'state', 'topic', 'tenant', 'team', 'updated_at')
+      if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
+        and (ften == '' or h[3] == ften) and (fteam == '' or h[4] == fteam)
+        and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
+        items[#items + 1] = id
+        if #items == limit then return {items, ls, lid, 1} end
+      end
+      if scanned >= budget then return {items, ls, lid, 1} end
+    end
+  end
+end
+"#;
+
+/// Up to `ARGV[3]` `(member, score)` pairs of the index `KEYS[1]` strictly after the cursor
+/// (`ARGV[1]` score, `ARGV[2]` member; empty for the start), in `(score, member)` descending
+/// order. Skipping the members that tie with the cursor happens here, atomically, however many
+/// there are: a page boundary inside a long tie neither skips nor repeats an entry.
+const LUA_AFTER: &str = r#"
+local maxs, cs, cid = '+inf', nil, ARGV[2]
+if ARGV[1] ~= '' then maxs = ARGV[1]; cs = tonumber(ARGV[1]) end
+local n = tonumber(ARGV[3])
+local out, offset = {}, 0
+while true do
+  local chunk = redis.call('ZREVRANGEBYSCORE', KEYS[1], maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
+  if #chunk == 0 then return out end
+  offset = offset + #chunk / 2
+  for i = 1, #chunk, 2 do
+    local id, s = chunk[i], chunk[i + 1]
+    if not (cs and tonumber(s) == cs and not lt(id, cid)) then
+      out[#out + 1] = id
+      out[#out + 1] = s
+      if #out >= 2 * n then return out end
+    end
+  end
+end
+"#;
+
+const LUA_CONFIG_PUT: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'revision', cur + 1, 'updated_at', ARGV[3])
+return {'ok', cur + 1}
+"#;
+
+const LUA_CONFIG_DELETE: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
+return {'ok', redis.call('DEL', KEYS[1])}
+"#;
+
+const LUA_LOCK_ACQUIRE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const LUA_LOCK_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// The Lua tables of legal moves and terminal states, generated from the one table in
+/// [`crate::job`].
+fn lua_state_tables() -> String {
+    let mut s = String::from("local ALLOWED = {");
+    for (from, tos) in TRANSITIONS {
+        for to in *tos {
+            s.push_str(&format!("['{from}>{to}']=true,"));
+        }
+    }
+    s.push_str("}\nlocal TERMINAL = {");
+    for st in JobState::ALL.iter().filter(|s| s.is_terminal()) {
+        s.push_str(&format!("['{st}']=true,"));
+    }
+    s.push_str("}\n");
+    s
+}
+
+struct Scripts {
+    create: Script,
+    transition: Script,
+    annotate: Script,
+    list: Script,
+    after: Script,
+    config_put: Script,
+    config_delete: Script,
+    lock_acquire: Script,
+    lock_release: Script,
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    opts: StoreOptions,
+    scripts: Scripts,
+}
+
+fn unavailable(e: ::redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects (failing fast when Redis is down) and keeps reconnecting on its own afterwards.
+    pub async fn connect(url: &str, prefix: &str, opts: StoreOptions) -> StoreResult<Self> {
+        let client = ::redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+        let tables = lua_state_tables();
+        let scripts = Scripts {
+            create: Script::new(LUA_CREATE),
+            transition: Script::new(&format!("{tables}{LUA_TRANSITION}")),
+            annotate: Script::new(LUA_ANNOTATE),
+            list: Script::new(&format!("{LUA_BYTE_LT}{LUA_LIST}")),
+            after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
+            config_put: Script::new(LUA_CONFIG_PUT),
+            config_delete: Script::new(LUA_CONFIG_DELETE),
+            lock_acquire: Script::new(LUA_LOCK_ACQUIRE),
+            lock_release: Script::new(LUA_LOCK_RELEASE),
+        };
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            opts,
+            scripts,
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn index_key(&self, name: IndexName<'_>) -> String {
+        match name {
+            IndexName::Recent => self.key("idx:recent"),
+            IndexName::Tenant(t) => self.key(&format!("idx:tenant:{t}")),
+            IndexName::Team(t) => self.key(&format!("idx:team:{t}")),
+            IndexName::Topic(t) => self.key(&format!("idx:topic:{t}")),
+            IndexName::Trace(t) => self.key(&format!("idx:trace:{t}")),
+            IndexName::State(s) => self.key(&format!("idx:state:{s}")),
+        }
+    }
+
+    fn create_invocation<'a>(&'a self, new: &NewJob) -> ::redis::ScriptInvocation<'a> {
+        let spec = &new.spec;
+        let event = event_json(spec.created_at, JobState::Pending, new.note.as_deref());
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&spec.id)
+            .arg(spec.created_at)
+            .arg(self.opts.job_ttl_ms)
+            .arg(serde_json::to_string(spec).unwrap_or_default())
+            .arg(&spec.tenant_id)
+            .arg(&spec.topic)
+            .arg(spec.team_id.as_deref().unwrap_or(""))
+            .arg(&spec.trace_id)
+            .arg(spec.deadline.map(|d| d.to_string()).unwrap_or_default())
+            .arg(event)
+            .arg(new.idempotency_key.as_deref().unwrap_or(""))
+            .arg(self.opts.idempotency_ttl_ms)
+            .arg(spec.not_before.unwrap_or(spec.created_at));
+        inv
+    }
+
+    fn parse_create(reply: Vec<String>) -> StoreResult<CreateOutcome> {
+        match reply.first().map(String::as_str) {
+            Some("created") => Ok(CreateOutcome::Created),
+            Some("exists") => Ok(CreateOutcome::Exists {
+                job_id: reply.get(1).cloned().unwrap_or_default(),
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "create script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads jobs with one pipeline: the hash and the history of each.
+    async fn load_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            let key = self.key(&format!("job:{id}"));
+            pipe.hgetall(&key).lrange(format!("{key}:events"), 0, -1);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<RValue> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut it = replies.into_iter();
+        while let (Some(hash), Some(events)) = (it.next(), it.next()) {
+            let hash: std::collections::HashMap<String, String> =
+                ::redis::from_redis_value(hash).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let events: Vec<String> = ::redis::from_redis_value(events)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(job_from_hash(hash, &events)?);
+        }
+        Ok(out)
+    }
+}
+
+fn event_json(at: Millis, state: JobState, note: Option<&str>) -> String {
+    serde_json::to_string(&JobEvent {
+        at,
+        state,
+        note: note.map(str::to_string),
+    })
+    .unwrap_or_default()
+}
+
+fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
+    let mut f = Vec::new();
+    if let Some(v) = &u.worker_id {
+        f.push(("worker_id", v.clone()));
+    }
+    if let Some(v) = &u.result {
+        f.push(("result", v.to_string()));
+    }
+    if let Some(v) = &u.error {
+        f.push(("error", serde_json::to_string(v).unwrap_or_default()));
+    }
+    if let Some(v) = &u.safety_decision {
+        f.push(("safety_decision", v.clone()));
+    }
+    if let Some(v) = &u.safety_reason {
+        f.push(("safety_reason", v.clone()));
+    }
+    if let Some(v) = u.execution_ms {
+        f.push(("execution_ms", v.to_string()));
+    }
+    if let Some(v) = &u.effective_config {
+        f.push(("effective_config", v.to_string()));
+    }
+    f
+}
+
+fn job_from_hash(
+    mut h: std::collections::HashMap<String, String>,
+    events: &[String],
+) -> StoreResult<Option<Job>> {
+    let Some(spec) = h.remove("spec") else {
+        return Ok(None);
+    };
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+    let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| corrupt("spec", &e))?;
+    let state: JobState = h
+        .get("state")
+        .ok_or_else(|| StoreError::Corrupt("no state".into()))?
+        .parse()
+        .map_err(|e: String| corrupt("state", &e))?;
+    let json = |v: Option<String>| v.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let history = events
+        .iter()
+        .map(|e| serde_json::from_str(e).map_err(|err| corrupt("event", &err)))
+        .collect::<StoreResult<Vec<JobEvent>>>()?;
+    Ok(Some(Job {
+        state,
+        worker_id: h.remove("worker_id"),
+        safety_decision: h.remove("safety_decision"),
+        safety_reason: h.remove("safety_reason"),
+        reason: h.remove("reason").filter(|r| !r.is_empty()),
+        result: json(h.remove("result")),
+        error: h
+            .remove("error")
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        execution_ms: h.get("execution_ms").and_then(|v| v.parse().ok()),
+        effective_config: json(h.remove("effective_config")),
+        updated_at: h
+            .get("updated_at")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(spec.created_at),
+        history,
+        spec,
+    }))
+}
+
+/// A ZSET score as Redis prints it, back to integer milliseconds.
+fn score_of(s: &str) -> Option<i64> {
+    s.parse::<i64>()
+        .ok()
+        .or_else(|| s.parse::<f64>().ok().map(|f| f as i64))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .create_invocation(job)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Self::parse_create(reply)
+    }
+
+    async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>> {
+        // Issued concurrently on the multiplexed connection, the scripts leave in one write and
+        // come back in one read: a single round trip for the batch.
+        let calls = jobs.iter().map(|j| async move {
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = self
+                .create_invocation(j)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Self::parse_create(reply)
+        });
+        Ok(futures::future::join_all(calls).await)
+    }
+
+    async fn get_job(&self, id: &str) -> StoreResult<Option<Job>> {
+        Ok(self
+            .load_jobs(std::slice::from_ref(&id.to_string()))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    async fn get_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
+        self.load_jobs(ids).await
+    }
+
+    async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
+        let mut inv = self.scripts.transition.prepare_invoke();
+        let (via, via_at) = t
+            .via
+            .map(|(s, at)| (s.as_str(), event_json(at, s, None)))
+            .unwrap_or(("", String::new()));
+        inv.arg(&self.prefix)
+            .arg(id)
+            .arg(t.to.as_str())
+            .arg(t.at)
+            .arg(via)
+            .arg(event_json(t.at, t.to, t.note.as_deref()))
+            .arg(via_at)
+            .arg(self.opts.job_ttl_ms);
+        match &t.dead_letter {
+            Some(dl) => inv
+                .arg(serde_json::to_string(dl).unwrap_or_default())
+                .arg(dl.created_at),
+            None => inv.arg("").arg(0),
+        };
+        for (k, v) in update_fields(&t.update) {
+            inv.arg(k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let from = || -> StoreResult<JobState> {
+            reply
+                .get(1)
+                .ok_or_else(|| StoreError::Corrupt("no state".into()))?
+                .parse()
+                .map_err(StoreError::Corrupt)
+        };
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(TransitionOutcome::Applied { from: from()? }),
+            Some("same") => Ok(TransitionOutcome::Unchanged),
+            Some("illegal") => Err(StoreError::IllegalTransition {
+                from: from()?,
+                to: t.to,
+            }),
+            Some("missing") => Err(StoreError::NotFound(id.to_string())),
+            other => Err(StoreError::Corrupt(format!(
+                "transition script answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool> {
+        let mut inv = self.scripts.annotate.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(id)
+            .arg(a.expect.as_str())
+            .arg(a.reason.as_deref().unwrap_or(""))
+            .arg(event_json(a.at, a.expect, a.reason.as_deref()))
+            .arg(a.recheck_at.map(|r| r.to_string()).unwrap_or_default());
+        for (k, v) in update_fields(&a.update) {
+            inv.arg(k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let reply: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_str() {
+            "ok" => Ok(true),
+            "skip" => Ok(false),
+            _ => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut inv = self.scripts.list.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(self.index_key(list_index(filter)))
+            .arg(
+                page.cursor
+                    .as_ref()
+                    .map(|c| c.score.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                page.cursor
+                    .as_ref()
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default(),
+            )
+            .arg(page.limit)
+            .arg(scan_budget(page.limit))
+            .arg(filter.state.map(|s| s.as_str()).unwrap_or(""))
+            .arg(opt(&filter.topic))
+            .arg(opt(&filter.tenant))
+            .arg(opt(&filter.team))
+            .arg(
+                filter
+                    .updated_after
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                filter
+                    .updated_before
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            );
+        let mut conn = self.conn.clone();
+        let (ids, last_score, last_id, more): (Vec<String>, String, String, i64) =
+            inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let items = self.load_jobs(&ids).await?.into_iter().flatten().collect();
+        let next_cursor = (more == 1)
+            .then(|| score_of(&last_score).map(|score| Cursor { score, id: last_id }.encode()))
+            .flatten();
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn jobs_due(
+        &self,
+        state: JobState,
+        before: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        conn.zrangebyscore_limit(
+            self.index_key(IndexName::State(state)),
+            "-inf",
+            before,
+            0,
+            limit as isize,
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        conn.zrangebyscore_limit(self.key("idx:deadline"), "-inf", now, 0, limit as isize)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn prune_indexes(&self, before: Millis) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        let names_key = self.key("idx:names");
+        let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+        keys.push(self.index_key(IndexName::Recent));
+        keys.extend(
+            JobState::ALL
+                .iter()
+                .map(|s| self.index_key(IndexName::State(*s))),
+        );
+        let bound = format!("({before}");
+        let mut pipe = ::redis::pipe();
+        for k in &keys {
+            pipe.zrembyscore(k, "-inf", &bound).zcard(k);
+        }
+        let replies: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut removed = 0;
+        let mut empty = Vec::new();
+        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
+            removed += pair[0];
+            if pair[1] == 0 {
+                empty.push(k.clone());
+            }
+        }
+        if !empty.is_empty() {
+            let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+        }
+        Ok(removed)
+    }
+
+    async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn
+            .get(self.key(&format!("dlq:{job_id}")))
+            .await
+            .map_err(unavailable)?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn dlq_list(
+        &self,
+        filter: &DlqFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<DlqEntry>> {
+        // Dead letters are read by people, not by the hot path: walk the index in chunks from the
+        // cursor (a script finds the entries after it, however long the tie it sits in) and
+        // filter here, with the same tie order and budget as the job lists.
+        let mut conn = self.conn.clone();
+        let index = self.key("dlq:idx");
+        let budget = scan_budget(page.limit);
+        let mut cursor = page.cursor.clone();
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        let mut chunk_len = page.limit.clamp(1, 256);
+        loop {
+            let want = chunk_len.min(budget - scanned);
+            let (after_score, after_id) =
+                cursor.as_ref().map_or((String::new(), String::new()), |c| {
+                    (c.score.to_string(), c.id.clone())
+                });
+            let flat: Vec<String> = self
+                .scripts
+                .after
+                .key(&index)
+                .arg(after_score)
+                .arg(after_id)
+                .arg(want)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let fresh = flat
+                .chunks(2)
+                .map(|pair| match pair {
+                    [id, score] => score_of(score)
+                        .map(|s| (id.clone(), s))
+                        .ok_or_else(|| StoreError::Corrupt(format!("dlq score `{score}`"))),
+                    _ => Err(StoreError::Corrupt("odd dlq index reply".into())),
+                })
+                .collect::<StoreResult<Vec<(String, i64)>>>()?;
+            if fresh.is_empty() {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                });
+            }
+            let exhausted = fresh.len() < want;
+            let keys: Vec<String> = fresh
+                .iter()
+                .map(|(id, _)| self.key(&format!("dlq:{id}")))
+                .collect();
+            let raws: Vec<Option<String>> = ::redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for ((id, score), raw) in fresh.into_iter().zip(raws) {
+                scanned += 1;
+                cursor = Some(Cursor { score, id });
+                let Some(raw) = raw else { continue };
+                let entry: DlqEntry =
+                    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if filter.matches(&entry) {
+                    items.push(entry);
+                    if items.len() == page.limit {
+                        break;
+                    }
+                }
+            }
+            if items.len() == page.limit || scanned >= budget {
+                return Ok(Page {
+                    items,
+                    next_cursor: cursor.map(|c| c.encode()),
+                });
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                });
+            }
+            chunk_len = (chunk_len * 2).min(256);
+        }
+    }
+
+    async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let (deleted, _): (u64, u64) = ::redis::pipe()
+            .atomic()
+            .del(self.key(&format!("dlq:{job_id}")))
+            .zrem(self.key("dlq:idx"), job_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+
+    async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>> {
+        if keys.is_empty() {
+            // Redis refuses an empty pipeline.
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for k in keys {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("config:{k}")))
+                .arg("data")
+                .arg("revision")
+                .arg("updated_at");
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<(Option<String>, Option<u64>, Option<i64>)> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        replies
+            .into_iter()
+            .map(|(data, revision, updated_at)| match (data, revision) {
+                (Some(d), Some(revision)) => Ok(Some(ConfigDoc {
+                    data: serde_json::from_str(&d)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    revision,
+                    updated_at: updated_at.unwrap_or_default(),
+                })),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    async fn config_put(
+        &self,
+        key: &str,
+        data: &Value,
+        if_match: Option<u64>,
+        now: Millis,
+    ) -> StoreResult<ConfigDoc> {
+        let mut conn = self.conn.clone();
+        let (status, revision): (String, u64) = self
+            .scripts
+            .config_put
+            .key(self.key(&format!("config:{key}")))
+            .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
+            .arg(data.to_string())
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if status == "conflict" {
+            return Err(StoreError::Conflict { current: revision });
+        }
+        Ok(ConfigDoc {
+            data: data.clone(),
+            revision,
+            updated_at: now,
+        })
+    }
+
+    async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let (status, n): (String, u64) = self
+            .scripts
+            .config_delete
+            .key(self.key(&format!("config:{key}")))
+            .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if status == "conflict" {
+            return Err(StoreError::Conflict { current: n });
+        }
+        Ok(n == 1)
+    }
+
+    async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let got: i64 = self
+            .scripts
+            .lock_acquire
+            .key(self.key(&format!("lock:{name}")))
+            .arg(owner)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(got == 1)
+    }
+
+    async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .lock_release
+            .key(self.key(&format!("lock:{name}")))
+            .arg(owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn plugin_put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        ::redis::pipe()
+            .atomic()
+            .hset_multiple(
+                self.key(&format!("plugin:{name}")),
+                &[
+                    ("bytes", bytes),
+                    ("hash", hash.as_bytes()),
+                    ("updated_at", now.to_string().as_bytes()),
+                ],
+            )
+            .ignore()
+            .sadd(self.key("plugins"), name)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn plugin_get(&self, name: &str) -> StoreResult<Option<StoredPlugin>> {
+        let mut conn = self.conn.clone();
+        let (bytes, hash, updated_at): (Option<Vec<u8>>, Option<String>, Option<i64>) =
+            ::redis::cmd("HMGET")
+                .arg(self.key(&format!("plugin:{name}")))
+                .arg("bytes")
+                .arg("hash")
+                .arg("updated_at")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        Ok(match (bytes, hash) {
+            (Some(bytes), Some(hash)) => Some(StoredPlugin {
+                name: name.to_string(),
+                hash,
+                bytes,
+                updated_at: updated_at.unwrap_or_default(),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> = conn
+            .smembers(self.key("plugins"))
+            .await
+            .map_err(unavailable)?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort();
+        let mut pipe = ::redis::pipe();
+        for name in &names {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("plugin:{name}")))
+                .arg("hash")
+                .arg("updated_at");
+        }
+        let metas: Vec<(Option<String>, Option<i64>)> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(names
+            .into_iter()
+            .zip(metas)
+            .filter_map(|(name, (hash, updated_at))| {
+                Some(PluginMeta {
+                    name,
+                    hash: hash?,
+                    updated_at: updated_at.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn plugin_delete(&self, name: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let (deleted, _): (i64, i64) = ::redis::pipe()
+            .atomic()
+            .del(self.key(&format!("plugin:{name}")))
+            .srem(self.key("plugins"), name)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+}

@@ -1,0 +1,359 @@
+//! A worker (`coretex worker`, and the in-process demo pool of `serve --demo-workers`): takes
+//! jobs from `worker.<id>.jobs`, says `started`, runs them, says `result`, and heartbeats its
+//! load. It needs only the bus, never the store.
+//!
+//! Two ways to run a job: `--exec CMD` runs `sh -c CMD` per job (payload JSON on stdin, the job's
+//! env plus `CORETEX_JOB_ID`, `CORETEX_TOPIC`, `CORETEX_ATTEMPT`, `CORETEX_TRACE_ID` in the
+//! environment; stdout is the result — JSON if it parses, else a string — and a non-zero exit is
+//! a failure), and `--echo` answers with the payload.
+//!
+//! Delivery is at-least-once: the host re-sends a job it has not heard `started` for. A worker
+//! therefore ignores a job it is already running, and answers a job it finished recently by
+//! sending the same result again instead of running it twice.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{SharedBus, publish_json};
+use crate::job::JobError;
+use crate::protocol::{
+    CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
+};
+use crate::time::now_ms;
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Echo,
+    Exec(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub id: String,
+    pub pool: String,
+    pub topics: Vec<String>,
+    pub max_parallel: u32,
+    pub labels: BTreeMap<String, String>,
+    pub mode: Mode,
+    pub heartbeat_interval: Duration,
+    /// Report this process's CPU use in heartbeats. Off for the in-process demo pool, which
+    /// shares its process with the host (the host's own work is not the worker's load).
+    pub report_cpu: bool,
+}
+
+/// How many finished jobs a worker remembers, to answer re-deliveries.
+const REMEMBERED: usize = 10_000;
+
+#[derive(Default)]
+struct State {
+    running: HashMap<String, CancellationToken>,
+    finished: HashMap<String, Bytes>,
+    finished_order: VecDeque<String>,
+}
+
+impl State {
+    fn remember(&mut self, job_id: String, result: Bytes) {
+        self.running.remove(&job_id);
+        if self.finished.insert(job_id.clone(), result).is_none() {
+            self.finished_order.push_back(job_id);
+        }
+        while self.finished_order.len() > REMEMBERED {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    bus: SharedBus,
+    opts: WorkerOptions,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+}
+
+impl Worker {
+    pub fn new(bus: SharedBus, opts: WorkerOptions) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(opts.max_parallel.max(1) as usize));
+        Arc::new(Worker {
+            bus,
+            opts,
+            state: Mutex::new(State::default()),
+            slots,
+        })
+    }
+
+    fn active(&self) -> u32 {
+        self.state.lock().running.len() as u32
+    }
+
+    /// Runs until `stop` is cancelled: heartbeats, jobs and cancels.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let subjects = self.bus.subjects().clone();
+        let mut jobs = self
+            .bus
+            .subscribe(&subjects.worker_jobs(&self.opts.id))
+            .await?;
+        let mut cancels = self.bus.subscribe(&subjects.cancel()).await?;
+        tracing::info!(worker_id = %self.opts.id, pool = %self.opts.pool, topics = ?self.opts.topics,
+            max_parallel = self.opts.max_parallel, "worker ready");
+        let beat = tokio::spawn(self.clone().heartbeat(stop.clone()));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(msg) = jobs.next() => match serde_json::from_slice::<JobMsg>(&msg.payload) {
+                    Ok(job) => self.accept(job),
+                    Err(e) => tracing::warn!(error = %e, "dropping malformed job message"),
+                },
+                Some(msg) = cancels.next() => {
+                    if let Ok(c) = serde_json::from_slice::<CancelMsg>(&msg.payload)
+                        && let Some(token) = self.state.lock().running.get(&c.job_id)
+                    {
+                        tracing::info!(job_id = %c.job_id, reason = %c.reason, "cancelling job");
+                        token.cancel();
+                    }
+                }
+                else => break,
+            }
+        }
+        beat.abort();
+        Ok(())
+    }
+
+    fn accept(self: &Arc<Self>, job: JobMsg) {
+        let token = CancellationToken::new();
+        {
+            let mut st = self.state.lock();
+            if st.running.contains_key(&job.job_id) {
+                return;
+            }
+            if let Some(result) = st.finished.get(&job.job_id).cloned() {
+                let bus = self.bus.clone();
+                tokio::spawn(async move {
+                    let subject = bus.subjects().result();
+                    let _ = bus.publish(&subject, result).await;
+                });
+                return;
+            }
+            st.running.insert(job.job_id.clone(), token.clone());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_slot) = this.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let started = StartedMsg {
+                v: VERSION,
+                job_id: job.job_id.clone(),
+                worker_id: this.opts.id.clone(),
+                at: now_ms(),
+            };
+            let _ = publish_json(this.bus.as_ref(), &this.bus.subjects().started(), &started).await;
+            let t0 = Instant::now();
+            let (status, result, error) = this.execute(&job, &token).await;
+            let msg = ResultMsg {
+                v: VERSION,
+                job_id: job.job_id.clone(),
+                worker_id: this.opts.id.clone(),
+                status,
+                result,
+                error,
+                execution_ms: t0.elapsed().as_millis() as u64,
+            };
+            let payload = Bytes::from(serde_json::to_vec(&msg).unwrap_or_default());
+            this.state
+                .lock()
+                .remember(job.job_id.clone(), payload.clone());
+            if let Err(e) = this
+                .bus
+                .publish(&this.bus.subjects().result(), payload)
+                .await
+            {
+                tracing::warn!(job_id = %job.job_id, error = %e, "could not publish result");
+            }
+        });
+    }
+
+    async fn execute(
+        &self,
+        job: &JobMsg,
+        token: &CancellationToken,
+    ) -> (ResultStatus, Option<serde_json::Value>, Option<JobError>) {
+        match &self.opts.mode {
+            Mode::Echo => (ResultStatus::Succeeded, Some(job.payload.clone()), None),
+            Mode::Exec(cmd) => run_command(cmd, job, token).await,
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
+        let subject = self.bus.subjects().heartbeat();
+        let mut meter = CpuMeter { last: None };
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            let hb = HeartbeatMsg {
+                v: VERSION,
+                worker_id: self.opts.id.clone(),
+                pool: self.opts.pool.clone(),
+                topics: self.opts.topics.clone(),
+                active_jobs: self.active(),
+                max_parallel: self.opts.max_parallel,
+                cpu_load: if self.opts.report_cpu {
+                    meter.percent()
+                } else {
+                    0.0
+                },
+                labels: self.opts.labels.clone(),
+                capabilities: vec![match self.opts.mode {
+                    Mode::Echo => "echo".into(),
+                    Mode::Exec(_) => "exec".into(),
+                }],
+            };
+            if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
+                tracing::warn!(error = %e, "heartbeat not sent");
+            }
+        }
+    }
+}
+
+/// The CPU this worker process (and the commands it ran) used since the last reading, as a
+/// percentage of the machine. The machine's load average would be simpler, but it counts every
+/// other process too: a busy neighbour would make an idle worker look overloaded.
+struct CpuMeter {
+    last: Option<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    /// CPU seconds of this process and its reaped children, from /proc/self/stat.
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime, cutime, cstime are fields 14–17 of the line: 11–14 after the name.
+        let ticks: f64 = fields
+            .get(11..15)?
+            .iter()
+            .filter_map(|f| f.parse::<f64>().ok())
+            .sum();
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (hz > 0.0).then(|| ticks / hz)
+    }
+
+    fn percent(&mut self) -> f64 {
+        let Some(now_cpu) = Self::cpu_seconds() else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let pct = match self.last {
+            Some((at, cpu)) => {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    ((now_cpu - cpu) / wall / cores * 100.0).clamp(0.0, 100.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, now_cpu));
+        pct
+    }
+}
+
+async fn run_command(
+    cmd: &str,
+    job: &JobMsg,
+    token: &CancellationToken,
+) -> (ResultStatus, Option<serde_json::Value>, Option<JobError>) {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .envs(&job.env)
+        .env("CORETEX_JOB_ID", &job.job_id)
+        .env("CORETEX_TOPIC", &job.topic)
+        .env("CORETEX_ATTEMPT", job.attempt.to_string())
+        .env("CORETEX_TRACE_ID", &job.trace_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so a cancel kills the command's children too.
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                ResultStatus::Failed,
+                None,
+                Some(JobError::new("spawn_failed", e.to_string())),
+            );
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = serde_json::to_vec(&job.payload).unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+    }
+    let pid = child.id();
+    let deadline = job
+        .deadline_at
+        .map(|d| Duration::from_millis((d - now_ms()).max(0) as u64));
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let output = child.wait_with_output();
+    tokio::select! {
+        out = output => match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let trimmed = text.trim();
+                let result = serde_json::from_str(trimmed)
+                    .unwrap_or_else(|_| serde_json::Value::String(trimmed.to_string()));
+                (ResultStatus::Succeeded, Some(result), None)
+            }
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                let code = out.status.code().map_or("killed".to_string(), |c| format!("exit_{c}"));
+                (ResultStatus::Failed, None, Some(JobError::new(code, tail.trim().to_string())))
+            }
+            Err(e) => (ResultStatus::Failed, None, Some(JobError::new("wait_failed", e.to_string()))),
+        },
+        _ = token.cancelled() => {
+            kill_group(pid);
+            (ResultStatus::Cancelled, None, Some(JobError::new("cancelled", "cancelled while running")))
+        }
+        _ = timeout => {
+            kill_group(pid);
+            (ResultStatus::Timeout, None, Some(JobError::new("deadline_exceeded", "the job's deadline passed while running")))
+        }
+    }
+}
+
+/// SIGKILLs the command's whole process group.
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a negative pid signals the process group the child leads
+        // (process_group(0) above); it touches no memory of ours.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}

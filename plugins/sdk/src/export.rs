@@ -1,0 +1,251 @@
+//! The glue the `export_*!` macros expand to: the conversions between the generated wire types
+//! and the SDK's plain ones, and the [`Context`] backed by the host's imports. Not part of the
+//! API (hidden from the docs); only the macros reach in here.
+//!
+//! A macro keeps the plugin's instance in a `thread_local!` built with `Default` on first use:
+//! a component instance is single-threaded, and a thread-local (unlike a `static`) lets the
+//! instance keep its state in a `Cell` without asking for `Sync`.
+
+use crate::condition::StepCondition;
+use crate::dispatch::{self, Candidate, Context, DispatchStrategy, Job, Priority};
+use crate::retry::{self, Failure, Outcome, RetryPolicy};
+use crate::wit::dispatch_strategy::coretex::plugin::dispatch_context as host;
+use crate::wit::dispatch_strategy::exports::coretex::plugin::dispatch as wire_dispatch;
+use crate::wit::retry_policy::exports::coretex::plugin::retry as wire_retry;
+
+pub use crate::wit::dispatch_strategy::coretex::plugin::types::PluginError;
+pub use crate::wit::step_condition::exports::coretex::plugin::condition::Guest as ConditionGuest;
+pub use crate::wit::{dispatch_strategy, retry_policy, step_condition};
+pub use wire_dispatch::{
+    Candidate as WireCandidate, Decision as WireDispatchDecision, Guest as DispatchGuest,
+    JobSummary as WireJob,
+};
+pub use wire_retry::{Decision as WireRetryDecision, Failure as WireFailure, Guest as RetryGuest};
+// The three worlds each generate the shared `types` interface; the error is the same record.
+pub use crate::wit::retry_policy::coretex::plugin::types::PluginError as RetryPluginError;
+pub use crate::wit::step_condition::coretex::plugin::types::PluginError as ConditionPluginError;
+
+/// Runs `strategy` on one `pick` call from the host.
+pub fn pick<S: DispatchStrategy>(
+    strategy: &S,
+    job: WireJob,
+    candidates: Vec<WireCandidate>,
+) -> Result<WireDispatchDecision, PluginError> {
+    let job = Job {
+        priority: match job.priority {
+            wire_dispatch::Priority::Interactive => Priority::Interactive,
+            wire_dispatch::Priority::Batch => Priority::Batch,
+            wire_dispatch::Priority::Critical => Priority::Critical,
+        },
+        attempt: job.attempt,
+        label_count: job.label_count,
+    };
+    let candidates: Vec<Candidate> = candidates
+        .into_iter()
+        .map(|c| Candidate {
+            active_jobs: c.active_jobs,
+            max_parallel: c.max_parallel,
+            cpu_load: c.cpu_load,
+            preferred: c.preferred,
+        })
+        .collect();
+    // The index goes back unchecked: judging it is the host's job (and the containment tests
+    // need a plugin that answers out of range).
+    match strategy.pick(&job, &candidates, &HostContext) {
+        Ok(dispatch::Decision::Worker(index)) => u32::try_from(index)
+            .map(WireDispatchDecision::Worker)
+            .map_err(|_| PluginError {
+                message: format!("candidate index {index} does not fit in u32"),
+            }),
+        Ok(dispatch::Decision::NoWorker(reason)) => Ok(WireDispatchDecision::NoWorker(reason)),
+        Err(message) => Err(PluginError { message }),
+    }
+}
+
+/// The [`Context`] of a `pick` call inside the sandbox: each answer is one call to the host.
+struct HostContext;
+
+impl Context for HostContext {
+    fn topic(&self) -> String {
+        host::job_topic()
+    }
+
+    fn tenant(&self) -> String {
+        host::job_tenant()
+    }
+
+    fn job_label(&self, key: &str) -> Option<String> {
+        host::job_label(key)
+    }
+
+    fn job_labels(&self) -> Vec<(String, String)> {
+        host::job_labels()
+    }
+
+    fn candidate_label(&self, index: usize, key: &str) -> Option<String> {
+        host::candidate_label(u32::try_from(index).ok()?, key)
+    }
+
+    fn candidate_id(&self, index: usize) -> Option<String> {
+        host::candidate_id(u32::try_from(index).ok()?)
+    }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        host::setting(key)
+    }
+}
+
+/// Runs `condition` on one `compile` call from the host.
+pub fn compile<C: StepCondition>(
+    condition: &C,
+    expression: String,
+) -> Result<(), ConditionPluginError> {
+    condition
+        .compile(&expression)
+        .map_err(|message| ConditionPluginError { message })
+}
+
+/// Runs `condition` on one `evaluate` call from the host.
+pub fn evaluate<C: StepCondition>(
+    condition: &C,
+    expression: String,
+    scope_json: String,
+) -> Result<bool, ConditionPluginError> {
+    let scope = serde_json::from_str(&scope_json).map_err(|e| ConditionPluginError {
+        message: format!("the scope is not JSON: {e}"),
+    })?;
+    condition
+        .evaluate(&expression, &scope)
+        .map_err(|message| ConditionPluginError { message })
+}
+
+/// Runs `policy` on one `decide` call from the host.
+pub fn decide<P: RetryPolicy>(
+    policy: &P,
+    failure: WireFailure,
+) -> Result<WireRetryDecision, RetryPluginError> {
+    let failure = Failure {
+        topic: failure.topic,
+        attempt: failure.attempt,
+        outcome: match failure.outcome {
+            wire_retry::Outcome::Failed => Outcome::Failed,
+            wire_retry::Outcome::Timeout => Outcome::Timeout,
+            wire_retry::Outcome::Cancelled => Outcome::Cancelled,
+        },
+        error_code: failure.error_code,
+        error_message: failure.error_message,
+        elapsed_ms: failure.elapsed_ms,
+        max_attempts: failure.max_attempts,
+        initial_backoff_ms: failure.initial_backoff_ms,
+        max_backoff_ms: failure.max_backoff_ms,
+        multiplier: failure.multiplier,
+    };
+    match policy.decide(&failure) {
+        Ok(retry::Decision::Retry(after)) => Ok(WireRetryDecision::Retry(
+            u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        )),
+        Ok(retry::Decision::DeadLetter(reason)) => Ok(WireRetryDecision::DeadLetter(reason)),
+        Err(message) => Err(RetryPluginError { message }),
+    }
+}
+
+/// Makes this crate a `dispatch-strategy` component whose `pick` runs a `Default` instance of
+/// the given [`DispatchStrategy`](crate::dispatch::DispatchStrategy) (the crate documentation
+/// has an example). Use it once, in a `cdylib` crate, and no other `export_*!` macro beside it: a component
+/// exports exactly one world, and the host reads the plugin's kind from it.
+#[macro_export]
+macro_rules! export_dispatch_strategy {
+    ($strategy:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static STRATEGY: $strategy = <$strategy as ::core::default::Default>::default();
+            }
+
+            struct Export;
+
+            impl $crate::export::DispatchGuest for Export {
+                fn pick(
+                    job: $crate::export::WireJob,
+                    candidates: ::std::vec::Vec<$crate::export::WireCandidate>,
+                ) -> ::core::result::Result<
+                    $crate::export::WireDispatchDecision,
+                    $crate::export::PluginError,
+                > {
+                    STRATEGY.with(|strategy| $crate::export::pick(strategy, job, candidates))
+                }
+            }
+
+            $crate::__export_dispatch_strategy_impl!(
+                Export with_types_in $crate::export::dispatch_strategy
+            );
+        };
+    };
+}
+
+/// Makes this crate a `step-condition` component backed by a `Default` instance of the given
+/// [`StepCondition`](crate::condition::StepCondition). One per crate, as for
+/// [`export_dispatch_strategy!`].
+#[macro_export]
+macro_rules! export_step_condition {
+    ($condition:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static CONDITION: $condition = <$condition as ::core::default::Default>::default();
+            }
+
+            struct Export;
+
+            impl $crate::export::ConditionGuest for Export {
+                fn compile(
+                    expression: ::std::string::String,
+                ) -> ::core::result::Result<(), $crate::export::ConditionPluginError> {
+                    CONDITION.with(|condition| $crate::export::compile(condition, expression))
+                }
+
+                fn evaluate(
+                    expression: ::std::string::String,
+                    scope_json: ::std::string::String,
+                ) -> ::core::result::Result<bool, $crate::export::ConditionPluginError> {
+                    CONDITION.with(|condition| {
+                        $crate::export::evaluate(condition, expression, scope_json)
+                    })
+                }
+            }
+
+            $crate::__export_step_condition_impl!(
+                Export with_types_in $crate::export::step_condition
+            );
+        };
+    };
+}
+
+/// Makes this crate a `retry-policy` component backed by a `Default` instance of the given
+/// [`RetryPolicy`](crate::retry::RetryPolicy). One per crate, as for
+/// [`export_dispatch_strategy!`].
+#[macro_export]
+macro_rules! export_retry_policy {
+    ($policy:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static POLICY: $policy = <$policy as ::core::default::Default>::default();
+            }
+
+            struct Export;
+
+            impl $crate::export::RetryGuest for Export {
+                fn decide(
+                    failure: $crate::export::WireFailure,
+                ) -> ::core::result::Result<
+                    $crate::export::WireRetryDecision,
+                    $crate::export::RetryPluginError,
+                > {
+                    POLICY.with(|policy| $crate::export::decide(policy, failure))
+                }
+            }
+
+            $crate::__export_retry_policy_impl!(
+                Export with_types_in $crate::export::retry_policy
+            );
+        };
+    };
+}

@@ -1,0 +1,161 @@
+//! Shared helpers for the end-to-end tests: a host started in-process on either backend, with
+//! a key prefix and subject prefix of its own so tests run in parallel against one Redis and one
+//! NATS, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use coretex::serve::{self, Running, ServeOptions};
+use serde_json::Value;
+
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
+pub const NATS_URL_DEFAULT: &str = "nats://127.0.0.1:4222";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| REDIS_URL_DEFAULT.into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| NATS_URL_DEFAULT.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-memory store and in-process bus.
+    Embedded,
+    /// The real Redis and NATS servers.
+    Real,
+}
+
+/// A unique tag for keys and subjects.
+pub fn unique(tag: &str) -> String {
+    format!("{tag}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Options for a host on `backend`, isolated by fresh prefixes, listening on a free port.
+pub fn options(backend: Backend) -> ServeOptions {
+    let tag = unique("t");
+    let mut o = ServeOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        key_prefix: format!("{tag}:"),
+        subject_prefix: tag,
+        ..Default::default()
+    };
+    if backend == Backend::Real {
+        o.redis_url = Some(redis_url());
+        o.nats_url = Some(nats_url());
+    }
+    o
+}
+
+/// Starts a host; a missing Redis or NATS is a failure with a clear message, never a skip.
+pub async fn start(opts: ServeOptions) -> Running {
+    let what = if opts.redis_url.is_some() {
+        format!(
+            "Redis at {} and NATS at {} must be running for this test",
+            redis_url(),
+            nats_url()
+        )
+    } else {
+        "the embedded host".into()
+    };
+    serve::start(opts)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a host ({what}): {e:#}"))
+}
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Api {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Submits a job and returns its id.
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, v) = self.post("/api/v1/jobs", body).await;
+        assert_eq!(status, 201, "submit answered {status}: {v}");
+        v["job_id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls a job until `done(job)` holds, or panics after `within`.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let (status, job) = self.get(&format!("/api/v1/jobs/{id}")).await;
+            if status == 200 && done(&job) {
+                return job;
+            }
+            if tokio::time::Instant::now() > until {
+                panic!("job {id} did not reach the expected state within {within:?}: {job}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the job is in `state`.
+    pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        self.wait_job(id, within, |j| j["state"] == state).await
+    }
+
+    /// Waits until at least `n` workers are registered.
+    pub async fn wait_workers(&self, n: usize, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let (_, v) = self.get("/api/v1/workers").await;
+            if v["items"].as_array().is_some_and(|a| a.len() >= n) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "fewer than {n} workers registered: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

@@ -1,0 +1,1864 @@
+//! Store conformance: one suite of behaviour checks, run against both backends.
+//!
+//! Every `check_*` function takes a fresh, empty [`SharedStore`]; the `conformance!` macro at the
+//! bottom turns each into two tests, `memory::<name>` on a [`MemoryStore`] and `redis::<name>` on
+//! a [`RedisStore`] talking to the real server at `REDIS_URL` (default `redis://127.0.0.1:6379`).
+//! Each Redis test works under its own random key prefix, so the tests run in parallel, and
+//! deletes that prefix's keys when it ends (even when it fails). When Redis is not reachable the
+//! Redis tests fail, saying so: they never skip.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coretex::job::JobState::{self, *};
+use coretex::job::{Job, JobError, JobEvent, JobRequest, JobSpec, Priority, TRANSITIONS};
+use coretex::store::memory::MemoryStore;
+use coretex::store::redis::RedisStore;
+use coretex::store::{
+    Annotation, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter, JobUpdate,
+    NewJob, PARKED, PageRequest, SharedStore, Store, StoreError, StoreOptions, Transition,
+    TransitionOutcome,
+};
+use coretex::time::{Millis, now_ms};
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A job request with the fields the index checks care about.
+#[derive(Clone, Default)]
+struct Req {
+    topic: &'static str,
+    tenant: Option<&'static str>,
+    team: Option<&'static str>,
+    trace: Option<&'static str>,
+    deadline_ms: Option<u64>,
+}
+
+fn spec_at(r: Req, at: Millis) -> JobSpec {
+    JobSpec::accept(
+        JobRequest {
+            topic: if r.topic.is_empty() {
+                "job.test"
+            } else {
+                r.topic
+            }
+            .to_string(),
+            tenant_id: r.tenant.map(str::to_string),
+            team_id: r.team.map(str::to_string),
+            trace_id: r.trace.map(str::to_string),
+            deadline_ms: r.deadline_ms,
+            ..Default::default()
+        },
+        at,
+    )
+}
+
+fn simple_spec(at: Millis) -> JobSpec {
+    spec_at(Req::default(), at)
+}
+
+fn new_job(spec: &JobSpec) -> NewJob {
+    NewJob {
+        spec: spec.clone(),
+        idempotency_key: None,
+        note: None,
+    }
+}
+
+async fn create(store: &SharedStore, spec: &JobSpec) {
+    let outcome = store.create_job(&new_job(spec)).await.expect("create_job");
+    assert_eq!(outcome, CreateOutcome::Created, "creating {}", spec.id);
+}
+
+async fn created(store: &SharedStore, r: Req, at: Millis) -> JobSpec {
+    let spec = spec_at(r, at);
+    create(store, &spec).await;
+    spec
+}
+
+async fn get(store: &SharedStore, id: &str) -> Job {
+    store
+        .get_job(id)
+        .await
+        .expect("get_job")
+        .unwrap_or_else(|| panic!("job {id} should exist"))
+}
+
+async fn go(store: &SharedStore, id: &str, to: JobState, at: Millis) -> TransitionOutcome {
+    store
+        .transition(id, &Transition::to(to, at))
+        .await
+        .unwrap_or_else(|e| panic!("transition of {id} to {to}: {e}"))
+}
+
+/// A legal walk from PENDING to `state`.
+fn path_to(state: JobState) -> &'static [JobState] {
+    match state {
+        Pending => &[],
+        Scheduled => &[Scheduled],
+        Dispatched => &[Dispatched],
+        Running => &[Dispatched, Running],
+        Succeeded => &[Dispatched, Succeeded],
+        Failed => &[Failed],
+        Cancelled => &[Cancelled],
+        Timeout => &[Timeout],
+        Denied => &[Denied],
+    }
+}
+
+/// Creates a job and walks it to `state`, one millisecond per step from `*clock`.
+async fn job_in(store: &SharedStore, state: JobState, clock: &mut Millis) -> String {
+    let spec = simple_spec(*clock);
+    create(store, &spec).await;
+    for s in path_to(state) {
+        *clock += 1;
+        let outcome = go(store, &spec.id, *s, *clock).await;
+        assert!(matches!(outcome, TransitionOutcome::Applied { .. }));
+    }
+    *clock += 1;
+    spec.id
+}
+
+fn states(job: &Job) -> Vec<JobState> {
+    job.history.iter().map(|e| e.state).collect()
+}
+
+fn ids_of(jobs: &[Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.spec.id.clone()).collect()
+}
+
+fn dead_letter(spec: &JobSpec, status: JobState, created_at: Millis) -> DlqEntry {
+    DlqEntry {
+        job_id: spec.id.clone(),
+        topic: spec.topic.clone(),
+        tenant_id: spec.tenant_id.clone(),
+        status,
+        reason: format!("ended {status}"),
+        error: Some(JobError::new("worker_error", "it broke")),
+        attempts: 3,
+        created_at,
+        request: spec.clone(),
+    }
+}
+
+/// Every page of a job list, checking each page's size and that no job comes twice.
+async fn list_all(store: &SharedStore, filter: &JobFilter, limit: usize) -> Vec<Job> {
+    let mut out: Vec<Job> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100_000 {
+        let page = store
+            .list_jobs(filter, &PageRequest { limit, cursor })
+            .await
+            .expect("list_jobs");
+        assert!(page.items.len() <= limit, "a page is at most `limit` long");
+        out.extend(page.items);
+        match page.next_cursor {
+            None => {
+                let unique: HashSet<_> = out.iter().map(|j| j.spec.id.clone()).collect();
+                assert_eq!(
+                    unique.len(),
+                    out.len(),
+                    "a job was listed twice ({filter:?})"
+                );
+                return out;
+            }
+            Some(c) => {
+                cursor = Some(Cursor::decode(&c).expect("the store's own cursor decodes"));
+            }
+        }
+    }
+    panic!("the listing never ended ({filter:?}, limit {limit})");
+}
+
+async fn dlq_all(store: &SharedStore, filter: &DlqFilter, limit: usize) -> Vec<DlqEntry> {
+    let mut out: Vec<DlqEntry> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100_000 {
+        let page = store
+            .dlq_list(filter, &PageRequest { limit, cursor })
+            .await
+            .expect("dlq_list");
+        assert!(page.items.len() <= limit, "a page is at most `limit` long");
+        out.extend(page.items);
+        match page.next_cursor {
+            None => {
+                let unique: HashSet<_> = out.iter().map(|e| e.job_id.clone()).collect();
+                assert_eq!(unique.len(), out.len(), "a dead letter was listed twice");
+                return out;
+            }
+            Some(c) => {
+                cursor = Some(Cursor::decode(&c).expect("the store's own cursor decodes"));
+            }
+        }
+    }
+    panic!("the dead-letter listing never ended ({filter:?}, limit {limit})");
+}
+
+/// Newest first, ties broken by id, descending: the order every list answers in.
+fn sort_desc<T>(items: &mut [T], key: impl Fn(&T) -> (Millis, String)) {
+    items.sort_by_key(|b| std::cmp::Reverse(key(b)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating and reading jobs
+// ---------------------------------------------------------------------------------------------
+
+async fn check_created_job_reads_back_as_pending(store: SharedStore) {
+    store.ping().await.expect("ping");
+    let now = now_ms();
+    let spec = JobSpec::accept(
+        JobRequest {
+            id: Some("job-1".into()),
+            topic: "job.echo".into(),
+            payload: json!({"n": 1, "s": "héllo", "a": [1, 2.5, null, {"deep": true}]}),
+            priority: Priority::Batch,
+            tenant_id: Some("acme".into()),
+            team_id: Some("red".into()),
+            principal_id: Some("alice".into()),
+            labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+            env: BTreeMap::from([("MODE".to_string(), "fast".to_string())]),
+            deadline_ms: Some(60_000),
+            trace_id: Some("trace-1".into()),
+            workflow_id: Some("wf".into()),
+            run_id: Some("run".into()),
+            step_id: Some("step".into()),
+        },
+        now,
+    );
+    let outcome = store
+        .create_job(&NewJob {
+            spec: spec.clone(),
+            idempotency_key: None,
+            note: Some("accepted".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+
+    let job = get(&store, "job-1").await;
+    assert_eq!(job.spec, spec);
+    assert_eq!(job.state, Pending);
+    assert_eq!(job.updated_at, now);
+    assert_eq!(
+        job.history,
+        vec![JobEvent {
+            at: now,
+            state: Pending,
+            note: Some("accepted".into()),
+        }]
+    );
+    assert_eq!(
+        (
+            &job.worker_id,
+            &job.result,
+            &job.error,
+            &job.reason,
+            job.execution_ms
+        ),
+        (&None, &None, &None, &None, None)
+    );
+    assert_eq!(
+        (
+            &job.safety_decision,
+            &job.safety_reason,
+            &job.effective_config
+        ),
+        (&None, &None, &None)
+    );
+
+    // The same id again: nothing is written, the first job stays as it was.
+    let mut again = spec.clone();
+    again.topic = "job.other".into();
+    again.created_at = now + 5;
+    let outcome = store.create_job(&new_job(&again)).await.unwrap();
+    assert_eq!(
+        outcome,
+        CreateOutcome::Exists {
+            job_id: "job-1".into()
+        }
+    );
+    assert_eq!(get(&store, "job-1").await, job);
+
+    assert_eq!(store.get_job("no-such-job").await.unwrap(), None);
+    let many = store
+        .get_jobs(&["job-1".into(), "no-such-job".into(), "job-1".into()])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![Some(job.clone()), None, Some(job)]);
+    assert_eq!(store.get_jobs(&[]).await.unwrap(), vec![]);
+}
+
+async fn check_idempotency_key_answers_the_first_job_per_tenant(store: SharedStore) {
+    let now = now_ms();
+    let keyed = |spec: &JobSpec, key: &str| NewJob {
+        spec: spec.clone(),
+        idempotency_key: Some(key.to_string()),
+        note: None,
+    };
+    let t1 = |at| {
+        spec_at(
+            Req {
+                tenant: Some("t1"),
+                ..Default::default()
+            },
+            at,
+        )
+    };
+    let first = t1(now);
+    let outcome = store.create_job(&keyed(&first, "k1")).await.unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+
+    // Another job with the same key in the same tenant answers the first job, creating nothing.
+    let second = t1(now + 1);
+    let outcome = store.create_job(&keyed(&second, "k1")).await.unwrap();
+    assert_eq!(
+        outcome,
+        CreateOutcome::Exists {
+            job_id: first.id.clone()
+        }
+    );
+    assert_eq!(store.get_job(&second.id).await.unwrap(), None);
+    assert_eq!(get(&store, &first.id).await.spec, first);
+
+    // The key is scoped to the tenant; another key in the same tenant is another job.
+    let other_tenant = spec_at(
+        Req {
+            tenant: Some("t2"),
+            ..Default::default()
+        },
+        now + 2,
+    );
+    let outcome = store.create_job(&keyed(&other_tenant, "k1")).await.unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+    let other_key = t1(now + 3);
+    let outcome = store.create_job(&keyed(&other_key, "k2")).await.unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+
+    let t1_jobs = list_all(
+        &store,
+        &JobFilter {
+            tenant: Some("t1".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(ids_of(&t1_jobs), vec![other_key.id, first.id]);
+}
+
+async fn check_batch_create_answers_each_job_in_order(store: SharedStore) {
+    let now = now_ms();
+    let existing = spec_at(
+        Req {
+            tenant: Some("t1"),
+            ..Default::default()
+        },
+        now,
+    );
+    let outcome = store
+        .create_job(&NewJob {
+            spec: existing.clone(),
+            idempotency_key: Some("batch-key".into()),
+            note: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+
+    let n1 = simple_spec(now + 1);
+    let n2 = simple_spec(now + 2);
+    let by_key = spec_at(
+        Req {
+            tenant: Some("t1"),
+            ..Default::default()
+        },
+        now + 3,
+    );
+    let batch = vec![
+        new_job(&n1),
+        new_job(&existing),
+        new_job(&n2),
+        NewJob {
+            spec: by_key.clone(),
+            idempotency_key: Some("batch-key".into()),
+            note: None,
+        },
+        new_job(&n1),
+    ];
+    let outcomes: Vec<CreateOutcome> = store
+        .create_jobs(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("each create succeeds"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            CreateOutcome::Created,
+            CreateOutcome::Exists {
+                job_id: existing.id.clone()
+            },
+            CreateOutcome::Created,
+            CreateOutcome::Exists {
+                job_id: existing.id.clone()
+            },
+            CreateOutcome::Exists {
+                job_id: n1.id.clone()
+            },
+        ]
+    );
+    let jobs = store
+        .get_jobs(&[n1.id.clone(), n2.id.clone(), by_key.id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(jobs[0].as_ref().map(|j| &j.spec), Some(&n1));
+    assert_eq!(jobs[1].as_ref().map(|j| &j.spec), Some(&n2));
+    assert_eq!(jobs[2], None);
+    assert!(store.create_jobs(&[]).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transitions
+// ---------------------------------------------------------------------------------------------
+
+async fn check_every_legal_transition_applies(store: SharedStore) {
+    let mut clock = now_ms() - 1_000_000;
+    let mut applied = 0;
+    for (from, tos) in TRANSITIONS {
+        for to in *tos {
+            let id = job_in(&store, *from, &mut clock).await;
+            let before = get(&store, &id).await;
+            assert_eq!(before.state, *from);
+            let at = clock + 7;
+            let note = format!("{from} to {to}");
+            let outcome = store
+                .transition(&id, &Transition::to(*to, at).note(note.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{from} -> {to} is legal: {e}"));
+            assert_eq!(outcome, TransitionOutcome::Applied { from: *from });
+
+            let after = get(&store, &id).await;
+            assert_eq!(after.state, *to);
+            assert_eq!(after.updated_at, at);
+            let mut history = before.history.clone();
+            history.push(JobEvent {
+                at,
+                state: *to,
+                note: Some(note),
+            });
+            assert_eq!(after.history, history, "{from} -> {to}");
+
+            // The job moved between the state indexes.
+            let far = at + 1_000_000;
+            assert!(
+                store
+                    .jobs_due(*to, far, 10_000)
+                    .await
+                    .unwrap()
+                    .contains(&id),
+                "{from} -> {to}: the job is in the {to} index"
+            );
+            assert!(
+                !store
+                    .jobs_due(*from, far, 10_000)
+                    .await
+                    .unwrap()
+                    .contains(&id),
+                "{from} -> {to}: the job left the {from} index"
+            );
+            applied += 1;
+            clock += 10;
+        }
+    }
+    assert_eq!(applied, 20, "the table has twenty moves");
+}
+
+async fn check_illegal_transitions_error_and_change_nothing(store: SharedStore) {
+    let mut clock = now_ms() - 1_000_000;
+    let mut refused = 0;
+    for from in JobState::ALL {
+        for to in JobState::ALL {
+            if from == to || from.can_transition_to(to) {
+                continue;
+            }
+            let id = job_in(&store, from, &mut clock).await;
+            let before = get(&store, &id).await;
+            let spec = before.spec.clone();
+            let mut t = Transition::to(to, clock + 1_000).note("must not apply");
+            t.update = JobUpdate {
+                worker_id: Some("w-evil".into()),
+                result: Some(json!({"x": 1})),
+                error: Some(JobError::new("e", "m")),
+                execution_ms: Some(9),
+                ..Default::default()
+            };
+            t.via = Some((Running, clock + 500));
+            t.dead_letter = Some(dead_letter(&spec, to, clock));
+            match store.transition(&id, &t).await {
+                Err(StoreError::IllegalTransition { from: f, to: t }) => {
+                    assert_eq!((f, t), (from, to));
+                }
+                other => panic!("{from} -> {to} must be refused, got {other:?}"),
+            }
+            let after = get(&store, &id).await;
+            assert_eq!(after, before, "{from} -> {to} changed the job");
+            assert_eq!(after.history.len(), before.history.len());
+            assert_eq!(after.updated_at, before.updated_at);
+            assert_eq!(store.dlq_get(&id).await.unwrap(), None);
+            assert!(
+                store
+                    .jobs_due(from, clock + 1_000_000, 10_000)
+                    .await
+                    .unwrap()
+                    .contains(&id),
+                "{from} -> {to}: the job stays in its state index"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 9 * 8 - 20);
+    match store
+        .transition("no-such-job", &Transition::to(Scheduled, clock))
+        .await
+    {
+        Err(StoreError::NotFound(id)) => assert_eq!(id, "no-such-job"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+async fn check_same_state_transition_is_unchanged(store: SharedStore) {
+    let mut clock = now_ms() - 1_000_000;
+    for s in JobState::ALL {
+        let id = job_in(&store, s, &mut clock).await;
+        let before = get(&store, &id).await;
+        let mut t = Transition::to(s, clock + 100).note("again");
+        t.update.worker_id = Some("w-2".into());
+        t.dead_letter = Some(dead_letter(&before.spec, s, clock));
+        let outcome = store.transition(&id, &t).await.unwrap();
+        assert_eq!(outcome, TransitionOutcome::Unchanged, "{s} -> {s}");
+        assert_eq!(get(&store, &id).await, before, "{s} -> {s} changed the job");
+        assert_eq!(store.dlq_get(&id).await.unwrap(), None);
+    }
+}
+
+async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    let through = |to: JobState, via: JobState, at: Millis| Transition {
+        via: Some((via, at - 1)),
+        ..Transition::to(to, at).note("done")
+    };
+
+    // DISPATCHED --(via RUNNING)--> SUCCEEDED records RUNNING on the way.
+    let a = created(&store, Req::default(), t0).await;
+    go(&store, &a.id, Dispatched, t0 + 1).await;
+    let outcome = store
+        .transition(&a.id, &through(Succeeded, Running, t0 + 3))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Dispatched });
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.state, Succeeded);
+    assert_eq!(job.updated_at, t0 + 3);
+    assert_eq!(
+        job.history,
+        vec![
+            JobEvent {
+                at: t0,
+                state: Pending,
+                note: None
+            },
+            JobEvent {
+                at: t0 + 1,
+                state: Dispatched,
+                note: None
+            },
+            JobEvent {
+                at: t0 + 2,
+                state: Running,
+                note: None
+            },
+            JobEvent {
+                at: t0 + 3,
+                state: Succeeded,
+                note: Some("done".into())
+            },
+        ]
+    );
+    let far = t0 + 1_000_000;
+    assert!(
+        !store
+            .jobs_due(Running, far, 100)
+            .await
+            .unwrap()
+            .contains(&a.id)
+    );
+    assert!(
+        !store
+            .jobs_due(Dispatched, far, 100)
+            .await
+            .unwrap()
+            .contains(&a.id)
+    );
+    assert!(
+        store
+            .jobs_due(Succeeded, far, 100)
+            .await
+            .unwrap()
+            .contains(&a.id)
+    );
+
+    // Already RUNNING: no second RUNNING event.
+    let b = created(&store, Req::default(), t0).await;
+    go(&store, &b.id, Dispatched, t0 + 1).await;
+    go(&store, &b.id, Running, t0 + 2).await;
+    let outcome = store
+        .transition(&b.id, &through(Succeeded, Running, t0 + 5))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Running });
+    let job = get(&store, &b.id).await;
+    assert_eq!(states(&job), [Pending, Dispatched, Running, Succeeded]);
+    assert_eq!(job.history[2].at, t0 + 2);
+
+    // A via the job cannot take is skipped when the direct move is legal...
+    let c = created(&store, Req::default(), t0).await;
+    let outcome = store
+        .transition(&c.id, &through(Failed, Running, t0 + 5))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Pending });
+    assert_eq!(states(&get(&store, &c.id).await), [Pending, Failed]);
+
+    // ...and does not make an illegal move legal.
+    let d = created(&store, Req::default(), t0).await;
+    let before = get(&store, &d.id).await;
+    match store
+        .transition(&d.id, &through(Succeeded, Running, t0 + 5))
+        .await
+    {
+        Err(StoreError::IllegalTransition { from, to }) => {
+            assert_eq!((from, to), (Pending, Succeeded));
+        }
+        other => panic!("PENDING -> SUCCEEDED via RUNNING must be refused, got {other:?}"),
+    }
+    assert_eq!(get(&store, &d.id).await, before);
+
+    // Two legal hops: PENDING -> DISPATCHED -> SUCCEEDED and SCHEDULED -> DISPATCHED -> RUNNING.
+    let e = created(&store, Req::default(), t0).await;
+    let outcome = store
+        .transition(&e.id, &through(Succeeded, Dispatched, t0 + 5))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Pending });
+    assert_eq!(
+        states(&get(&store, &e.id).await),
+        [Pending, Dispatched, Succeeded]
+    );
+    let f = created(&store, Req::default(), t0).await;
+    go(&store, &f.id, Scheduled, t0 + 1).await;
+    let outcome = store
+        .transition(&f.id, &through(Running, Dispatched, t0 + 5))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Scheduled });
+    let job = get(&store, &f.id).await;
+    assert_eq!(states(&job), [Pending, Scheduled, Dispatched, Running]);
+    assert_eq!(job.history[2].at, t0 + 4);
+    assert!(
+        store
+            .jobs_due(Running, far, 100)
+            .await
+            .unwrap()
+            .contains(&f.id)
+    );
+}
+
+async fn check_update_fields_are_stored_and_read_back(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    let config = json!({"timeout_ms": 5000, "nested": {"a": [1, 2, 3]}, "name": "ünï"});
+    let result = json!({"out": "héllo", "n": 42, "f": 1.5, "list": [true, null, -7]});
+
+    let a = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Dispatched, t0 + 1);
+    t.update = JobUpdate {
+        worker_id: Some("w-1".into()),
+        effective_config: Some(config.clone()),
+        safety_decision: Some("ALLOW".into()),
+        safety_reason: Some("policy ok".into()),
+        ..Default::default()
+    };
+    store.transition(&a.id, &t).await.unwrap();
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.worker_id.as_deref(), Some("w-1"));
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.safety_decision.as_deref(), Some("ALLOW"));
+    assert_eq!(job.safety_reason.as_deref(), Some("policy ok"));
+    assert_eq!(
+        (&job.result, &job.error, job.execution_ms),
+        (&None, &None, None)
+    );
+
+    // A transition without updates keeps what earlier ones set.
+    go(&store, &a.id, Running, t0 + 2).await;
+    let mut t = Transition::to(Succeeded, t0 + 3);
+    t.update = JobUpdate {
+        result: Some(result.clone()),
+        execution_ms: Some(1234),
+        ..Default::default()
+    };
+    store.transition(&a.id, &t).await.unwrap();
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.result.as_ref(), Some(&result));
+    assert_eq!(job.execution_ms, Some(1234));
+    assert_eq!(job.worker_id.as_deref(), Some("w-1"));
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.safety_decision.as_deref(), Some("ALLOW"));
+    assert_eq!(job.error, None);
+
+    // An error, and a scalar result.
+    let b = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Failed, t0 + 1);
+    t.update = JobUpdate {
+        error: Some(JobError::new("worker_crashed", "exit code 137")),
+        result: Some(json!("partial")),
+        execution_ms: Some(0),
+        ..Default::default()
+    };
+    store.transition(&b.id, &t).await.unwrap();
+    let job = get(&store, &b.id).await;
+    assert_eq!(
+        job.error,
+        Some(JobError::new("worker_crashed", "exit code 137"))
+    );
+    assert_eq!(job.result, Some(json!("partial")));
+    assert_eq!(job.execution_ms, Some(0));
+    assert_eq!(job.worker_id, None);
+
+    // A safety denial.
+    let c = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Denied, t0 + 1);
+    t.update.safety_decision = Some("DENY".into());
+    t.update.safety_reason = Some("topic is blocked".into());
+    store.transition(&c.id, &t).await.unwrap();
+    let job = get(&store, &c.id).await;
+    assert_eq!(job.state, Denied);
+    assert_eq!(job.safety_decision.as_deref(), Some("DENY"));
+    assert_eq!(job.safety_reason.as_deref(), Some("topic is blocked"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters
+// ---------------------------------------------------------------------------------------------
+
+async fn check_dead_letter_is_written_with_the_failure(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    let a = created(&store, Req::default(), t0).await;
+    go(&store, &a.id, Dispatched, t0 + 1).await;
+    let entry = dead_letter(&a, Failed, t0 + 2);
+    let mut t = Transition::to(Failed, t0 + 2);
+    t.update.error = entry.error.clone();
+    t.dead_letter = Some(entry.clone());
+    let outcome = store.transition(&a.id, &t).await.unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { from: Dispatched });
+    assert_eq!(get(&store, &a.id).await.state, Failed);
+    assert_eq!(store.dlq_get(&a.id).await.unwrap(), Some(entry.clone()));
+
+    // A timeout without an error.
+    let b = created(&store, Req::default(), t0).await;
+    let mut entry_b = dead_letter(&b, Timeout, t0 + 3);
+    entry_b.error = None;
+    let mut t = Transition::to(Timeout, t0 + 3);
+    t.dead_letter = Some(entry_b.clone());
+    store.transition(&b.id, &t).await.unwrap();
+    assert_eq!(store.dlq_get(&b.id).await.unwrap(), Some(entry_b.clone()));
+
+    assert_eq!(store.dlq_get("no-such-job").await.unwrap(), None);
+    let page = store
+        .dlq_list(
+            &DlqFilter::default(),
+            &PageRequest {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![entry_b.clone(), entry.clone()]);
+    assert_eq!(page.next_cursor, None);
+
+    assert!(store.dlq_delete(&a.id).await.unwrap());
+    assert!(!store.dlq_delete(&a.id).await.unwrap());
+    assert_eq!(store.dlq_get(&a.id).await.unwrap(), None);
+    assert_eq!(
+        dlq_all(&store, &DlqFilter::default(), 10).await,
+        vec![entry_b]
+    );
+    // Deleting the dead letter leaves the job alone.
+    assert_eq!(get(&store, &a.id).await.state, Failed);
+}
+
+async fn check_dead_letters_filter_and_page_through_ties(store: SharedStore) {
+    let t = now_ms() - 100_000;
+    // (tenant, topic, status, created_at, how many)
+    let groups = [
+        ("t1", "x", Failed, t, 7),
+        ("t2", "y", Timeout, t, 3),
+        ("t1", "y", Cancelled, t - 100, 2),
+        ("t2", "x", Failed, t + 100, 2),
+    ];
+    let mut all = Vec::new();
+    for (tenant, topic, status, at, n) in groups {
+        for _ in 0..n {
+            let spec = created(
+                &store,
+                Req {
+                    tenant: Some(tenant),
+                    topic,
+                    ..Default::default()
+                },
+                at - 1_000,
+            )
+            .await;
+            let entry = dead_letter(&spec, status, at);
+            let mut tr = Transition::to(status, at);
+            tr.dead_letter = Some(entry.clone());
+            store.transition(&spec.id, &tr).await.unwrap();
+            all.push(entry);
+        }
+    }
+    sort_desc(&mut all, |e| (e.created_at, e.job_id.clone()));
+
+    let filters = [
+        DlqFilter::default(),
+        DlqFilter {
+            tenant: Some("t1".into()),
+            ..Default::default()
+        },
+        DlqFilter {
+            topic: Some("x".into()),
+            ..Default::default()
+        },
+        DlqFilter {
+            status: Some(Failed),
+            ..Default::default()
+        },
+        DlqFilter {
+            tenant: Some("t2".into()),
+            status: Some(Timeout),
+            ..Default::default()
+        },
+        DlqFilter {
+            tenant: Some("t1".into()),
+            topic: Some("y".into()),
+            status: Some(Cancelled),
+        },
+        DlqFilter {
+            tenant: Some("nobody".into()),
+            ..Default::default()
+        },
+    ];
+    for filter in &filters {
+        let expected: Vec<DlqEntry> = all
+            .iter()
+            .filter(|e| {
+                filter.tenant.as_deref().is_none_or(|t| t == e.tenant_id)
+                    && filter.topic.as_deref().is_none_or(|t| t == e.topic)
+                    && filter.status.is_none_or(|s| s == e.status)
+            })
+            .cloned()
+            .collect();
+        for limit in [1, 2, 3, 5, 100] {
+            let got = dlq_all(&store, filter, limit).await;
+            assert_eq!(
+                got.iter().map(|e| &e.job_id).collect::<Vec<_>>(),
+                expected.iter().map(|e| &e.job_id).collect::<Vec<_>>(),
+                "{filter:?}, limit {limit}"
+            );
+            assert_eq!(got, expected);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Annotations and the due lists
+// ---------------------------------------------------------------------------------------------
+
+async fn check_annotation_applies_only_in_the_expected_state(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    let a = created(&store, Req::default(), t0).await;
+    let annotation = |expect: JobState, at: Millis, reason: Option<&str>| Annotation {
+        expect,
+        at,
+        reason: reason.map(str::to_string),
+        update: JobUpdate::default(),
+        recheck_at: None,
+    };
+
+    // Not in the expected state: nothing happens.
+    let before = get(&store, &a.id).await;
+    let mut wrong = annotation(Scheduled, t0 + 1, Some("nope"));
+    wrong.update.worker_id = Some("w".into());
+    wrong.recheck_at = Some(t0 + 50);
+    assert!(!store.annotate(&a.id, &wrong).await.unwrap());
+    assert_eq!(get(&store, &a.id).await, before);
+    assert_eq!(
+        store.jobs_due(Pending, t0, 10).await.unwrap(),
+        vec![a.id.clone()]
+    );
+    assert!(
+        store
+            .jobs_due(Scheduled, t0 + 100, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // In it: the reason is recorded once, with an event, and updates apply.
+    let mut first = annotation(Pending, t0 + 5, Some("waiting for capacity"));
+    first.update.safety_decision = Some("REVIEW".into());
+    assert!(store.annotate(&a.id, &first).await.unwrap());
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.state, Pending);
+    assert_eq!(job.reason.as_deref(), Some("waiting for capacity"));
+    assert_eq!(job.safety_decision.as_deref(), Some("REVIEW"));
+    assert_eq!(
+        job.history,
+        vec![
+            JobEvent {
+                at: t0,
+                state: Pending,
+                note: None
+            },
+            JobEvent {
+                at: t0 + 5,
+                state: Pending,
+                note: Some("waiting for capacity".into())
+            },
+        ]
+    );
+
+    // The same reason again: no second event.
+    assert!(
+        store
+            .annotate(
+                &a.id,
+                &annotation(Pending, t0 + 6, Some("waiting for capacity"))
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(get(&store, &a.id).await.history.len(), 2);
+
+    // No reason (or an empty one): the last one stays, only the update applies.
+    assert!(
+        store
+            .annotate(&a.id, &annotation(Pending, t0 + 6, Some("")))
+            .await
+            .unwrap()
+    );
+    let mut quiet = annotation(Pending, t0 + 7, None);
+    quiet.update.worker_id = Some("w-9".into());
+    quiet.update.effective_config = Some(json!({"k": "v"}));
+    assert!(store.annotate(&a.id, &quiet).await.unwrap());
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.history.len(), 2);
+    assert_eq!(job.reason.as_deref(), Some("waiting for capacity"));
+    assert_eq!(job.worker_id.as_deref(), Some("w-9"));
+    assert_eq!(job.effective_config, Some(json!({"k": "v"})));
+
+    // A different reason is another event.
+    assert!(
+        store
+            .annotate(&a.id, &annotation(Pending, t0 + 8, Some("quota exceeded")))
+            .await
+            .unwrap()
+    );
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.reason.as_deref(), Some("quota exceeded"));
+    assert_eq!(
+        job.history.last(),
+        Some(&JobEvent {
+            at: t0 + 8,
+            state: Pending,
+            note: Some("quota exceeded".into())
+        })
+    );
+    assert_eq!(job.history.len(), 3);
+
+    // A transition clears the reason.
+    go(&store, &a.id, Scheduled, t0 + 9).await;
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.reason, None);
+    assert_eq!(states(&job), [Pending, Pending, Pending, Scheduled]);
+
+    match store
+        .annotate("no-such-job", &annotation(Pending, t0, Some("x")))
+        .await
+    {
+        Err(StoreError::NotFound(id)) => assert_eq!(id, "no-such-job"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+async fn check_jobs_due_are_oldest_first_and_follow_recheck_times(store: SharedStore) {
+    let t = now_ms() - 100_000;
+    let a = created(&store, Req::default(), t - 300).await.id;
+    let b = created(&store, Req::default(), t - 200).await.id;
+    let c = created(&store, Req::default(), t - 100).await.id;
+    let due = |before: Millis, limit: usize| {
+        let store = store.clone();
+        async move { store.jobs_due(Pending, before, limit).await.unwrap() }
+    };
+    assert_eq!(due(t, 10).await, [a.as_str(), b.as_str(), c.as_str()]);
+    assert_eq!(
+        due(t - 200, 10).await,
+        [a.as_str(), b.as_str()],
+        "the bound is inclusive"
+    );
+    assert_eq!(due(t - 301, 10).await, Vec::<String>::new());
+    assert_eq!(due(t, 2).await, [a.as_str(), b.as_str()]);
+
+    let recheck = |at: Millis| Annotation {
+        expect: Pending,
+        at: t,
+        reason: None,
+        update: JobUpdate::default(),
+        recheck_at: Some(at),
+    };
+    // A later recheck time moves the job back in the queue...
+    assert!(store.annotate(&a, &recheck(t - 150)).await.unwrap());
+    assert_eq!(due(t, 10).await, [b.as_str(), a.as_str(), c.as_str()]);
+    assert_eq!(due(t - 200, 10).await, [b.as_str()]);
+    // ...and PARKED takes it out of any time-based look.
+    assert!(store.annotate(&b, &recheck(PARKED)).await.unwrap());
+    assert_eq!(due(t, 10).await, [a.as_str(), c.as_str()]);
+    assert_eq!(due(PARKED - 1, 10).await, [a.as_str(), c.as_str()]);
+    // Parked is not gone: the job still lists.
+    let pending = list_all(
+        &store,
+        &JobFilter {
+            state: Some(Pending),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(pending.len(), 3);
+    // Annotating in the wrong state does not move it.
+    let mut wrong = recheck(t - 1_000);
+    wrong.expect = Scheduled;
+    assert!(!store.annotate(&c, &wrong).await.unwrap());
+    assert_eq!(due(t, 10).await, [a.as_str(), c.as_str()]);
+
+    // Other states are indexed by the time the job entered them; ties go by id.
+    go(&store, &a, Scheduled, t + 10).await;
+    go(&store, &c, Scheduled, t + 5).await;
+    assert_eq!(
+        store.jobs_due(Scheduled, t + 100, 10).await.unwrap(),
+        [c.as_str(), a.as_str()]
+    );
+    assert_eq!(
+        store.jobs_due(Scheduled, t + 5, 10).await.unwrap(),
+        [c.as_str()]
+    );
+    assert!(due(t + 1_000, 10).await.is_empty());
+    let d = created(&store, Req::default(), t).await.id;
+    let e = created(&store, Req::default(), t).await.id;
+    go(&store, &d, Scheduled, t + 5).await;
+    go(&store, &e, Scheduled, t + 5).await;
+    let mut tied = vec![c.clone(), d, e];
+    tied.sort();
+    tied.push(a);
+    assert_eq!(store.jobs_due(Scheduled, t + 100, 10).await.unwrap(), tied);
+}
+
+async fn check_deadlines_due_earliest_first_until_terminal(store: SharedStore) {
+    let now = now_ms();
+    let with_deadline = |ms| Req {
+        deadline_ms: Some(ms),
+        ..Default::default()
+    };
+    let a = created(&store, with_deadline(1_000), now).await.id;
+    let b = created(&store, with_deadline(2_000), now).await.id;
+    let c = created(&store, with_deadline(3_000), now).await.id;
+    let _no_deadline = created(&store, Req::default(), now).await.id;
+    let due = |at: Millis, limit: usize| {
+        let store = store.clone();
+        async move { store.deadlines_due(at, limit).await.unwrap() }
+    };
+    assert!(due(now + 500, 10).await.is_empty());
+    assert_eq!(
+        due(now + 1_000, 10).await,
+        [a.as_str()],
+        "the bound is inclusive"
+    );
+    assert_eq!(
+        due(now + 5_000, 10).await,
+        [a.as_str(), b.as_str(), c.as_str()]
+    );
+    assert_eq!(due(now + 5_000, 2).await, [a.as_str(), b.as_str()]);
+
+    // A non-terminal move keeps the deadline; a terminal one drops it.
+    go(&store, &a, Scheduled, now + 1).await;
+    assert_eq!(
+        due(now + 5_000, 10).await,
+        [a.as_str(), b.as_str(), c.as_str()]
+    );
+    go(&store, &a, Cancelled, now + 2).await;
+    assert_eq!(due(now + 5_000, 10).await, [b.as_str(), c.as_str()]);
+    let mut t = Transition::to(Succeeded, now + 3);
+    t.via = Some((Running, now + 2));
+    go(&store, &b, Dispatched, now + 1).await;
+    store.transition(&b, &t).await.unwrap();
+    assert_eq!(due(now + 5_000, 10).await, [c.as_str()]);
+    go(&store, &c, Timeout, now + 3_000).await;
+    assert!(due(now + 5_000, 10).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists
+// ---------------------------------------------------------------------------------------------
+
+async fn check_job_lists_filter_on_every_field(store: SharedStore) {
+    let base = now_ms() - 100_000;
+    let table: [(&str, &str, Option<&str>, &str); 7] = [
+        ("t1", "x", Some("red"), "tr1"),
+        ("t1", "y", Some("red"), "tr1"),
+        ("t1", "x", None, "tr2"),
+        ("t2", "x", Some("blue"), "tr1"),
+        ("t2", "y", None, "tr2"),
+        ("t2", "x", Some("red"), "tr3"),
+        ("t1", "x", None, "tr1"),
+    ];
+    let mut ids = Vec::new();
+    for (i, (tenant, topic, team, trace)) in table.into_iter().enumerate() {
+        let spec = spec_at(
+            Req {
+                topic: if topic == "x" { "topic.x" } else { "topic.y" },
+                tenant: Some(tenant),
+                team,
+                trace: Some(trace),
+                deadline_ms: None,
+            },
+            base + 10 * i as Millis,
+        );
+        create(&store, &spec).await;
+        ids.push(spec.id);
+    }
+    go(&store, &ids[1], Dispatched, base + 100).await;
+    go(&store, &ids[1], Running, base + 110).await;
+    go(&store, &ids[2], Dispatched, base + 120).await;
+    go(&store, &ids[2], Succeeded, base + 130).await;
+    go(&store, &ids[4], Cancelled, base + 140).await;
+    go(&store, &ids[5], Scheduled, base + 150).await;
+    let all: Vec<Job> = store
+        .get_jobs(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.expect("every job exists"))
+        .collect();
+
+    let s = |v: &str| Some(v.to_string());
+    let filters = vec![
+        JobFilter::default(),
+        JobFilter {
+            state: Some(Pending),
+            ..Default::default()
+        },
+        JobFilter {
+            state: Some(Running),
+            ..Default::default()
+        },
+        JobFilter {
+            state: Some(Succeeded),
+            ..Default::default()
+        },
+        JobFilter {
+            state: Some(Failed),
+            ..Default::default()
+        },
+        JobFilter {
+            topic: s("topic.x"),
+            ..Default::default()
+        },
+        JobFilter {
+            tenant: s("t2"),
+            ..Default::default()
+        },
+        JobFilter {
+            team: s("red"),
+            ..Default::default()
+        },
+        JobFilter {
+            trace_id: s("tr1"),
+            ..Default::default()
+        },
+        JobFilter {
+            updated_after: Some(base + 110),
+            ..Default::default()
+        },
+        JobFilter {
+            updated_before: Some(base + 40),
+            ..Default::default()
+        },
+        JobFilter {
+            updated_after: Some(base + 20),
+            updated_before: Some(base + 140),
+            ..Default::default()
+        },
+        JobFilter {
+            tenant: s("t1"),
+            state: Some(Pending),
+            ..Default::default()
+        },
+        JobFilter {
+            topic: s("topic.x"),
+            team: s("red"),
+            ..Default::default()
+        },
+        JobFilter {
+            trace_id: s("tr1"),
+            tenant: s("t2"),
+            ..Default::default()
+        },
+        JobFilter {
+            state: Some(Pending),
+            updated_before: Some(base + 40),
+            ..Default::default()
+        },
+        JobFilter {
+            tenant: s("t1"),
+            topic: s("topic.y"),
+            team: s("red"),
+            state: Some(Running),
+            updated_after: Some(base),
+            updated_before: Some(base + 1_000),
+            trace_id: s("tr1"),
+        },
+        JobFilter {
+            tenant: s("nobody"),
+            ..Default::default()
+        },
+    ];
+    for filter in &filters {
+        let mut expected: Vec<Job> = all
+            .iter()
+            .filter(|j| {
+                filter.state.is_none_or(|s| s == j.state)
+                    && filter.topic.as_ref().is_none_or(|t| *t == j.spec.topic)
+                    && filter
+                        .tenant
+                        .as_ref()
+                        .is_none_or(|t| *t == j.spec.tenant_id)
+                    && filter
+                        .team
+                        .as_ref()
+                        .is_none_or(|t| Some(t) == j.spec.team_id.as_ref())
+                    && filter
+                        .trace_id
+                        .as_ref()
+                        .is_none_or(|t| *t == j.spec.trace_id)
+                    && filter.updated_after.is_none_or(|a| j.updated_at > a)
+                    && filter.updated_before.is_none_or(|b| j.updated_at < b)
+            })
+            .cloned()
+            .collect();
+        if filter.trace_id.is_some() {
+            // A trace lists its jobs in the order they were created.
+            sort_desc(&mut expected, |j| (j.spec.created_at, j.spec.id.clone()));
+        } else {
+            sort_desc(&mut expected, |j| (j.updated_at, j.spec.id.clone()));
+        }
+        for limit in [1, 2, 3, 100] {
+            let got = list_all(&store, filter, limit).await;
+            assert_eq!(ids_of(&got), ids_of(&expected), "{filter:?}, limit {limit}");
+            assert_eq!(got, expected);
+        }
+        let one_page = store
+            .list_jobs(
+                filter,
+                &PageRequest {
+                    limit: 100,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(one_page.next_cursor, None, "everything fits in one page");
+    }
+}
+
+async fn check_pages_through_identical_timestamps_exactly_once(store: SharedStore) {
+    let t = now_ms() - 100_000;
+    let req = Req {
+        tenant: Some("tie"),
+        ..Default::default()
+    };
+    for _ in 0..25 {
+        created(&store, req.clone(), t).await;
+    }
+    for at in [t - 1, t - 1, t + 1, t + 1, t + 1] {
+        created(&store, req.clone(), at).await;
+    }
+    let expect = |store: SharedStore| async move {
+        let mut all: Vec<Job> = list_all(&store, &JobFilter::default(), 1_000).await;
+        assert_eq!(all.len(), 30);
+        sort_desc(&mut all, |j| (j.updated_at, j.spec.id.clone()));
+        ids_of(&all)
+    };
+    let expected = expect(store.clone()).await;
+    let tenant = JobFilter {
+        tenant: Some("tie".into()),
+        ..Default::default()
+    };
+    for limit in [1, 2, 4, 7, 25, 29, 30, 31] {
+        assert_eq!(
+            ids_of(&list_all(&store, &JobFilter::default(), limit).await),
+            expected,
+            "limit {limit}"
+        );
+        assert_eq!(
+            ids_of(&list_all(&store, &tenant, limit).await),
+            expected,
+            "tenant index, limit {limit}"
+        );
+    }
+
+    // A full last page still hands out a cursor; the page after it is empty and ends the list.
+    let mut cursor = None;
+    for _ in 0..10 {
+        let page = store
+            .list_jobs(
+                &JobFilter::default(),
+                &PageRequest {
+                    limit: 3,
+                    cursor: cursor.take(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 3);
+        cursor = Some(Cursor::decode(&page.next_cursor.expect("more to come")).unwrap());
+    }
+    let last = store
+        .list_jobs(&JobFilter::default(), &PageRequest { limit: 3, cursor })
+        .await
+        .unwrap();
+    assert!(last.items.is_empty());
+    assert_eq!(last.next_cursor, None);
+
+    // Moving some tied jobs together to one new time moves them to the top, still by id.
+    let movers: Vec<String> = expected.iter().skip(5).step_by(4).cloned().collect();
+    for id in &movers {
+        go(&store, id, Scheduled, t + 2).await;
+    }
+    let expected = expect(store.clone()).await;
+    let mut top = movers.clone();
+    top.sort_by(|a, b| b.cmp(a));
+    assert_eq!(expected[..movers.len()], top[..]);
+    for limit in [1, 3, 6] {
+        assert_eq!(
+            ids_of(&list_all(&store, &JobFilter::default(), limit).await),
+            expected
+        );
+        assert_eq!(ids_of(&list_all(&store, &tenant, limit).await), expected);
+    }
+}
+
+/// More jobs tied on one timestamp than a page may look at (the scan budget is 2000 entries):
+/// paging still returns each exactly once, for jobs and for dead letters alike.
+async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) {
+    const MANY: usize = 2_100;
+    let t = now_ms() - 100_000;
+    let req = Req {
+        tenant: Some("crowd"),
+        ..Default::default()
+    };
+    // One job older than the crowd, in a state nobody else is in.
+    let loner = created(&store, req.clone(), t - 1_000).await.id;
+    go(&store, &loner, Dispatched, t - 500).await;
+
+    let specs: Vec<JobSpec> = (0..MANY).map(|_| spec_at(req.clone(), t)).collect();
+    for chunk in specs.chunks(500) {
+        let batch: Vec<NewJob> = chunk.iter().map(new_job).collect();
+        for outcome in store.create_jobs(&batch).await.unwrap() {
+            assert_eq!(outcome.unwrap(), CreateOutcome::Created);
+        }
+    }
+    let mut expected: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    let mut with_loner = expected.clone();
+    with_loner.push(loner.clone());
+
+    for filter in [
+        JobFilter::default(),
+        JobFilter {
+            tenant: Some("crowd".into()),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(ids_of(&list_all(&store, &filter, 100).await), with_loner);
+    }
+    // A selective filter answers short pages (with a cursor) rather than scanning forever.
+    let dispatched = JobFilter {
+        state: Some(Dispatched),
+        ..Default::default()
+    };
+    let first = store
+        .list_jobs(
+            &dispatched,
+            &PageRequest {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(first.items.is_empty());
+    assert!(first.next_cursor.is_some(), "the budget ran out: go on");
+    assert_eq!(
+        ids_of(&list_all(&store, &dispatched, 10).await),
+        [loner.as_str()]
+    );
+
+    // Dead letters, all created at the same time.
+    let failed_at = t + 10;
+    let calls = specs.iter().map(|spec| {
+        let store = store.clone();
+        async move {
+            let mut tr = Transition::to(Failed, failed_at);
+            tr.dead_letter = Some(dead_letter(spec, Failed, failed_at));
+            store.transition(&spec.id, &tr).await
+        }
+    });
+    for outcome in futures::future::join_all(calls).await {
+        assert_eq!(
+            outcome.unwrap(),
+            TransitionOutcome::Applied { from: Pending }
+        );
+    }
+    let dlq: Vec<String> = dlq_all(&store, &DlqFilter::default(), 100)
+        .await
+        .into_iter()
+        .map(|e| e.job_id)
+        .collect();
+    assert_eq!(dlq.len(), MANY);
+    assert_eq!(dlq, expected);
+    let failed = JobFilter {
+        state: Some(Failed),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&list_all(&store, &failed, 100).await), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pruning
+// ---------------------------------------------------------------------------------------------
+
+async fn check_prune_drops_index_entries_older_than_the_bound(store: SharedStore) {
+    let t = now_ms();
+    let bound = t - 5_000;
+    let req = |team| Req {
+        tenant: Some("p"),
+        topic: "topic.p",
+        team,
+        trace: Some("trace-p"),
+        deadline_ms: None,
+    };
+    let old1 = created(&store, req(None), t - 10_000).await.id;
+    let old2 = created(&store, req(Some("red")), t - 9_000).await.id;
+    let old3 = created(&store, req(None), t - 8_000).await.id;
+    let at_bound = created(&store, req(None), bound).await.id;
+    let fresh = created(&store, req(Some("red")), t).await.id;
+
+    // Each old job leaves the recent, tenant, topic and PENDING indexes, and its team's.
+    assert_eq!(store.prune_indexes(bound).await.unwrap(), 4 + 5 + 4);
+    assert_eq!(store.prune_indexes(bound).await.unwrap(), 0);
+
+    let kept = [fresh.clone(), at_bound.clone()];
+    assert_eq!(
+        ids_of(&list_all(&store, &JobFilter::default(), 10).await),
+        kept
+    );
+    let tenant = JobFilter {
+        tenant: Some("p".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&list_all(&store, &tenant, 10).await), kept);
+    let topic = JobFilter {
+        topic: Some("topic.p".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&list_all(&store, &topic, 10).await), kept);
+    let team = JobFilter {
+        team: Some("red".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&list_all(&store, &team, 10).await), [fresh.as_str()]);
+    assert_eq!(
+        store.jobs_due(Pending, t, 10).await.unwrap(),
+        [at_bound.as_str(), fresh.as_str()]
+    );
+    // The records themselves live until their TTL, and a trace keeps listing its live jobs.
+    assert_eq!(get(&store, &old1).await.state, Pending);
+    let trace = JobFilter {
+        trace_id: Some("trace-p".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids_of(&list_all(&store, &trace, 10).await),
+        [
+            fresh.as_str(),
+            at_bound.as_str(),
+            old3.as_str(),
+            old2.as_str(),
+            old1.as_str()
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config documents
+// ---------------------------------------------------------------------------------------------
+
+async fn check_config_documents_follow_if_match(store: SharedStore) {
+    let now = now_ms();
+    let v1 = json!({"max_concurrency": 4, "pool": {"gpu": true}});
+    let v2 = json!({"max_concurrency": 8});
+
+    let doc = store.config_put("system", &v1, None, now).await.unwrap();
+    assert_eq!(
+        doc,
+        ConfigDoc {
+            data: v1.clone(),
+            revision: 1,
+            updated_at: now
+        }
+    );
+    let doc = store
+        .config_put("system", &v2, Some(1), now + 1)
+        .await
+        .unwrap();
+    assert_eq!(doc.revision, 2);
+    match store.config_put("system", &v1, Some(1), now + 2).await {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, 2),
+        other => panic!("a stale If-Match must conflict, got {other:?}"),
+    }
+    // A missing document has revision 0.
+    match store.config_put("tenant:a", &v1, Some(3), now).await {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, 0),
+        other => panic!("expected a conflict at revision 0, got {other:?}"),
+    }
+    let doc = store
+        .config_put("tenant:a", &json!("scalar"), Some(0), now + 3)
+        .await
+        .unwrap();
+    assert_eq!(doc.revision, 1);
+    // Without If-Match a put always applies.
+    let doc = store
+        .config_put("tenant:a", &json!([1, 2]), None, now + 4)
+        .await
+        .unwrap();
+    assert_eq!(doc.revision, 2);
+
+    let docs = store
+        .config_get(&["tenant:a".into(), "missing".into(), "system".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        docs,
+        vec![
+            Some(ConfigDoc {
+                data: json!([1, 2]),
+                revision: 2,
+                updated_at: now + 4
+            }),
+            None,
+            Some(ConfigDoc {
+                data: v2.clone(),
+                revision: 2,
+                updated_at: now + 1
+            }),
+        ]
+    );
+    assert!(store.config_get(&[]).await.unwrap().is_empty());
+
+    match store.config_delete("system", Some(1)).await {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, 2),
+        other => panic!("a stale If-Match must conflict, got {other:?}"),
+    }
+    assert!(store.config_get(&["system".into()]).await.unwrap()[0].is_some());
+    assert!(store.config_delete("system", Some(2)).await.unwrap());
+    assert_eq!(
+        store.config_get(&["system".into()]).await.unwrap(),
+        vec![None]
+    );
+    assert!(!store.config_delete("system", None).await.unwrap());
+    assert!(!store.config_delete("system", Some(0)).await.unwrap());
+    match store.config_delete("system", Some(2)).await {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, 0),
+        other => panic!("expected a conflict at revision 0, got {other:?}"),
+    }
+    // A deleted document starts again from revision 1.
+    let doc = store
+        .config_put("system", &v1, Some(0), now + 5)
+        .await
+        .unwrap();
+    assert_eq!(doc.revision, 1);
+    assert!(store.config_delete("tenant:a", None).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks
+// ---------------------------------------------------------------------------------------------
+
+async fn check_locks_belong_to_one_owner_until_they_expire(store: SharedStore) {
+    let long = 60_000;
+    assert!(store.lock_acquire("reconciler", "a", long).await.unwrap());
+    assert!(!store.lock_acquire("reconciler", "b", long).await.unwrap());
+    assert!(
+        store.lock_acquire("reconciler", "a", long).await.unwrap(),
+        "the owner renews"
+    );
+    assert!(!store.lock_release("reconciler", "b").await.unwrap());
+    assert!(
+        !store.lock_acquire("reconciler", "b", long).await.unwrap(),
+        "a stranger's release changes nothing"
+    );
+    assert!(store.lock_release("reconciler", "a").await.unwrap());
+    assert!(!store.lock_release("reconciler", "a").await.unwrap());
+    assert!(store.lock_acquire("reconciler", "b", long).await.unwrap());
+    assert!(!store.lock_release("never-taken", "a").await.unwrap());
+    // Locks are independent by name.
+    assert!(store.lock_acquire("other", "a", long).await.unwrap());
+
+    // Expiry lets another owner in; the old owner can no longer release it.
+    assert!(store.lock_acquire("short", "a", 150).await.unwrap());
+    assert!(!store.lock_acquire("short", "b", 150).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.lock_acquire("short", "b", long).await.unwrap());
+    assert!(!store.lock_release("short", "a").await.unwrap());
+    assert!(!store.lock_acquire("short", "a", long).await.unwrap());
+
+    // Renewal pushes expiry out.
+    assert!(store.lock_acquire("renewed", "a", 400).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.lock_acquire("renewed", "a", 400).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        !store.lock_acquire("renewed", "b", 400).await.unwrap(),
+        "renewed 250ms ago for 400ms"
+    );
+    assert!(store.lock_release("renewed", "a").await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TTL
+// ---------------------------------------------------------------------------------------------
+
+const SHORT_TTL: StoreOptions = StoreOptions {
+    job_ttl_ms: 600,
+    idempotency_ttl_ms: 600,
+};
+
+async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
+    let now = now_ms();
+    let a = spec_at(
+        Req {
+            trace: Some("trace-a"),
+            ..Default::default()
+        },
+        now,
+    );
+    let keyed = |spec: &JobSpec| NewJob {
+        spec: spec.clone(),
+        idempotency_key: Some("idem".into()),
+        note: None,
+    };
+    assert_eq!(
+        store.create_job(&keyed(&a)).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let b = created(
+        &store,
+        Req {
+            trace: Some("trace-b"),
+            ..Default::default()
+        },
+        now,
+    )
+    .await;
+    assert!(store.get_job(&a.id).await.unwrap().is_some());
+
+    // A change refreshes a job's TTL.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    go(&store, &b.id, Scheduled, now_ms()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    assert_eq!(store.get_job(&a.id).await.unwrap(), None, "a has expired");
+    let both = store.get_jobs(&[a.id.clone(), b.id.clone()]).await.unwrap();
+    assert!(both[0].is_none() && both[1].is_some());
+    assert_eq!(
+        ids_of(&list_all(&store, &JobFilter::default(), 10).await),
+        [b.id.as_str()]
+    );
+    let trace_b = JobFilter {
+        trace_id: Some("trace-b".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids_of(&list_all(&store, &trace_b, 10).await),
+        [b.id.as_str()],
+        "a live job still lists under its trace"
+    );
+    let trace_a = JobFilter {
+        trace_id: Some("trace-a".into()),
+        ..Default::default()
+    };
+    assert!(list_all(&store, &trace_a, 10).await.is_empty());
+    assert!(matches!(
+        store
+            .transition(&a.id, &Transition::to(Cancelled, now_ms()))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // The idempotency key expired too, and the id is free again.
+    let c = simple_spec(now_ms());
+    assert_eq!(
+        store.create_job(&keyed(&c)).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let again = simple_spec(now_ms());
+    let again = JobSpec {
+        id: a.id.clone(),
+        ..again
+    };
+    create(&store, &again).await;
+    assert_eq!(get(&store, &a.id).await.history.len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.get_job(&b.id).await.unwrap(), None, "b has expired");
+    assert!(list_all(&store, &trace_b, 10).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+fn memory_store(opts: StoreOptions) -> SharedStore {
+    Arc::new(MemoryStore::new(opts))
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// Deletes a test's keys when the test ends, passed or failed.
+struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        use ::redis::Commands;
+        let Ok(client) = ::redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let keys: Vec<String> = match conn.scan_match::<_, String>(format!("{}*", self.prefix)) {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: ::redis::RedisResult<()> = conn.del(chunk);
+        }
+    }
+}
+
+fn redis_unreachable(url: &str, e: StoreError) -> ! {
+    panic!(
+        "Redis is not reachable at {url} ({e}). The redis::* store conformance tests need a \
+         running Redis server: start one on 127.0.0.1:6379 or set REDIS_URL."
+    )
+}
+
+async fn redis_store(opts: StoreOptions) -> (SharedStore, RedisKeys) {
+    let url = redis_url();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let store = match RedisStore::connect(&url, &prefix, opts).await {
+        Ok(s) => s,
+        Err(e) => redis_unreachable(&url, e),
+    };
+    if let Err(e) = store.ping().await {
+        redis_unreachable(&url, e);
+    }
+    (Arc::new(store), RedisKeys { url, prefix })
+}
+
+/// `name => check_fn [with options]`: one `memory::name` and one `redis::name` test per check.
+macro_rules! conformance {
+    (@opts) => { StoreOptions::default() };
+    (@opts $opts:expr) => { $opts };
+    ($($name:ident => $check:ident $(with $opts:expr)?;)*) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $check(memory_store(conformance!(@opts $($opts)?))).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _keys) = redis_store(conformance!(@opts $($opts)?)).await;
+                    $check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    created_job_reads_back_as_pending => check_created_job_reads_back_as_pending;
+    idempotency_key_answers_the_first_job_per_tenant =>
+        check_idempotency_key_answers_the_first_job_per_tenant;
+    batch_create_answers_each_job_in_order => check_batch_create_answers_each_job_in_order;
+    every_legal_transition_applies => check_every_legal_transition_applies;
+    illegal_transitions_error_and_change_nothing =>
+        check_illegal_transitions_error_and_change_nothing;
+    same_state_transition_is_unchanged => check_same_state_transition_is_unchanged;
+    via_passes_through_the_intermediate_state => check_via_passes_through_the_intermediate_state;
+    update_fields_are_stored_and_read_back => check_update_fields_are_stored_and_read_back;
+    dead_letter_is_written_with_the_failure => check_dead_letter_is_written_with_the_failure;
+    dead_letters_filter_and_page_through_ties => check_dead_letters_filter_and_page_through_ties;
+    annotation_applies_only_in_the_expected_state =>
+        check_annotation_applies_only_in_the_expected_state;
+    jobs_due_are_oldest_first_and_follow_recheck_times =>
+        check_jobs_due_are_oldest_first_and_follow_recheck_times;
+    deadlines_due_earliest_first_until_terminal =>
+        check_deadlines_due_earliest_first_until_terminal;
+    job_lists_filter_on_every_field => check_job_lists_filter_on_every_field;
+    pages_through_identical_timestamps_exactly_once =>
+        check_pages_through_identical_timestamps_exactly_once;
+    pages_through_more_ties_than_the_scan_budget =>
+        check_pages_through_more_ties_than_the_scan_budget;
+    prune_drops_index_entries_older_than_the_bound =>
+        check_prune_drops_index_entries_older_than_the_bound;
+    config_documents_follow_if_match => check_config_documents_follow_if_match;
+    locks_belong_to_one_owner_until_they_expire =>
+        check_locks_belong_to_one_owner_until_they_expire;
+    jobs_expire_after_their_ttl => check_jobs_expire_after_their_ttl with SHORT_TTL;
+}
