@@ -19,8 +19,11 @@ RATE_JOBS=${RATE_JOBS:-5000}
 REPLICAS=${REPLICAS:-1}
 WORKERS=${WORKERS:-1}
 
-cargo build --release --quiet
-BIN=target/release/coretex
+# BIN may name a binary built already; otherwise the release build.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/coretex
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {

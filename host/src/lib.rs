@@ -20,3 +20,4 @@ pub mod serve;
 pub mod store;
 pub mod time;
 pub mod worker;
+pub mod workflow;

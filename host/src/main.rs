@@ -51,6 +51,68 @@ enum Command {
     Plugins(PluginsArgs),
     /// Submit N jobs, wait until all are terminal, print one summary line.
     Loadgen(LoadgenArgs),
+    /// Create, run, watch and approve workflows.
+    Workflows(WorkflowsArgs),
+}
+
+#[derive(Args)]
+struct WorkflowsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: WorkflowsAction,
+}
+
+#[derive(Subcommand)]
+enum WorkflowsAction {
+    /// Create a workflow from a JSON or YAML file (`.yaml`/`.yml` are sent as YAML).
+    Create { file: PathBuf },
+    /// Store a new version of a workflow from a file; runs already started keep theirs.
+    Update { id: String, file: PathBuf },
+    /// List the workflows.
+    List,
+    /// Show a workflow (the latest version, or `--version`).
+    Get {
+        id: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Delete a workflow.
+    Delete { id: String },
+    /// Start a run; with `--watch`, follow it to the end.
+    Run {
+        id: String,
+        /// The run's input, JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List a workflow's runs.
+    Runs {
+        id: String,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Follow a run, printing each change, until it ends (fails unless it succeeded).
+    Watch { run_id: String },
+    /// Approve (or with `--reject`, reject) an approval step.
+    Approve {
+        workflow_id: String,
+        run_id: String,
+        step_id: String,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Cancel a run, or with `--step`, one step of it.
+    Cancel {
+        workflow_id: String,
+        run_id: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -371,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Workflows(a) => run_workflows(a).await,
         Command::Loadgen(a) => {
             let summary = coretex::loadgen::run(coretex::loadgen::LoadgenOptions {
                 gateway: a.client.gateway,
@@ -392,6 +455,146 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+    }
+}
+
+/// A definition file's body and content type (YAML by extension).
+fn definition_file(file: &PathBuf) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    Ok((
+        bytes,
+        if yaml {
+            "application/yaml"
+        } else {
+            "application/json"
+        },
+    ))
+}
+
+async fn run_workflows(a: WorkflowsArgs) -> anyhow::Result<()> {
+    let c = client(&a.client);
+    match a.action {
+        WorkflowsAction::Create { file } => {
+            let (body, ct) = definition_file(&file)?;
+            print_response(
+                c.post("/api/v1/workflows")
+                    .header("content-type", ct)
+                    .body(body),
+            )
+            .await
+        }
+        WorkflowsAction::Update { id, file } => {
+            let (body, ct) = definition_file(&file)?;
+            print_response(
+                c.put(&format!("/api/v1/workflows/{id}"))
+                    .header("content-type", ct)
+                    .body(body),
+            )
+            .await
+        }
+        WorkflowsAction::List => print_response(c.get("/api/v1/workflows")).await,
+        WorkflowsAction::Get { id, version } => {
+            let q: Vec<(&str, String)> = version
+                .map(|v| ("version", v.to_string()))
+                .into_iter()
+                .collect();
+            print_response(c.get(&format!("/api/v1/workflows/{id}")).query(&q)).await
+        }
+        WorkflowsAction::Delete { id } => {
+            print_response(c.delete(&format!("/api/v1/workflows/{id}"))).await
+        }
+        WorkflowsAction::Run { id, input, watch } => {
+            let input: Value = serde_json::from_str(&input).context("--input is not JSON")?;
+            let resp = c
+                .post(&format!("/api/v1/workflows/{id}/runs"))
+                .json(&serde_json::json!({"input": input}))
+                .send()
+                .await
+                .context("calling the gateway")?;
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                eprintln!("{}", serde_json::to_string_pretty(&v)?);
+                bail!("the gateway answered {status}");
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            match (watch, v["run_id"].as_str()) {
+                (true, Some(run_id)) => watch_run(&c, run_id).await,
+                _ => Ok(()),
+            }
+        }
+        WorkflowsAction::Runs { id, status } => {
+            let q: Vec<(&str, String)> = status.map(|s| ("status", s)).into_iter().collect();
+            print_response(c.get(&format!("/api/v1/workflows/{id}/runs")).query(&q)).await
+        }
+        WorkflowsAction::Watch { run_id } => watch_run(&c, &run_id).await,
+        WorkflowsAction::Approve {
+            workflow_id,
+            run_id,
+            step_id,
+            reject,
+            comment,
+        } => {
+            print_response(
+                c.post(&format!(
+                    "/api/v1/workflows/{workflow_id}/runs/{run_id}/steps/{step_id}/approve"
+                ))
+                .json(&serde_json::json!({"approved": !reject, "comment": comment})),
+            )
+            .await
+        }
+        WorkflowsAction::Cancel {
+            workflow_id,
+            run_id,
+            step,
+        } => {
+            let path = match step {
+                Some(s) => {
+                    format!("/api/v1/workflows/{workflow_id}/runs/{run_id}/steps/{s}/cancel")
+                }
+                None => format!("/api/v1/workflows/{workflow_id}/runs/{run_id}/cancel"),
+            };
+            print_response(c.post(&path)).await
+        }
+    }
+}
+
+/// Polls a run and prints a line per change of its or its steps' status, until it ends.
+async fn watch_run(c: &Client, run_id: &str) -> anyhow::Result<()> {
+    let mut last = String::new();
+    loop {
+        let resp = c
+            .get(&format!("/api/v1/workflow-runs/{run_id}"))
+            .send()
+            .await
+            .context("calling the gateway")?;
+        if !resp.status().is_success() {
+            bail!("the gateway answered {}", resp.status());
+        }
+        let run: Value = resp.json().await?;
+        let steps: Vec<String> = run["steps"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(id, s)| format!("{id}={}", s["status"].as_str().unwrap_or("?")))
+            .collect();
+        let status = run["status"].as_str().unwrap_or("?").to_string();
+        let line = format!("run {run_id} {status}  {}", steps.join(" "));
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        match status.as_str() {
+            "succeeded" => {
+                println!("{}", serde_json::to_string_pretty(&run["output"])?);
+                return Ok(());
+            }
+            "failed" | "cancelled" | "timed_out" => {
+                bail!("run {status}: {}", run["error"].as_str().unwrap_or(""))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -436,6 +639,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             recycle_after: a.plugin_recycle_after,
             ..Default::default()
         },
+        workflows: Default::default(),
     };
     let running = serve::start(opts).await?;
     eprintln!("coretex listening on http://{}", running.addr);

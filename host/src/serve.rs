@@ -32,6 +32,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreOptions};
 use crate::worker::{Mode, Worker, WorkerOptions};
+use crate::workflow::engine::{Engine, EngineSettings};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -50,6 +51,7 @@ pub struct ServeOptions {
     /// `.wasm` plugins loaded from here, and watched for changes.
     pub plugin_dir: Option<PathBuf>,
     pub plugins: PluginSettings,
+    pub workflows: EngineSettings,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +71,7 @@ impl Default for ServeOptions {
             max_body_bytes: 16 << 20,
             plugin_dir: None,
             plugins: PluginSettings::default(),
+            workflows: EngineSettings::default(),
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct Running {
     pub stop: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
     pub scheduler: Arc<Scheduler>,
+    pub workflows: Arc<Engine>,
 }
 
 /// The process-wide Prometheus recorder (one per process, however many hosts a test starts).
@@ -119,6 +123,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             opts.listen
         );
     }
+    // First: metric handles made from here on (the plugins' counters) register with it.
+    let metrics = metrics_handle();
     let subjects = Subjects::new(&opts.subject_prefix);
     let store: SharedStore = match &opts.redis_url {
         Some(url) => Arc::new(
@@ -169,6 +175,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     );
     let owner = format!("serve-{}", uuid::Uuid::new_v4());
     let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
+    let workflows = Engine::new(scheduler.clone(), opts.workflows.clone());
 
     let mut tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(plugins.clone().follow_store(store.clone(), bus.clone())),
@@ -178,6 +185,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         tokio::spawn(scheduler.clone().run_wait_queue()),
         tokio::spawn(scheduler.clone().run_results()),
         tokio::spawn(reconciler.clone().run()),
+        tokio::spawn(workflows.clone().run_events()),
+        tokio::spawn(workflows.clone().run_reconciler()),
     ];
     if let Some(dir) = &opts.plugin_dir {
         let mut watcher = plugins.watch_dir(dir.clone());
@@ -219,7 +228,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         config,
         dlq: Arc::new(Dlq::new(scheduler.clone())),
         reconciler: reconciler.clone(),
-        metrics: metrics_handle(),
+        workflows: workflows.clone(),
+        metrics,
         api_key: opts.api_key.clone(),
         started: Instant::now(),
         max_body_bytes: opts.max_body_bytes,
@@ -250,5 +260,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         stop,
         handle,
         scheduler,
+        workflows,
     })
 }

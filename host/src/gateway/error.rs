@@ -13,6 +13,7 @@ use crate::plugins::LoadError;
 use crate::plugins::registry::UploadError;
 use crate::scheduler::SchedulerError;
 use crate::store::StoreError;
+use crate::workflow::engine::WorkflowError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -116,6 +117,18 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::Store(s) => s.into(),
             SchedulerError::NotFound(id) => ApiError::not_found(format!("no such job `{id}`")),
             SchedulerError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(e: WorkflowError) -> Self {
+        match e {
+            WorkflowError::Invalid(errors) => ApiError::invalid(errors),
+            WorkflowError::NotFound(d) => ApiError::not_found(d),
+            WorkflowError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            WorkflowError::Store(s) => s.into(),
+            WorkflowError::Scheduler(s) => s.into(),
         }
     }
 }

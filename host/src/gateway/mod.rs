@@ -11,6 +11,7 @@ pub mod error;
 mod jobs;
 mod plugins;
 mod stream;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +29,7 @@ use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
 use crate::reconciler::Reconciler;
 use crate::scheduler::Scheduler;
+use crate::workflow::engine::Engine;
 use error::ApiError;
 
 /// A JSON body whose rejection is a problem+json naming the field.
@@ -58,6 +60,7 @@ pub struct AppState {
     pub config: Arc<ConfigService>,
     pub dlq: Arc<Dlq>,
     pub reconciler: Arc<Reconciler>,
+    pub workflows: Arc<Engine>,
     pub metrics: Option<PrometheusHandle>,
     pub api_key: Option<String>,
     pub started: Instant,
@@ -88,6 +91,30 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/retry", post(dlq::retry_matching))
         .route("/dlq/{job_id}", get(dlq::get).delete(dlq::delete))
         .route("/dlq/{job_id}/retry", post(dlq::retry))
+        .route("/workflows", post(workflows::create).get(workflows::list))
+        .route(
+            "/workflows/{id}",
+            get(workflows::get)
+                .put(workflows::update)
+                .delete(workflows::delete),
+        )
+        .route(
+            "/workflows/{id}/runs",
+            post(workflows::start_run).get(workflows::list_runs),
+        )
+        .route("/workflow-runs/{run_id}", get(workflows::get_run))
+        .route(
+            "/workflows/{id}/runs/{run_id}/cancel",
+            post(workflows::cancel_run),
+        )
+        .route(
+            "/workflows/{id}/runs/{run_id}/steps/{step_id}/approve",
+            post(workflows::approve),
+        )
+        .route(
+            "/workflows/{id}/runs/{run_id}/steps/{step_id}/cancel",
+            post(workflows::cancel_step),
+        )
         .route("/plugins", get(plugins::list))
         .route(
             "/plugins/{name}",

@@ -29,8 +29,21 @@ enum Selected {
     /// The key is absent: the native default decides.
     Native,
     Plugin(Arc<Plugin>),
-    /// The key names a plugin that is not loaded.
-    Missing(String),
+    /// The key names a plugin that is not loaded (counted and logged when selected).
+    Missing {
+        name: String,
+        error: CallError,
+    },
+}
+
+impl Selected {
+    fn name<'a>(&'a self, native: &'a str) -> &'a str {
+        match self {
+            Selected::Native => native,
+            Selected::Plugin(p) => p.name(),
+            Selected::Missing { name, .. } => name,
+        }
+    }
 }
 
 impl PluginRegistry {
@@ -39,9 +52,29 @@ impl PluginRegistry {
             None => Selected::Native,
             Some(name) => match self.get(name) {
                 Some(p) => Selected::Plugin(p),
-                None => Selected::Missing(name.to_string()),
+                None => Selected::Missing {
+                    name: name.to_string(),
+                    error: self.not_loaded(name),
+                },
             },
         }
+    }
+
+    /// Counts a configured plugin that is not loaded, and logs it the first time.
+    fn not_loaded(&self, name: &str) -> CallError {
+        metrics::counter!("coretex_plugin_failures_total", "plugin" => name.to_string(),
+            "reason" => FailureReason::NotLoaded.as_str())
+        .increment(1);
+        if self.missing_reported.lock().insert(name.to_string()) {
+            tracing::warn!(
+                plugin = name,
+                "the config names a plugin that is not loaded; the built-in default decides"
+            );
+        }
+        CallError::new(
+            FailureReason::NotLoaded,
+            format!("no plugin `{name}` is loaded"),
+        )
     }
 
     /// The dispatch strategy `effective.dispatch.strategy` names (native least-loaded if none).
@@ -74,24 +107,9 @@ impl PluginRegistry {
             .unwrap_or(DEFAULT_CONDITION_EVALUATOR);
         PluginConditions {
             name: name.to_string(),
-            plugin: self.get(name),
+            plugin: self.get(name).ok_or_else(|| self.not_loaded(name)),
         }
     }
-}
-
-/// Counts and logs a configured plugin that is not loaded (the native default decides).
-fn not_loaded(name: &str) -> CallError {
-    metrics::counter!("coretex_plugin_failures_total", "plugin" => name.to_string(),
-        "reason" => FailureReason::NotLoaded.as_str())
-    .increment(1);
-    tracing::warn!(
-        plugin = name,
-        "the config names a plugin that is not loaded; the built-in default decides"
-    );
-    CallError::new(
-        FailureReason::NotLoaded,
-        format!("no plugin `{name}` is loaded"),
-    )
 }
 
 /// The dispatch strategy of one job.
@@ -103,11 +121,7 @@ pub struct StrategyChoice<'a> {
 
 impl DispatchStrategy for StrategyChoice<'_> {
     fn name(&self) -> &str {
-        match &self.selected {
-            Selected::Native => self.registry.least_loaded.name(),
-            Selected::Plugin(p) => p.name(),
-            Selected::Missing(name) => name,
-        }
+        self.selected.name(self.registry.least_loaded.name())
     }
 
     fn pick(&self, job: &JobSpec, candidates: &[Candidate]) -> Result<Pick, StrategyError> {
@@ -122,7 +136,7 @@ impl DispatchStrategy for StrategyChoice<'_> {
                 Ok(pick) => return Ok(pick),
                 Err(e) => Some(e),
             },
-            Selected::Missing(name) => Some(not_loaded(name)),
+            Selected::Missing { error, .. } => Some(error.clone()),
         };
         let pick = self.registry.least_loaded.pick(job, candidates)?;
         if let Some(e) = failed {
@@ -147,27 +161,20 @@ impl RetryChoice<'_> {
 
 impl RetryPolicy for RetryChoice<'_> {
     fn name(&self) -> &str {
-        match &self.selected {
-            Selected::Native => DeadLetterAtOnce.name(),
-            Selected::Plugin(p) => p.name(),
-            Selected::Missing(name) => name,
-        }
+        self.selected.name(DeadLetterAtOnce.name())
     }
 
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
         let plugin = match &self.selected {
             Selected::Native => return DeadLetterAtOnce.decide(failure),
             Selected::Plugin(p) => p,
-            Selected::Missing(name) => {
-                let e = not_loaded(name);
-                return dead_letter_after(name, &e, failure);
-            }
+            Selected::Missing { name, error } => return dead_letter_after(name, error, failure),
         };
         let spec = &failure.job.spec;
         let call = RetryCall {
             topic: &spec.topic,
             attempt: spec.attempt,
-            outcome: Some(failure.outcome),
+            outcome: failure.outcome,
             error_code: failure.error.map_or("", |e| e.code.as_str()),
             error_message: failure.error.map_or("", |e| e.message.as_str()),
             elapsed_ms: failure.elapsed_ms,
@@ -199,14 +206,12 @@ fn dead_letter_after(policy: &str, e: &CallError, failure: &Failure<'_>) -> Retr
 /// The condition evaluator of one workflow, through its plugin.
 pub struct PluginConditions {
     name: String,
-    plugin: Option<Arc<Plugin>>,
+    plugin: Result<Arc<Plugin>, CallError>,
 }
 
 impl PluginConditions {
     fn plugin(&self) -> Result<&Plugin, String> {
-        self.plugin
-            .as_deref()
-            .ok_or_else(|| not_loaded(&self.name).to_string())
+        self.plugin.as_deref().map_err(|e| self.failed(e.clone()))
     }
 
     fn failed(&self, e: CallError) -> String {
@@ -214,17 +219,31 @@ impl PluginConditions {
     }
 }
 
+impl PluginConditions {
+    /// Calls the evaluator, once more on a fresh instance when the first call ran past its
+    /// deadline. The deadline is wall-clock time, so a host starved of CPU (a busy machine) can
+    /// miss it through no fault of the expression; conditions are pure, so a second call is
+    /// safe, and an expression that really loops fails twice.
+    fn call_pure<R>(
+        &self,
+        f: impl Fn(&super::runtime::PluginComponent) -> Result<R, CallError>,
+    ) -> Result<R, String> {
+        let plugin = self.plugin()?;
+        match plugin.call(&f) {
+            Err(e) if e.reason == FailureReason::Deadline => plugin.call(&f),
+            other => other,
+        }
+        .map_err(|e| self.failed(e))
+    }
+}
+
 impl ConditionEvaluator for PluginConditions {
     fn compile(&self, expression: &str) -> Result<(), String> {
-        self.plugin()?
-            .call(|c| c.compile_condition(expression))
-            .map_err(|e| self.failed(e))?
+        self.call_pure(|c| c.compile_condition(expression))?
     }
 
     fn evaluate(&self, expression: &str, scope: &Value) -> Result<bool, String> {
         let scope = scope.to_string();
-        self.plugin()?
-            .call(|c| c.evaluate_condition(expression, &scope))
-            .map_err(|e| self.failed(e))?
+        self.call_pure(|c| c.evaluate_condition(expression, &scope))?
     }
 }

@@ -16,7 +16,7 @@
 //! started with — they hold its `Arc`. A component that fails to load never replaces anything:
 //! the failure is kept and listed, and the previous version stays in service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,9 @@ pub struct Plugin {
     calls: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
+    /// `coretex_plugin_calls_total{plugin}`, registered once: a call should not pay for building
+    /// a metric key.
+    calls_total: metrics::Counter,
     last_failure: Mutex<Option<FailureInfo>>,
     loaded_at: Millis,
 }
@@ -105,7 +108,7 @@ impl Plugin {
             ));
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("coretex_plugin_calls_total", "plugin" => self.name.clone()).increment(1);
+        self.calls_total.increment(1);
         let out = f(&self.component);
         match &out {
             Ok(_) => self.breaker.record_success(),
@@ -199,6 +202,8 @@ pub struct PluginRegistry {
     /// Every loaded plugin by name and source; `active` is the highest source of each name.
     loaded: Mutex<BTreeMap<String, BTreeMap<Source, Arc<Plugin>>>>,
     problems: Mutex<BTreeMap<String, LoadProblem>>,
+    /// Names the config asked for while nothing by that name was loaded (logged once each).
+    pub(super) missing_reported: Mutex<HashSet<String>>,
     /// The native strategy: the default, and the fallback of every strategy plugin.
     pub(super) least_loaded: LeastLoaded,
 }
@@ -291,7 +296,6 @@ impl DirWatcher {
 }
 
 /// What the directory scan remembers of a file.
-#[derive(Clone, PartialEq)]
 struct Seen {
     modified: Option<SystemTime>,
     len: u64,
@@ -309,12 +313,9 @@ impl PluginRegistry {
             active: ArcSwap::from_pointee(HashMap::new()),
             loaded: Mutex::new(BTreeMap::new()),
             problems: Mutex::new(BTreeMap::new()),
+            missing_reported: Mutex::new(HashSet::new()),
             least_loaded: LeastLoaded::default(),
         })
-    }
-
-    pub fn runtime(&self) -> &Arc<PluginRuntime> {
-        &self.runtime
     }
 
     /// The plugin in service under `name`.
@@ -367,9 +368,20 @@ impl PluginRegistry {
         source: Source,
         bytes: &[u8],
     ) -> Result<Arc<Plugin>, LoadError> {
+        let component = self.load(name, source, bytes)?;
+        Ok(self.put_in_service(name, source, component))
+    }
+
+    /// Loads a component for `name`, recording (and logging) why when it cannot be loaded.
+    fn load(
+        &self,
+        name: &str,
+        source: Source,
+        bytes: &[u8],
+    ) -> Result<Arc<PluginComponent>, LoadError> {
         let loaded = check_name(name).and_then(|()| self.runtime.load(bytes));
-        let component = match loaded {
-            Ok(c) => c,
+        match loaded {
+            Ok(c) => Ok(c),
             Err(e) => {
                 tracing::error!(plugin = name, source = ?source, error = %e,
                     "plugin not loaded; the previous version (if any) stays in service");
@@ -382,9 +394,17 @@ impl PluginRegistry {
                         at: now_ms(),
                     },
                 );
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    fn put_in_service(
+        &self,
+        name: &str,
+        source: Source,
+        component: Arc<PluginComponent>,
+    ) -> Arc<Plugin> {
         let plugin = Arc::new(Plugin {
             name: name.to_string(),
             source,
@@ -393,6 +413,7 @@ impl PluginRegistry {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            calls_total: metrics::counter!("coretex_plugin_calls_total", "plugin" => name.to_string()),
             last_failure: Mutex::new(None),
             loaded_at: now_ms(),
         });
@@ -406,7 +427,7 @@ impl PluginRegistry {
             .or_default()
             .insert(source, plugin.clone());
         self.publish(&loaded);
-        Ok(plugin)
+        plugin
     }
 
     /// Takes the `source` version of `name` out of service (a lower source takes over, if any).
@@ -466,8 +487,8 @@ impl PluginRegistry {
     }
 
     /// Uploads a plugin through the API: loads it here first (so a broken component is refused
-    /// with the reason, and stored nowhere), stores it, puts it in service, and tells the other
-    /// replicas.
+    /// with the reason and stored nowhere), stores it, puts it in service, and tells the other
+    /// replicas. Until it is stored, whatever served the name still does.
     pub async fn upload(
         self: Arc<Self>,
         store: &SharedStore,
@@ -478,17 +499,14 @@ impl PluginRegistry {
         check_name(name)?;
         let bytes = Arc::new(bytes);
         let (this, owned_name, b) = (self.clone(), name.to_string(), bytes.clone());
-        let plugin =
-            tokio::task::spawn_blocking(move || this.install(&owned_name, Source::Api, &b))
+        let component =
+            tokio::task::spawn_blocking(move || this.load(&owned_name, Source::Api, &b))
                 .await
                 .map_err(|e| LoadError::Instantiate(format!("the loader stopped: {e}")))??;
-        if let Err(e) = store
-            .plugin_put(name, &bytes, plugin.component.hash(), now_ms())
-            .await
-        {
-            self.remove(name, Source::Api);
-            return Err(e.into());
-        }
+        store
+            .plugin_put(name, &bytes, component.hash(), now_ms())
+            .await?;
+        let plugin = self.put_in_service(name, Source::Api, component);
         announce(bus, name).await;
         Ok(plugin.info())
     }

@@ -106,6 +106,7 @@ mod wit {
     }
 }
 
+use wit::dispatch::coretex::plugin::types::PluginError;
 use wit::dispatch::exports::coretex::plugin::dispatch as wire_dispatch;
 use wit::retry::exports::coretex::plugin::retry as wire_retry;
 
@@ -403,12 +404,12 @@ pub struct DispatchCall<'a> {
 }
 
 /// What a retry policy is told about a failure.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RetryCall<'a> {
     pub topic: &'a str,
     pub attempt: u32,
     /// FAILED, TIMEOUT or CANCELLED.
-    pub outcome: Option<JobState>,
+    pub outcome: JobState,
     pub error_code: &'a str,
     pub error_message: &'a str,
     pub elapsed_ms: u64,
@@ -474,11 +475,19 @@ impl PluginComponent {
     }
 
     /// Runs `f` on an idle instance (or a new one) and returns the instance to the pool when the
-    /// call succeeded and the instance has calls left; a failed call drops it.
+    /// call succeeded and the instance has calls left; a failed call drops it. A plugin of
+    /// another kind than `wanted` fails without a call.
     fn with_instance<R>(
         &self,
+        wanted: PluginKind,
         f: impl FnOnce(&mut Instance, u64) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
+        if self.kind != wanted {
+            return Err(CallError::new(
+                FailureReason::WrongKind,
+                format!("this plugin is a {}, not a {wanted}", self.kind),
+            ));
+        }
         let idle = self.idle.lock().pop();
         let mut instance = match idle {
             Some(i) => i,
@@ -502,19 +511,9 @@ impl PluginComponent {
         }
     }
 
-    fn wrong_kind(&self, wanted: PluginKind) -> CallError {
-        CallError::new(
-            FailureReason::WrongKind,
-            format!("this plugin is a {}, not a {wanted}", self.kind),
-        )
-    }
-
     /// Asks a dispatch strategy to pick one of `call.candidates`.
     pub fn pick(&self, call: &DispatchCall<'_>) -> Result<Pick, CallError> {
-        if self.kind != PluginKind::DispatchStrategy {
-            return Err(self.wrong_kind(PluginKind::DispatchStrategy));
-        }
-        self.with_instance(|inst, ticks| {
+        self.with_instance(PluginKind::DispatchStrategy, |inst, ticks| {
             let Exports::Dispatch(bindings) = &inst.exports else {
                 unreachable!("a dispatch plugin's instances export dispatch");
             };
@@ -557,20 +556,14 @@ impl PluginComponent {
                 Ok(wire_dispatch::Decision::NoWorker(reason)) => {
                     Ok(Pick::NoWorker(bounded(reason)))
                 }
-                Err(e) => Err(CallError::new(
-                    FailureReason::PluginError,
-                    bounded(e.message),
-                )),
+                Err(e) => Err(plugin_error(e)),
             }
         })
     }
 
     /// Asks a retry policy what to do with a failed job.
     pub fn decide(&self, call: &RetryCall<'_>) -> Result<RetryDecision, CallError> {
-        if self.kind != PluginKind::RetryPolicy {
-            return Err(self.wrong_kind(PluginKind::RetryPolicy));
-        }
-        self.with_instance(|inst, ticks| {
+        self.with_instance(PluginKind::RetryPolicy, |inst, ticks| {
             let Exports::Retry(bindings) = &inst.exports else {
                 unreachable!("a retry plugin's instances export retry");
             };
@@ -578,8 +571,8 @@ impl PluginComponent {
                 topic: call.topic.to_string(),
                 attempt: call.attempt,
                 outcome: match call.outcome {
-                    Some(JobState::Timeout) => wire_retry::Outcome::Timeout,
-                    Some(JobState::Cancelled) => wire_retry::Outcome::Cancelled,
+                    JobState::Timeout => wire_retry::Outcome::Timeout,
+                    JobState::Cancelled => wire_retry::Outcome::Cancelled,
                     _ => wire_retry::Outcome::Failed,
                 },
                 error_code: call.error_code.to_string(),
@@ -601,10 +594,7 @@ impl PluginComponent {
                 Ok(wire_retry::Decision::DeadLetter(reason)) => Ok(RetryDecision::DeadLetter {
                     reason: bounded(reason),
                 }),
-                Err(e) => Err(CallError::new(
-                    FailureReason::PluginError,
-                    bounded(e.message),
-                )),
+                Err(e) => Err(plugin_error(e)),
             }
         })
     }
@@ -645,10 +635,7 @@ impl PluginComponent {
             &mut Store<Sandbox>,
         ) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
-        if self.kind != PluginKind::StepCondition {
-            return Err(self.wrong_kind(PluginKind::StepCondition));
-        }
-        self.with_instance(|inst, ticks| {
+        self.with_instance(PluginKind::StepCondition, |inst, ticks| {
             let Exports::Condition(bindings) = &inst.exports else {
                 unreachable!("a condition plugin's instances export condition");
             };
@@ -667,6 +654,11 @@ fn drive<F: Future>(call: F) -> Option<F::Output> {
         Poll::Ready(out) => Some(out),
         Poll::Pending => None,
     }
+}
+
+/// A plugin's own `plugin-error` answer.
+fn plugin_error(e: PluginError) -> CallError {
+    CallError::new(FailureReason::PluginError, bounded(e.message))
 }
 
 /// Turns a driven call into the host's error vocabulary.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::*;
 use crate::job::{Job, JobEvent, JobState};
 use crate::time::now_ms;
+use crate::workflow::definition::{Run, Workflow};
 
 /// A sorted set ordered by `(score, member)`, as Redis orders a ZSET.
 #[derive(Default)]
@@ -83,6 +84,12 @@ struct Inner {
     config: HashMap<String, ConfigDoc>,
     locks: HashMap<String, (String, Millis)>,
     plugins: BTreeMap<String, StoredPlugin>,
+    /// Workflow id → latest version.
+    workflows: BTreeMap<String, u64>,
+    workflow_versions: HashMap<(String, u64), Workflow>,
+    runs: HashMap<String, Run>,
+    /// `wf:{id}`, `status:{status}` and `all`, as the Redis run indexes.
+    run_indexes: HashMap<String, ZSet>,
 }
 
 fn index_key(name: IndexName<'_>) -> String {
@@ -583,5 +590,126 @@ impl Store for MemoryStore {
 
     async fn plugin_delete(&self, name: &str) -> StoreResult<bool> {
         Ok(self.inner.lock().plugins.remove(name).is_some())
+    }
+
+    async fn workflow_put(&self, wf: &Workflow) -> StoreResult<()> {
+        let mut inner = self.inner.lock();
+        let current = inner.workflows.get(&wf.id).copied().unwrap_or(0);
+        if current + 1 != wf.version {
+            return Err(StoreError::Conflict { current });
+        }
+        inner.workflows.insert(wf.id.clone(), wf.version);
+        inner
+            .workflow_versions
+            .insert((wf.id.clone(), wf.version), wf.clone());
+        Ok(())
+    }
+
+    async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>> {
+        let inner = self.inner.lock();
+        let Some(v) = version.or_else(|| inner.workflows.get(id).copied()) else {
+            return Ok(None);
+        };
+        Ok(inner.workflow_versions.get(&(id.to_string(), v)).cloned())
+    }
+
+    async fn workflow_list(&self, page: &PageRequest) -> StoreResult<Page<Workflow>> {
+        let inner = self.inner.lock();
+        let after = page.cursor.as_ref().map(|c| c.id.clone());
+        let mut items = Vec::new();
+        for (id, v) in &inner.workflows {
+            if after.as_ref().is_some_and(|a| id <= a) {
+                continue;
+            }
+            if let Some(wf) = inner.workflow_versions.get(&(id.clone(), *v)) {
+                items.push(wf.clone());
+            }
+            if items.len() == page.limit {
+                break;
+            }
+        }
+        let next = (items.len() == page.limit)
+            .then(|| items.last().map(|w| workflow_cursor(&w.id)))
+            .flatten();
+        Ok(Page {
+            items,
+            next_cursor: next,
+        })
+    }
+
+    async fn workflow_delete(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.inner.lock().workflows.remove(id).is_some())
+    }
+
+    async fn run_put(&self, run: &Run) -> StoreResult<u64> {
+        let mut inner = self.inner.lock();
+        let old = inner.runs.get(&run.id).map(|r| (r.revision, r.status));
+        let current = old.map_or(0, |(rev, _)| rev);
+        if current != run.revision {
+            return Err(StoreError::Conflict { current });
+        }
+        let mut saved = run.clone();
+        saved.revision = current + 1;
+        if let Some((_, status)) = old {
+            inner
+                .run_indexes
+                .entry(format!("status:{status}"))
+                .or_default()
+                .remove(&run.id);
+        }
+        for name in [
+            format!("status:{}", run.status),
+            format!("wf:{}", run.workflow_id),
+            "all".to_string(),
+        ] {
+            inner
+                .run_indexes
+                .entry(name)
+                .or_default()
+                .add(&run.id, run.started_at);
+        }
+        inner.runs.insert(run.id.clone(), saved);
+        Ok(current + 1)
+    }
+
+    async fn run_get(&self, id: &str) -> StoreResult<Option<Run>> {
+        Ok(self.inner.lock().runs.get(id).cloned())
+    }
+
+    async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>> {
+        let inner = self.inner.lock();
+        let Some(index) = inner.run_indexes.get(&run_index_name(filter)) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        let budget = scan_budget(page.limit);
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        for (score, id) in index.iter_desc_after(page.cursor.as_ref()) {
+            if scanned == budget {
+                break;
+            }
+            scanned += 1;
+            last = Some(Cursor {
+                score: *score,
+                id: id.clone(),
+            });
+            if let Some(r) = inner.runs.get(id).filter(|r| filter.matches(r)) {
+                items.push(r.clone());
+                if items.len() == page.limit {
+                    break;
+                }
+            }
+        }
+        let next = (items.len() == page.limit || scanned == budget)
+            .then(|| last.map(|c| c.encode()))
+            .flatten();
+        Ok(Page {
+            items,
+            next_cursor: next,
+        })
     }
 }

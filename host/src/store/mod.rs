@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::job::{Job, JobError, JobSpec, JobState};
 use crate::time::{self, Millis};
+use crate::workflow::definition::{Run, Status, Workflow};
 
 pub type SharedStore = Arc<dyn Store>;
 
@@ -292,6 +293,58 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored plugin, by name.
     async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>>;
     async fn plugin_delete(&self, name: &str) -> StoreResult<bool>;
+
+    /// Saves version `wf.version` of a workflow (and makes it the latest) only when the latest
+    /// stored version is `wf.version - 1` (0: none); else `Conflict` with the current one. Older
+    /// versions stay readable: runs follow the version they started with.
+    async fn workflow_put(&self, wf: &Workflow) -> StoreResult<()>;
+    /// The latest version, or the one asked for.
+    async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>>;
+    /// The latest version of every workflow, by id.
+    async fn workflow_list(&self, page: &PageRequest) -> StoreResult<Page<Workflow>>;
+    /// Removes the workflow from the list and `workflow_get(id, None)`; the stored versions stay
+    /// for the runs still following them.
+    async fn workflow_delete(&self, id: &str) -> StoreResult<bool>;
+
+    /// Saves a run when the stored revision is `run.revision` (0: a new run), as revision + 1,
+    /// moving it between the status indexes in the same atomic step; returns the new revision.
+    async fn run_put(&self, run: &Run) -> StoreResult<u64>;
+    async fn run_get(&self, id: &str) -> StoreResult<Option<Run>>;
+    /// Runs newest first (by `started_at`, ties by id), from the workflow or status index.
+    async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub workflow_id: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// The run index a filter is answered from (the same names in both backends).
+pub(crate) fn run_index_name(filter: &RunFilter) -> String {
+    match (&filter.workflow_id, filter.status) {
+        (Some(w), _) => format!("wf:{w}"),
+        (None, Some(s)) => format!("status:{s}"),
+        (None, None) => "all".into(),
+    }
+}
+
+/// Workflows are listed by id: the cursor holds the last id.
+pub(crate) fn workflow_cursor(id: &str) -> String {
+    Cursor {
+        score: 0,
+        id: id.to_string(),
+    }
+    .encode()
+}
+
+impl RunFilter {
+    pub fn matches(&self, run: &Run) -> bool {
+        self.workflow_id
+            .as_deref()
+            .is_none_or(|w| w == run.workflow_id)
+            && self.status.is_none_or(|s| s == run.status)
+    }
 }
 
 /// Settings shared by both backends.

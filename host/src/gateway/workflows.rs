@@ -1,0 +1,222 @@
+//! Workflow routes (SPEC §11): definitions, runs, approvals and cancels, over
+//! [`Engine`](crate::workflow::engine::Engine).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, Body, Query, RawBody, optional_body, page_request};
+use crate::job::FieldError;
+use crate::store::RunFilter;
+use crate::workflow::definition::{Run, Status, WorkflowSpec};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    version: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    #[serde(default)]
+    input: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    approved: bool,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A definition in JSON, or in YAML when the content type says so (`application/yaml`,
+/// `text/yaml`, `application/x-yaml`). Errors name the field, in either syntax.
+fn definition_body(headers: &HeaderMap, bytes: &[u8]) -> Result<WorkflowSpec, ApiError> {
+    let yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"));
+    let malformed = |field: &str, message: String| {
+        let mut e = ApiError::invalid(vec![FieldError::new(field, message)]);
+        e.status = StatusCode::BAD_REQUEST;
+        e.title = "malformed body";
+        e
+    };
+    let value: Value = if yaml {
+        serde_norway::from_slice(bytes).map_err(|e| malformed("body", e.to_string()))?
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| malformed("body", e.to_string()))?
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".into() } else { path };
+        ApiError::field(&field, e.inner().to_string())
+    })
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let spec = definition_body(&headers, &body)?;
+    let wf = s.workflows.create(spec).await?;
+    Ok((StatusCode::CREATED, Json(wf)).into_response())
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = page_request(q.limit, q.cursor.as_deref())?;
+    Ok(Json(s.workflows.list(&page).await?).into_response())
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.workflows.get(&id, q.version).await?).into_response())
+}
+
+pub async fn update(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let spec = definition_body(&headers, &body)?;
+    Ok(Json(s.workflows.update(&id, spec).await?).into_response())
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if s.workflows.delete(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!("no such workflow `{id}`")))
+    }
+}
+
+pub async fn start_run(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let req: StartRun = optional_body(&body)?;
+    let run = s.workflows.start_run(&id, req.input).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"run_id": run.id, "status": run.status})),
+    )
+        .into_response())
+}
+
+pub async fn list_runs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Response, ApiError> {
+    let page = page_request(q.limit, q.cursor.as_deref())?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|st| {
+            Status::parse(st).ok_or_else(|| {
+                ApiError::field(
+                    "status",
+                    "one of pending, running, waiting, succeeded, failed, cancelled, timed_out",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        workflow_id: Some(id),
+        status,
+    };
+    Ok(Json(s.workflows.list_runs(&filter, &page).await?).into_response())
+}
+
+pub async fn get_run(
+    State(s): State<AppState>,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.workflows.get_run(&run_id).await?).into_response())
+}
+
+/// The run, when it belongs to the workflow in the path (else 404).
+async fn run_of(s: &AppState, id: &str, run_id: &str) -> Result<Run, ApiError> {
+    let run = s.workflows.get_run(run_id).await?;
+    if run.workflow_id != id {
+        return Err(ApiError::not_found(format!(
+            "no run `{run_id}` of workflow `{id}`"
+        )));
+    }
+    Ok(run)
+}
+
+pub async fn cancel_run(
+    State(s): State<AppState>,
+    Path((id, run_id)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let req: CancelBody = optional_body(&body)?;
+    run_of(&s, &id, &run_id).await?;
+    let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
+    Ok(Json(s.workflows.cancel_run(&run_id, &reason).await?).into_response())
+}
+
+pub async fn cancel_step(
+    State(s): State<AppState>,
+    Path((id, run_id, step_id)): Path<(String, String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let req: CancelBody = optional_body(&body)?;
+    run_of(&s, &id, &run_id).await?;
+    let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
+    Ok(Json(s.workflows.cancel_step(&run_id, &step_id, &reason).await?).into_response())
+}
+
+pub async fn approve(
+    State(s): State<AppState>,
+    Path((id, run_id, step_id)): Path<(String, String, String)>,
+    Body(req): Body<ApproveBody>,
+) -> Result<Response, ApiError> {
+    run_of(&s, &id, &run_id).await?;
+    let run = s
+        .workflows
+        .approve(&run_id, &step_id, req.approved, req.comment)
+        .await?;
+    Ok(Json(run).into_response())
+}

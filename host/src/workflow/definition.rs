@@ -1,0 +1,805 @@
+//! Workflow definitions and runs as plain data (SPEC §10): the types, their validation, the
+//! `${expr}` templates of step inputs and the input-schema check. No I/O: the engine
+//! ([`super::engine`]) stores and advances these.
+//!
+//! Two expression languages meet here, on purpose:
+//! * a step `condition` is a boolean expression for the configured condition evaluator (CEL by
+//!   default, a plugin): it is checked through [`ConditionEvaluator::compile`] on save;
+//! * a `${…}` template and a `for_each` expression are **value paths** into the scope
+//!   (`input.a.b`, `steps.fetch.output.items[0]`, `ctx.x`, `item`, `index`), resolved natively,
+//!   since the evaluator interface answers booleans only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::job::{FieldError, check_ident};
+use crate::plugins::ConditionEvaluator;
+use crate::time::{self, Millis};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepType {
+    #[default]
+    Job,
+    Approval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Fail,
+    Continue,
+}
+
+/// A step's retry settings: `max_retries` more attempts after the first, waiting
+/// `initial_backoff_sec · multiplier^(n-1)` (capped at `max_backoff_sec`) before attempt n+1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(default)]
+    pub max_retries: u32,
+    #[serde(default = "one")]
+    pub initial_backoff_sec: f64,
+    #[serde(default = "sixty")]
+    pub max_backoff_sec: f64,
+    #[serde(default = "two")]
+    pub multiplier: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn two() -> f64 {
+    2.0
+}
+fn sixty() -> f64 {
+    60.0
+}
+
+impl RetrySettings {
+    /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1) as i32);
+        let sec = (self.initial_backoff_sec.max(0.0) * exp).min(self.max_backoff_sec.max(0.0));
+        (sec * 1000.0) as u64
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    #[serde(default, rename = "type")]
+    pub kind: StepType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// A definition as a client sends it (create and update).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    /// Ignored on input: the store numbers versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    pub steps: BTreeMap<String, StepDef>,
+}
+
+/// A stored definition: one version of one workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub id: String,
+    pub name: String,
+    pub org_id: String,
+    pub team_id: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    pub steps: BTreeMap<String, StepDef>,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Millis,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Pending,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    /// Steps only.
+    Skipped,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded
+                | Status::Failed
+                | Status::Cancelled
+                | Status::TimedOut
+                | Status::Skipped
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Waiting => "waiting",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed_out",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A human's answer to an approval step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub approved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(with = "time::rfc3339")]
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub status: Status,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Millis>,
+    /// A `for_each` step's children, in item order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<StepRun>>,
+    /// The item of a `for_each` child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub workflow_id: String,
+    /// The definition version this run follows to the end, whatever updates come later.
+    pub workflow_version: u64,
+    pub org_id: String,
+    pub team_id: String,
+    pub input: Value,
+    /// Written by steps' `output_path`.
+    pub context: Value,
+    pub status: Status,
+    pub steps: BTreeMap<String, StepRun>,
+    #[serde(with = "time::rfc3339")]
+    pub started_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bumped by every save; a save names the revision it read (compare-and-set).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl Run {
+    /// The scope conditions and templates see: `input`, `ctx`, `steps.<id>.{status,output}`.
+    pub fn scope(&self) -> Value {
+        let steps: Map<String, Value> = self
+            .steps
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    json!({"status": s.status, "output": s.output.clone().unwrap_or(Value::Null)}),
+                )
+            })
+            .collect();
+        json!({"input": self.input, "ctx": self.context, "steps": steps})
+    }
+}
+
+/// Checks a definition: identifiers, topics, dependencies, cycles, conditions, templates,
+/// `for_each` and `output_path`. Every error names the step (`steps.<id>.<field>`).
+pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(id) = &spec.id {
+        check_ident("id", id, &mut errors);
+    }
+    if spec.steps.is_empty() {
+        errors.push(FieldError::new(
+            "steps",
+            "a workflow needs at least one step",
+        ));
+    }
+    if let Some(schema) = &spec.input_schema
+        && !schema.is_object()
+    {
+        errors.push(FieldError::new(
+            "input_schema",
+            "must be a JSON Schema object",
+        ));
+    }
+    for (id, step) in &spec.steps {
+        let field = |f: &str| format!("steps.{id}.{f}");
+        check_ident(&format!("steps.{id}"), id, &mut errors);
+        match step.kind {
+            StepType::Job => match &step.topic {
+                Some(t) => check_ident(&field("topic"), t, &mut errors),
+                None => errors.push(FieldError::new(field("topic"), "a job step needs a topic")),
+            },
+            StepType::Approval if step.for_each.is_some() => errors.push(FieldError::new(
+                field("for_each"),
+                "an approval step cannot fan out",
+            )),
+            StepType::Approval => {}
+        }
+        for dep in &step.depends_on {
+            if !spec.steps.contains_key(dep) {
+                errors.push(FieldError::new(
+                    field("depends_on"),
+                    format!("step `{id}` depends on unknown step `{dep}`"),
+                ));
+            }
+        }
+        if let Some(c) = &step.condition
+            && let Err(e) = conditions.compile(c)
+        {
+            errors.push(FieldError::new(
+                field("condition"),
+                format!("step `{id}`: {e}"),
+            ));
+        }
+        if let Some(fe) = &step.for_each
+            && let Err(e) = parse_path(strip_template(fe))
+        {
+            errors.push(FieldError::new(
+                field("for_each"),
+                format!("step `{id}`: {e}"),
+            ));
+        }
+        if step.max_parallel == Some(0) {
+            errors.push(FieldError::new(field("max_parallel"), "must be at least 1"));
+        }
+        if let Err(e) = check_templates(&step.input) {
+            errors.push(FieldError::new(field("input"), format!("step `{id}`: {e}")));
+        }
+        if let Some(p) = &step.output_path
+            && (p.is_empty() || p.split('.').any(str::is_empty))
+        {
+            errors.push(FieldError::new(
+                field("output_path"),
+                format!("step `{id}`: `{p}` is not a dotted path"),
+            ));
+        }
+    }
+    if let Some(cycle) = find_cycle(&spec.steps) {
+        errors.push(FieldError::new(
+            format!("steps.{}.depends_on", cycle[0]),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    errors
+}
+
+/// A cycle through `depends_on` (first step repeated at the end), if there is one.
+fn find_cycle(steps: &BTreeMap<String, StepDef>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit<'a>(
+        id: &'a str,
+        steps: &'a BTreeMap<String, StepDef>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match marks.get(id).copied().unwrap_or(Mark::New) {
+            Mark::Done => return None,
+            Mark::Open => {
+                let start = path.iter().position(|p| *p == id).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(id.to_string());
+                return Some(cycle);
+            }
+            Mark::New => {}
+        }
+        marks.insert(id, Mark::Open);
+        path.push(id);
+        for dep in steps
+            .get(id)
+            .map(|s| s.depends_on.as_slice())
+            .unwrap_or(&[])
+        {
+            if steps.contains_key(dep)
+                && let Some(c) = visit(dep, steps, marks, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        marks.insert(id, Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for id in steps.keys() {
+        if let Some(c) = visit(id, steps, &mut marks, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// One segment of a value path.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// `a.b[2].c` → segments; the first segment must be a key.
+fn parse_path(expr: &str) -> Result<Vec<Segment>, String> {
+    let expr = expr.trim();
+    if expr.is_empty() {
+        return Err("empty expression".into());
+    }
+    let mut segs = Vec::new();
+    for part in expr.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!("`{expr}` is not a path like `input.items[0].name`"));
+        }
+        segs.push(Segment::Key(key.to_string()));
+        while !rest.is_empty() {
+            let close = rest
+                .find(']')
+                .ok_or_else(|| format!("`{expr}`: unclosed `[`"))?;
+            let n = rest[1..close]
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{expr}`: an index must be a number"))?;
+            segs.push(Segment::Index(n));
+            rest = &rest[close + 1..];
+            if !rest.is_empty() && !rest.starts_with('[') {
+                return Err(format!("`{expr}` is not a path like `input.items[0].name`"));
+            }
+        }
+    }
+    Ok(segs)
+}
+
+/// `${expr}` → `expr`; anything else unchanged (a `for_each` may be written either way).
+fn strip_template(s: &str) -> &str {
+    let t = s.trim();
+    t.strip_prefix("${")
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(t)
+}
+
+/// The value at `expr` in `scope` (null when absent).
+pub fn resolve(expr: &str, scope: &Value) -> Result<Value, String> {
+    let mut v = scope;
+    for seg in parse_path(strip_template(expr))? {
+        let next = match seg {
+            Segment::Key(k) => v.get(&k),
+            Segment::Index(i) => v.get(i),
+        };
+        match next {
+            Some(n) => v = n,
+            None => return Ok(Value::Null),
+        }
+    }
+    Ok(v.clone())
+}
+
+/// The pieces of a string: literal text and `${expr}` templates.
+enum Piece<'a> {
+    Text(&'a str),
+    Expr(&'a str),
+}
+
+fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            out.push(Piece::Text(&rest[..start]));
+        }
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed template in `{s}`"))?;
+        let expr = &rest[start + 2..start + end];
+        parse_path(expr)?;
+        out.push(Piece::Expr(expr));
+        rest = &rest[start + end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+fn check_templates(v: &Value) -> Result<(), String> {
+    match v {
+        Value::String(s) => pieces(s).map(drop),
+        Value::Array(a) => a.iter().try_for_each(check_templates),
+        Value::Object(o) => o.values().try_for_each(check_templates),
+        _ => Ok(()),
+    }
+}
+
+/// Fills the `${expr}` templates of `v` from `scope`. A string that is exactly one template takes
+/// the value's type; templates inside longer strings are spliced in as text.
+pub fn render(v: &Value, scope: &Value) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => {
+            let ps = pieces(s)?;
+            match ps.as_slice() {
+                [Piece::Expr(e)] => resolve(e, scope)?,
+                _ => {
+                    let mut out = String::new();
+                    for p in ps {
+                        match p {
+                            Piece::Text(t) => out.push_str(t),
+                            Piece::Expr(e) => match resolve(e, scope)? {
+                                Value::String(s) => out.push_str(&s),
+                                Value::Null => {}
+                                other => out.push_str(&other.to_string()),
+                            },
+                        }
+                    }
+                    Value::String(out)
+                }
+            }
+        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render(x, scope))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render(x, scope)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Writes `value` at the dotted `path` of `ctx`, creating objects on the way.
+pub fn write_path(ctx: &mut Value, path: &str, value: Value) {
+    let mut cur = ctx;
+    for key in path.split('.') {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("made an object above")
+            .entry(key.to_string())
+            .or_insert(Value::Null);
+    }
+    *cur = value;
+}
+
+/// Checks `value` against a JSON Schema. The supported subset: `type` (one or a list),
+/// `required`, `properties`, `additionalProperties: false`, `items`, `enum`, `const`,
+/// `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`. Other keywords are
+/// accepted and not checked. Errors name the path (`input.a.b`).
+pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(s) = schema.as_object() else { return };
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(x) => vec![x.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
+            errors.push(FieldError::new(
+                path,
+                format!("must be of type {}", types.join(" or ")),
+            ));
+            return;
+        }
+    }
+    if let Some(Value::Array(allowed)) = s.get("enum")
+        && !allowed.contains(value)
+    {
+        errors.push(FieldError::new(path, "is not one of the allowed values"));
+    }
+    if let Some(c) = s.get("const")
+        && c != value
+    {
+        errors.push(FieldError::new(path, format!("must be {c}")));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = s.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            errors.push(FieldError::new(path, format!("must be ≥ {min}")));
+        }
+        if let Some(max) = s.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            errors.push(FieldError::new(path, format!("must be ≤ {max}")));
+        }
+    }
+    let len_check = |len: usize, lo: &str, hi: &str, errors: &mut Vec<FieldError>| {
+        if let Some(min) = s.get(lo).and_then(Value::as_u64)
+            && (len as u64) < min
+        {
+            errors.push(FieldError::new(path, format!("{lo} is {min}")));
+        }
+        if let Some(max) = s.get(hi).and_then(Value::as_u64)
+            && (len as u64) > max
+        {
+            errors.push(FieldError::new(path, format!("{hi} is {max}")));
+        }
+    };
+    match value {
+        Value::String(x) => len_check(x.chars().count(), "minLength", "maxLength", errors),
+        Value::Array(items) => {
+            len_check(items.len(), "minItems", "maxItems", errors);
+            if let Some(item_schema) = s.get("items") {
+                for (i, it) in items.iter().enumerate() {
+                    check_schema(item_schema, it, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        Value::Object(o) => {
+            if let Some(Value::Array(req)) = s.get("required") {
+                for r in req.iter().filter_map(Value::as_str) {
+                    if !o.contains_key(r) {
+                        errors.push(FieldError::new(format!("{path}.{r}"), "is required"));
+                    }
+                }
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            for (k, v) in o {
+                match props.and_then(|p| p.get(k)) {
+                    Some(ps) => check_schema(ps, v, &format!("{path}.{k}"), errors),
+                    None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        errors.push(FieldError::new(format!("{path}.{k}"), "is not allowed"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn type_matches(t: &str, v: &Value) -> bool {
+    match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        _ => true,
+    }
+}
+
+/// The steps nothing depends on: their outputs make the run's output.
+pub fn leaf_steps(steps: &BTreeMap<String, StepDef>) -> Vec<&str> {
+    let used: BTreeSet<&str> = steps
+        .values()
+        .flat_map(|s| s.depends_on.iter().map(String::as_str))
+        .collect();
+    steps
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !used.contains(k))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts `true`, `false` and comparisons of paths; rejects anything with `??`.
+    struct Fake;
+    impl ConditionEvaluator for Fake {
+        fn compile(&self, e: &str) -> Result<(), String> {
+            if e.contains("??") {
+                Err(format!("syntax error in `{e}`"))
+            } else {
+                Ok(())
+            }
+        }
+        fn evaluate(&self, e: &str, _: &Value) -> Result<bool, String> {
+            Ok(e == "true")
+        }
+    }
+
+    fn spec(steps: Value) -> WorkflowSpec {
+        serde_json::from_value(json!({"name": "w", "steps": steps})).unwrap()
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn unknown_dependency_is_named_with_its_step() {
+        let e = validate(
+            &spec(json!({"a": {"topic": "t", "depends_on": ["nope"]}})),
+            &Fake,
+        );
+        assert_eq!(fields(&e), ["steps.a.depends_on"]);
+        assert!(e[0].message.contains("nope"));
+    }
+
+    #[test]
+    fn cycles_are_rejected() {
+        let e = validate(
+            &spec(json!({
+                "a": {"topic": "t", "depends_on": ["c"]},
+                "b": {"topic": "t", "depends_on": ["a"]},
+                "c": {"topic": "t", "depends_on": ["b"]},
+            })),
+            &Fake,
+        );
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("cycle"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_condition_and_template_name_the_step() {
+        let e = validate(
+            &spec(json!({
+                "a": {"topic": "t", "condition": "x ?? y"},
+                "b": {"topic": "t", "input": {"x": "${input.[}"}},
+                "c": {"topic": "t", "input": {"x": "${input.a"}},
+            })),
+            &Fake,
+        );
+        assert_eq!(
+            fields(&e),
+            ["steps.a.condition", "steps.b.input", "steps.c.input"]
+        );
+    }
+
+    #[test]
+    fn a_job_step_needs_a_topic() {
+        let e = validate(&spec(json!({"a": {}})), &Fake);
+        assert_eq!(fields(&e), ["steps.a.topic"]);
+        assert!(validate(&spec(json!({"a": {"type": "approval"}})), &Fake).is_empty());
+    }
+
+    #[test]
+    fn whole_string_template_keeps_the_type() {
+        let scope = json!({"input": {"n": 3, "xs": [1, 2], "s": "hi"}});
+        let out = render(
+            &json!({"n": "${input.n}", "xs": "${input.xs}", "msg": "${input.s} x${input.n}",
+                    "second": "${input.xs[1]}", "missing": "${input.none}"}),
+            &scope,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"n": 3, "xs": [1, 2], "msg": "hi x3", "second": 2, "missing": null})
+        );
+    }
+
+    #[test]
+    fn output_path_writes_nested() {
+        let mut ctx = json!({});
+        write_path(&mut ctx, "a.b", json!(1));
+        write_path(&mut ctx, "a.c", json!(2));
+        assert_eq!(ctx, json!({"a": {"b": 1, "c": 2}}));
+    }
+
+    #[test]
+    fn schema_subset_names_the_field() {
+        let schema = json!({"type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}}}});
+        let mut e = Vec::new();
+        check_schema(&schema, &json!({"n": 0, "tags": ["a", 1]}), "input", &mut e);
+        assert_eq!(fields(&e), ["input.n", "input.tags[1]"]);
+        let mut e = Vec::new();
+        check_schema(&schema, &json!({}), "input", &mut e);
+        assert_eq!(fields(&e), ["input.n"]);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = RetrySettings {
+            max_retries: 3,
+            initial_backoff_sec: 1.0,
+            max_backoff_sec: 3.0,
+            multiplier: 2.0,
+            policy: None,
+        };
+        assert_eq!(
+            [r.backoff_ms(1), r.backoff_ms(2), r.backoff_ms(3)],
+            [1000, 2000, 3000]
+        );
+    }
+}

@@ -1,0 +1,1004 @@
+//! The workflow engine: stores definitions and runs, dispatches ready steps as jobs through the
+//! scheduler, and advances runs as their jobs end.
+//!
+//! # How a run advances
+//!
+//! Every change to a run — a job of one of its steps ended, a backoff or timeout came due, a
+//! human approved, someone cancelled — goes through [`Engine::advance`]: under the run's lock
+//! (a store lock with a per-holder token, so it holds across replicas) the run is read, the jobs
+//! of its running steps are read in one call, and [`Plan`] works out the new state and the
+//! effects (jobs to submit, jobs to cancel). The run is saved with compare-and-set on its
+//! revision **before** the effects: job ids are deterministic (`<run>.<step>[.<i>].<attempt>`),
+//! so a crash between the save and the submit leaves a running step whose job does not exist,
+//! which the next advance submits again (a second submit of an existing id creates nothing).
+//!
+//! Two things wake a run: the terminal job events every scheduler publishes (one replica takes
+//! each, through a queue group), and the workflow reconciler, a tick that advances every active
+//! run. The tick is what recovers a lost event or a crashed replica, and what fires retry
+//! backoffs and step/run timeouts. An advance asked while one is in progress in this process is
+//! not dropped: it is remembered, and the holder goes round once more when it is done.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::definition::{
+    self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
+};
+use crate::configsvc::ConfigTarget;
+use crate::job::{FieldError, Job, JobRequest, JobState};
+use crate::plugins::ConditionEvaluator;
+use crate::protocol::JobEventMsg;
+use crate::scheduler::{Scheduler, SchedulerError};
+use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
+use crate::time::{Millis, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("invalid workflow")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+type Result<T> = std::result::Result<T, WorkflowError>;
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How often the workflow reconciler advances every active run.
+    pub tick: Duration,
+    /// How long a run's lock lives if its holder dies.
+    pub lock_ttl: Duration,
+    /// How long an advance waits for a run's lock held elsewhere before leaving it to the tick.
+    pub lock_wait: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            tick: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The queue group of the engines: one replica advances a run per job event.
+pub const WORKFLOW_GROUP: &str = "coretex-workflow";
+
+pub struct Engine {
+    scheduler: Arc<Scheduler>,
+    store: SharedStore,
+    settings: EngineSettings,
+    /// Runs being advanced in this process, and whether another advance was asked meanwhile.
+    busy: Mutex<HashMap<String, bool>>,
+}
+
+/// What an advance does outside the run document.
+#[derive(Debug)]
+enum Effect {
+    Submit(Box<JobRequest>),
+    Cancel { job_id: String, reason: String },
+}
+
+/// A change asked from outside: applied to the run under its lock, before it advances.
+type Change = Box<dyn FnOnce(&Workflow, &mut Run, Millis) -> Result<()> + Send>;
+
+impl Engine {
+    pub fn new(scheduler: Arc<Scheduler>, settings: EngineSettings) -> Arc<Self> {
+        Arc::new(Engine {
+            store: scheduler.store.clone(),
+            scheduler,
+            settings,
+            busy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn conditions(
+        &self,
+        org_id: &str,
+        team_id: &str,
+        workflow_id: Option<&str>,
+    ) -> Result<impl ConditionEvaluator + use<>> {
+        let target = ConfigTarget {
+            org_id: Some(org_id.to_string()),
+            team_id: (!team_id.is_empty()).then(|| team_id.to_string()),
+            workflow_id: workflow_id.map(str::to_string),
+            step_id: None,
+        };
+        let effective = self
+            .scheduler
+            .config
+            .effective(&target)
+            .await
+            .map_err(|e| match e {
+                crate::configsvc::ConfigError::Store(s) => WorkflowError::Store(s),
+                other => WorkflowError::Conflict(other.to_string()),
+            })?;
+        Ok(self.scheduler.plugins.conditions_for(&effective.value))
+    }
+
+    // ---- definitions ----
+
+    async fn checked(&self, spec: WorkflowSpec, id: String, version: u64) -> Result<Workflow> {
+        let org_id = spec.org_id.clone().unwrap_or_else(|| "default".into());
+        let team_id = spec.team_id.clone().unwrap_or_default();
+        let conditions = self.conditions(&org_id, &team_id, Some(&id)).await?;
+        let mut errors = definition::validate(&spec, &conditions);
+        errors.extend(
+            [("org_id", &spec.org_id), ("team_id", &spec.team_id)]
+                .into_iter()
+                .filter_map(|(f, v)| v.as_ref().map(|v| (f, v)))
+                .flat_map(|(f, v)| {
+                    let mut e = Vec::new();
+                    crate::job::check_ident(f, v, &mut e);
+                    e
+                }),
+        );
+        if !errors.is_empty() {
+            return Err(WorkflowError::Invalid(errors));
+        }
+        let now = now_ms();
+        Ok(Workflow {
+            id,
+            name: spec.name,
+            org_id,
+            team_id,
+            version,
+            timeout_sec: spec.timeout_sec,
+            input_schema: spec.input_schema,
+            steps: spec.steps,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Validates and stores version 1 of a new workflow.
+    pub async fn create(&self, spec: WorkflowSpec) -> Result<Workflow> {
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("wf-{}", uuid::Uuid::now_v7()));
+        let wf = self.checked(spec, id, 1).await?;
+        match self.store.workflow_put(&wf).await {
+            Err(StoreError::Conflict { .. }) => Err(WorkflowError::Conflict(format!(
+                "workflow `{}` exists; update it with PUT",
+                wf.id
+            ))),
+            other => other.map(|()| wf).map_err(Into::into),
+        }
+    }
+
+    /// Stores a new version; runs already started keep theirs.
+    pub async fn update(&self, id: &str, mut spec: WorkflowSpec) -> Result<Workflow> {
+        let current = self.get(id, None).await?;
+        if spec.id.as_deref().is_some_and(|s| s != id) {
+            return Err(WorkflowError::Invalid(vec![FieldError::new(
+                "id",
+                "does not match the path",
+            )]));
+        }
+        spec.id = Some(id.to_string());
+        let mut wf = self
+            .checked(spec, id.to_string(), current.version + 1)
+            .await?;
+        wf.created_at = current.created_at;
+        match self.store.workflow_put(&wf).await {
+            Err(StoreError::Conflict { current }) => Err(WorkflowError::Conflict(format!(
+                "workflow `{id}` changed meanwhile (now version {current}); try again"
+            ))),
+            other => other.map(|()| wf).map_err(Into::into),
+        }
+    }
+
+    pub async fn get(&self, id: &str, version: Option<u64>) -> Result<Workflow> {
+        self.store
+            .workflow_get(id, version)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("no such workflow `{id}`")))
+    }
+
+    pub async fn list(&self, page: &PageRequest) -> Result<Page<Workflow>> {
+        Ok(self.store.workflow_list(page).await?)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<bool> {
+        Ok(self.store.workflow_delete(id).await?)
+    }
+
+    // ---- runs ----
+
+    /// Checks the input against the workflow's schema, stores the run and starts it.
+    pub async fn start_run(&self, workflow_id: &str, input: Value) -> Result<Run> {
+        let wf = self.get(workflow_id, None).await?;
+        if let Some(schema) = &wf.input_schema {
+            let mut errors = Vec::new();
+            definition::check_schema(schema, &input, "input", &mut errors);
+            if !errors.is_empty() {
+                return Err(WorkflowError::Invalid(errors));
+            }
+        }
+        let run = Run {
+            id: format!("run-{}", uuid::Uuid::now_v7()),
+            workflow_id: wf.id.clone(),
+            workflow_version: wf.version,
+            org_id: wf.org_id.clone(),
+            team_id: wf.team_id.clone(),
+            input,
+            context: json!({}),
+            status: Status::Pending,
+            steps: wf
+                .steps
+                .keys()
+                .map(|k| (k.clone(), StepRun::default()))
+                .collect(),
+            started_at: now_ms(),
+            completed_at: None,
+            output: None,
+            error: None,
+            revision: 0,
+        };
+        self.store.run_put(&run).await?;
+        self.advance(&run.id).await?;
+        self.get_run(&run.id).await
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Run> {
+        self.store
+            .run_get(run_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("no such run `{run_id}`")))
+    }
+
+    pub async fn list_runs(&self, filter: &RunFilter, page: &PageRequest) -> Result<Page<Run>> {
+        Ok(self.store.run_list(filter, page).await?)
+    }
+
+    /// Cancels a run: every running job gets a cancel, every unfinished step ends cancelled.
+    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<Run> {
+        let reason = reason.to_string();
+        self.change(
+            run_id,
+            Box::new(move |_, run, now| {
+                if run.status.is_terminal() {
+                    return Ok(());
+                }
+                for s in run.steps.values_mut() {
+                    end_step(s, Status::Cancelled, &reason, now);
+                }
+                run.status = Status::Cancelled;
+                run.error = Some(reason);
+                run.completed_at = Some(now);
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    /// Cancels one step (its job or children's jobs); its dependents are cancelled with it.
+    pub async fn cancel_step(&self, run_id: &str, step_id: &str, reason: &str) -> Result<Run> {
+        let (step_id, reason) = (step_id.to_string(), reason.to_string());
+        self.change(
+            run_id,
+            Box::new(move |_, run, now| {
+                let s = run.steps.get_mut(&step_id).ok_or_else(|| {
+                    WorkflowError::NotFound(format!("no step `{step_id}` in this run"))
+                })?;
+                if s.status.is_terminal() {
+                    return Err(WorkflowError::Conflict(format!(
+                        "step `{step_id}` is {} already",
+                        s.status
+                    )));
+                }
+                end_step(s, Status::Cancelled, &reason, now);
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    /// A human's answer to an approval step: approval succeeds it, rejection fails it.
+    pub async fn approve(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<Run> {
+        let step_id = step_id.to_string();
+        self.change(
+            run_id,
+            Box::new(move |wf, run, now| {
+                let is_approval = wf
+                    .steps
+                    .get(&step_id)
+                    .is_some_and(|d| d.kind == StepType::Approval);
+                let s = run.steps.get_mut(&step_id).ok_or_else(|| {
+                    WorkflowError::NotFound(format!("no step `{step_id}` in this run"))
+                })?;
+                if !is_approval || s.status != Status::Waiting {
+                    return Err(WorkflowError::Conflict(format!(
+                        "step `{step_id}` is {} and not awaiting approval",
+                        s.status
+                    )));
+                }
+                s.output = Some(json!({"approved": approved, "comment": comment}));
+                s.approval = Some(Approval {
+                    approved,
+                    comment: comment.clone(),
+                    at: now,
+                });
+                if approved {
+                    s.status = Status::Succeeded;
+                } else {
+                    s.status = Status::Failed;
+                    s.error = Some(match &comment {
+                        Some(c) => format!("rejected: {c}"),
+                        None => "rejected".into(),
+                    });
+                }
+                s.completed_at = Some(now);
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    // ---- advancing ----
+
+    /// Advances a run. Asked while this process advances it already, it is remembered and done
+    /// once more right after; a lock held by another replica is waited for (the tick recovers
+    /// anything left past `lock_wait`).
+    pub async fn advance(&self, run_id: &str) -> Result<()> {
+        {
+            let mut busy = self.busy.lock();
+            if let Some(again) = busy.get_mut(run_id) {
+                *again = true;
+                return Ok(());
+            }
+            busy.insert(run_id.to_string(), false);
+        }
+        loop {
+            let r = self.locked(run_id, None).await;
+            let again = {
+                let mut busy = self.busy.lock();
+                if busy.get(run_id).copied().unwrap_or(false) && r.is_ok() {
+                    busy.insert(run_id.to_string(), false);
+                    true
+                } else {
+                    busy.remove(run_id);
+                    false
+                }
+            };
+            if !again {
+                return r.map(drop);
+            }
+        }
+    }
+
+    async fn change(&self, run_id: &str, change: Change) -> Result<Run> {
+        self.locked(run_id, Some(change)).await
+    }
+
+    /// Under the run's lock: applies `change`, advances, saves, then performs the effects.
+    async fn locked(&self, run_id: &str, change: Option<Change>) -> Result<Run> {
+        let lock = format!("wf-run:{run_id}");
+        let token = uuid::Uuid::new_v4().to_string();
+        let ttl = self.settings.lock_ttl.as_millis() as u64;
+        let waited = tokio::time::Instant::now();
+        while !self.store.lock_acquire(&lock, &token, ttl).await? {
+            if waited.elapsed() > self.settings.lock_wait {
+                return Err(WorkflowError::Conflict(format!(
+                    "run `{run_id}` is busy; try again"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = self.advance_held(run_id, change).await;
+        if let Err(e) = self.store.lock_release(&lock, &token).await {
+            tracing::warn!(run_id, error = %e, "could not release a run lock; it expires");
+        }
+        r
+    }
+
+    async fn advance_held(&self, run_id: &str, change: Option<Change>) -> Result<Run> {
+        let mut run = self.get_run(run_id).await?;
+        let wf = self
+            .get(&run.workflow_id, Some(run.workflow_version))
+            .await?;
+        let before = run.clone();
+        let now = now_ms();
+        if let Some(change) = change {
+            change(&wf, &mut run, now)?;
+        }
+        // The jobs running before the change too: a change may end steps whose jobs need a cancel.
+        let job_ids: Vec<String> = running_jobs(&before)
+            .chain(running_jobs(&run))
+            .map(|(j, _)| j.to_string())
+            .collect();
+        let jobs: HashMap<String, Job> = self
+            .store
+            .get_jobs(&job_ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|j| (j.spec.id.clone(), j))
+            .collect();
+        let conditions = self
+            .conditions(&run.org_id, &run.team_id, Some(&run.workflow_id))
+            .await?;
+        let mut plan = Plan {
+            wf: &wf,
+            now,
+            jobs: &jobs,
+            conditions: &conditions,
+            effects: Vec::new(),
+        };
+        plan.advance(&mut run);
+        let mut effects = plan.effects;
+        // A job is submitted only for a step still running at the end (a run that failed in the
+        // same advance submits nothing), and every job whose step ended without it is cancelled.
+        let still: HashSet<&str> = running_jobs(&run).map(|(j, _)| j).collect();
+        effects.retain(|e| match e {
+            Effect::Submit(req) => req.id.as_deref().is_some_and(|id| still.contains(id)),
+            Effect::Cancel { .. } => true,
+        });
+        effects.extend(
+            running_jobs(&before)
+                .map(|(j, _)| j)
+                .filter(|j| !still.contains(j))
+                .filter(|j| jobs.get(*j).is_some_and(|job| !job.state.is_terminal()))
+                .map(|j| Effect::Cancel {
+                    job_id: j.to_string(),
+                    reason: "its workflow step ended".into(),
+                }),
+        );
+        if run != before {
+            run.revision = self.store.run_put(&run).await?;
+        }
+        for e in effects {
+            match e {
+                Effect::Submit(req) => {
+                    let id = req.id.clone().unwrap_or_default();
+                    if let Err(e) = self.scheduler.submit(*req, None).await {
+                        // The step stays running with its job id; the next advance sees the job
+                        // missing and submits it again.
+                        tracing::warn!(run_id, job_id = %id, error = %e, "could not submit a step job");
+                    }
+                }
+                Effect::Cancel { job_id, reason } => {
+                    if let Err(e) = self.scheduler.cancel(&job_id, &reason).await {
+                        tracing::debug!(run_id, job_id, error = %e, "step job not cancelled");
+                    }
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    /// Advances the run of every terminal job event (one replica per event, by queue group).
+    pub async fn run_events(self: Arc<Self>) {
+        loop {
+            let subject = self.scheduler.bus.subjects().job_events();
+            let mut events = match self
+                .scheduler
+                .bus
+                .queue_subscribe(&subject, WORKFLOW_GROUP)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe to job events; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(msg) = events.next().await {
+                let Ok(ev) = serde_json::from_slice::<JobEventMsg>(&msg.payload) else {
+                    continue;
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let run_id = match engine.store.get_job(&ev.job_id).await {
+                        Ok(Some(job)) => job.spec.run_id,
+                        _ => None,
+                    };
+                    if let Some(run_id) = run_id
+                        && let Err(e) = engine.advance(&run_id).await
+                    {
+                        tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The workflow reconciler: every tick, advances each active run. This recovers results
+    /// nobody applied (a lost event, a replica that died mid-advance) and fires retry backoffs
+    /// and timeouts.
+    pub async fn run_reconciler(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "workflow reconciler tick failed");
+            }
+        }
+    }
+
+    /// One pass over the active runs (pending, running, waiting), paged.
+    pub async fn reconcile_once(&self) -> Result<usize> {
+        let mut advanced = 0;
+        for status in [Status::Pending, Status::Running, Status::Waiting] {
+            let filter = RunFilter {
+                workflow_id: None,
+                status: Some(status),
+            };
+            let mut page = PageRequest {
+                limit: 200,
+                cursor: None,
+            };
+            loop {
+                let got = self.store.run_list(&filter, &page).await?;
+                for run in &got.items {
+                    if let Err(e) = self.advance(&run.id).await {
+                        tracing::debug!(run_id = %run.id, error = %e, "run not advanced this tick");
+                    }
+                    advanced += 1;
+                }
+                match got
+                    .next_cursor
+                    .and_then(|c| crate::store::Cursor::decode(&c))
+                {
+                    Some(c) => page.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(advanced)
+    }
+}
+
+/// The job of a step (or child) that is running.
+fn running_jobs(run: &Run) -> impl Iterator<Item = (&str, &StepRun)> {
+    run.steps.values().flat_map(|s| {
+        std::iter::once(s)
+            .chain(s.children.iter().flatten())
+            .filter(|s| s.status == Status::Running)
+            .filter_map(|s| s.job_id.as_deref().map(|j| (j, s)))
+    })
+}
+
+/// Ends a step that is not finished (and its unfinished children) with `status`.
+fn end_step(s: &mut StepRun, status: Status, why: &str, now: Millis) {
+    for c in s.children.iter_mut().flatten() {
+        end_step(c, status, why, now);
+    }
+    if !s.status.is_terminal() {
+        s.status = status;
+        s.error.get_or_insert_with(|| why.to_string());
+        s.completed_at = Some(now);
+        s.next_attempt_at = None;
+    }
+}
+
+/// One advance of one run, pure but for the effects it collects.
+struct Plan<'a, C: ConditionEvaluator> {
+    wf: &'a Workflow,
+    now: Millis,
+    jobs: &'a HashMap<String, Job>,
+    conditions: &'a C,
+    effects: Vec<Effect>,
+}
+
+/// How a running job of a step (or child) stands.
+enum JobOutcome {
+    Running,
+    Missing,
+    Succeeded(Value),
+    Failed(String, Status),
+}
+
+impl<C: ConditionEvaluator> Plan<'_, C> {
+    fn advance(&mut self, run: &mut Run) {
+        if run.status.is_terminal() {
+            return;
+        }
+        if let Some(t) = self.wf.timeout_sec
+            && self.now - run.started_at > (t * 1000) as i64
+        {
+            for s in run.steps.values_mut() {
+                end_step(s, Status::Cancelled, "the run timed out", self.now);
+            }
+            self.finish(
+                run,
+                Status::TimedOut,
+                Some(format!("the run timed out after {t} s")),
+            );
+            return;
+        }
+        // Settling a step may make others ready (and a skip may ready more): go round until
+        // nothing changes.
+        for _ in 0..=self.wf.steps.len() {
+            let snapshot = run.steps.clone();
+            let ids: Vec<String> = self.wf.steps.keys().cloned().collect();
+            for id in &ids {
+                self.step(run, id);
+            }
+            if run.steps == snapshot {
+                break;
+            }
+        }
+        self.conclude(run);
+    }
+
+    fn finish(&mut self, run: &mut Run, status: Status, error: Option<String>) {
+        run.status = status;
+        run.error = error;
+        run.completed_at = Some(self.now);
+    }
+
+    fn def(&self, id: &str) -> &StepDef {
+        &self.wf.steps[id]
+    }
+
+    fn step(&mut self, run: &mut Run, id: &str) {
+        let def = self.def(id).clone();
+        let status = run.steps[id].status;
+        match status {
+            Status::Pending if run.steps[id].attempts == 0 => self.maybe_start(run, id, &def),
+            Status::Pending | Status::Running => {
+                let scope = run.scope();
+                let mut s = run.steps.remove(id).expect("every step has a run");
+                if s.children.is_some() {
+                    self.for_each(run, id, &def, &mut s, &scope);
+                } else {
+                    self.job_step(run, id, &def, &mut s, None, &scope);
+                }
+                if s.status == Status::Succeeded
+                    && let (Some(path), Some(out)) = (&def.output_path, &s.output)
+                {
+                    definition::write_path(&mut run.context, path, out.clone());
+                }
+                run.steps.insert(id.to_string(), s);
+            }
+            _ => {}
+        }
+    }
+
+    /// A step not begun: waits for its dependencies, then is skipped, cancelled, waits for
+    /// approval, fans out, or submits its first job.
+    fn maybe_start(&mut self, run: &mut Run, id: &str, def: &StepDef) {
+        let mut blocked = None;
+        for dep in &def.depends_on {
+            let d = &run.steps[dep];
+            let dep_continues = self.def(dep).on_error == OnError::Continue;
+            match d.status {
+                Status::Succeeded | Status::Skipped => {}
+                Status::Failed | Status::TimedOut if dep_continues => {}
+                Status::Failed | Status::TimedOut | Status::Cancelled => {
+                    blocked = Some(format!("dependency `{dep}` {}", d.status));
+                }
+                _ => return,
+            }
+        }
+        let now = self.now;
+        if let Some(why) = blocked {
+            end_step(
+                run.steps.get_mut(id).expect("step"),
+                Status::Cancelled,
+                &why,
+                now,
+            );
+            return;
+        }
+        let scope = run.scope();
+        if let Some(cond) = &def.condition {
+            match self.conditions.evaluate(cond, &scope) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let s = run.steps.get_mut(id).expect("step");
+                    s.status = Status::Skipped;
+                    s.completed_at = Some(now);
+                    return;
+                }
+                Err(e) => {
+                    let s = run.steps.get_mut(id).expect("step");
+                    end_step(s, Status::Failed, &format!("condition: {e}"), now);
+                    return;
+                }
+            }
+        }
+        let mut s = run.steps.remove(id).expect("step");
+        s.started_at = Some(now);
+        if def.kind == StepType::Approval {
+            s.status = Status::Waiting;
+        } else if let Some(expr) = &def.for_each {
+            match definition::resolve(expr, &scope) {
+                Ok(Value::Array(items)) => {
+                    s.status = Status::Running;
+                    s.children = Some(
+                        items
+                            .into_iter()
+                            .map(|item| StepRun {
+                                item: Some(item),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    );
+                    self.for_each(run, id, def, &mut s, &scope);
+                }
+                Ok(other) => end_step(
+                    &mut s,
+                    Status::Failed,
+                    &format!("for_each `{expr}` gave {other}, not an array"),
+                    now,
+                ),
+                Err(e) => end_step(&mut s, Status::Failed, &format!("for_each: {e}"), now),
+            }
+        } else {
+            self.submit(run, id, def, &mut s, None, &scope);
+        }
+        run.steps.insert(id.to_string(), s);
+    }
+
+    /// The children of a fan-out: settles the running ones, starts pending ones up to
+    /// `max_parallel`, and ends the parent when all succeeded or one failed.
+    fn for_each(&mut self, run: &Run, id: &str, def: &StepDef, s: &mut StepRun, scope: &Value) {
+        let mut children = s.children.take().unwrap_or_default();
+        let limit = def.max_parallel.map_or(usize::MAX, |m| m as usize);
+        for (i, c) in children.iter_mut().enumerate() {
+            if c.status == Status::Running || (c.status == Status::Pending && c.attempts > 0) {
+                self.job_step(run, id, def, c, Some(i), scope);
+            }
+        }
+        for i in 0..children.len() {
+            let active = children
+                .iter()
+                .filter(|c| c.status == Status::Running)
+                .count();
+            if active >= limit {
+                break;
+            }
+            if children[i].status == Status::Pending && children[i].attempts == 0 {
+                let mut c = std::mem::take(&mut children[i]);
+                c.started_at = Some(self.now);
+                self.submit(run, id, def, &mut c, Some(i), scope);
+                children[i] = c;
+            }
+        }
+        let failed = children.iter().position(|c| {
+            matches!(
+                c.status,
+                Status::Failed | Status::TimedOut | Status::Cancelled
+            )
+        });
+        s.children = Some(children);
+        if let Some(i) = failed {
+            let kids = s.children.as_ref().expect("set above");
+            let why = format!(
+                "item {i} {}: {}",
+                kids[i].status,
+                kids[i].error.clone().unwrap_or_default()
+            );
+            end_step(s, Status::Failed, &why, self.now);
+        } else if s
+            .children
+            .as_ref()
+            .is_some_and(|k| k.iter().all(|c| c.status == Status::Succeeded))
+        {
+            s.status = Status::Succeeded;
+            s.output = Some(Value::Array(
+                s.children
+                    .iter()
+                    .flatten()
+                    .map(|c| c.output.clone().unwrap_or(Value::Null))
+                    .collect(),
+            ));
+            s.completed_at = Some(self.now);
+        }
+    }
+
+    /// A job step (or child) under way: settles its job, times it out, or fires a due retry.
+    fn job_step(
+        &mut self,
+        run: &Run,
+        id: &str,
+        def: &StepDef,
+        s: &mut StepRun,
+        index: Option<usize>,
+        scope: &Value,
+    ) {
+        if s.status == Status::Pending {
+            if s.next_attempt_at.is_none_or(|t| t <= self.now) {
+                self.submit(run, id, def, s, index, scope);
+            }
+            return;
+        }
+        let Some(job_id) = s.job_id.clone() else {
+            return;
+        };
+        match self.outcome(&job_id, def, s) {
+            JobOutcome::Running => {}
+            JobOutcome::Missing => {
+                // Saved as running but never stored (a crash between the save and the submit):
+                // the same attempt again, with the same id.
+                if let Ok(req) = self.job_request(run, id, def, s, index, scope) {
+                    self.effects.push(Effect::Submit(Box::new(req)));
+                }
+            }
+            JobOutcome::Succeeded(out) => {
+                s.status = Status::Succeeded;
+                s.output = Some(out);
+                s.error = None;
+                s.completed_at = Some(self.now);
+            }
+            JobOutcome::Failed(why, status) => {
+                let retries = def.retry.as_ref().map_or(0, |r| r.max_retries);
+                s.error = Some(why.clone());
+                if s.attempts <= retries {
+                    let wait = def.retry.as_ref().map_or(0, |r| r.backoff_ms(s.attempts));
+                    s.status = Status::Pending;
+                    s.job_id = None;
+                    s.next_attempt_at = Some(self.now + wait as i64);
+                } else {
+                    s.status = status;
+                    s.completed_at = Some(self.now);
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, job_id: &str, def: &StepDef, s: &StepRun) -> JobOutcome {
+        let Some(job) = self.jobs.get(job_id) else {
+            return JobOutcome::Missing;
+        };
+        match job.state {
+            JobState::Succeeded => JobOutcome::Succeeded(job.result.clone().unwrap_or(Value::Null)),
+            state if state.is_terminal() => JobOutcome::Failed(
+                match &job.error {
+                    Some(e) => format!("job {job_id} {state}: {}", e.message),
+                    None => format!("job {job_id} {state}"),
+                },
+                if state == JobState::Timeout {
+                    Status::TimedOut
+                } else {
+                    Status::Failed
+                },
+            ),
+            _ => match (def.timeout_sec, s.started_at) {
+                (Some(t), Some(started)) if self.now - started > (t * 1000) as i64 => {
+                    JobOutcome::Failed(format!("step timed out after {t} s"), Status::TimedOut)
+                }
+                _ => JobOutcome::Running,
+            },
+        }
+    }
+
+    /// Submits the next attempt of a step (or child) as a job.
+    fn submit(
+        &mut self,
+        run: &Run,
+        id: &str,
+        def: &StepDef,
+        s: &mut StepRun,
+        index: Option<usize>,
+        scope: &Value,
+    ) {
+        s.attempts += 1;
+        s.next_attempt_at = None;
+        match self.job_request(run, id, def, s, index, scope) {
+            Ok(req) => {
+                s.job_id = req.id.clone();
+                s.status = Status::Running;
+                self.effects.push(Effect::Submit(Box::new(req)));
+            }
+            Err(e) => end_step(s, Status::Failed, &e, self.now),
+        }
+    }
+
+    fn job_request(
+        &self,
+        run: &Run,
+        id: &str,
+        def: &StepDef,
+        s: &StepRun,
+        index: Option<usize>,
+        scope: &Value,
+    ) -> std::result::Result<JobRequest, String> {
+        let mut scope = scope.clone();
+        let mut env: BTreeMap<String, String> = [
+            ("workflow_id", run.workflow_id.clone()),
+            ("run_id", run.id.clone()),
+            ("step_id", id.to_string()),
+            ("tenant_id", run.org_id.clone()),
+            ("team_id", run.team_id.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let job_id = match index {
+            Some(i) => {
+                let item = s.item.clone().unwrap_or(Value::Null);
+                env.insert("foreach_index".into(), i.to_string());
+                env.insert(
+                    "foreach_item".into(),
+                    match &item {
+                        Value::String(x) => x.clone(),
+                        other => other.to_string(),
+                    },
+                );
+                scope["item"] = item;
+                scope["index"] = json!(i);
+                format!("{}.{id}.{i}.{}", run.id, s.attempts)
+            }
+            None => format!("{}.{id}.{}", run.id, s.attempts),
+        };
+        let payload = definition::render(&def.input, &scope)?;
+        Ok(JobRequest {
+            id: Some(job_id),
+            topic: def.topic.clone().unwrap_or_default(),
+            payload,
+            tenant_id: Some(run.org_id.clone()),
+            team_id: (!run.team_id.is_empty()).then(|| run.team_id.clone()),
+            labels: def.route_labels.clone(),
+            env,
+            deadline_ms: None,
+            trace_id: Some(run.id.clone()),
+            workflow_id: Some(run.workflow_id.clone()),
+            run_id: Some(run.id.clone()),
+            step_id: Some(id.to_string()),
+            ..Default::default()
+        })
+    }
+
+    /// The run's status from its steps.
+    fn conclude(&mut self, run: &mut Run) {
+        let failed = run.steps.iter().find(|(id, s)| {
+            matches!(s.status, Status::Failed | Status::TimedOut)
+                && self.def(id).on_error == OnError::Fail
+        });
+        if let Some((id, s)) = failed {
+            let why = format!(
+                "step `{id}` {}: {}",
+                s.status,
+                s.error.clone().unwrap_or_default()
+            );
+            for s in run.steps.values_mut() {
+                end_step(s, Status::Cancelled, "the run failed", self.now);
+            }
+            self.finish(run, Status::Failed, Some(why));
+            return;
+        }
+        if run.steps.values().all(|s| s.status.is_terminal()) {
+            let cancelled = run.steps.values().any(|s| s.status == Status::Cancelled);
+            let output: serde_json::Map<String, Value> = definition::leaf_steps(&self.wf.steps)
+                .into_iter()
+                .filter_map(|id| Some((id.to_string(), run.steps.get(id)?.output.clone()?)))
+                .collect();
+            run.output = Some(Value::Object(output));
+            if cancelled {
+                self.finish(run, Status::Cancelled, Some("a step was cancelled".into()));
+            } else {
+                self.finish(run, Status::Succeeded, None);
+            }
+        } else if run.steps.values().any(|s| s.status == Status::Waiting)
+            && !run.steps.values().any(|s| s.status == Status::Running)
+        {
+            run.status = Status::Waiting;
+        } else {
+            run.status = Status::Running;
+        }
+    }
+}

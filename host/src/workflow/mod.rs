@@ -1,0 +1,6 @@
+//! The workflow engine (SPEC §10): definitions and runs as plain data ([`definition`]), and the
+//! engine that stores them, dispatches ready steps as jobs through the scheduler and advances
+//! runs as their jobs end ([`engine`]).
+
+pub mod definition;
+pub mod engine;
