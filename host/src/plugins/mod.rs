@@ -146,8 +146,13 @@ pub trait ConditionEvaluator: Send + Sync {
 pub struct PluginSettings {
     /// Compiled components, by content hash.
     pub cache_dir: PathBuf,
-    /// How long one call may run before it is interrupted.
+    /// How long one call may run before it is interrupted (dispatch and retry calls: the
+    /// scheduler's hot path).
     pub call_deadline: Duration,
+    /// The same for step conditions, which are evaluated per step rather than per job and
+    /// parse an expression each time: a CEL program's first parse alone can take a few
+    /// milliseconds on a busy machine.
+    pub condition_deadline: Duration,
     /// The most linear memory one instance may have.
     pub memory_cap: usize,
     /// An instance is recycled after this many calls.
@@ -161,6 +166,7 @@ impl Default for PluginSettings {
         PluginSettings {
             cache_dir: default_cache_dir(),
             call_deadline: Duration::from_millis(10),
+            condition_deadline: Duration::from_millis(100),
             memory_cap: 32 << 20,
             recycle_after: 10_000,
             poll_interval: Duration::from_millis(500),

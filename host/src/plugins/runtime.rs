@@ -120,6 +120,7 @@ const MAX_MESSAGE: usize = 512;
 #[derive(Debug, Clone, Copy)]
 struct SandboxLimits {
     deadline_ticks: u64,
+    condition_deadline_ticks: u64,
     memory_cap: usize,
     recycle_after: u64,
     max_idle: usize,
@@ -183,6 +184,8 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             limits: SandboxLimits {
                 deadline_ticks: (settings.call_deadline.as_millis() / tick_ms).max(1) as u64,
+                condition_deadline_ticks: (settings.condition_deadline.as_millis() / tick_ms).max(1)
+                    as u64,
                 memory_cap: settings.memory_cap,
                 recycle_after: settings.recycle_after.max(1),
                 max_idle,
@@ -450,8 +453,9 @@ impl PluginComponent {
         let mut store = Store::new(&self.engine, Sandbox::new(self.limits.memory_cap));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        // A start-up that loops is stopped like a call that loops.
-        store.set_epoch_deadline(self.limits.deadline_ticks);
+        // A start-up that loops is stopped like a call that loops, but start-up (a component's
+        // initialisers) gets the deadline of a hundred calls: it runs once per instance.
+        store.set_epoch_deadline(self.limits.deadline_ticks * 100);
         let exports = match &self.pre {
             Pre::Dispatch(pre) => {
                 let out = drive(pre.instantiate_async(&mut store));
@@ -494,7 +498,11 @@ impl PluginComponent {
             None => self.instantiate()?,
         };
         instance.calls += 1;
-        let out = f(&mut instance, self.limits.deadline_ticks);
+        let ticks = match wanted {
+            PluginKind::StepCondition => self.limits.condition_deadline_ticks,
+            _ => self.limits.deadline_ticks,
+        };
+        let out = f(&mut instance, ticks);
         if out.is_ok() {
             self.check_in(instance);
         }
