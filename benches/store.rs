@@ -49,21 +49,33 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Deletes every key the benchmark wrote.
+/// Deletes every key the benchmark wrote (SCAN in pages: KEYS over a large database would time
+/// out, and the keys must not be left behind to slow every later SCAN).
 async fn cleanup(prefix: &str) {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL")
-            .arg(chunk)
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
             .query_async(&mut conn)
             .await
-            .unwrap();
+            .expect("scanning the benchmark's keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("deleting the benchmark's keys");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 

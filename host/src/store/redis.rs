@@ -394,6 +394,38 @@ impl RedisStore {
         }
     }
 
+    /// Up to `want` `(id, score)` entries of an index after the cursor, in list order (score
+    /// descending, ties by id descending), however long the tie at the cursor.
+    async fn index_after(
+        &self,
+        index: &str,
+        cursor: Option<&Cursor>,
+        want: usize,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let (after_score, after_id) = cursor.map_or((String::new(), String::new()), |c| {
+            (c.score.to_string(), c.id.clone())
+        });
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self
+            .scripts
+            .after
+            .key(index)
+            .arg(after_score)
+            .arg(after_id)
+            .arg(want)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [id, score] => score_of(score)
+                    .map(|s| (id.clone(), s))
+                    .ok_or_else(|| StoreError::Corrupt(format!("score `{score}` in {index}"))),
+                _ => Err(StoreError::Corrupt(format!("odd reply from {index}"))),
+            })
+            .collect()
+    }
+
     /// Reads jobs with one pipeline: the hash and the history of each.
     async fn load_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
         if ids.is_empty() {
@@ -747,29 +779,7 @@ impl Store for RedisStore {
         let mut chunk_len = page.limit.clamp(1, 256);
         loop {
             let want = chunk_len.min(budget - scanned);
-            let (after_score, after_id) =
-                cursor.as_ref().map_or((String::new(), String::new()), |c| {
-                    (c.score.to_string(), c.id.clone())
-                });
-            let flat: Vec<String> = self
-                .scripts
-                .after
-                .key(&index)
-                .arg(after_score)
-                .arg(after_id)
-                .arg(want)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            let fresh = flat
-                .chunks(2)
-                .map(|pair| match pair {
-                    [id, score] => score_of(score)
-                        .map(|s| (id.clone(), s))
-                        .ok_or_else(|| StoreError::Corrupt(format!("dlq score `{score}`"))),
-                    _ => Err(StoreError::Corrupt("odd dlq index reply".into())),
-                })
-                .collect::<StoreResult<Vec<(String, i64)>>>()?;
+            let fresh = self.index_after(&index, cursor.as_ref(), want).await?;
             if fresh.is_empty() {
                 return Ok(Page {
                     items,
@@ -1140,31 +1150,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let index = self.key(&format!("runs:{}", run_index_name(filter)));
         let want = scan_budget(page.limit).min(page.limit * 4);
-        let (after_score, after_id) = page
-            .cursor
-            .as_ref()
-            .map_or((String::new(), String::new()), |c| {
-                (c.score.to_string(), c.id.clone())
-            });
-        let flat: Vec<String> = self
-            .scripts
-            .after
-            .key(&index)
-            .arg(after_score)
-            .arg(after_id)
-            .arg(want)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let entries = flat
-            .chunks(2)
-            .map(|pair| match pair {
-                [id, score] => score_of(score)
-                    .map(|s| (id.clone(), s))
-                    .ok_or_else(|| StoreError::Corrupt(format!("run score `{score}`"))),
-                _ => Err(StoreError::Corrupt("odd run index reply".into())),
-            })
-            .collect::<StoreResult<Vec<(String, i64)>>>()?;
+        let entries = self.index_after(&index, page.cursor.as_ref(), want).await?;
         if entries.is_empty() {
             return Ok(Page {
                 items: Vec::new(),
