@@ -69,6 +69,38 @@ impl ZSet {
     }
 }
 
+/// One page of an index, from the cursor down: the entries `get` answers for, up to the page's
+/// limit or the scan budget, with a cursor at the last entry looked at when there may be more.
+fn page_desc<T>(index: &ZSet, page: &PageRequest, get: impl Fn(&str) -> Option<T>) -> Page<T> {
+    let budget = scan_budget(page.limit);
+    let mut items = Vec::new();
+    let mut last = None;
+    let mut scanned = 0;
+    for (score, id) in index.iter_desc_after(page.cursor.as_ref()) {
+        if scanned == budget {
+            break;
+        }
+        scanned += 1;
+        last = Some(Cursor {
+            score: *score,
+            id: id.clone(),
+        });
+        if let Some(item) = get(id) {
+            items.push(item);
+            if items.len() == page.limit {
+                break;
+            }
+        }
+    }
+    let next = (items.len() == page.limit || scanned == budget)
+        .then(|| last.map(|c| c.encode()))
+        .flatten();
+    Page {
+        items,
+        next_cursor: next,
+    }
+}
+
 struct Record {
     job: Job,
     expires_at: Millis,
@@ -456,33 +488,9 @@ impl Store for MemoryStore {
         page: &PageRequest,
     ) -> StoreResult<Page<DlqEntry>> {
         let inner = self.inner.lock();
-        let budget = scan_budget(page.limit);
-        let mut items = Vec::new();
-        let mut last = None;
-        let mut scanned = 0;
-        for (score, id) in inner.dlq_index.iter_desc_after(page.cursor.as_ref()) {
-            if scanned == budget {
-                break;
-            }
-            scanned += 1;
-            last = Some(Cursor {
-                score: *score,
-                id: id.clone(),
-            });
-            if let Some(e) = inner.dlq.get(id).filter(|e| filter.matches(e)) {
-                items.push(e.clone());
-                if items.len() == page.limit {
-                    break;
-                }
-            }
-        }
-        let next = (items.len() == page.limit || scanned == budget)
-            .then(|| last.map(|c| c.encode()))
-            .flatten();
-        Ok(Page {
-            items,
-            next_cursor: next,
-        })
+        Ok(page_desc(&inner.dlq_index, page, |id| {
+            inner.dlq.get(id).filter(|e| filter.matches(e)).cloned()
+        }))
     }
 
     async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
@@ -684,32 +692,8 @@ impl Store for MemoryStore {
                 next_cursor: None,
             });
         };
-        let budget = scan_budget(page.limit);
-        let mut items = Vec::new();
-        let mut last = None;
-        let mut scanned = 0;
-        for (score, id) in index.iter_desc_after(page.cursor.as_ref()) {
-            if scanned == budget {
-                break;
-            }
-            scanned += 1;
-            last = Some(Cursor {
-                score: *score,
-                id: id.clone(),
-            });
-            if let Some(r) = inner.runs.get(id).filter(|r| filter.matches(r)) {
-                items.push(r.clone());
-                if items.len() == page.limit {
-                    break;
-                }
-            }
-        }
-        let next = (items.len() == page.limit || scanned == budget)
-            .then(|| last.map(|c| c.encode()))
-            .flatten();
-        Ok(Page {
-            items,
-            next_cursor: next,
-        })
+        Ok(page_desc(index, page, |id| {
+            inner.runs.get(id).filter(|r| filter.matches(r)).cloned()
+        }))
     }
 }
