@@ -38,7 +38,9 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 
 REDIS_PORT=$(free_port); NATS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
+declare -A roles=([redis]=$!)
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
+roles[nats]=$!
 wait_port "$REDIS_PORT"; wait_port "$NATS_PORT"
 
 gateways=()
@@ -46,24 +48,30 @@ for r in $(seq 1 "$REPLICAS"); do
   port=$(free_port)
   RUST_LOG=warn $BIN serve --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
     --nats-url "nats://127.0.0.1:$NATS_PORT" >"$work/serve$r.log" 2>&1 & pids+=($!)
+  roles[serve$r]=$!
   wait_port "$port"
   gateways+=("http://127.0.0.1:$port")
 done
 for w in $(seq 1 "$WORKERS"); do
   RUST_LOG=warn $BIN worker --nats-url "nats://127.0.0.1:$NATS_PORT" --id "bench-$w" --pool echo \
     --topic job.echo --max-parallel 50 --echo >"$work/worker$w.log" 2>&1 & pids+=($!)
+  roles[worker$w]=$!
 done
 sleep 2
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
+# CPU seconds (user + system) a process has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+declare -A cpu_before
+for r in "${!roles[@]}"; do cpu_before[$r]=$(cpu_of "${roles[$r]}"); done
 
 run_loadgen() {
-  # With several replicas, each loadgen run talks to the next one in turn... and all replicas
-  # share the work through NATS either way.
-  local i=$1; shift
-  local gw=${gateways[$(( i % ${#gateways[@]} ))]}
-  $BIN loadgen --gateway "$gw" "$@"
+  # With several replicas, the submitters spread over all their gateways; every replica shares
+  # the scheduling and result work through Redis and NATS either way.
+  shift
+  local IFS=,
+  $BIN loadgen --gateway "${gateways[*]}" "$@"
 }
 
 echo "== throughput: N=$N C=$C batch=$BATCH, $REPLICAS serve, $WORKERS worker(s), $(nproc) cores"
@@ -71,6 +79,12 @@ echo "== throughput: N=$N C=$C batch=$BATCH, $REPLICAS serve, $WORKERS worker(s)
 for i in $(seq 1 "$RUNS"); do
   line=$(run_loadgen "$i" --jobs "$N" --concurrency "$C" --batch "$BATCH" --topic job.echo)
   echo "$line"; echo "$line" >>"$work/tp"
+done
+# Where the CPU went during the throughput runs: what limits the figure on this machine.
+echo "== CPU seconds per 10,000 jobs during the throughput runs ($(nproc) cores)"
+for r in $(printf '%s\n' "${!roles[@]}" | sort); do
+  used=$(echo "$(cpu_of "${roles[$r]}") - ${cpu_before[$r]}" | bc -l)
+  printf '  %-8s %6.2f\n' "$r" "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
 done
 echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs"
 : >"$work/lat"

@@ -158,6 +158,7 @@ impl Host {
                 mode,
                 heartbeat_interval: Duration::from_millis(100),
                 report_cpu: false,
+                started_delay: coretex::worker::STARTED_DELAY,
             },
         );
         let stop = self.workers.child_token();
@@ -1625,7 +1626,7 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
     assert_eq!(one["pool"], "obs-pool");
     assert_eq!(one["topics"], json!([topic]));
     assert_eq!(one["labels"], json!({"rack": "r1"}));
-    assert_eq!(one["capabilities"], json!(["echo"]));
+    assert_eq!(one["capabilities"], json!(["echo", "batch"]));
     assert!(one["max_parallel"].as_u64().is_some_and(|m| m > 0));
 
     let (status, st) = h.api.get("/api/v1/status").await;

@@ -439,7 +439,13 @@ async fn check_every_legal_transition_applies(store: SharedStore) {
                 .transition(&id, &Transition::to(*to, at).note(note.clone()))
                 .await
                 .unwrap_or_else(|e| panic!("{from} -> {to} is legal: {e}"));
-            assert_eq!(outcome, TransitionOutcome::Applied { from: *from });
+            assert_eq!(
+                outcome,
+                TransitionOutcome::Applied {
+                    from: *from,
+                    run_id: None
+                }
+            );
 
             let after = get(&store, &id).await;
             assert_eq!(after.state, *to);
@@ -559,7 +565,13 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         .transition(&a.id, &through(Succeeded, Running, t0 + 3))
         .await
         .unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Dispatched });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Dispatched,
+            run_id: None
+        }
+    );
     let job = get(&store, &a.id).await;
     assert_eq!(job.state, Succeeded);
     assert_eq!(job.updated_at, t0 + 3);
@@ -619,7 +631,13 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         .transition(&b.id, &through(Succeeded, Running, t0 + 5))
         .await
         .unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Running });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Running,
+            run_id: None
+        }
+    );
     let job = get(&store, &b.id).await;
     assert_eq!(states(&job), [Pending, Dispatched, Running, Succeeded]);
     assert_eq!(job.history[2].at, t0 + 2);
@@ -630,7 +648,13 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         .transition(&c.id, &through(Failed, Running, t0 + 5))
         .await
         .unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Pending });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Pending,
+            run_id: None
+        }
+    );
     assert_eq!(states(&get(&store, &c.id).await), [Pending, Failed]);
 
     // ...and does not make an illegal move legal.
@@ -653,7 +677,13 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         .transition(&e.id, &through(Succeeded, Dispatched, t0 + 5))
         .await
         .unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Pending });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Pending,
+            run_id: None
+        }
+    );
     assert_eq!(
         states(&get(&store, &e.id).await),
         [Pending, Dispatched, Succeeded]
@@ -664,7 +694,13 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         .transition(&f.id, &through(Running, Dispatched, t0 + 5))
         .await
         .unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Scheduled });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Scheduled,
+            run_id: None
+        }
+    );
     let job = get(&store, &f.id).await;
     assert_eq!(states(&job), [Pending, Scheduled, Dispatched, Running]);
     assert_eq!(job.history[2].at, t0 + 4);
@@ -763,7 +799,13 @@ async fn check_dead_letter_is_written_with_the_failure(store: SharedStore) {
     t.update.error = entry.error.clone();
     t.dead_letter = Some(entry.clone());
     let outcome = store.transition(&a.id, &t).await.unwrap();
-    assert_eq!(outcome, TransitionOutcome::Applied { from: Dispatched });
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Dispatched,
+            run_id: None
+        }
+    );
     assert_eq!(get(&store, &a.id).await.state, Failed);
     assert_eq!(store.dlq_get(&a.id).await.unwrap(), Some(entry.clone()));
 
@@ -1439,7 +1481,10 @@ async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) 
     for outcome in futures::future::join_all(calls).await {
         assert_eq!(
             outcome.unwrap(),
-            TransitionOutcome::Applied { from: Pending }
+            TransitionOutcome::Applied {
+                from: Pending,
+                run_id: None
+            }
         );
     }
     let dlq: Vec<String> = dlq_all(&store, &DlqFilter::default(), 100)
@@ -1784,6 +1829,79 @@ impl Drop for RedisKeys {
     }
 }
 
+/// Hundreds of transitions in flight at once (the Redis store sends them in shared batched
+/// script calls): each caller gets its own job's answer, legal or not, and a step job's answer
+/// names its run.
+async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedStore) {
+    let now = now_ms();
+    let mut specs = Vec::new();
+    for i in 0..300 {
+        let mut spec = simple_spec(now);
+        if i % 3 == 0 {
+            spec.run_id = Some(format!("run-{i}"));
+        }
+        specs.push(spec);
+    }
+    let news: Vec<NewJob> = specs.iter().map(new_job).collect();
+    let created = store.create_jobs(&news).await.expect("create_jobs");
+    assert!(
+        created
+            .iter()
+            .all(|c| matches!(c, Ok(CreateOutcome::Created)))
+    );
+    // Every other job is dispatched first; then all go for RUNNING at once, which only the
+    // dispatched ones may.
+    let to_dispatched = Transition::to(Dispatched, now + 1);
+    let dispatched = futures::future::join_all(
+        specs
+            .iter()
+            .step_by(2)
+            .map(|s| store.transition(&s.id, &to_dispatched)),
+    )
+    .await;
+    assert!(
+        dispatched
+            .iter()
+            .all(|d| matches!(d, Ok(TransitionOutcome::Applied { from: Pending, .. })))
+    );
+    let to_running = Transition::to(Running, now + 2);
+    let answers =
+        futures::future::join_all(specs.iter().map(|s| store.transition(&s.id, &to_running))).await;
+    for (i, (spec, answer)) in specs.iter().zip(answers).enumerate() {
+        if i % 2 == 0 {
+            let outcome = answer.unwrap_or_else(|e| panic!("job {i}: {e}"));
+            assert_eq!(
+                outcome,
+                TransitionOutcome::Applied {
+                    from: Dispatched,
+                    run_id: spec.run_id.clone()
+                },
+                "job {i}"
+            );
+            assert_eq!(get(&store, &spec.id).await.state, Running);
+        } else {
+            assert!(
+                matches!(
+                    answer,
+                    Err(StoreError::IllegalTransition {
+                        from: Pending,
+                        to: Running
+                    })
+                ),
+                "job {i}: {answer:?}"
+            );
+            assert_eq!(get(&store, &spec.id).await.state, Pending);
+        }
+    }
+    let missing = store
+        .transition("no-such-job", &Transition::to(Running, now))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+}
+
 fn redis_unreachable(url: &str, e: StoreError) -> ! {
     panic!(
         "Redis is not reachable at {url} ({e}). The redis::* store conformance tests need a \
@@ -1833,6 +1951,8 @@ macro_rules! conformance {
 
 conformance! {
     created_job_reads_back_as_pending => check_created_job_reads_back_as_pending;
+    concurrent_transitions_each_get_their_own_answer =>
+        check_concurrent_transitions_each_get_their_own_answer;
     idempotency_key_answers_the_first_job_per_tenant =>
         check_idempotency_key_answers_the_first_job_per_tenant;
     batch_create_answers_each_job_in_order => check_batch_create_answers_each_job_in_order;

@@ -54,6 +54,7 @@ impl Host {
                 mode: Mode::Exec(cmd.to_string()),
                 heartbeat_interval: Duration::from_millis(100),
                 report_cpu: false,
+                started_delay: coretex::worker::STARTED_DELAY,
             },
         );
         let stop = self.workers.child_token();

@@ -98,13 +98,19 @@ impl Ledger {
 
 struct Client {
     http: reqwest::Client,
-    base: String,
+    /// One gateway, or several (replicas): submitter `i` talks to gateway `i mod n`.
+    bases: Vec<String>,
     key: Option<String>,
 }
 
 impl Client {
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        self.req_at(0, method, path)
+    }
+
+    fn req_at(&self, i: usize, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let base = &self.bases[i % self.bases.len()];
+        let r = self.http.request(method, format!("{base}{path}"));
         match &self.key {
             Some(k) => r.bearer_auth(k),
             None => r,
@@ -116,11 +122,19 @@ pub async fn run(opts: LoadgenOptions) -> anyhow::Result<Summary> {
     if opts.jobs == 0 || opts.concurrency == 0 || opts.batch == 0 || opts.batch > 1000 {
         bail!("--jobs and --concurrency must be ≥ 1, --batch between 1 and 1000");
     }
+    if opts.gateway.split(',').all(|g| g.trim().is_empty()) {
+        bail!("--gateway must name at least one gateway URL");
+    }
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(opts.concurrency)
             .build()?,
-        base: opts.gateway.trim_end_matches('/').to_string(),
+        bases: opts
+            .gateway
+            .split(',')
+            .map(|g| g.trim().trim_end_matches('/').to_string())
+            .filter(|g| !g.is_empty())
+            .collect(),
         key: opts.api_key.clone(),
     });
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -249,7 +263,7 @@ fn job_body(topic: &str, i: usize) -> Value {
 /// Throughput mode: `concurrency` submitters send batches until `jobs` are submitted.
 async fn submit_bulk(opts: &LoadgenOptions, client: &Arc<Client>, ledger: &Arc<Mutex<Ledger>>) {
     let next = Arc::new(AtomicUsize::new(0));
-    let submitters = (0..opts.concurrency).map(|_| {
+    let submitters = (0..opts.concurrency).map(|k| {
         let (client, ledger, next, opts) =
             (client.clone(), ledger.clone(), next.clone(), opts.clone());
         tokio::spawn(async move {
@@ -262,7 +276,7 @@ async fn submit_bulk(opts: &LoadgenOptions, client: &Arc<Client>, ledger: &Arc<M
                 let jobs: Vec<Value> = (start..end).map(|i| job_body(&opts.topic, i)).collect();
                 let sent = Instant::now();
                 let resp = client
-                    .req(reqwest::Method::POST, "/api/v1/jobs/batch")
+                    .req_at(k, reqwest::Method::POST, "/api/v1/jobs/batch")
                     .json(&json!({"jobs": jobs}))
                     .send()
                     .await;
@@ -307,7 +321,7 @@ async fn submit_open_loop(
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let resp = client
-                .req(reqwest::Method::POST, "/api/v1/jobs")
+                .req_at(i, reqwest::Method::POST, "/api/v1/jobs")
                 .json(&job_body(&topic, i))
                 .send()
                 .await;

@@ -109,6 +109,25 @@ pub struct ResultMsg {
     pub error: Option<JobError>,
     #[serde(default)]
     pub execution_ms: u64,
+    /// When the job started, for a worker that sends no `started` for a job that finished
+    /// quickly: the host records RUNNING at this time on the way to the outcome.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339_opt"
+    )]
+    pub started_at: Option<Millis>,
+}
+
+/// Several messages of one kind in one envelope, `{"v":1,"kind":K,"K":[…]}` (see
+/// [`crate::bus::Outbox`]): jobs on `worker.<id>.batch`, results on `sys.job.results`, job
+/// events on `sys.job.events.batch`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Batch<T> {
+    #[serde(default = "v1")]
+    pub v: u8,
+    #[serde(alias = "jobs", alias = "results", alias = "job_events")]
+    pub items: Vec<T>,
 }
 
 /// `sys.heartbeat`: a worker's liveness and load, seen by every replica.
@@ -161,6 +180,9 @@ pub struct JobEventMsg {
     pub state: crate::job::JobState,
     #[serde(with = "time::rfc3339")]
     pub at: Millis,
+    /// The workflow run the job is a step of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// `sys.config.changed`: a config scope changed; replicas drop their cached effective configs.
@@ -204,6 +226,18 @@ mod tests {
         let m: ResultMsg = serde_json::from_str(raw).unwrap();
         assert_eq!(m.status, ResultStatus::Failed);
         assert_eq!(m.error.unwrap().code, "E");
+    }
+
+    #[test]
+    fn a_batch_of_results_parses_with_started_at() {
+        let raw = r#"{"v":1,"kind":"results","results":[
+            {"v":1,"kind":"result","job_id":"a","worker_id":"w","status":"succeeded",
+             "started_at":"2026-01-01T00:00:00.000Z","execution_ms":0},
+            {"v":1,"kind":"result","job_id":"b","worker_id":"w","status":"failed"}]}"#;
+        let b: Batch<ResultMsg> = serde_json::from_str(raw).unwrap();
+        assert_eq!(b.items.len(), 2);
+        assert!(b.items[0].started_at.is_some());
+        assert!(b.items[1].started_at.is_none());
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
                     mode: Mode::Echo,
                     heartbeat_interval: Duration::from_secs(1),
                     report_cpu: false,
+                    started_delay: crate::worker::STARTED_DELAY,
                 },
             );
             let stop = stop.clone();

@@ -10,6 +10,12 @@
 //! Delivery is at-least-once: the host re-sends a job it has not heard `started` for. A worker
 //! therefore ignores a job it is already running, and answers a job it finished recently by
 //! sending the same result again instead of running it twice.
+//!
+//! Built for throughput, within the public protocol: a job that finishes within
+//! `started_delay` (50 ms) sends no `started` — its result carries `started_at` instead, and the
+//! host records RUNNING at that time — and results that are ready together leave together, as
+//! one `sys.job.results` message (see [`crate::bus::Outbox`]). The worker lists the `batch`
+//! capability, so the host may send it several jobs at once on `worker.<id>.batch`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::process::Stdio;
@@ -23,10 +29,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{SharedBus, publish_json};
+use crate::bus::{Outbox, SharedBus, publish_json};
 use crate::job::JobError;
 use crate::protocol::{
-    CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
+    Batch, CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
 };
 use crate::time::now_ms;
 
@@ -48,7 +54,16 @@ pub struct WorkerOptions {
     /// Report this process's CPU use in heartbeats. Off for the in-process demo pool, which
     /// shares its process with the host (the host's own work is not the worker's load).
     pub report_cpu: bool,
+    /// A job still running after this long says `started`; one done sooner puts `started_at`
+    /// in its result instead.
+    pub started_delay: Duration,
 }
+
+/// The default of [`WorkerOptions::started_delay`].
+pub const STARTED_DELAY: Duration = Duration::from_millis(50);
+
+/// The capability a worker lists to receive jobs in batches.
+pub const BATCH_CAPABILITY: &str = "batch";
 
 /// How many finished jobs a worker remembers, to answer re-deliveries.
 const REMEMBERED: usize = 10_000;
@@ -79,16 +94,25 @@ pub struct Worker {
     opts: WorkerOptions,
     state: Mutex<State>,
     slots: Arc<Semaphore>,
+    results: Outbox,
+    result_subject: Arc<str>,
+    results_subject: Arc<str>,
 }
 
 impl Worker {
     pub fn new(bus: SharedBus, opts: WorkerOptions) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(opts.max_parallel.max(1) as usize));
+        let results = Outbox::start(bus.clone(), "results");
+        let result_subject = bus.subjects().result().into();
+        let results_subject = bus.subjects().results().into();
         Arc::new(Worker {
             bus,
             opts,
             state: Mutex::new(State::default()),
             slots,
+            results,
+            result_subject,
+            results_subject,
         })
     }
 
@@ -103,6 +127,10 @@ impl Worker {
             .bus
             .subscribe(&subjects.worker_jobs(&self.opts.id))
             .await?;
+        let mut batches = self
+            .bus
+            .subscribe(&subjects.worker_batch(&self.opts.id))
+            .await?;
         let mut cancels = self.bus.subscribe(&subjects.cancel()).await?;
         tracing::info!(worker_id = %self.opts.id, pool = %self.opts.pool, topics = ?self.opts.topics,
             max_parallel = self.opts.max_parallel, "worker ready");
@@ -113,6 +141,10 @@ impl Worker {
                 Some(msg) = jobs.next() => match serde_json::from_slice::<JobMsg>(&msg.payload) {
                     Ok(job) => self.accept(job),
                     Err(e) => tracing::warn!(error = %e, "dropping malformed job message"),
+                },
+                Some(msg) = batches.next() => match serde_json::from_slice::<Batch<JobMsg>>(&msg.payload) {
+                    Ok(batch) => batch.items.into_iter().for_each(|job| self.accept(job)),
+                    Err(e) => tracing::warn!(error = %e, "dropping malformed job batch"),
                 },
                 Some(msg) = cancels.next() => {
                     if let Ok(c) = serde_json::from_slice::<CancelMsg>(&msg.payload)
@@ -137,11 +169,7 @@ impl Worker {
                 return;
             }
             if let Some(result) = st.finished.get(&job.job_id).cloned() {
-                let bus = self.bus.clone();
-                tokio::spawn(async move {
-                    let subject = bus.subjects().result();
-                    let _ = bus.publish(&subject, result).await;
-                });
+                self.results.send(self.result_subject.clone(), None, result);
                 return;
             }
             st.running.insert(job.job_id.clone(), token.clone());
@@ -151,15 +179,26 @@ impl Worker {
             let Ok(_slot) = this.slots.clone().acquire_owned().await else {
                 return;
             };
-            let started = StartedMsg {
-                v: VERSION,
-                job_id: job.job_id.clone(),
-                worker_id: this.opts.id.clone(),
-                at: now_ms(),
-            };
-            let _ = publish_json(this.bus.as_ref(), &this.bus.subjects().started(), &started).await;
+            let started_at = now_ms();
             let t0 = Instant::now();
-            let (status, result, error) = this.execute(&job, &token).await;
+            let run = this.execute(&job, &token);
+            tokio::pin!(run);
+            // A quick job's start travels with its result; a longer one says `started` once.
+            let mut said_started = false;
+            let (status, result, error) = tokio::select! {
+                done = &mut run => done,
+                _ = tokio::time::sleep(this.opts.started_delay) => {
+                    let started = StartedMsg {
+                        v: VERSION,
+                        job_id: job.job_id.clone(),
+                        worker_id: this.opts.id.clone(),
+                        at: started_at,
+                    };
+                    let _ = publish_json(this.bus.as_ref(), &this.bus.subjects().started(), &started).await;
+                    said_started = true;
+                    run.await
+                }
+            };
             let msg = ResultMsg {
                 v: VERSION,
                 job_id: job.job_id.clone(),
@@ -168,18 +207,17 @@ impl Worker {
                 result,
                 error,
                 execution_ms: t0.elapsed().as_millis() as u64,
+                started_at: (!said_started).then_some(started_at),
             };
             let payload = Bytes::from(serde_json::to_vec(&msg).unwrap_or_default());
             this.state
                 .lock()
                 .remember(job.job_id.clone(), payload.clone());
-            if let Err(e) = this
-                .bus
-                .publish(&this.bus.subjects().result(), payload)
-                .await
-            {
-                tracing::warn!(job_id = %job.job_id, error = %e, "could not publish result");
-            }
+            this.results.send(
+                this.result_subject.clone(),
+                Some(this.results_subject.clone()),
+                payload,
+            );
         });
     }
 
@@ -213,10 +251,13 @@ impl Worker {
                     0.0
                 },
                 labels: self.opts.labels.clone(),
-                capabilities: vec![match self.opts.mode {
-                    Mode::Echo => "echo".into(),
-                    Mode::Exec(_) => "exec".into(),
-                }],
+                capabilities: vec![
+                    match self.opts.mode {
+                        Mode::Echo => "echo".into(),
+                        Mode::Exec(_) => "exec".into(),
+                    },
+                    BATCH_CAPABILITY.into(),
+                ],
             };
             if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
                 tracing::warn!(error = %e, "heartbeat not sent");

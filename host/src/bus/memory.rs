@@ -56,7 +56,9 @@ impl MemoryBus {
     }
 
     fn is_worker_event(&self, subject: &str) -> bool {
-        subject == self.subjects.started() || subject == self.subjects.result()
+        subject == self.subjects.started()
+            || subject == self.subjects.result()
+            || subject == self.subjects.results()
     }
 }
 

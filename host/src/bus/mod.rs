@@ -98,6 +98,118 @@ pub trait Bus: Send + Sync + 'static {
     async fn flush(&self) -> BusResult<()>;
 }
 
+/// A publish waiting in an [`Outbox`]: the item's JSON, the subject it goes to alone, and the
+/// subject a batch of such items goes to (none: always alone).
+struct Outgoing {
+    single: Arc<str>,
+    batch: Option<Arc<str>>,
+    item: Bytes,
+}
+
+/// Most items one batch message carries.
+const MAX_OUTBOX_BATCH: usize = 256;
+
+/// Coalesces publishes: items sent at about the same time to the same destination leave as one
+/// message, `{"v":1,"kind":K,"K":[item, …]}` on the destination's batch subject, instead of one
+/// message each. A flusher task takes the first waiting item, yields once so every task that is
+/// ready to add its own can, and publishes everything queued by then, grouped by destination.
+/// At a trickle every item leaves alone, on its single subject, in the shape a worker in any
+/// language understands; under load a message carries tens or hundreds of items, and NATS,
+/// JetStream and both ends handle one message where they would have handled each.
+///
+/// The batch is assembled from the items' JSON bytes as they are: nothing is parsed or
+/// serialized twice. Order is kept per destination.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Outbox {
+    /// Starts the flusher. `kind` names the batch envelope and its list field.
+    pub fn start(bus: SharedBus, kind: &'static str) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+        tokio::spawn(async move {
+            let mut queued = Vec::new();
+            while let Some(first) = rx.recv().await {
+                queued.push(first);
+                tokio::task::yield_now().await;
+                while let Ok(next) = rx.try_recv() {
+                    queued.push(next);
+                }
+                for (single, batch, items) in group_by_destination(&mut queued) {
+                    let result = match batch {
+                        Some(subject) if items.len() > 1 => {
+                            let mut r = Ok(());
+                            for chunk in items.chunks(MAX_OUTBOX_BATCH) {
+                                let body = batch_envelope(kind, chunk);
+                                r = r.and(bus.publish(&subject, body).await);
+                            }
+                            r
+                        }
+                        _ => {
+                            let mut r = Ok(());
+                            for item in items {
+                                r = r.and(bus.publish(&single, item).await);
+                            }
+                            r
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(subject = %single, error = %e, "publish failed; the reconciler recovers what it carried");
+                    }
+                }
+            }
+        });
+        Outbox { tx }
+    }
+
+    /// Queues one item (a JSON object) for `single`, or for `batch` together with others.
+    pub fn send(&self, single: Arc<str>, batch: Option<Arc<str>>, item: Bytes) {
+        let _ = self.tx.send(Outgoing {
+            single,
+            batch,
+            item,
+        });
+    }
+}
+
+/// Items for one destination: its single subject, its batch subject, the items in order.
+type Group = (Arc<str>, Option<Arc<str>>, Vec<Bytes>);
+
+/// Splits queued items by destination, keeping each destination's order.
+fn group_by_destination(queued: &mut Vec<Outgoing>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for o in queued.drain(..) {
+        match groups
+            .iter_mut()
+            .find(|(s, b, _)| *s == o.single && *b == o.batch)
+        {
+            Some(g) => g.2.push(o.item),
+            None => groups.push((o.single, o.batch, vec![o.item])),
+        }
+    }
+    groups
+}
+
+/// `{"v":1,"kind":K,"K":[items]}`, from the items' bytes.
+fn batch_envelope(kind: &str, items: &[Bytes]) -> Bytes {
+    let len: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 2 * kind.len() + 32);
+    out.extend_from_slice(b"{\"v\":1,\"kind\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
+}
+
 /// Serializes a message and publishes it.
 pub async fn publish_json<T: Serialize>(bus: &dyn Bus, subject: &str, msg: &T) -> BusResult<()> {
     let payload = serde_json::to_vec(msg).map_err(|e| BusError::Unavailable(e.to_string()))?;
@@ -141,6 +253,20 @@ impl Subjects {
     pub fn result(&self) -> String {
         format!("{}sys.job.result", self.prefix)
     }
+    /// Several results in one message (`{"kind":"results","results":[…]}`), from workers that
+    /// batch; kept by the same stream as single results.
+    pub fn results(&self) -> String {
+        format!("{}sys.job.results", self.prefix)
+    }
+    /// Several jobs for one worker (`{"kind":"jobs","jobs":[…]}`), sent only to workers whose
+    /// heartbeat lists the `batch` capability.
+    pub fn worker_batch(&self, worker_id: &str) -> String {
+        format!("{}worker.{worker_id}.batch", self.prefix)
+    }
+    /// Several job events in one message (`{"kind":"job_events","job_events":[…]}`).
+    pub fn job_events_batch(&self) -> String {
+        format!("{}sys.job.events.batch", self.prefix)
+    }
     pub fn heartbeat(&self) -> String {
         format!("{}sys.heartbeat", self.prefix)
     }
@@ -180,5 +306,31 @@ mod tests {
         assert_eq!(s.worker_jobs("w-1"), "t1.worker.w-1.jobs");
         assert_eq!(s.events_stream(), "CORETEX_t1_EVENTS");
         assert_eq!(Subjects::new("").heartbeat(), "sys.heartbeat");
+    }
+
+    #[test]
+    fn a_batch_envelope_is_the_items_in_a_list() {
+        let body = batch_envelope("jobs", &[Bytes::from(r#"{"a":1}"#), Bytes::from("{}")]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v": 1, "kind": "jobs", "jobs": [{"a": 1}, {}]})
+        );
+    }
+
+    #[test]
+    fn grouping_keeps_each_destinations_order() {
+        let o = |s: &str, i: &'static str| Outgoing {
+            single: s.into(),
+            batch: Some(format!("{s}.b").into()),
+            item: Bytes::from(i),
+        };
+        let mut q = vec![o("a", "1"), o("b", "2"), o("a", "3")];
+        let g = group_by_destination(&mut q);
+        assert_eq!(g.len(), 2);
+        assert_eq!(&*g[0].0, "a");
+        assert_eq!(g[0].2, vec![Bytes::from("1"), Bytes::from("3")]);
+        assert_eq!(g[1].2, vec![Bytes::from("2")]);
+        assert!(q.is_empty());
     }
 }

@@ -82,15 +82,24 @@ impl NatsBus {
     /// Creates the worker-event stream if it does not exist. Called by `serve` at start, so
     /// events published from then on are kept even while no host runs.
     pub async fn ensure_events_stream(&self) -> BusResult<stream::Stream> {
+        // Created, or brought up to date (a stream made by an older version may lack a subject).
         self.js
-            .get_or_create_stream(stream::Config {
+            .create_or_update_stream(stream::Config {
                 name: self.subjects.events_stream(),
-                subjects: vec![self.subjects.started(), self.subjects.result()],
+                subjects: vec![
+                    self.subjects.started(),
+                    self.subjects.result(),
+                    self.subjects.results(),
+                ],
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 ..Default::default()
             })
+            .await
+            .map_err(unavailable)?;
+        self.js
+            .get_stream(self.subjects.events_stream())
             .await
             .map_err(unavailable)
     }

@@ -143,6 +143,15 @@ impl Registry {
             .sum()
     }
 
+    /// Whether the worker takes several jobs in one message (it lists the `batch` capability).
+    pub fn accepts_batches(&self, worker_id: &str) -> bool {
+        self.workers.read().get(worker_id).is_some_and(|e| {
+            e.hb.capabilities
+                .iter()
+                .any(|c| c == crate::worker::BATCH_CAPABILITY)
+        })
+    }
+
     pub fn is_alive(&self, worker_id: &str) -> bool {
         self.workers
             .read()

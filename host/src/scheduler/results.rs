@@ -1,5 +1,5 @@
-//! Applies what workers report (`sys.job.started`, `sys.job.result`), from the durable event
-//! stream. An event is acked only once its effect is stored; one that could not be stored (the
+//! Applies what workers report (`sys.job.started`, `sys.job.result`, and batches of results on
+//! `sys.job.results`), from the durable event stream. An event is acked only once its effect is stored; one that could not be stored (the
 //! store is down) is left unacked and comes back.
 //!
 //! A `started` is held for `started_coalesce` so that a short job's RUNNING and its result are
@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 use super::{Scheduler, SchedulerError};
 use crate::bus::Ack;
 use crate::job::JobState;
-use crate::protocol::{ResultMsg, ResultStatus, StartedMsg};
-use crate::store::{JobUpdate, Transition, TransitionOutcome};
+use crate::protocol::{Batch, ResultMsg, ResultStatus, StartedMsg};
+use crate::store::{JobUpdate, Transition};
 use crate::time::now_ms;
 
 struct HeldStart {
@@ -43,6 +43,7 @@ impl Scheduler {
                 }
             };
             let started_subject = self.bus.subjects().started();
+            let results_subject = self.bus.subjects().results();
             while let Some(mut msg) = events.next().await {
                 let ack = msg.take_ack();
                 if msg.subject == started_subject {
@@ -63,32 +64,55 @@ impl Scheduler {
                     }
                     continue;
                 }
-                let result = match serde_json::from_slice::<ResultMsg>(&msg.payload) {
-                    Ok(r) => r,
+                let results = if msg.subject == results_subject {
+                    serde_json::from_slice::<Batch<ResultMsg>>(&msg.payload).map(|b| b.items)
+                } else {
+                    serde_json::from_slice::<ResultMsg>(&msg.payload).map(|r| vec![r])
+                };
+                let results = match results {
+                    Ok(r) if !r.is_empty() => r,
+                    Ok(_) => {
+                        let _ = ack.ack().await;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "dropping malformed result message");
                         let _ = ack.ack().await;
                         continue;
                     }
                 };
-                let start = held.lock().remove(&result.job_id);
+                // The worker's slot is free as soon as its result is here: waiting jobs need
+                // not wait for the result to be stored too.
+                for r in &results {
+                    self.registry.note_finished(&r.worker_id);
+                }
+                self.wake_waiters();
+                let starts: Vec<Option<HeldStart>> = {
+                    let mut held = held.lock();
+                    results.iter().map(|r| held.remove(&r.job_id)).collect()
+                };
                 let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                     return;
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
-                    match this
-                        .apply_result(&result, start.as_ref().map(|s| &s.msg))
-                        .await
-                    {
-                        Ok(()) => {
-                            let _ = ack.ack().await;
-                            if let Some(s) = start {
-                                let _ = s.ack.ack().await;
-                            }
+                    // The results of one message are stored together (their transitions share
+                    // batched script calls) and the message is acked once all are.
+                    let applied = futures::future::join_all(
+                        results
+                            .iter()
+                            .zip(&starts)
+                            .map(|(r, s)| this.apply_result(r, s.as_ref().map(|s| &s.msg))),
+                    )
+                    .await;
+                    let failed = applied.iter().filter(|a| a.is_err()).count();
+                    if failed == 0 {
+                        let _ = ack.ack().await;
+                        for s in starts.into_iter().flatten() {
+                            let _ = s.ack.ack().await;
                         }
-                        Err(e) => tracing::warn!(job_id = %result.job_id, error = %e,
-                            "result not applied; it will be delivered again"),
+                    } else if let Some(Err(e)) = applied.into_iter().find(Result::is_err) {
+                        tracing::warn!(failed, error = %e, "results not applied; they will be delivered again");
                     }
                     drop(permit);
                 });
@@ -148,15 +172,15 @@ impl Scheduler {
             ResultStatus::Cancelled => JobState::Cancelled,
             ResultStatus::Timeout => JobState::Timeout,
         };
-        let via = start.map(|s| (JobState::Running, s.at));
+        let via = r
+            .started_at
+            .or(start.map(|s| s.at))
+            .map(|at| (JobState::Running, at));
         if outcome == JobState::Succeeded {
             let mut t = Transition::to(outcome, now);
             t.via = via;
             t.update = update;
-            if let Some(TransitionOutcome::Applied { .. }) = self.apply(&r.job_id, &t).await? {
-                self.registry.note_finished(&r.worker_id);
-                self.wake_waiters();
-            }
+            self.apply(&r.job_id, &t).await?;
             return Ok(());
         }
         if let Some((_, at)) = via {
@@ -170,8 +194,6 @@ impl Scheduler {
         if job.state.is_terminal() {
             return Ok(());
         }
-        self.registry.note_finished(&r.worker_id);
-        self.wake_waiters();
         let note = match &r.error {
             Some(e) => format!(
                 "worker {} reported {}: {}: {}",

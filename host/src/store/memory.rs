@@ -165,13 +165,12 @@ impl Inner {
     }
 
     /// Re-scores the "updated" indexes of a job that just changed.
-    fn touch_indexes(&mut self, job: &Job) {
-        let (id, at) = (job.spec.id.as_str(), job.updated_at);
+    fn touch_indexes(&mut self, spec: &JobSpec, at: Millis) {
+        let id = spec.id.as_str();
         self.index(IndexName::Recent).add(id, at);
-        self.index(IndexName::Tenant(&job.spec.tenant_id))
-            .add(id, at);
-        self.index(IndexName::Topic(&job.spec.topic)).add(id, at);
-        if let Some(team) = &job.spec.team_id {
+        self.index(IndexName::Tenant(&spec.tenant_id)).add(id, at);
+        self.index(IndexName::Topic(&spec.topic)).add(id, at);
+        if let Some(team) = &spec.team_id {
             self.index(IndexName::Team(team)).add(id, at);
         }
     }
@@ -225,7 +224,7 @@ impl Inner {
         if let Some(d) = spec.deadline {
             self.indexes.entry(DEADLINE.into()).or_default().add(id, d);
         }
-        self.touch_indexes(&job);
+        self.touch_indexes(spec, job.updated_at);
         self.jobs.insert(
             spec.id.clone(),
             Record {
@@ -342,19 +341,23 @@ impl Store for MemoryStore {
         rec.job.updated_at = t.at;
         rec.job.reason = None;
         rec.expires_at = now + ttl;
-        let job = rec.job.clone();
+        // The spec is immutable and small next to the history: clone it, not the whole job.
+        let spec = rec.job.spec.clone();
         inner.index(IndexName::State(from)).remove(id);
         inner.index(IndexName::State(t.to)).add(id, t.at);
         if t.to.is_terminal() {
             inner.indexes.entry(DEADLINE.into()).or_default().remove(id);
         }
-        inner.touch_indexes(&job);
+        inner.touch_indexes(&spec, t.at);
         if let Some(dl) = &t.dead_letter {
             // Filed under the id of the job that failed, as the Redis script does.
             inner.dlq.insert(id.to_string(), dl.clone());
             inner.dlq_index.add(id, dl.created_at);
         }
-        Ok(TransitionOutcome::Applied { from })
+        Ok(TransitionOutcome::Applied {
+            from,
+            run_id: spec.run_id,
+        })
     }
 
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool> {

@@ -106,10 +106,13 @@ impl Transition {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionOutcome {
     Applied {
         from: JobState,
+        /// The workflow run the job is a step of, so a terminal event can say so without the
+        /// engine reading the job back.
+        run_id: Option<String>,
     },
     /// The job was already in the target state: nothing changed.
     Unchanged,

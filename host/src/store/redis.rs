@@ -38,91 +38,133 @@
 //! Keys are built inside the scripts from the prefix, which ties us to one Redis node (not
 //! Cluster) — the trade we take for one round trip per transition.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Script, Value as RValue};
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::*;
 use crate::job::{Job, JobEvent, JobSpec, JobState, TRANSITIONS};
 use crate::workflow::definition::{Run, Workflow};
 
+/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 12 per job: id,
+/// created_at, spec JSON, tenant, topic, team, trace, deadline, the PENDING event, idempotency
+/// key, PENDING index score, run id. Answers two per job: `created` or `exists`, and the id
+/// (for `exists`, of the job that already holds the id or the key).
 const LUA_CREATE: &str = r#"
-local p, id = ARGV[1], ARGV[2]
-local key = p .. 'job:' .. id
-if ARGV[12] ~= '' then
-  local ik = p .. 'idem:' .. ARGV[6] .. ':' .. ARGV[12]
-  local existing = redis.call('GET', ik)
-  if existing then return {'exists', existing} end
-  if redis.call('EXISTS', key) == 1 then return {'exists', id} end
-  redis.call('SET', ik, id, 'PX', ARGV[13])
-elseif redis.call('EXISTS', key) == 1 then
-  return {'exists', id}
+local p, ttl, idem_ttl = ARGV[1], ARGV[2], ARGV[3]
+local names = p .. 'idx:names'
+local named = {}
+local out = {}
+local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run)
+  local key = p .. 'job:' .. id
+  if idem ~= '' then
+    local ik = p .. 'idem:' .. tenant .. ':' .. idem
+    local existing = redis.call('GET', ik)
+    if existing then return 'exists', existing end
+    if redis.call('EXISTS', key) == 1 then return 'exists', id end
+    redis.call('SET', ik, id, 'PX', idem_ttl)
+  elseif redis.call('EXISTS', key) == 1 then
+    return 'exists', id
+  end
+  if run ~= '' then
+    redis.call('HSET', key, 'spec', spec, 'state', 'PENDING', 'updated_at', created,
+      'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace, 'run', run)
+  else
+    redis.call('HSET', key, 'spec', spec, 'state', 'PENDING', 'updated_at', created,
+      'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace)
+  end
+  redis.call('PEXPIRE', key, ttl)
+  local ev = key .. ':events'
+  redis.call('RPUSH', ev, event)
+  redis.call('PEXPIRE', ev, ttl)
+  redis.call('ZADD', p .. 'idx:state:PENDING', score, id)
+  redis.call('ZADD', p .. 'idx:recent', created, id)
+  local tk, pk = p .. 'idx:tenant:' .. tenant, p .. 'idx:topic:' .. topic
+  redis.call('ZADD', tk, created, id)
+  redis.call('ZADD', pk, created, id)
+  if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
+  if not named[pk] then named[pk] = true; redis.call('SADD', names, pk) end
+  if team ~= '' then
+    local mk = p .. 'idx:team:' .. team
+    redis.call('ZADD', mk, created, id)
+    if not named[mk] then named[mk] = true; redis.call('SADD', names, mk) end
+  end
+  local trk = p .. 'idx:trace:' .. trace
+  redis.call('ZADD', trk, created, id)
+  redis.call('PEXPIRE', trk, ttl)
+  if deadline ~= '' then redis.call('ZADD', p .. 'idx:deadline', deadline, id) end
+  return 'created', id
 end
-local created, ttl = ARGV[3], ARGV[4]
-redis.call('HSET', key, 'spec', ARGV[5], 'state', 'PENDING', 'updated_at', created,
-  'tenant', ARGV[6], 'topic', ARGV[7], 'team', ARGV[8], 'trace', ARGV[9])
-redis.call('PEXPIRE', key, ttl)
-local ev = key .. ':events'
-redis.call('RPUSH', ev, ARGV[11])
-redis.call('PEXPIRE', ev, ttl)
-redis.call('ZADD', p .. 'idx:state:PENDING', ARGV[14], id)
-redis.call('ZADD', p .. 'idx:recent', created, id)
-local tk, pk = p .. 'idx:tenant:' .. ARGV[6], p .. 'idx:topic:' .. ARGV[7]
-redis.call('ZADD', tk, created, id)
-redis.call('ZADD', pk, created, id)
-redis.call('SADD', p .. 'idx:names', tk, pk)
-if ARGV[8] ~= '' then
-  local mk = p .. 'idx:team:' .. ARGV[8]
-  redis.call('ZADD', mk, created, id)
-  redis.call('SADD', p .. 'idx:names', mk)
+for i = 4, #ARGV, 12 do
+  local verdict, id = create(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11])
+  out[#out + 1] = verdict
+  out[#out + 1] = id
 end
-local trk = p .. 'idx:trace:' .. ARGV[9]
-redis.call('ZADD', trk, created, id)
-redis.call('PEXPIRE', trk, ttl)
-if ARGV[10] ~= '' then redis.call('ZADD', p .. 'idx:deadline', ARGV[10], id) end
-return {'created'}
+return out
 "#;
 
+/// Applies a batch of transitions, each on its own (one failing its check does not stop the
+/// others). ARGV: prefix, record TTL, then per transition: id, to, at, via state (or ''), the
+/// event JSON, the via event JSON, dead letter JSON (or ''), dead letter time, the number of
+/// field pairs `n`, then `n` field/value pairs. Answers three per transition: `ok` (with the
+/// state it left), `same`, `illegal` (with the current state) or `missing`; then the job's run
+/// id (or '').
 const LUA_TRANSITION: &str = r#"
-local p, id, to, at, via = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local key = p .. 'job:' .. id
-local h = redis.call('HMGET', key, 'state', 'tenant', 'topic', 'team', 'trace')
-local cur = h[1]
-if not cur then return {'missing'} end
-if cur == to then return {'same', cur} end
-local ev = key .. ':events'
-if via ~= '' and cur ~= via and ALLOWED[cur .. '>' .. via] and ALLOWED[via .. '>' .. to] then
-  redis.call('RPUSH', ev, ARGV[7])
-elseif not ALLOWED[cur .. '>' .. to] then
-  return {'illegal', cur}
+local p, ttl = ARGV[1], ARGV[2]
+local out = {}
+local function transition(id, to, at, via, evj, viaj, dl, dlat, first, last)
+  local key = p .. 'job:' .. id
+  local h = redis.call('HMGET', key, 'state', 'tenant', 'topic', 'team', 'trace', 'run')
+  local cur = h[1]
+  if not cur then return 'missing', '', '' end
+  local run = h[6] or ''
+  if cur == to then return 'same', cur, run end
+  local ev = key .. ':events'
+  if via ~= '' and cur ~= via and ALLOWED[cur .. '>' .. via] and ALLOWED[via .. '>' .. to] then
+    redis.call('RPUSH', ev, viaj, evj)
+  elseif not ALLOWED[cur .. '>' .. to] then
+    return 'illegal', cur, run
+  else
+    redis.call('RPUSH', ev, evj)
+  end
+  local fields = {'state', to, 'updated_at', at, 'reason', ''}
+  for i = first, last do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', key, unpack(fields))
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', ev, ttl)
+  if h[5] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[5], ttl) end
+  redis.call('ZREM', p .. 'idx:state:' .. cur, id)
+  redis.call('ZADD', p .. 'idx:state:' .. to, at, id)
+  redis.call('ZADD', p .. 'idx:recent', at, id)
+  redis.call('ZADD', p .. 'idx:tenant:' .. h[2], at, id)
+  redis.call('ZADD', p .. 'idx:topic:' .. h[3], at, id)
+  if h[4] and h[4] ~= '' then redis.call('ZADD', p .. 'idx:team:' .. h[4], at, id) end
+  if TERMINAL[to] then redis.call('ZREM', p .. 'idx:deadline', id) end
+  if dl ~= '' then
+    redis.call('SET', p .. 'dlq:' .. id, dl)
+    redis.call('ZADD', p .. 'dlq:idx', dlat, id)
+  end
+  return 'ok', cur, run
 end
-redis.call('RPUSH', ev, ARGV[6])
-local fields = {'state', to, 'updated_at', at}
-for i = 11, #ARGV, 2 do
-  fields[#fields + 1] = ARGV[i]
-  fields[#fields + 1] = ARGV[i + 1]
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 8])
+  local first = i + 9
+  local last = first + 2 * n - 1
+  local status, cur, run = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], first, last)
+  out[#out + 1] = status
+  out[#out + 1] = cur
+  out[#out + 1] = run
+  i = last + 1
 end
-redis.call('HSET', key, unpack(fields))
-redis.call('HDEL', key, 'reason')
-local ttl = ARGV[8]
-redis.call('PEXPIRE', key, ttl)
-redis.call('PEXPIRE', ev, ttl)
-if h[5] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[5], ttl) end
-redis.call('ZREM', p .. 'idx:state:' .. cur, id)
-redis.call('ZADD', p .. 'idx:state:' .. to, at, id)
-redis.call('ZADD', p .. 'idx:recent', at, id)
-redis.call('ZADD', p .. 'idx:tenant:' .. h[2], at, id)
-redis.call('ZADD', p .. 'idx:topic:' .. h[3], at, id)
-if h[4] and h[4] ~= '' then redis.call('ZADD', p .. 'idx:team:' .. h[4], at, id) end
-if TERMINAL[to] then redis.call('ZREM', p .. 'idx:deadline', id) end
-if ARGV[9] ~= '' then
-  redis.call('SET', p .. 'dlq:' .. id, ARGV[9])
-  redis.call('ZADD', p .. 'dlq:idx', ARGV[10], id)
-end
-return {'ok', cur}
+return out
 "#;
 
 const LUA_ANNOTATE: &str = r#"
@@ -282,8 +324,6 @@ fn lua_state_tables() -> String {
 }
 
 struct Scripts {
-    create: Script,
-    transition: Script,
     annotate: Script,
     list: Script,
     after: Script,
@@ -298,8 +338,160 @@ struct Scripts {
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
-    opts: StoreOptions,
     scripts: Scripts,
+    creates: Batcher,
+    transitions: Batcher,
+}
+
+/// Most jobs one create or transition script call carries. A script blocks Redis while it runs
+/// (~10–20 µs per job), so a cap keeps one batch from holding every other client up for long.
+const MAX_BATCH: usize = 128;
+
+/// Batch script calls one replica keeps in flight at once (each batch waits for a free one,
+/// gathering whatever arrives meanwhile).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// One job's arguments to a batched script, in one buffer (two allocations per job, however
+/// many arguments).
+#[derive(Default)]
+struct Args {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    fn with_capacity(count: usize, bytes: usize) -> Self {
+        Args {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    fn push(&mut self, arg: impl AsRef<[u8]>) -> &mut Self {
+        self.data.extend_from_slice(arg.as_ref());
+        self.ends.push(self.data.len());
+        self
+    }
+
+    fn push_num(&mut self, n: i64) -> &mut Self {
+        use std::io::Write;
+        let _ = write!(self.data, "{n}");
+        self.ends.push(self.data.len());
+        self
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(a, &b)| &self.data[a..b])
+    }
+}
+
+/// One job's part of a batched script call, and where its answer goes.
+struct BatchItem {
+    args: Args,
+    reply: oneshot::Sender<StoreResult<Vec<String>>>,
+}
+
+/// Group commit for the two hot scripts (create and transition). Every call becomes an item on
+/// a queue; one task takes the first item waiting and everything queued behind it (up to
+/// [`MAX_BATCH`]) into a single `EVALSHA`, with up to [`BATCHES_IN_FLIGHT`] such calls
+/// pipelined on the multiplexed connection. At a trickle every call goes alone, as fast as
+/// before; under load the batches fill by themselves while earlier ones are in flight, and
+/// Redis runs one script call — one parse, one Lua entry, one reply — for many jobs instead of
+/// one per job. Each item's answer is `width` strings of the script's flat reply.
+struct Batcher {
+    tx: mpsc::UnboundedSender<BatchItem>,
+}
+
+impl Batcher {
+    fn start(conn: ConnectionManager, script: Script, head: Vec<String>, width: usize) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<BatchItem>();
+        let script = Arc::new(script);
+        let head = Arc::new(head);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (mut conn, script, head) = (conn.clone(), script.clone(), head.clone());
+                tokio::spawn(async move {
+                    // EVALSHA built as one command buffer: the script invocation helper of the
+                    // redis crate copies every argument into a vector of its own, twice.
+                    let count =
+                        3 + head.len() + batch.iter().map(|i| i.args.ends.len()).sum::<usize>();
+                    let bytes = 64
+                        + head.iter().map(String::len).sum::<usize>()
+                        + batch.iter().map(|i| i.args.data.len()).sum::<usize>();
+                    let mut cmd = ::redis::Cmd::with_capacity(count, bytes);
+                    cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
+                    for a in head.iter() {
+                        cmd.arg(a);
+                    }
+                    for item in &batch {
+                        for a in item.args.iter() {
+                            cmd.arg(a);
+                        }
+                    }
+                    let mut answer = cmd.query_async::<Vec<String>>(&mut conn).await;
+                    if let Err(e) = &answer
+                        && e.kind()
+                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript)
+                    {
+                        // A Redis that restarted (or was flushed) lost the script: load it
+                        // and try once more.
+                        answer = match script.load_async(&mut conn).await {
+                            Ok(_) => cmd.query_async::<Vec<String>>(&mut conn).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                    match answer {
+                        Ok(reply) if reply.len() == batch.len() * width => {
+                            for (item, answer) in batch.into_iter().zip(reply.chunks(width)) {
+                                let _ = item.reply.send(Ok(answer.to_vec()));
+                            }
+                        }
+                        Ok(reply) => {
+                            let msg = format!(
+                                "batch script answered {} values for {} items",
+                                reply.len(),
+                                batch.len()
+                            );
+                            for item in batch {
+                                let _ = item.reply.send(Err(StoreError::Corrupt(msg.clone())));
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            for item in batch {
+                                let _ = item.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                            }
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Batcher { tx }
+    }
+
+    /// Queues one item and waits for its answer.
+    async fn call(&self, args: Args) -> StoreResult<Vec<String>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(BatchItem { args, reply })
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the batch call was dropped".into()))?
+    }
 }
 
 fn unavailable(e: ::redis::RedisError) -> StoreError {
@@ -325,9 +517,23 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let tables = lua_state_tables();
+        let creates = Batcher::start(
+            conn.clone(),
+            Script::new(LUA_CREATE),
+            vec![
+                prefix.to_string(),
+                opts.job_ttl_ms.to_string(),
+                opts.idempotency_ttl_ms.to_string(),
+            ],
+            2,
+        );
+        let transitions = Batcher::start(
+            conn.clone(),
+            Script::new(&format!("{tables}{LUA_TRANSITION}")),
+            vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
+            3,
+        );
         let scripts = Scripts {
-            create: Script::new(LUA_CREATE),
-            transition: Script::new(&format!("{tables}{LUA_TRANSITION}")),
             annotate: Script::new(LUA_ANNOTATE),
             list: Script::new(&format!("{LUA_BYTE_LT}{LUA_LIST}")),
             after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
@@ -341,8 +547,9 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
-            opts,
             scripts,
+            creates,
+            transitions,
         })
     }
 
@@ -361,25 +568,28 @@ impl RedisStore {
         }
     }
 
-    fn create_invocation<'a>(&'a self, new: &NewJob) -> ::redis::ScriptInvocation<'a> {
+    /// A job's arguments to the create script.
+    fn create_args(new: &NewJob) -> Args {
         let spec = &new.spec;
-        let event = event_json(spec.created_at, JobState::Pending, new.note.as_deref());
-        let mut inv = self.scripts.create.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(&spec.id)
-            .arg(spec.created_at)
-            .arg(self.opts.job_ttl_ms)
-            .arg(serde_json::to_string(spec).unwrap_or_default())
-            .arg(&spec.tenant_id)
-            .arg(&spec.topic)
-            .arg(spec.team_id.as_deref().unwrap_or(""))
-            .arg(&spec.trace_id)
-            .arg(spec.deadline.map(|d| d.to_string()).unwrap_or_default())
-            .arg(event)
-            .arg(new.idempotency_key.as_deref().unwrap_or(""))
-            .arg(self.opts.idempotency_ttl_ms)
-            .arg(spec.not_before.unwrap_or(spec.created_at));
-        inv
+        let spec_json = serde_json::to_vec(spec).unwrap_or_default();
+        let mut a = Args::with_capacity(12, spec_json.len() + 256);
+        a.push(&spec.id)
+            .push_num(spec.created_at)
+            .push(spec_json)
+            .push(&spec.tenant_id)
+            .push(&spec.topic)
+            .push(spec.team_id.as_deref().unwrap_or(""))
+            .push(&spec.trace_id)
+            .push(spec.deadline.map(|d| d.to_string()).unwrap_or_default())
+            .push(event_json(
+                spec.created_at,
+                JobState::Pending,
+                new.note.as_deref(),
+            ))
+            .push(new.idempotency_key.as_deref().unwrap_or(""))
+            .push_num(spec.not_before.unwrap_or(spec.created_at))
+            .push(spec.run_id.as_deref().unwrap_or(""));
+        a
     }
 
     fn parse_create(reply: Vec<String>) -> StoreResult<CreateOutcome> {
@@ -550,26 +760,13 @@ impl Store for RedisStore {
     }
 
     async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
-            .create_invocation(job)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Self::parse_create(reply)
+        Self::parse_create(self.creates.call(Self::create_args(job)).await?)
     }
 
     async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>> {
-        // Issued concurrently on the multiplexed connection, the scripts leave in one write and
-        // come back in one read: a single round trip for the batch.
+        // Queued together, the creates share a few batched script calls.
         let calls = jobs.iter().map(|j| async move {
-            let mut conn = self.conn.clone();
-            let reply: Vec<String> = self
-                .create_invocation(j)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Self::parse_create(reply)
+            Self::parse_create(self.creates.call(Self::create_args(j)).await?)
         });
         Ok(futures::future::join_all(calls).await)
     }
@@ -587,45 +784,42 @@ impl Store for RedisStore {
     }
 
     async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
-        let mut inv = self.scripts.transition.prepare_invoke();
         let (via, via_at) = t
             .via
             .map(|(s, at)| (s.as_str(), event_json(at, s, None)))
             .unwrap_or(("", String::new()));
-        inv.arg(&self.prefix)
-            .arg(id)
-            .arg(t.to.as_str())
-            .arg(t.at)
-            .arg(via)
-            .arg(event_json(t.at, t.to, t.note.as_deref()))
-            .arg(via_at)
-            .arg(self.opts.job_ttl_ms);
+        let fields = update_fields(&t.update);
+        let mut args = Args::with_capacity(9 + 2 * fields.len(), 256);
+        args.push(id)
+            .push(t.to.as_str())
+            .push_num(t.at)
+            .push(via)
+            .push(event_json(t.at, t.to, t.note.as_deref()))
+            .push(via_at);
         match &t.dead_letter {
-            Some(dl) => inv
-                .arg(serde_json::to_string(dl).unwrap_or_default())
-                .arg(dl.created_at),
-            None => inv.arg("").arg(0),
+            Some(dl) => args
+                .push(serde_json::to_vec(dl).unwrap_or_default())
+                .push_num(dl.created_at),
+            None => args.push("").push("0"),
         };
-        for (k, v) in update_fields(&t.update) {
-            inv.arg(k).arg(v);
+        args.push_num(fields.len() as i64);
+        for (k, v) in fields {
+            args.push(k).push(v);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        let from = || -> StoreResult<JobState> {
-            reply
-                .get(1)
-                .ok_or_else(|| StoreError::Corrupt("no state".into()))?
-                .parse()
-                .map_err(StoreError::Corrupt)
-        };
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(TransitionOutcome::Applied { from: from()? }),
-            Some("same") => Ok(TransitionOutcome::Unchanged),
-            Some("illegal") => Err(StoreError::IllegalTransition {
+        let reply = self.transitions.call(args).await?;
+        let from = || -> StoreResult<JobState> { reply[1].parse().map_err(StoreError::Corrupt) };
+        let run_id = || Some(reply[2].clone()).filter(|r| !r.is_empty());
+        match reply[0].as_str() {
+            "ok" => Ok(TransitionOutcome::Applied {
+                from: from()?,
+                run_id: run_id(),
+            }),
+            "same" => Ok(TransitionOutcome::Unchanged),
+            "illegal" => Err(StoreError::IllegalTransition {
                 from: from()?,
                 to: t.to,
             }),
-            Some("missing") => Err(StoreError::NotFound(id.to_string())),
+            "missing" => Err(StoreError::NotFound(id.to_string())),
             other => Err(StoreError::Corrupt(format!(
                 "transition script answered {other:?}"
             ))),

@@ -32,7 +32,7 @@ use super::definition::{
 use crate::configsvc::ConfigTarget;
 use crate::job::{FieldError, Job, JobRequest, JobState};
 use crate::plugins::ConditionEvaluator;
-use crate::protocol::JobEventMsg;
+use crate::protocol::{Batch, JobEventMsg};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
 use crate::time::{Millis, now_ms};
@@ -489,14 +489,18 @@ impl Engine {
     /// Advances the run of every terminal job event (one replica per event, by queue group).
     pub async fn run_events(self: Arc<Self>) {
         loop {
-            let subject = self.scheduler.bus.subjects().job_events();
-            let mut events = match self
-                .scheduler
-                .bus
-                .queue_subscribe(&subject, WORKFLOW_GROUP)
-                .await
-            {
-                Ok(s) => s,
+            let bus = &self.scheduler.bus;
+            let (single, batch) = (
+                bus.subjects().job_events(),
+                bus.subjects().job_events_batch(),
+            );
+            let subs = futures::future::try_join(
+                bus.queue_subscribe(&single, WORKFLOW_GROUP),
+                bus.queue_subscribe(&batch, WORKFLOW_GROUP),
+            )
+            .await;
+            let mut events = match subs {
+                Ok((a, b)) => futures::stream::select(a, b),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot subscribe to job events; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -504,21 +508,23 @@ impl Engine {
                 }
             };
             while let Some(msg) = events.next().await {
-                let Ok(ev) = serde_json::from_slice::<JobEventMsg>(&msg.payload) else {
-                    continue;
+                let parsed = if msg.subject == batch {
+                    serde_json::from_slice::<Batch<JobEventMsg>>(&msg.payload).map(|b| b.items)
+                } else {
+                    serde_json::from_slice::<JobEventMsg>(&msg.payload).map(|e| vec![e])
                 };
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    let run_id = match engine.store.get_job(&ev.job_id).await {
-                        Ok(Some(job)) => job.spec.run_id,
-                        _ => None,
+                for ev in parsed.unwrap_or_default() {
+                    // A job that is no workflow's step says so in its event: nothing to read.
+                    let Some(run_id) = ev.run_id else {
+                        continue;
                     };
-                    if let Some(run_id) = run_id
-                        && let Err(e) = engine.advance(&run_id).await
-                    {
-                        tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
-                    }
-                });
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = engine.advance(&run_id).await {
+                            tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
+                        }
+                    });
+                }
             }
         }
     }
