@@ -123,6 +123,7 @@ on_both!(
     definitions_are_versioned_and_runs_keep_their_version,
     validation_rejects_bad_definitions_naming_the_step,
     input_schema_is_checked_when_a_run_starts,
+    templates_and_for_each_are_cel_expressions,
     fan_out_pipeline_runs_with_templates_conditions_and_outputs,
     failed_step_retries_with_backoff_then_succeeds,
     failed_step_fails_the_run_unless_on_error_continue,
@@ -200,10 +201,18 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
         ),
         (
             json!({"a": {"topic": "job.echo", "input": {"x": "${input.x"}}}),
-            "steps.a.input",
+            "steps.a.input.x",
+        ),
+        (
+            json!({"a": {"topic": "job.echo", "input": {"x": ["ok", {"y": "n=${input.n *}"}]}}}),
+            "steps.a.input.x[1].y",
         ),
         (
             json!({"a": {"topic": "job.echo", "for_each": "input..x"}}),
+            "steps.a.for_each",
+        ),
+        (
+            json!({"a": {"topic": "job.echo", "for_each": "${input.xs.map(x, }"}}),
             "steps.a.for_each",
         ),
     ] {
@@ -213,7 +222,26 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
             .await;
         assert_eq!(status, 422, "{steps}: {v}");
         assert_eq!(v["errors"][0]["field"], field, "{v}");
+        if field.contains("input") || field.contains("for_each") {
+            assert!(
+                v["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("step `a`")),
+                "the message names the step and what is wrong: {v}"
+            );
+        }
     }
+    let (status, v) = h
+        .api
+        .post(
+            "/api/v1/workflows",
+            json!({"name": "bad", "input_schema": {"type": "object",
+                   "properties": {"n": {"type": "integr"}}},
+                   "steps": {"a": {"topic": "job.echo"}}}),
+        )
+        .await;
+    assert_eq!(status, 422, "an invalid JSON Schema: {v}");
+    assert_eq!(v["errors"][0]["field"], "input_schema.properties.n.type");
     let (_, list) = h.api.get("/api/v1/workflows").await;
     assert_eq!(list["items"], json!([]), "nothing was stored");
 }
@@ -221,7 +249,10 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
 async fn input_schema_is_checked_when_a_run_starts(b: Backend) {
     let h = Host::start(b).await;
     h.create(json!({"id": "wf-s", "name": "s",
-        "input_schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+        "input_schema": {"type": "object", "required": ["n"], "properties": {
+            "n": {"type": "integer"},
+            "items": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}},
+            "mode": {"oneOf": [{"const": "fast"}, {"const": "safe"}]}}},
         "steps": {"a": {"topic": "job.echo"}}}))
         .await;
     let (status, v) = h
@@ -230,8 +261,62 @@ async fn input_schema_is_checked_when_a_run_starts(b: Backend) {
         .await;
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["errors"][0]["field"], "input.n");
-    let run = h.start_run("wf-s", json!({"n": 3})).await;
+    for (input, field) in [
+        (json!({}), "input.n"),
+        (json!({"n": 1, "items": ["ok", "NOT"]}), "input.items[1]"),
+        (json!({"n": 1, "mode": "slow"}), "input.mode"),
+    ] {
+        let (status, v) = h
+            .api
+            .post("/api/v1/workflows/wf-s/runs", json!({"input": input}))
+            .await;
+        assert_eq!(status, 422, "{input}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{v}");
+    }
+    let (_, runs) = h.api.get("/api/v1/workflows/wf-s/runs").await;
+    assert_eq!(runs["items"], json!([]), "a rejected input starts no run");
+    let run = h
+        .start_run("wf-s", json!({"n": 3, "items": ["a"], "mode": "safe"}))
+        .await;
     h.wait_status(&run, "succeeded").await;
+}
+
+async fn templates_and_for_each_are_cel_expressions(b: Backend) {
+    let h = Host::start(b).await;
+    h.create(json!({"id": "wf-cel", "name": "cel", "steps": {
+        "calc": {"topic": "job.echo", "input": {
+            "scaled": "${input.xs.map(x, x * input.k).filter(x, x > 2)}",
+            "count": "${size(input.xs) + 1}",
+            "label": "${input.name.length()} chars, first ${input.xs.first()}",
+            "who": "${ {'name': input.name, 'many': size(input.xs) > 2} }",
+            "size": "${size(input.xs) > 2 ? 'big' : 'small'}"}},
+        "fan": {"topic": "job.echo", "depends_on": ["calc"],
+                "for_each": "${steps.calc.output.scaled.filter(x, x % 4 == 0)}",
+                "input": {"half": "${item / 2}", "last": "${index == 1}"}}
+    }}))
+    .await;
+    let run_id = h
+        .start_run("wf-cel", json!({"xs": [1, 2, 3, 4], "k": 2, "name": "ada"}))
+        .await;
+    let run = h.wait_status(&run_id, "succeeded").await;
+    assert_eq!(
+        run["steps"]["calc"]["output"],
+        json!({"scaled": [4, 6, 8], "count": 5, "label": "3 chars, first 1",
+               "who": {"name": "ada", "many": true}, "size": "big"})
+    );
+    assert_eq!(
+        run["steps"]["fan"]["output"],
+        json!([{"half": 2, "last": false}, {"half": 4, "last": true}])
+    );
+
+    // A template that fails at run time fails its step, saying which expression and why.
+    h.create(json!({"id": "wf-cel-bad", "name": "bad", "steps": {
+        "a": {"topic": "job.echo", "input": {"x": "${input.missing + 1}"}}}}))
+        .await;
+    let run_id = h.start_run("wf-cel-bad", json!({})).await;
+    let run = h.wait_status(&run_id, "failed").await;
+    let error = run["steps"]["a"]["error"].as_str().unwrap();
+    assert!(error.contains("input.missing"), "{run}");
 }
 
 async fn fan_out_pipeline_runs_with_templates_conditions_and_outputs(b: Backend) {

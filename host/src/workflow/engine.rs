@@ -222,8 +222,7 @@ impl Engine {
     pub async fn start_run(&self, workflow_id: &str, input: Value) -> Result<Run> {
         let wf = self.get(workflow_id, None).await?;
         if let Some(schema) = &wf.input_schema {
-            let mut errors = Vec::new();
-            definition::check_schema(schema, &input, "input", &mut errors);
+            let errors = definition::check_input(schema, &input);
             if !errors.is_empty() {
                 return Err(WorkflowError::Invalid(errors));
             }
