@@ -36,6 +36,7 @@ pub enum OnError {
 
 /// A step's retry settings: `max_retries` more attempts after the first, waiting
 /// `initial_backoff_sec · multiplier^(n-1)` (capped at `max_backoff_sec`) before attempt n+1.
+/// With a `policy`, the retry-policy plugin of that name decides instead, told these settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
@@ -62,6 +63,19 @@ fn sixty() -> f64 {
 }
 
 impl RetrySettings {
+    /// The config that selects `policy` (when set) and hands it these settings in the units
+    /// retry policies read (SPEC §9): `max_attempts` counts the first attempt, backoffs are in ms.
+    pub fn policy_config(&self) -> Option<Value> {
+        let ms = |sec: f64| (sec.max(0.0) * 1000.0) as u64;
+        Some(json!({"retry": {
+            "policy": self.policy.as_deref()?,
+            "max_attempts": self.max_retries.saturating_add(1),
+            "initial_backoff_ms": ms(self.initial_backoff_sec),
+            "max_backoff_ms": ms(self.max_backoff_sec),
+            "multiplier": self.multiplier,
+        }}))
+    }
+
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn backoff_ms(&self, attempt: u32) -> u64 {
         let exp = self
@@ -159,6 +173,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses a run ends in.
+    pub const RUN_ENDS: [Status; 4] = [
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -686,6 +708,21 @@ mod tests {
             &Fake,
         );
         assert_eq!(fields(&e), ["input_schema.minimum"]);
+    }
+
+    #[test]
+    fn a_named_policy_is_handed_the_step_settings() {
+        let mut r: RetrySettings = serde_json::from_value(
+            json!({"max_retries": 2, "initial_backoff_sec": 0.25, "max_backoff_sec": 4}),
+        )
+        .unwrap();
+        assert_eq!(r.policy_config(), None, "no policy: the step's own backoff");
+        r.policy = Some("fixed".into());
+        assert_eq!(
+            r.policy_config(),
+            Some(json!({"retry": {"policy": "fixed", "max_attempts": 3,
+                "initial_backoff_ms": 250, "max_backoff_ms": 4000, "multiplier": 2.0}}))
+        );
     }
 
     #[test]
