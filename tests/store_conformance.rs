@@ -17,10 +17,11 @@ use coretex::store::memory::MemoryStore;
 use coretex::store::redis::RedisStore;
 use coretex::store::{
     Annotation, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter, JobUpdate,
-    NewJob, PARKED, PageRequest, SharedStore, Store, StoreError, StoreOptions, Transition,
-    TransitionOutcome,
+    NewJob, PARKED, PageRequest, RunFilter, SharedStore, Store, StoreError, StoreOptions,
+    Transition, TransitionOutcome,
 };
 use coretex::time::{Millis, now_ms};
+use coretex::workflow::definition::{Run, Status};
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
@@ -1792,6 +1793,81 @@ async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
     assert!(list_all(&store, &trace_b, 10).await.is_empty());
 }
 
+fn run_at(id: &str, status: Status, started_at: Millis) -> Run {
+    Run {
+        id: id.into(),
+        workflow_id: "wf-ttl".into(),
+        workflow_version: 1,
+        org_id: "default".into(),
+        team_id: String::new(),
+        input: json!({}),
+        context: json!({}),
+        status,
+        steps: BTreeMap::new(),
+        started_at,
+        completed_at: None,
+        output: None,
+        error: None,
+        revision: 0,
+    }
+}
+
+async fn run_ids(store: &SharedStore, filter: RunFilter) -> Vec<String> {
+    let page = PageRequest {
+        limit: 50,
+        cursor: None,
+    };
+    let got = store.run_list(&filter, &page).await.unwrap();
+    got.items.into_iter().map(|r| r.id).collect()
+}
+
+async fn check_finished_runs_expire_and_their_index_entries_are_pruned(store: SharedStore) {
+    let now = now_ms();
+    let mut done = run_at("run-done", Status::Running, now);
+    done.revision = store.run_put(&done).await.unwrap();
+    done.status = Status::Succeeded;
+    store.run_put(&done).await.unwrap();
+    // Unfinished runs never expire, however old.
+    let waiting = run_at("run-waiting", Status::Waiting, now - 3_600_000);
+    store.run_put(&waiting).await.unwrap();
+    let by_workflow = || RunFilter {
+        workflow_id: Some("wf-ttl".into()),
+        status: None,
+    };
+    assert_eq!(
+        run_ids(&store, by_workflow()).await,
+        ["run-done", "run-waiting"]
+    );
+    assert_eq!(
+        store.run_prune_indexes().await.unwrap(),
+        0,
+        "nothing expired yet"
+    );
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(store.run_get("run-done").await.unwrap(), None, "expired");
+    assert!(store.run_get("run-waiting").await.unwrap().is_some());
+    assert_eq!(run_ids(&store, by_workflow()).await, ["run-waiting"]);
+    assert_eq!(run_ids(&store, RunFilter::default()).await, ["run-waiting"]);
+    let succeeded = RunFilter {
+        workflow_id: None,
+        status: Some(Status::Succeeded),
+    };
+    assert!(run_ids(&store, succeeded).await.is_empty());
+    // Its entries in the all-runs, workflow and status indexes go; the live run's stay.
+    assert_eq!(store.run_prune_indexes().await.unwrap(), 3);
+    assert_eq!(store.run_prune_indexes().await.unwrap(), 0);
+    assert_eq!(run_ids(&store, by_workflow()).await, ["run-waiting"]);
+    // The id is free again: a new run saves as revision 1.
+    assert_eq!(
+        store
+            .run_put(&run_at("run-done", Status::Running, now_ms()))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------------
@@ -1981,4 +2057,6 @@ conformance! {
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;
     jobs_expire_after_their_ttl => check_jobs_expire_after_their_ttl with SHORT_TTL;
+    finished_runs_expire_and_their_index_entries_are_pruned =>
+        check_finished_runs_expire_and_their_index_entries_are_pruned with SHORT_TTL;
 }

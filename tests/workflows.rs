@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Api, Backend, options, start};
-use coretex::serve::Running;
+use coretex::serve::{Running, ServeOptions};
 use coretex::worker::{Mode, Worker, WorkerOptions};
+use coretex::workflow::engine::{Engine, EngineSettings, run_lock_name};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +29,15 @@ impl Drop for Host {
 impl Host {
     /// A host with the demo echo workers (topic `job.echo`) and a fast workflow tick.
     async fn start(backend: Backend) -> Host {
+        Host::start_with(backend, |_| {}).await
+    }
+
+    /// The same, with `adjust` applied to the options last.
+    async fn start_with(backend: Backend, adjust: impl FnOnce(&mut ServeOptions)) -> Host {
         let mut o = options(backend);
         o.demo_workers = true;
         o.workflows.tick = Duration::from_millis(100);
+        adjust(&mut o);
         let running = start(o).await;
         let api = Api::new(running.addr);
         api.wait_workers(2, Duration::from_secs(10)).await;
@@ -124,8 +131,13 @@ on_both!(
     definitions_are_versioned_and_runs_keep_their_version,
     validation_rejects_bad_definitions_naming_the_step,
     input_schema_is_checked_when_a_run_starts,
+    templates_and_for_each_are_cel_expressions,
     fan_out_pipeline_runs_with_templates_conditions_and_outputs,
     failed_step_retries_with_backoff_then_succeeds,
+    step_retries_go_through_the_retry_policy_they_name,
+    finished_runs_expire_and_leave_no_index_entries,
+    workflow_reconciler_runs_in_one_replica_at_a_time,
+    result_arriving_while_the_run_lock_is_held_is_not_dropped,
     failed_step_fails_the_run_unless_on_error_continue,
     approval_waits_then_approve_resumes_and_reject_fails,
     cancel_run_cancels_its_running_jobs,
@@ -201,10 +213,18 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
         ),
         (
             json!({"a": {"topic": "job.echo", "input": {"x": "${input.x"}}}),
-            "steps.a.input",
+            "steps.a.input.x",
+        ),
+        (
+            json!({"a": {"topic": "job.echo", "input": {"x": ["ok", {"y": "n=${input.n *}"}]}}}),
+            "steps.a.input.x[1].y",
         ),
         (
             json!({"a": {"topic": "job.echo", "for_each": "input..x"}}),
+            "steps.a.for_each",
+        ),
+        (
+            json!({"a": {"topic": "job.echo", "for_each": "${input.xs.map(x, }"}}),
             "steps.a.for_each",
         ),
     ] {
@@ -214,7 +234,26 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
             .await;
         assert_eq!(status, 422, "{steps}: {v}");
         assert_eq!(v["errors"][0]["field"], field, "{v}");
+        if field.contains("input") || field.contains("for_each") {
+            assert!(
+                v["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("step `a`")),
+                "the message names the step and what is wrong: {v}"
+            );
+        }
     }
+    let (status, v) = h
+        .api
+        .post(
+            "/api/v1/workflows",
+            json!({"name": "bad", "input_schema": {"type": "object",
+                   "properties": {"n": {"type": "integr"}}},
+                   "steps": {"a": {"topic": "job.echo"}}}),
+        )
+        .await;
+    assert_eq!(status, 422, "an invalid JSON Schema: {v}");
+    assert_eq!(v["errors"][0]["field"], "input_schema.properties.n.type");
     let (_, list) = h.api.get("/api/v1/workflows").await;
     assert_eq!(list["items"], json!([]), "nothing was stored");
 }
@@ -222,7 +261,10 @@ async fn validation_rejects_bad_definitions_naming_the_step(b: Backend) {
 async fn input_schema_is_checked_when_a_run_starts(b: Backend) {
     let h = Host::start(b).await;
     h.create(json!({"id": "wf-s", "name": "s",
-        "input_schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+        "input_schema": {"type": "object", "required": ["n"], "properties": {
+            "n": {"type": "integer"},
+            "items": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}},
+            "mode": {"oneOf": [{"const": "fast"}, {"const": "safe"}]}}},
         "steps": {"a": {"topic": "job.echo"}}}))
         .await;
     let (status, v) = h
@@ -231,8 +273,62 @@ async fn input_schema_is_checked_when_a_run_starts(b: Backend) {
         .await;
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["errors"][0]["field"], "input.n");
-    let run = h.start_run("wf-s", json!({"n": 3})).await;
+    for (input, field) in [
+        (json!({}), "input.n"),
+        (json!({"n": 1, "items": ["ok", "NOT"]}), "input.items[1]"),
+        (json!({"n": 1, "mode": "slow"}), "input.mode"),
+    ] {
+        let (status, v) = h
+            .api
+            .post("/api/v1/workflows/wf-s/runs", json!({"input": input}))
+            .await;
+        assert_eq!(status, 422, "{input}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{v}");
+    }
+    let (_, runs) = h.api.get("/api/v1/workflows/wf-s/runs").await;
+    assert_eq!(runs["items"], json!([]), "a rejected input starts no run");
+    let run = h
+        .start_run("wf-s", json!({"n": 3, "items": ["a"], "mode": "safe"}))
+        .await;
     h.wait_status(&run, "succeeded").await;
+}
+
+async fn templates_and_for_each_are_cel_expressions(b: Backend) {
+    let h = Host::start(b).await;
+    h.create(json!({"id": "wf-cel", "name": "cel", "steps": {
+        "calc": {"topic": "job.echo", "input": {
+            "scaled": "${input.xs.map(x, x * input.k).filter(x, x > 2)}",
+            "count": "${size(input.xs) + 1}",
+            "label": "${input.name.length()} chars, first ${input.xs.first()}",
+            "who": "${ {'name': input.name, 'many': size(input.xs) > 2} }",
+            "size": "${size(input.xs) > 2 ? 'big' : 'small'}"}},
+        "fan": {"topic": "job.echo", "depends_on": ["calc"],
+                "for_each": "${steps.calc.output.scaled.filter(x, x % 4 == 0)}",
+                "input": {"half": "${item / 2}", "last": "${index == 1}"}}
+    }}))
+    .await;
+    let run_id = h
+        .start_run("wf-cel", json!({"xs": [1, 2, 3, 4], "k": 2, "name": "ada"}))
+        .await;
+    let run = h.wait_status(&run_id, "succeeded").await;
+    assert_eq!(
+        run["steps"]["calc"]["output"],
+        json!({"scaled": [4, 6, 8], "count": 5, "label": "3 chars, first 1",
+               "who": {"name": "ada", "many": true}, "size": "big"})
+    );
+    assert_eq!(
+        run["steps"]["fan"]["output"],
+        json!([{"half": 2, "last": false}, {"half": 4, "last": true}])
+    );
+
+    // A template that fails at run time fails its step, saying which expression and why.
+    h.create(json!({"id": "wf-cel-bad", "name": "bad", "steps": {
+        "a": {"topic": "job.echo", "input": {"x": "${input.missing + 1}"}}}}))
+        .await;
+    let run_id = h.start_run("wf-cel-bad", json!({})).await;
+    let run = h.wait_status(&run_id, "failed").await;
+    let error = run["steps"]["a"]["error"].as_str().unwrap();
+    assert!(error.contains("input.missing"), "{run}");
 }
 
 async fn fan_out_pipeline_runs_with_templates_conditions_and_outputs(b: Backend) {
@@ -278,15 +374,14 @@ async fn fan_out_pipeline_runs_with_templates_conditions_and_outputs(b: Backend)
     assert_eq!(job["env"]["foreach_item"], "c");
 }
 
+/// Fails the first attempt (job ids end in `.<attempt>`), echoes afterwards.
+const FAILS_THE_FIRST_ATTEMPT: &str =
+    r#"case "$CORETEX_JOB_ID" in *.1) echo boom >&2; exit 1;; *) cat;; esac"#;
+
 async fn failed_step_retries_with_backoff_then_succeeds(b: Backend) {
     let h = Host::start(b).await;
-    // Fails the first attempt (job ids end in `.<attempt>`), echoes afterwards.
-    h.exec_worker(
-        "flaky",
-        "job.flaky",
-        r#"case "$CORETEX_JOB_ID" in *.1) echo boom >&2; exit 1;; *) cat;; esac"#,
-    )
-    .await;
+    h.exec_worker("flaky", "job.flaky", FAILS_THE_FIRST_ATTEMPT)
+        .await;
     h.create(json!({"id": "wf-retry", "name": "r", "steps": {
         "a": {"topic": "job.flaky", "input": {"ok": true},
               "retry": {"max_retries": 2, "initial_backoff_sec": 0.2}}
@@ -296,6 +391,47 @@ async fn failed_step_retries_with_backoff_then_succeeds(b: Backend) {
     let run = h.wait_status(&run_id, "succeeded").await;
     assert_eq!(run["steps"]["a"]["attempts"], 2);
     assert_eq!(run["steps"]["a"]["output"], json!({"ok": true}));
+}
+
+async fn step_retries_go_through_the_retry_policy_they_name(b: Backend) {
+    let h = Host::start(b).await;
+    h.exec_worker("flaky-p", "job.flaky", FAILS_THE_FIRST_ATTEMPT)
+        .await;
+    let flaky = |id: &str, retry: Value| {
+        json!({"id": id, "name": id, "steps": {
+            "a": {"topic": "job.flaky", "input": {"ok": true}, "retry": retry}}})
+    };
+    // `fixed` retries after the step's backoff: the second attempt succeeds.
+    h.create(flaky(
+        "wf-fixed",
+        json!({"max_retries": 2, "initial_backoff_sec": 0.2, "policy": "fixed"}),
+    ))
+    .await;
+    // `never` dead-letters at once, whatever the step's own `max_retries` would allow.
+    h.create(flaky(
+        "wf-never",
+        json!({"max_retries": 2, "initial_backoff_sec": 0.2, "policy": "never"}),
+    ))
+    .await;
+    // The step's settings reach the policy: no retries means `max_attempts` 1, where `fixed`
+    // alone would allow 3.
+    h.create(flaky(
+        "wf-fixed-once",
+        json!({"max_retries": 0, "initial_backoff_sec": 0.2, "policy": "fixed"}),
+    ))
+    .await;
+    let fixed = h.start_run("wf-fixed", json!({})).await;
+    let never = h.start_run("wf-never", json!({})).await;
+    let once = h.start_run("wf-fixed-once", json!({})).await;
+
+    let run = h.wait_status(&fixed, "succeeded").await;
+    assert_eq!(run["steps"]["a"]["attempts"], 2);
+    for run_id in [never, once] {
+        let run = h.wait_status(&run_id, "failed").await;
+        assert_eq!(run["steps"]["a"]["attempts"], 1, "{run}");
+        let error = run["steps"]["a"]["error"].as_str().unwrap();
+        assert!(error.contains("boom"), "the job's error is kept: {run}");
+    }
 }
 
 async fn failed_step_fails_the_run_unless_on_error_continue(b: Backend) {
@@ -544,4 +680,113 @@ async fn example_workflows_run_on_the_demo_workers(b: Backend) {
         run["context"]["deployment"],
         json!({"artifact": "app-1.4.2.tar.gz", "approved_with": "ship it"})
     );
+}
+
+async fn finished_runs_expire_and_leave_no_index_entries(b: Backend) {
+    let h = Host::start_with(b, |o| {
+        o.store.job_ttl_ms = 1_500;
+        o.workflows.prune_every = Duration::from_millis(100);
+    })
+    .await;
+    h.create(json!({"id": "wf-ttl", "name": "ttl", "steps": {
+        "a": {"topic": "job.echo"},
+        "review": {"type": "approval", "depends_on": ["a"]}}}))
+        .await;
+    let finished = h.start_run("wf-ttl", json!({})).await;
+    h.wait_status(&finished, "waiting").await;
+    let path = format!("/api/v1/workflows/wf-ttl/runs/{finished}/steps/review/approve");
+    assert_eq!(h.api.post(&path, json!({"approved": true})).await.0, 200);
+    h.wait_status(&finished, "succeeded").await;
+    let waiting = h.start_run("wf-ttl", json!({})).await;
+    h.wait_status(&waiting, "waiting").await;
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h
+        .api
+        .get(&format!("/api/v1/workflow-runs/{finished}"))
+        .await
+        .0
+        != 404
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "a finished run outlived its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An unfinished run has no TTL, however long it waits.
+    let (status, run) = h.api.get(&format!("/api/v1/workflow-runs/{waiting}")).await;
+    assert_eq!((status, &run["status"]), (200, &json!("waiting")), "{run}");
+    let (_, runs) = h.api.get("/api/v1/workflows/wf-ttl/runs").await;
+    let ids: Vec<&str> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [waiting.as_str()]);
+    // The reconciler pruned the expired run's index entries: nothing is left to prune.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let store = &h.running.scheduler.store;
+    assert_eq!(store.run_prune_indexes().await.unwrap(), 0);
+}
+
+async fn workflow_reconciler_runs_in_one_replica_at_a_time(b: Backend) {
+    let mut h = Host::start(b).await;
+    // A second replica's engine on the same store and bus: the host's own reconciler holds the
+    // lock (it ticks every 100 ms), so this one stands by.
+    let other = Engine::new(h.running.scheduler.clone(), EngineSettings::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        assert_eq!(other.reconcile_as_leader().await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A replica that stops hands the lock over at once.
+    h.running.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), &mut h.running.handle)
+        .await
+        .expect("the host stops")
+        .unwrap()
+        .unwrap();
+    assert!(other.reconcile_as_leader().await.unwrap().is_some());
+    other.release().await;
+}
+
+async fn result_arriving_while_the_run_lock_is_held_is_not_dropped(b: Backend) {
+    // No reconciler tick to fall back on: only the job's result can advance the run, and it
+    // must wait for the lock rather than give up after `lock_wait`.
+    let h = Host::start_with(b, |o| {
+        o.workflows.tick = Duration::from_secs(3600);
+        o.workflows.lock_wait = Duration::from_millis(100);
+    })
+    .await;
+    h.exec_worker("gate", "job.gate", "sleep 0.5; cat").await;
+    h.create(json!({"id": "wf-lock", "name": "lock", "steps": {
+        "a": {"topic": "job.gate", "input": {"v": 1}},
+        "b": {"topic": "job.echo", "depends_on": ["a"], "input": {"after": "${steps.a.output.v}"}}}}))
+        .await;
+    let run_id = h.start_run("wf-lock", json!({})).await;
+    let store = &h.running.scheduler.store;
+    let lock = run_lock_name(&run_id);
+    while !store
+        .lock_acquire(&lock, "another-replica", 60_000)
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let run = h
+        .wait_run(&run_id, |r| r["steps"]["a"]["job_id"].is_string())
+        .await;
+    let job_id = run["steps"]["a"]["job_id"].as_str().unwrap();
+    h.api
+        .wait_state(job_id, "SUCCEEDED", Duration::from_secs(10))
+        .await;
+    // The result is in while the lock is held, for many times `lock_wait`.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (_, run) = h.api.get(&format!("/api/v1/workflow-runs/{run_id}")).await;
+    assert_eq!(run["steps"]["a"]["status"], "running", "{run}");
+    assert!(store.lock_release(&lock, "another-replica").await.unwrap());
+    let run = h.wait_status(&run_id, "succeeded").await;
+    assert_eq!(run["steps"]["b"]["output"], json!({"after": 1}));
 }

@@ -245,6 +245,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     tracing::info!(%addr, store = store.backend(), bus = bus.backend(), "coretex serving");
     let app = gateway::router(state);
     let stop_http = stop.clone();
+    let engine = workflows.clone();
     let handle = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop_http.cancelled().await })
@@ -254,6 +255,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         for t in tasks {
             t.abort();
         }
+        // After the abort, so the engine's reconciler cannot take the lock again.
+        engine.release().await;
         Ok(())
     });
     Ok(Running {

@@ -35,6 +35,15 @@ impl ZSet {
         }
     }
 
+    /// Removes the members `gone` says are gone; returns how many.
+    fn remove_gone(&mut self, gone: impl Fn(&str) -> bool) -> u64 {
+        let dead: Vec<String> = self.scores.keys().filter(|id| gone(id)).cloned().collect();
+        for id in &dead {
+            self.remove(id);
+        }
+        dead.len() as u64
+    }
+
     /// Descending `(score, member)` strictly after `cursor`.
     fn iter_desc_after<'a>(
         &'a self,
@@ -119,7 +128,8 @@ struct Inner {
     /// Workflow id → latest version.
     workflows: BTreeMap<String, u64>,
     workflow_versions: HashMap<(String, u64), Workflow>,
-    runs: HashMap<String, Run>,
+    /// Each run with the time it expires (once finished).
+    runs: HashMap<String, (Run, Option<Millis>)>,
     /// `wf:{id}`, `status:{status}` and `all`, as the Redis run indexes.
     run_indexes: HashMap<String, ZSet>,
 }
@@ -162,6 +172,18 @@ impl Inner {
             self.jobs.remove(id);
         }
         self.jobs.get_mut(id)
+    }
+
+    /// The run, dropping it if it finished a TTL ago (as Redis would have).
+    fn live_run(&mut self, id: &str, now: Millis) -> Option<&Run> {
+        if self
+            .runs
+            .get(id)
+            .is_some_and(|(_, expires)| expires.is_some_and(|t| t <= now))
+        {
+            self.runs.remove(id);
+        }
+        self.runs.get(id).map(|(r, _)| r)
     }
 
     /// Re-scores the "updated" indexes of a job that just changed.
@@ -464,15 +486,7 @@ impl Store for MemoryStore {
             if name.starts_with("trace:") {
                 // A trace index is scored by creation time and lives as long as its jobs (Redis
                 // expires the whole key with them): only the entries of expired jobs go, uncounted.
-                let dead: Vec<String> = z
-                    .scores
-                    .keys()
-                    .filter(|id| !jobs.contains_key(*id))
-                    .cloned()
-                    .collect();
-                for id in &dead {
-                    z.remove(id);
-                }
+                z.remove_gone(|id| !jobs.contains_key(id));
             } else if name != DEADLINE {
                 removed += z.remove_below(before);
             }
@@ -654,7 +668,8 @@ impl Store for MemoryStore {
 
     async fn run_put(&self, run: &Run) -> StoreResult<u64> {
         let mut inner = self.inner.lock();
-        let old = inner.runs.get(&run.id).map(|r| (r.revision, r.status));
+        let now = now_ms();
+        let old = inner.live_run(&run.id, now).map(|r| (r.revision, r.status));
         let current = old.map_or(0, |(rev, _)| rev);
         if current != run.revision {
             return Err(StoreError::Conflict { current });
@@ -679,12 +694,33 @@ impl Store for MemoryStore {
                 .or_default()
                 .add(&run.id, run.started_at);
         }
-        inner.runs.insert(run.id.clone(), saved);
+        let expires_at = run
+            .status
+            .is_terminal()
+            .then(|| now + self.opts.job_ttl_ms as Millis);
+        inner.runs.insert(run.id.clone(), (saved, expires_at));
         Ok(current + 1)
     }
 
+    async fn run_prune_indexes(&self) -> StoreResult<u64> {
+        let mut inner = self.inner.lock();
+        let now = now_ms();
+        inner
+            .runs
+            .retain(|_, (_, expires)| expires.is_none_or(|t| t > now));
+        let Inner {
+            runs, run_indexes, ..
+        } = &mut *inner;
+        let removed = run_indexes
+            .values_mut()
+            .map(|z| z.remove_gone(|id| !runs.contains_key(id)))
+            .sum();
+        run_indexes.retain(|_, z| !z.scores.is_empty());
+        Ok(removed)
+    }
+
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>> {
-        Ok(self.inner.lock().runs.get(id).cloned())
+        Ok(self.inner.lock().live_run(id, now_ms()).cloned())
     }
 
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>> {
@@ -695,8 +731,13 @@ impl Store for MemoryStore {
                 next_cursor: None,
             });
         };
+        let now = now_ms();
         Ok(page_desc(index, page, |id| {
-            inner.runs.get(id).filter(|r| filter.matches(r)).cloned()
+            inner
+                .runs
+                .get(id)
+                .filter(|(r, expires)| expires.is_none_or(|t| t > now) && filter.matches(r))
+                .map(|(r, _)| r.clone())
         }))
     }
 }

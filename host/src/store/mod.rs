@@ -311,7 +311,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves a run when the stored revision is `run.revision` (0: a new run), as revision + 1,
     /// moving it between the status indexes in the same atomic step; returns the new revision.
+    /// A run saved finished expires `job_ttl_ms` later: it lives as long as its steps' jobs.
     async fn run_put(&self, run: &Run) -> StoreResult<u64>;
+    /// Drops the index entries of runs that expired; returns how many went.
+    async fn run_prune_indexes(&self) -> StoreResult<u64>;
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>>;
     /// Runs newest first (by `started_at`, ties by id), from the workflow or status index.
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>>;

@@ -23,8 +23,10 @@
 //! | `P wf:{id}` | hash | a workflow's `latest` version number and its JSON `doc` |
 //! | `P wf:{id}:v:{n}` | string | version `n` of a workflow (JSON); kept after a delete for the runs following it |
 //! | `P wfs` | zset | the workflow ids, all scored 0 (listed by id) |
-//! | `P run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status` |
-//! | `P runs:all`, `P runs:wf:{workflow_id}`, `P runs:status:{status}` | zset | runs scored by `started_at`; a save moves the run between status indexes in the same script |
+//! | `P run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status`; once the run has finished it expires `job_ttl` after its last save, as a job does |
+//! | `P runs:all`, `P runs:wf:{workflow_id}`, `P runs:status:{status}` | zset | runs scored by `started_at`; a save moves the run between status indexes in the same script; entries of expired runs are dropped by `run_prune_indexes` |
+//! | `P runs:names` | set | the `runs:wf:{workflow_id}` index keys, for pruning |
+//! | `P lock:wf-run:{id}` | string | a run's lock (see `lock:{name}`): held by the replica advancing the run |
 //!
 //! # The transition script
 //!
@@ -49,7 +51,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::*;
 use crate::job::{Job, JobEvent, JobSpec, JobState, TRANSITIONS};
-use crate::workflow::definition::{Run, Workflow};
+use crate::time::now_ms;
+use crate::workflow::definition::{Run, Status, Workflow};
 
 /// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 12 per job: id,
 /// created_at, spec JSON, tenant, topic, team, trace, deadline, the PENDING event, idempotency
@@ -262,18 +265,42 @@ redis.call('ZADD', KEYS[3], 0, ARGV[3])
 return {'ok', cur + 1}
 "#;
 
-/// KEYS: run hash, its workflow index, the all-runs index, its new status index.
-/// ARGV: expected revision, doc, status, score, id, status index prefix.
+/// KEYS: run hash, its workflow index, the all-runs index, its new status index, the names set.
+/// ARGV: expected revision, doc, status, score, id, status index prefix, TTL in ms (empty while
+/// the run has not finished).
 const LUA_RUN_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if cur ~= tonumber(ARGV[1]) then return {'conflict', cur} end
 local old = redis.call('HGET', KEYS[1], 'status')
 if old then redis.call('ZREM', ARGV[6] .. old, ARGV[5]) end
 redis.call('HSET', KEYS[1], 'rev', cur + 1, 'status', ARGV[3], 'doc', ARGV[2])
+if ARGV[7] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('SADD', KEYS[5], KEYS[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return {'ok', cur + 1}
+"#;
+
+/// Drops the entries of the run index `KEYS[1]` whose run (`ARGV[1]` .. id) no longer exists,
+/// among those scored (started) before `ARGV[2]`: only a run that started a TTL ago can have
+/// expired, so the live runs looked at are the few old ones. Returns how many went and how many
+/// are left.
+const LUA_RUN_PRUNE: &str = r#"
+local offset, removed = 0, 0
+while true do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', offset, 256)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+      redis.call('ZREM', KEYS[1], id)
+      removed = removed + 1
+    else
+      offset = offset + 1
+    end
+  end
+end
+return {removed, redis.call('ZCARD', KEYS[1])}
 "#;
 
 const LUA_CONFIG_PUT: &str = r#"
@@ -333,6 +360,7 @@ struct Scripts {
     lock_release: Script,
     workflow_put: Script,
     run_put: Script,
+    run_prune: Script,
 }
 
 pub struct RedisStore {
@@ -543,6 +571,7 @@ impl RedisStore {
             lock_release: Script::new(LUA_LOCK_RELEASE),
             workflow_put: Script::new(LUA_WORKFLOW_PUT),
             run_put: Script::new(LUA_RUN_PUT),
+            run_prune: Script::new(LUA_RUN_PRUNE),
         };
         Ok(RedisStore {
             conn,
@@ -1313,12 +1342,18 @@ impl Store for RedisStore {
             .key(self.key(&format!("runs:wf:{}", run.workflow_id)))
             .key(self.key("runs:all"))
             .key(self.key(&format!("runs:status:{}", run.status)))
+            .key(self.key("runs:names"))
             .arg(run.revision)
             .arg(doc)
             .arg(run.status.as_str())
             .arg(run.started_at)
             .arg(&run.id)
             .arg(self.key("runs:status:"))
+            .arg(if run.status.is_terminal() {
+                self.opts.job_ttl_ms.to_string()
+            } else {
+                String::new()
+            })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1326,6 +1361,41 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: revision });
         }
         Ok(revision)
+    }
+
+    async fn run_prune_indexes(&self) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        let names_key = self.key("runs:names");
+        let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+        let by_workflow = keys.len();
+        keys.push(self.key("runs:all"));
+        keys.extend(
+            Status::RUN_ENDS
+                .iter()
+                .map(|s| self.key(&format!("runs:status:{s}"))),
+        );
+        let before = now_ms() - self.opts.job_ttl_ms as Millis;
+        let mut removed = 0;
+        let mut empty = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let (gone, left): (u64, u64) = self
+                .scripts
+                .run_prune
+                .key(k)
+                .arg(self.key("run:"))
+                .arg(before)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            removed += gone;
+            if left == 0 && i < by_workflow {
+                empty.push(k.clone());
+            }
+        }
+        if !empty.is_empty() {
+            let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+        }
+        Ok(removed)
     }
 
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>> {

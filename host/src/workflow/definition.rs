@@ -2,18 +2,18 @@
 //! `${expr}` templates of step inputs and the input-schema check. No I/O: the engine
 //! ([`super::engine`]) stores and advances these.
 //!
-//! Two expression languages meet here, on purpose:
-//! * a step `condition` is a boolean expression for the configured condition evaluator (CEL by
-//!   default, a plugin): it is checked through [`ConditionEvaluator::compile`] on save;
-//! * a `${…}` template and a `for_each` expression are **value paths** into the scope
-//!   (`input.a.b`, `steps.fetch.output.items[0]`, `ctx.x`, `item`, `index`), resolved natively,
-//!   since the evaluator interface answers booleans only.
+//! Every expression of a definition is CEL: a step `condition` goes to the configured condition
+//! evaluator (a plugin, CEL by default) and is checked through [`ConditionEvaluator::compile`] on
+//! save; `${…}` templates and `for_each` are evaluated natively by [`super::expr`], with the same
+//! language. `input_schema` is JSON Schema, checked by the `jsonschema` crate: the schema itself
+//! on save, a run's input when the run starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::expr;
 use crate::job::{FieldError, check_ident};
 use crate::plugins::ConditionEvaluator;
 use crate::time::{self, Millis};
@@ -36,6 +36,7 @@ pub enum OnError {
 
 /// A step's retry settings: `max_retries` more attempts after the first, waiting
 /// `initial_backoff_sec · multiplier^(n-1)` (capped at `max_backoff_sec`) before attempt n+1.
+/// With a `policy`, the retry-policy plugin of that name decides instead, told these settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
@@ -62,6 +63,19 @@ fn sixty() -> f64 {
 }
 
 impl RetrySettings {
+    /// The config that selects `policy` (when set) and hands it these settings in the units
+    /// retry policies read (SPEC §9): `max_attempts` counts the first attempt, backoffs are in ms.
+    pub fn policy_config(&self) -> Option<Value> {
+        let ms = |sec: f64| (sec.max(0.0) * 1000.0) as u64;
+        Some(json!({"retry": {
+            "policy": self.policy.as_deref()?,
+            "max_attempts": self.max_retries.saturating_add(1),
+            "initial_backoff_ms": ms(self.initial_backoff_sec),
+            "max_backoff_ms": ms(self.max_backoff_sec),
+            "multiplier": self.multiplier,
+        }}))
+    }
+
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn backoff_ms(&self, attempt: u32) -> u64 {
         let exp = self
@@ -159,6 +173,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses a run ends in.
+    pub const RUN_ENDS: [Status; 4] = [
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -287,13 +309,8 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
             "a workflow needs at least one step",
         ));
     }
-    if let Some(schema) = &spec.input_schema
-        && !schema.is_object()
-    {
-        errors.push(FieldError::new(
-            "input_schema",
-            "must be a JSON Schema object",
-        ));
+    if let Some(schema) = &spec.input_schema {
+        errors.extend(check_schema(schema));
     }
     for (id, step) in &spec.steps {
         let field = |f: &str| format!("steps.{id}.{f}");
@@ -326,7 +343,7 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
             ));
         }
         if let Some(fe) = &step.for_each
-            && let Err(e) = parse_path(strip_template(fe))
+            && let Err(e) = expr::check(expr::bare(fe))
         {
             errors.push(FieldError::new(
                 field("for_each"),
@@ -336,8 +353,8 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
         if step.max_parallel == Some(0) {
             errors.push(FieldError::new(field("max_parallel"), "must be at least 1"));
         }
-        if let Err(e) = check_templates(&step.input) {
-            errors.push(FieldError::new(field("input"), format!("step `{id}`: {e}")));
+        if let Err((at, e)) = check_templates(&step.input, &field("input")) {
+            errors.push(FieldError::new(at, format!("step `{id}`: {e}")));
         }
         if let Some(p) = &step.output_path
             && (p.is_empty() || p.split('.').any(str::is_empty))
@@ -407,107 +424,22 @@ fn find_cycle(steps: &BTreeMap<String, StepDef>) -> Option<Vec<String>> {
     None
 }
 
-/// One segment of a value path.
-#[derive(Debug, Clone, PartialEq)]
-enum Segment {
-    Key(String),
-    Index(usize),
+/// The value of a `for_each` expression (bare or one template) in `scope`.
+pub fn resolve(source: &str, scope: &Value) -> Result<Value, String> {
+    expr::evaluate(expr::bare(source), scope)
 }
 
-/// `a.b[2].c` → segments; the first segment must be a key.
-fn parse_path(expr: &str) -> Result<Vec<Segment>, String> {
-    let expr = expr.trim();
-    if expr.is_empty() {
-        return Err("empty expression".into());
-    }
-    let mut segs = Vec::new();
-    for part in expr.split('.') {
-        let (key, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!("`{expr}` is not a path like `input.items[0].name`"));
-        }
-        segs.push(Segment::Key(key.to_string()));
-        while !rest.is_empty() {
-            let close = rest
-                .find(']')
-                .ok_or_else(|| format!("`{expr}`: unclosed `[`"))?;
-            let n = rest[1..close]
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{expr}`: an index must be a number"))?;
-            segs.push(Segment::Index(n));
-            rest = &rest[close + 1..];
-            if !rest.is_empty() && !rest.starts_with('[') {
-                return Err(format!("`{expr}` is not a path like `input.items[0].name`"));
-            }
-        }
-    }
-    Ok(segs)
-}
-
-/// `${expr}` → `expr`; anything else unchanged (a `for_each` may be written either way).
-fn strip_template(s: &str) -> &str {
-    let t = s.trim();
-    t.strip_prefix("${")
-        .and_then(|t| t.strip_suffix('}'))
-        .unwrap_or(t)
-}
-
-/// The value at `expr` in `scope` (null when absent).
-pub fn resolve(expr: &str, scope: &Value) -> Result<Value, String> {
-    let mut v = scope;
-    for seg in parse_path(strip_template(expr))? {
-        let next = match seg {
-            Segment::Key(k) => v.get(&k),
-            Segment::Index(i) => v.get(i),
-        };
-        match next {
-            Some(n) => v = n,
-            None => return Ok(Value::Null),
-        }
-    }
-    Ok(v.clone())
-}
-
-/// The pieces of a string: literal text and `${expr}` templates.
-enum Piece<'a> {
-    Text(&'a str),
-    Expr(&'a str),
-}
-
-fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            out.push(Piece::Text(&rest[..start]));
-        }
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed template in `{s}`"))?;
-        let expr = &rest[start + 2..start + end];
-        parse_path(expr)?;
-        out.push(Piece::Expr(expr));
-        rest = &rest[start + end + 1..];
-    }
-    if !rest.is_empty() {
-        out.push(Piece::Text(rest));
-    }
-    Ok(out)
-}
-
-fn check_templates(v: &Value) -> Result<(), String> {
+/// Compiles the templates of a step input; an error names where (`steps.a.input.x[1]`).
+fn check_templates(v: &Value, at: &str) -> Result<(), (String, String)> {
     match v {
-        Value::String(s) => pieces(s).map(drop),
-        Value::Array(a) => a.iter().try_for_each(check_templates),
-        Value::Object(o) => o.values().try_for_each(check_templates),
+        Value::String(s) => expr::check_template(s).map_err(|e| (at.to_string(), e)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"))),
+        Value::Object(o) => o
+            .iter()
+            .try_for_each(|(k, x)| check_templates(x, &format!("{at}.{k}"))),
         _ => Ok(()),
     }
 }
@@ -516,26 +448,7 @@ fn check_templates(v: &Value) -> Result<(), String> {
 /// the value's type; templates inside longer strings are spliced in as text.
 pub fn render(v: &Value, scope: &Value) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) => {
-            let ps = pieces(s)?;
-            match ps.as_slice() {
-                [Piece::Expr(e)] => resolve(e, scope)?,
-                _ => {
-                    let mut out = String::new();
-                    for p in ps {
-                        match p {
-                            Piece::Text(t) => out.push_str(t),
-                            Piece::Expr(e) => match resolve(e, scope)? {
-                                Value::String(s) => out.push_str(&s),
-                                Value::Null => {}
-                                other => out.push_str(&other.to_string()),
-                            },
-                        }
-                    }
-                    Value::String(out)
-                }
-            }
-        }
+        Value::String(s) => expr::render_string(s, scope)?,
         Value::Array(a) => Value::Array(
             a.iter()
                 .map(|x| render(x, scope))
@@ -566,104 +479,54 @@ pub fn write_path(ctx: &mut Value, path: &str, value: Value) {
     *cur = value;
 }
 
-/// Checks `value` against a JSON Schema. The supported subset: `type` (one or a list),
-/// `required`, `properties`, `additionalProperties: false`, `items`, `enum`, `const`,
-/// `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`. Other keywords are
-/// accepted and not checked. Errors name the path (`input.a.b`).
-pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
-    let Some(s) = schema.as_object() else { return };
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(x) => vec![x.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
-            errors.push(FieldError::new(
-                path,
-                format!("must be of type {}", types.join(" or ")),
-            ));
-            return;
-        }
-    }
-    if let Some(Value::Array(allowed)) = s.get("enum")
-        && !allowed.contains(value)
-    {
-        errors.push(FieldError::new(path, "is not one of the allowed values"));
-    }
-    if let Some(c) = s.get("const")
-        && c != value
-    {
-        errors.push(FieldError::new(path, format!("must be {c}")));
-    }
-    if let Some(n) = value.as_f64() {
-        if let Some(min) = s.get("minimum").and_then(Value::as_f64)
-            && n < min
-        {
-            errors.push(FieldError::new(path, format!("must be ≥ {min}")));
-        }
-        if let Some(max) = s.get("maximum").and_then(Value::as_f64)
-            && n > max
-        {
-            errors.push(FieldError::new(path, format!("must be ≤ {max}")));
-        }
-    }
-    let len_check = |len: usize, lo: &str, hi: &str, errors: &mut Vec<FieldError>| {
-        if let Some(min) = s.get(lo).and_then(Value::as_u64)
-            && (len as u64) < min
-        {
-            errors.push(FieldError::new(path, format!("{lo} is {min}")));
-        }
-        if let Some(max) = s.get(hi).and_then(Value::as_u64)
-            && (len as u64) > max
-        {
-            errors.push(FieldError::new(path, format!("{hi} is {max}")));
-        }
-    };
-    match value {
-        Value::String(x) => len_check(x.chars().count(), "minLength", "maxLength", errors),
-        Value::Array(items) => {
-            len_check(items.len(), "minItems", "maxItems", errors);
-            if let Some(item_schema) = s.get("items") {
-                for (i, it) in items.iter().enumerate() {
-                    check_schema(item_schema, it, &format!("{path}[{i}]"), errors);
-                }
-            }
-        }
-        Value::Object(o) => {
-            if let Some(Value::Array(req)) = s.get("required") {
-                for r in req.iter().filter_map(Value::as_str) {
-                    if !o.contains_key(r) {
-                        errors.push(FieldError::new(format!("{path}.{r}"), "is required"));
-                    }
-                }
-            }
-            let props = s.get("properties").and_then(Value::as_object);
-            for (k, v) in o {
-                match props.and_then(|p| p.get(k)) {
-                    Some(ps) => check_schema(ps, v, &format!("{path}.{k}"), errors),
-                    None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                        errors.push(FieldError::new(format!("{path}.{k}"), "is not allowed"))
-                    }
-                    None => {}
-                }
-            }
-        }
-        _ => {}
+/// Checks an `input_schema` against its meta-schema (the draft it names, 2020-12 by default):
+/// an error names the field inside it (`input_schema.properties.n.type`). References to other
+/// documents cannot be resolved (the host fetches nothing), so they are errors too.
+pub fn check_schema(schema: &Value) -> Vec<FieldError> {
+    match jsonschema::validator_for(schema) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![FieldError::new(
+            field_at("input_schema", e.instance_path()),
+            format!("not a valid JSON Schema: {e}"),
+        )],
     }
 }
 
-fn type_matches(t: &str, v: &Value) -> bool {
-    match t {
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "string" => v.is_string(),
-        "number" => v.is_number(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "boolean" => v.is_boolean(),
-        "null" => v.is_null(),
-        _ => true,
+/// Checks a run's input against the workflow's schema: one error per failure, each naming the
+/// path in the input (`input.items[2]`; for a missing property, the property: `input.n`).
+pub fn check_input(schema: &Value, input: &Value) -> Vec<FieldError> {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(_) => return check_schema(schema),
+    };
+    validator
+        .iter_errors(input)
+        .map(|e| {
+            let mut at = field_at("input", e.instance_path());
+            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
+                match property {
+                    Value::String(p) => at = format!("{at}.{p}"),
+                    other => at = format!("{at}.{other}"),
+                }
+            }
+            FieldError::new(at, e.to_string())
+        })
+        .collect()
+}
+
+/// `root` followed by a JSON pointer as a dotted path: `/items/2/name` → `root.items[2].name`.
+fn field_at(root: &str, at: &jsonschema::paths::Location) -> String {
+    let mut out = root.to_string();
+    for seg in at.segments() {
+        match seg {
+            jsonschema::paths::LocationSegment::Property(p) => {
+                out.push('.');
+                out.push_str(&p);
+            }
+            jsonschema::paths::LocationSegment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
     }
+    out
 }
 
 /// The steps nothing depends on: their outputs make the run's output.
@@ -735,15 +598,35 @@ mod tests {
         let e = validate(
             &spec(json!({
                 "a": {"topic": "t", "condition": "x ?? y"},
-                "b": {"topic": "t", "input": {"x": "${input.[}"}},
+                "b": {"topic": "t", "input": {"x": {"y": ["ok ${input.n}", "${input.n >}"]}}},
                 "c": {"topic": "t", "input": {"x": "${input.a"}},
+                "d": {"topic": "t", "for_each": "input.xs.map(x,"},
             })),
             &Fake,
         );
         assert_eq!(
             fields(&e),
-            ["steps.a.condition", "steps.b.input", "steps.c.input"]
+            [
+                "steps.a.condition",
+                "steps.b.input.x.y[1]",
+                "steps.c.input.x",
+                "steps.d.for_each"
+            ]
         );
+        assert!(e[1].message.contains("step `b`"), "{e:?}");
+    }
+
+    #[test]
+    fn templates_and_for_each_accept_cel_expressions() {
+        let e = validate(
+            &spec(json!({
+                "a": {"topic": "t", "for_each": "${input.xs.filter(x, x % 2 == 0)}",
+                      "input": {"sum": "${item + index * 2}", "m": "${ {'k': [item]} }",
+                                "label": "${size(input.xs) > 2 ? 'many' : 'few'} items"}},
+            })),
+            &Fake,
+        );
+        assert!(e.is_empty(), "{e:?}");
     }
 
     #[test]
@@ -758,14 +641,18 @@ mod tests {
         let scope = json!({"input": {"n": 3, "xs": [1, 2], "s": "hi"}});
         let out = render(
             &json!({"n": "${input.n}", "xs": "${input.xs}", "msg": "${input.s} x${input.n}",
-                    "second": "${input.xs[1]}", "missing": "${input.none}"}),
+                    "second": "${input.xs[1]}", "deep": [{"sum": "${input.xs[0] + input.xs[1]}"}],
+                    "plain": 7}),
             &scope,
         )
         .unwrap();
         assert_eq!(
             out,
-            json!({"n": 3, "xs": [1, 2], "msg": "hi x3", "second": 2, "missing": null})
+            json!({"n": 3, "xs": [1, 2], "msg": "hi x3", "second": 2, "deep": [{"sum": 3}],
+                   "plain": 7})
         );
+        let e = render(&json!({"x": "${input.none}"}), &scope).unwrap_err();
+        assert!(e.contains("input.none"), "{e}");
     }
 
     #[test]
@@ -777,15 +664,65 @@ mod tests {
     }
 
     #[test]
-    fn schema_subset_names_the_field() {
+    fn input_errors_name_the_failing_path() {
         let schema = json!({"type": "object", "required": ["n"],
-            "properties": {"n": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}}}});
-        let mut e = Vec::new();
-        check_schema(&schema, &json!({"n": 0, "tags": ["a", 1]}), "input", &mut e);
-        assert_eq!(fields(&e), ["input.n", "input.tags[1]"]);
-        let mut e = Vec::new();
-        check_schema(&schema, &json!({}), "input", &mut e);
-        assert_eq!(fields(&e), ["input.n"]);
+            "properties": {"n": {"type": "integer", "minimum": 1},
+                           "tags": {"type": "array", "items": {"type": "string"}},
+                           "who": {"type": "object", "required": ["email"],
+                                   "properties": {"email": {"type": "string", "format": "email"}}}}});
+        assert!(check_schema(&schema).is_empty());
+        let e = check_input(&schema, &json!({"n": 0, "tags": ["a", 1], "who": {}}));
+        let mut got = fields(&e);
+        got.sort();
+        assert_eq!(got, ["input.n", "input.tags[1]", "input.who.email"]);
+        assert_eq!(fields(&check_input(&schema, &json!({}))), ["input.n"]);
+        assert!(check_input(&schema, &json!({"n": 2})).is_empty());
+    }
+
+    #[test]
+    fn keywords_past_the_old_subset_are_checked() {
+        let schema = json!({"type": "object", "properties": {
+            "mode": {"oneOf": [{"const": "fast"}, {"const": "safe"}]},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$"}}});
+        assert_eq!(
+            fields(&check_input(
+                &schema,
+                &json!({"mode": "slow", "code": "abc"})
+            ))
+            .len(),
+            2
+        );
+        assert!(check_input(&schema, &json!({"mode": "safe", "code": "ABC"})).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_schema_is_named_where_it_is_wrong() {
+        let e = check_schema(&json!({"type": "object", "properties": {"n": {"type": 12}}}));
+        assert_eq!(fields(&e), ["input_schema.properties.n.type"]);
+        let e = check_schema(&json!({"$ref": "https://example.com/schema.json"}));
+        assert_eq!(fields(&e), ["input_schema"], "{e:?}");
+        let e = validate(
+            &serde_json::from_value(json!({"name": "w", "input_schema": {"minimum": "1"},
+                "steps": {"a": {"topic": "t"}}}))
+            .unwrap(),
+            &Fake,
+        );
+        assert_eq!(fields(&e), ["input_schema.minimum"]);
+    }
+
+    #[test]
+    fn a_named_policy_is_handed_the_step_settings() {
+        let mut r: RetrySettings = serde_json::from_value(
+            json!({"max_retries": 2, "initial_backoff_sec": 0.25, "max_backoff_sec": 4}),
+        )
+        .unwrap();
+        assert_eq!(r.policy_config(), None, "no policy: the step's own backoff");
+        r.policy = Some("fixed".into());
+        assert_eq!(
+            r.policy_config(),
+            Some(json!({"retry": {"policy": "fixed", "max_attempts": 3,
+                "initial_backoff_ms": 250, "max_backoff_ms": 4000, "multiplier": 2.0}}))
+        );
     }
 
     #[test]

@@ -15,8 +15,16 @@
 //! Two things wake a run: the terminal job events every scheduler publishes (one replica takes
 //! each, through a queue group), and the workflow reconciler, a tick that advances every active
 //! run. The tick is what recovers a lost event or a crashed replica, and what fires retry
-//! backoffs and step/run timeouts. An advance asked while one is in progress in this process is
-//! not dropped: it is remembered, and the holder goes round once more when it is done.
+//! backoffs and step/run timeouts; it runs in one replica at a time, the holder of the
+//! `workflow-reconciler` lock (an owner token with a TTL, renewed every tick and page, as the job
+//! reconciler's), so replicas do not all walk every run.
+//!
+//! A result is never dropped because its run is busy. An advance asked while one is in progress
+//! in this process is remembered, and the holder goes round once more when it is done (its read
+//! of the jobs may predate the result). An advance whose run is locked by another replica waits
+//! until the lock is free — the holder finishes in milliseconds, and one that died lets go when
+//! the lock's TTL runs out — then reads the run and its jobs afresh. Only the tick does not
+//! wait: it skips a locked run and comes back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,8 +39,9 @@ use super::definition::{
 };
 use crate::configsvc::ConfigTarget;
 use crate::job::{FieldError, Job, JobRequest, JobState};
-use crate::plugins::ConditionEvaluator;
+use crate::plugins::{ConditionEvaluator, PluginRegistry};
 use crate::protocol::{Batch, JobEventMsg};
+use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
 use crate::time::{Millis, now_ms};
@@ -59,8 +68,11 @@ pub struct EngineSettings {
     pub tick: Duration,
     /// How long a run's lock lives if its holder dies.
     pub lock_ttl: Duration,
-    /// How long an advance waits for a run's lock held elsewhere before leaving it to the tick.
+    /// How long a person's change (approve, cancel) waits for a run's lock held elsewhere before
+    /// it is answered 409. Advances asked by job results wait until the lock is free.
     pub lock_wait: Duration,
+    /// How often the reconciler drops the index entries of expired runs.
+    pub prune_every: Duration,
 }
 
 impl Default for EngineSettings {
@@ -69,6 +81,7 @@ impl Default for EngineSettings {
             tick: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(30),
             lock_wait: Duration::from_secs(5),
+            prune_every: Duration::from_secs(60),
         }
     }
 }
@@ -82,6 +95,10 @@ pub struct Engine {
     settings: EngineSettings,
     /// Runs being advanced in this process, and whether another advance was asked meanwhile.
     busy: Mutex<HashMap<String, bool>>,
+    /// This replica's token for the reconciler lock.
+    owner: String,
+    /// When this replica last pruned the run indexes.
+    last_prune: Mutex<Option<std::time::Instant>>,
 }
 
 /// What an advance does outside the run document.
@@ -101,6 +118,8 @@ impl Engine {
             scheduler,
             settings,
             busy: Mutex::new(HashMap::new()),
+            owner: format!("workflows-{}", uuid::Uuid::new_v4()),
+            last_prune: Mutex::new(None),
         })
     }
 
@@ -222,8 +241,7 @@ impl Engine {
     pub async fn start_run(&self, workflow_id: &str, input: Value) -> Result<Run> {
         let wf = self.get(workflow_id, None).await?;
         if let Some(schema) = &wf.input_schema {
-            let mut errors = Vec::new();
-            definition::check_schema(schema, &input, "input", &mut errors);
+            let errors = definition::check_input(schema, &input);
             if !errors.is_empty() {
                 return Err(WorkflowError::Invalid(errors));
             }
@@ -357,9 +375,14 @@ impl Engine {
     // ---- advancing ----
 
     /// Advances a run. Asked while this process advances it already, it is remembered and done
-    /// once more right after; a lock held by another replica is waited for (the tick recovers
-    /// anything left past `lock_wait`).
+    /// once more right after. A lock held by another replica is waited for until it is free,
+    /// however long: the result that asked for this advance must not be dropped, and a holder
+    /// that died lets go when its lock's TTL runs out.
     pub async fn advance(&self, run_id: &str) -> Result<()> {
+        self.advance_waiting(run_id, LockWait::UntilFree).await
+    }
+
+    async fn advance_waiting(&self, run_id: &str, wait: LockWait) -> Result<()> {
         {
             let mut busy = self.busy.lock();
             if let Some(again) = busy.get_mut(run_id) {
@@ -369,7 +392,7 @@ impl Engine {
             busy.insert(run_id.to_string(), false);
         }
         loop {
-            let r = self.locked(run_id, None).await;
+            let r = self.locked(run_id, None, wait).await;
             let again = {
                 let mut busy = self.busy.lock();
                 if busy.get(run_id).copied().unwrap_or(false) && r.is_ok() {
@@ -386,23 +409,30 @@ impl Engine {
         }
     }
 
+    /// A person's change: waits `lock_wait` at most for the run's lock, then answers 409.
     async fn change(&self, run_id: &str, change: Change) -> Result<Run> {
-        self.locked(run_id, Some(change)).await
+        self.locked(run_id, Some(change), LockWait::Bounded).await
     }
 
     /// Under the run's lock: applies `change`, advances, saves, then performs the effects.
-    async fn locked(&self, run_id: &str, change: Option<Change>) -> Result<Run> {
-        let lock = format!("wf-run:{run_id}");
+    async fn locked(&self, run_id: &str, change: Option<Change>, wait: LockWait) -> Result<Run> {
+        let lock = run_lock_name(run_id);
         let token = uuid::Uuid::new_v4().to_string();
         let ttl = self.settings.lock_ttl.as_millis() as u64;
-        let waited = tokio::time::Instant::now();
+        let deadline = match wait {
+            LockWait::UntilFree => None,
+            LockWait::Bounded => Some(tokio::time::Instant::now() + self.settings.lock_wait),
+            LockWait::Not => Some(tokio::time::Instant::now()),
+        };
+        let mut pause = Duration::from_millis(10);
         while !self.store.lock_acquire(&lock, &token, ttl).await? {
-            if waited.elapsed() > self.settings.lock_wait {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(WorkflowError::Conflict(format!(
                     "run `{run_id}` is busy; try again"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
         let r = self.advance_held(run_id, change).await;
         if let Err(e) = self.store.lock_release(&lock, &token).await {
@@ -442,6 +472,7 @@ impl Engine {
             now,
             jobs: &jobs,
             conditions: &conditions,
+            plugins: &self.scheduler.plugins,
             effects: Vec::new(),
         };
         plan.advance(&mut run);
@@ -529,22 +560,69 @@ impl Engine {
         }
     }
 
-    /// The workflow reconciler: every tick, advances each active run. This recovers results
-    /// nobody applied (a lost event, a replica that died mid-advance) and fires retry backoffs
-    /// and timeouts.
+    /// The workflow reconciler: every tick, in the one replica that holds the reconciler lock,
+    /// advances each active run and, now and then, prunes the index entries of expired runs.
+    /// This recovers results nobody applied (a lost event, a replica that died mid-advance) and
+    /// fires retry backoffs and timeouts.
     pub async fn run_reconciler(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.reconcile_once().await {
+            if let Err(e) = self.reconcile_as_leader().await {
                 tracing::warn!(error = %e, "workflow reconciler tick failed");
             }
         }
     }
 
-    /// One pass over the active runs (pending, running, waiting), paged.
-    pub async fn reconcile_once(&self) -> Result<usize> {
+    /// How long the reconciler lock outlives a tick that did not renew it: a replica that died
+    /// hands over within this.
+    fn leader_ttl(&self) -> u64 {
+        (self.settings.tick * 3)
+            .max(Duration::from_secs(3))
+            .as_millis() as u64
+    }
+
+    /// One reconciler tick if this replica holds the reconciler lock (taking it when it is
+    /// free): the number of runs looked at, or `None` when another replica is the reconciler.
+    pub async fn reconcile_as_leader(&self) -> Result<Option<usize>> {
+        if !self
+            .store
+            .lock_acquire(RECONCILER_LOCK, &self.owner, self.leader_ttl())
+            .await?
+        {
+            return Ok(None);
+        }
+        let advanced = self.reconcile_once().await?;
+        let prune_due = {
+            let mut last = self.last_prune.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= self.settings.prune_every);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if prune_due {
+            match self.store.run_prune_indexes().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(removed = n, "pruned the index entries of expired runs")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "run index pruning failed"),
+            }
+        }
+        Ok(Some(advanced))
+    }
+
+    /// Lets another replica become the reconciler at once (on shutdown).
+    pub async fn release(&self) {
+        let _ = self.store.lock_release(RECONCILER_LOCK, &self.owner).await;
+    }
+
+    /// One pass over the active runs (pending, running, waiting), paged. A run whose lock is
+    /// held is skipped (its holder is advancing it; the next tick comes back), and the reconciler
+    /// lock is renewed after each page, so a long pass keeps it; a pass that lost it stops.
+    async fn reconcile_once(&self) -> Result<usize> {
         let mut advanced = 0;
         for status in [Status::Pending, Status::Running, Status::Waiting] {
             let filter = RunFilter {
@@ -558,10 +636,17 @@ impl Engine {
             loop {
                 let got = self.store.run_list(&filter, &page).await?;
                 for run in &got.items {
-                    if let Err(e) = self.advance(&run.id).await {
+                    if let Err(e) = self.advance_waiting(&run.id, LockWait::Not).await {
                         tracing::debug!(run_id = %run.id, error = %e, "run not advanced this tick");
                     }
                     advanced += 1;
+                }
+                if !self
+                    .store
+                    .lock_acquire(RECONCILER_LOCK, &self.owner, self.leader_ttl())
+                    .await?
+                {
+                    return Ok(advanced);
                 }
                 match got
                     .next_cursor
@@ -574,6 +659,25 @@ impl Engine {
         }
         Ok(advanced)
     }
+}
+
+/// The name of a run's lock (a store lock: `lock:wf-run:{id}` in Redis).
+pub fn run_lock_name(run_id: &str) -> String {
+    format!("wf-run:{run_id}")
+}
+
+/// The lock held by the one replica that runs the workflow reconciler.
+const RECONCILER_LOCK: &str = "workflow-reconciler";
+
+/// How an advance treats a run lock held elsewhere.
+#[derive(Debug, Clone, Copy)]
+enum LockWait {
+    /// Until it is free: an advance asked by a job result.
+    UntilFree,
+    /// `lock_wait` at most: a person's change, answered 409 past it.
+    Bounded,
+    /// Not at all: the reconciler's tick, which comes back anyway.
+    Not,
 }
 
 /// The job of a step (or child) that is running.
@@ -605,6 +709,8 @@ struct Plan<'a, C: ConditionEvaluator> {
     now: Millis,
     jobs: &'a HashMap<String, Job>,
     conditions: &'a C,
+    /// For the retry policies steps name.
+    plugins: &'a PluginRegistry,
     effects: Vec<Effect>,
 }
 
@@ -850,19 +956,66 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                 s.error = None;
                 s.completed_at = Some(self.now);
             }
-            JobOutcome::Failed(why, status) => {
-                let retries = def.retry.as_ref().map_or(0, |r| r.max_retries);
-                s.error = Some(why.clone());
-                if s.attempts <= retries {
-                    let wait = def.retry.as_ref().map_or(0, |r| r.backoff_ms(s.attempts));
+            JobOutcome::Failed(why, status) => match self.retry_after(def, s, &job_id, status) {
+                Ok(wait) => {
+                    s.error = Some(why);
                     s.status = Status::Pending;
                     s.job_id = None;
                     s.next_attempt_at = Some(self.now + wait as i64);
-                } else {
+                }
+                Err(no_retry) => {
+                    s.error = Some(match no_retry {
+                        Some(reason) => format!("{why}; {reason}"),
+                        None => why,
+                    });
                     s.status = status;
                     s.completed_at = Some(self.now);
                 }
-            }
+            },
+        }
+    }
+
+    /// How long to wait before the next attempt of a failed step, or why there is none. Without a
+    /// `retry.policy` the step's own settings decide; with one, the retry-policy plugin of that
+    /// name does (SPEC §9), told the step's settings, the attempt and the job's error — a policy
+    /// that cannot answer means no retry, as for jobs.
+    fn retry_after(
+        &self,
+        def: &StepDef,
+        s: &StepRun,
+        job_id: &str,
+        status: Status,
+    ) -> std::result::Result<u64, Option<String>> {
+        let Some(retry) = &def.retry else {
+            return Err(None);
+        };
+        let Some(config) = retry.policy_config() else {
+            return if s.attempts <= retry.max_retries {
+                Ok(retry.backoff_ms(s.attempts))
+            } else {
+                Err(None)
+            };
+        };
+        let Some(job) = self.jobs.get(job_id) else {
+            return Err(None);
+        };
+        let mut job = job.clone();
+        job.spec.attempt = s.attempts;
+        let outcome = match status {
+            Status::TimedOut => JobState::Timeout,
+            _ if job.state.is_terminal() => job.state,
+            _ => JobState::Failed,
+        };
+        let elapsed_ms = s.started_at.map_or(0, |t| (self.now - t).max(0) as u64);
+        let decision = self.plugins.retry_for(&config).decide(&Failure {
+            job: &job,
+            outcome,
+            error: job.error.as_ref(),
+            elapsed_ms,
+        });
+        match decision {
+            RetryDecision::Retry { after_ms } => Ok(after_ms),
+            RetryDecision::DeadLetter { reason } => Err(Some(reason)),
         }
     }
 
