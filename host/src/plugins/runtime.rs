@@ -21,8 +21,8 @@
 //!
 //! # The instance pool
 //!
-//! Instantiating a component costs 50–100 µs (a store, a linear memory mapped from its data
-//! segments, the guest's own start-up); a call on a warm instance about 1.5 µs (below). So
+//! Instantiating a component costs about 50 µs (a store, a linear memory mapped from its data
+//! segments, the guest's own start-up); a call on a warm instance about 1 µs (below). So
 //! instances are kept warm and reused, and a call that finds one idle pays only for itself. Each
 //! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
 //! and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on
@@ -50,7 +50,7 @@
 //! least-loaded scan (it was ten times with a `list<record>`, which wasmtime 48 writes field by
 //! field).
 //!
-//! At one candidate a call costs about 1.5 µs (`benches/plugins.rs`), most of it wasmtime's
+//! At one candidate a call costs about 1 µs (`benches/plugins.rs`), most of it wasmtime's
 //! fixed price: the async call runs on a fiber (about a tenth), each list is a call into the
 //! guest's allocator, then the call itself and its post-return. The host's own part (the plugin
 //! looked up by name, the breaker and its clock read, the pool checkout, the lists refilled) is
