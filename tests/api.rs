@@ -61,6 +61,9 @@ on_both_backends! {
     failed_job_is_dead_lettered_whole_and_can_be_retried
         => failed_job_is_dead_lettered_whole_and_can_be_retried_embedded,
            failed_job_is_dead_lettered_whole_and_can_be_retried_real;
+    failing_job_is_retried_by_the_default_policy_then_dead_lettered
+        => failing_job_is_retried_by_the_default_policy_then_dead_lettered_embedded,
+           failing_job_is_retried_by_the_default_policy_then_dead_lettered_real;
     cancel_stops_a_running_command_and_leaves_terminal_jobs_alone
         => cancel_stops_a_running_command_and_leaves_terminal_jobs_alone_embedded,
            cancel_stops_a_running_command_and_leaves_terminal_jobs_alone_real;
@@ -303,6 +306,15 @@ fn states(job: &Value) -> Vec<String> {
         .expect("a job has a history")
         .iter()
         .map(|e| e["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn notes(job: &Value) -> Vec<String> {
+    job["history"]
+        .as_array()
+        .expect("a job has a history")
+        .iter()
+        .filter_map(|e| e["note"].as_str().map(String::from))
         .collect()
 }
 
@@ -622,8 +634,19 @@ async fn batch_stores_good_items_and_reports_bad_ones_in_place(backend: Backend)
 // 6. Failure and the DLQ
 // ---------------------------------------------------------------------------------------------
 
+/// Makes every failure final: for tests about where a failed job ends up, not about retrying
+/// it (the default policy retries with backoff).
+async fn dead_letter_at_once(api: &Api) {
+    set_config(
+        api,
+        json!({"scope": "system", "data": {"retry": {"policy": "never"}}}),
+    )
+    .await;
+}
+
 async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) {
     let h = Host::start(backend).await;
+    dead_letter_at_once(&h.api).await;
     let topic = unique("fail.");
     let bulk_topic = unique("failbulk.");
     h.ready_worker(
@@ -773,6 +796,57 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     // A bad filter is refused, naming the field.
     let r = post_with(&h.api, "/api/v1/dlq/retry", &json!({"status": "NOPE"}), &[]).await;
     assert_problem(&r, 422, "status");
+    h.stop().await;
+}
+
+async fn failing_job_is_retried_by_the_default_policy_then_dead_lettered(backend: Backend) {
+    let h = Host::start(backend).await;
+    let topic = unique("flaky.");
+    h.ready_worker(
+        &unique("w-flaky-"),
+        "p",
+        &[&topic],
+        &[],
+        Mode::Exec("exit 7".into()),
+    )
+    .await;
+
+    // No `retry` config: exponential-jitter with its defaults, three runs in all, the second
+    // after 0.5–1 s and the third after 1–2 s.
+    let id = h
+        .api
+        .submit(json!({"topic": topic, "payload": {"n": 1}}))
+        .await;
+    let first = h.api.wait_state(&id, "FAILED", WAIT).await;
+    let second_id = format!("{id}-attempt-2");
+    let third_id = format!("{id}-attempt-3");
+    assert!(
+        notes(&first).iter().any(|n| n.contains(&second_id)),
+        "the failure names the next attempt: {first}"
+    );
+    let second = h.api.wait_state(&second_id, "FAILED", WAIT).await;
+    assert_eq!(second["attempt"], 2, "{second}");
+    assert_eq!(second["retry_of"], id.as_str(), "{second}");
+    assert_eq!(second["payload"], json!({"n": 1}));
+    assert_eq!(second["trace_id"], first["trace_id"]);
+    let third = h.api.wait_state(&third_id, "FAILED", WAIT).await;
+    assert_eq!(third["attempt"], 3, "{third}");
+    assert_eq!(third["retry_of"], second_id.as_str(), "{third}");
+
+    // The last attempt, and only it, is dead-lettered; there is no fourth.
+    let entry = wait_for(
+        &h.api,
+        &format!("/api/v1/dlq/{third_id}"),
+        "the last attempt is dead-lettered",
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(entry["attempts"], 3, "{entry}");
+    assert_eq!(entry["error"]["code"], "exit_7", "{entry}");
+    let (_, list) = h.api.get(&format!("/api/v1/dlq?topic={topic}")).await;
+    assert_eq!(ids(&list, "job_id"), [third_id.as_str()]);
+    let (status, _) = h.api.get(&format!("/api/v1/jobs/{id}-attempt-4")).await;
+    assert_eq!(status, 404);
     h.stop().await;
 }
 
@@ -1184,6 +1258,7 @@ async fn job_past_its_deadline_without_worker_fails_into_the_dlq(backend: Backen
 
 async fn reconciler_times_out_a_job_its_worker_never_started(backend: Backend) {
     let h = Host::start_fast(backend).await;
+    dead_letter_at_once(&h.api).await;
     let topic = unique("ghost.");
     let ghost = unique("w-ghost-");
     let bus = h.running.scheduler.bus.clone();

@@ -562,6 +562,16 @@ async fn a_killed_worker_job_times_out_to_the_dlq() {
     let mut c = Cluster::new(&["--running-timeout", "5s"]).await;
     let topic = "crash.doomed";
     c.start_serve().await;
+    // The default policy would retry the timed-out job on a worker that never comes back: this
+    // test is about the timeout reaching the DLQ, so the first failure is final.
+    let (status, v) = c
+        .api
+        .post(
+            "/api/v1/config",
+            json!({"scope": "system", "data": {"retry": {"policy": "never"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
     c.start_worker("w1", topic, "sleep 3; cat", 1);
     c.api.wait_workers(1, Duration::from_secs(20)).await;
 

@@ -342,14 +342,69 @@ fn failed_job(attempt: u32) -> Job {
 }
 
 fn decide(registry: &PluginRegistry, config: &Value, attempt: u32) -> RetryDecision {
-    let job = failed_job(attempt);
+    decide_for(registry, config, &failed_job(attempt))
+}
+
+fn decide_for(registry: &PluginRegistry, config: &Value, job: &Job) -> RetryDecision {
     let error = JobError::new("boom", "it broke");
     registry.retry_for(config).decide(&Failure {
-        job: &job,
+        job,
         outcome: JobState::Failed,
         error: Some(&error),
         elapsed_ms: 10,
     })
+}
+
+#[test]
+fn without_a_configured_policy_failures_back_off_exponentially_for_three_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry_with(
+        settings(cache.path()),
+        &[("exponential-jitter", "exponential_jitter")],
+    );
+    let no_config = json!({});
+    assert_eq!(registry.retry_for(&no_config).name(), "exponential-jitter");
+    // Backoff 1 s, then 2 s, each with equal jitter (half of it, plus up to the other half).
+    for (attempt, range) in [(1, 500..=1_000), (2, 1_000..=2_000)] {
+        match decide(&registry, &no_config, attempt) {
+            RetryDecision::Retry { after_ms } => {
+                assert!(range.contains(&after_ms), "attempt {attempt}: {after_ms}")
+            }
+            other => panic!("attempt {attempt} of 3 should retry: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        decide(&registry, &no_config, 3),
+        RetryDecision::DeadLetter { .. }
+    ));
+    // The config's settings reach the default policy without naming it.
+    let one_run = json!({"retry": {"max_attempts": 1}});
+    assert!(matches!(
+        decide(&registry, &one_run, 1),
+        RetryDecision::DeadLetter { .. }
+    ));
+    assert_eq!(listed(&registry, "exponential-jitter")["calls"], 4);
+}
+
+#[test]
+fn a_workflow_step_job_is_left_to_the_engine_unless_a_policy_is_configured() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry_with(
+        settings(cache.path()),
+        &[("exponential-jitter", "exponential_jitter")],
+    );
+    let mut step_job = failed_job(1);
+    step_job.spec.run_id = Some("run-1".into());
+    step_job.spec.step_id = Some("build".into());
+    match decide_for(&registry, &json!({}), &step_job) {
+        RetryDecision::DeadLetter { reason } => assert!(reason.contains("never"), "{reason}"),
+        other => panic!("the workflow engine retries steps, not the scheduler: {other:?}"),
+    }
+    let configured = json!({"retry": {"policy": "exponential-jitter"}});
+    assert!(matches!(
+        decide_for(&registry, &configured, &step_job),
+        RetryDecision::Retry { .. }
+    ));
 }
 
 #[test]
@@ -595,6 +650,22 @@ async fn an_uploaded_plugin_is_stored_and_used() {
     let row = plugin_row(&api, "spin").await;
     assert_eq!(row["breaker"], "open", "{row}");
     assert_eq!(row["last_failure"]["reason"], "deadline", "{row}");
+    // And in the metrics: the failures by reason, the breaker's state change.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"coretex_plugin_failures_total{plugin="spin",reason="deadline"}"#,
+        r#"coretex_breaker_transitions_total{breaker="plugin:spin",to="open"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
 
     // Deleting removes it from the store and from service; built-ins cannot be deleted.
     assert_eq!(api.delete("/api/v1/plugins/my-rr").await, 204);

@@ -1,7 +1,7 @@
 //! `most-free-slots`: send each job to the worker with the most free slots, and never to a
 //! worker that is full.
 
-use coretex_plugin_sdk::dispatch::{Candidate, Context, Decision, DispatchStrategy, Job};
+use coretex_plugin_sdk::dispatch::{Candidates, Context, Decision, DispatchStrategy, Job};
 
 #[derive(Default)]
 pub struct MostFreeSlots;
@@ -10,14 +10,16 @@ impl DispatchStrategy for MostFreeSlots {
     fn pick(
         &self,
         _job: &Job,
-        candidates: &[Candidate],
+        candidates: Candidates<'_>,
         _ctx: &dyn Context,
     ) -> Result<Decision, String> {
-        let roomiest = (0..candidates.len())
-            .filter(|&i| candidates[i].free_slots() > 0)
-            .max_by_key(|&i| candidates[i].free_slots());
+        let roomiest = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.free_slots() > 0)
+            .max_by_key(|(_, c)| c.free_slots());
         Ok(match roomiest {
-            Some(i) => Decision::Worker(i),
+            Some((i, _)) => Decision::Worker(i),
             None => Decision::NoWorker("every eligible worker is full".into()),
         })
     }

@@ -21,14 +21,14 @@
 //!
 //! # The instance pool
 //!
-//! Instantiating a component costs 50–100 µs (a store, a linear memory mapped from its data
-//! segments, the guest's own start-up); a call on a warm instance about 1.5 µs (`benches/
-//! plugins.rs`). So instances are kept warm and reused, and a call that finds one idle pays only
-//! for itself. Each [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked
-//! once, at load) and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on it
-//! alone — no lock is held during the call, so as many calls run at once as there are threads
-//! calling — and pushes it back. The stack is last-in-first-out so the instance that ran last,
-//! whose memory is warm in cache, runs next; it is bounded (twice the CPUs) so a burst of
+//! Instantiating a component costs about 50 µs (a store, a linear memory mapped from its data
+//! segments, the guest's own start-up); a call on a warm instance about 1 µs (below). So
+//! instances are kept warm and reused, and a call that finds one idle pays only for itself. Each
+//! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
+//! and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on
+//! it alone — no lock is held during the call, so as many calls run at once as there are
+//! threads calling — and pushes it back. The stack is last-in-first-out so the instance that ran
+//! last, whose memory is warm in cache, runs next; it is bounded (twice the CPUs) so a burst of
 //! concurrent calls does not leave a crowd of idle instances behind.
 //!
 //! An instance keeps its linear memory between calls, which is what lets `round-robin` remember
@@ -42,13 +42,20 @@
 //!
 //! Per-call data a strategy may ask for (the job's labels, a candidate's id) stays where it is:
 //! the store holds a pointer to the caller's borrowed [`DispatchCall`] for the duration of the
-//! call only, so a pick over a thousand candidates copies sixteen bytes per candidate and no
-//! strings.
+//! call only. What does cross is twelve bytes per candidate, as three lists of numbers
+//! (`active-jobs`, `max-parallel`, `cpu-load`; `wit/dispatch.wit` says why not a list of
+//! records): each instance keeps the three lists and refills them in one pass, so the host
+//! allocates nothing per call, and wasmtime copies each into the guest in one go, where the SDK
+//! reads them in place. At a thousand candidates a call costs about twice the native
+//! least-loaded scan (it was ten times with a `list<record>`, which wasmtime 48 writes field by
+//! field).
 //!
-//! What a call costs is wasmtime's: about a microsecond to enter the component, allocate the
-//! argument list in the guest, call and run the post-return; then about 60 ns per candidate,
-//! because wasmtime 48 lowers a `list<record>` field by field, looking the guest memory up for
-//! each field (a list of `u32` or `f32` is copied in one pass instead).
+//! At one candidate a call costs about 1 µs (`benches/plugins.rs`), most of it wasmtime's
+//! fixed price: the async call runs on a fiber (about a tenth), each list is a call into the
+//! guest's allocator, then the call itself and its post-return. The host's own part (the plugin
+//! looked up by name, the breaker and its clock read, the pool checkout, the lists refilled) is
+//! about a sixth. A synchronous call would save the fiber, but needs WASI linked in its sync
+//! form, which panics under Tokio (above).
 //!
 //! # The cache
 //!
@@ -399,8 +406,9 @@ pub struct Instance {
     store: Store<Sandbox>,
     exports: Exports,
     calls: u64,
-    /// The wire form of the candidates, kept to save an allocation per call.
-    wire: Vec<wire_dispatch::Candidate>,
+    /// The wire form of the candidates, one list per field, kept so that a call allocates
+    /// nothing on this side.
+    wire: wire_dispatch::Candidates,
 }
 
 /// What a dispatch strategy is asked: borrowed from the scheduler for the length of the call.
@@ -480,7 +488,12 @@ impl PluginComponent {
             store,
             exports,
             calls: 0,
-            wire: Vec::new(),
+            wire: wire_dispatch::Candidates {
+                active_jobs: Vec::new(),
+                max_parallel: Vec::new(),
+                cpu_load: Vec::new(),
+                preferred: None,
+            },
         })
     }
 
@@ -531,14 +544,7 @@ impl PluginComponent {
             let Exports::Dispatch(bindings) = &inst.exports else {
                 unreachable!("a dispatch plugin's instances export dispatch");
             };
-            inst.wire.clear();
-            inst.wire
-                .extend(call.candidates.iter().map(|c| wire_dispatch::Candidate {
-                    active_jobs: c.active_jobs,
-                    max_parallel: c.max_parallel,
-                    cpu_load: c.cpu_load as f32,
-                    preferred: c.preferred,
-                }));
+            set_candidates(&mut inst.wire, call.candidates);
             let job = wire_dispatch::JobSummary {
                 priority: match call.job.priority {
                     Priority::Interactive => wire_dispatch::Priority::Interactive,
@@ -657,6 +663,22 @@ impl PluginComponent {
             let out = call(bindings, &mut inst.store);
             settle(&inst.store, out)
         })
+    }
+}
+
+/// Writes `candidates` into `wire` field by field, in one pass, reusing its lists.
+fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]) {
+    wire.active_jobs.clear();
+    wire.max_parallel.clear();
+    wire.cpu_load.clear();
+    wire.preferred = None;
+    for (i, c) in candidates.iter().enumerate() {
+        wire.active_jobs.push(c.active_jobs);
+        wire.max_parallel.push(c.max_parallel);
+        wire.cpu_load.push(c.cpu_load as f32);
+        if c.preferred && wire.preferred.is_none() {
+            wire.preferred = u32::try_from(i).ok();
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! instance keep its state in a `Cell` without asking for `Sync`.
 
 use crate::condition::StepCondition;
-use crate::dispatch::{self, Candidate, Context, DispatchStrategy, Job, Priority};
+use crate::dispatch::{self, Candidates, Context, DispatchStrategy, Job, Priority};
 use crate::retry::{self, Failure, Outcome, RetryPolicy};
 use crate::wit::dispatch_strategy::coretex::plugin::dispatch_context as host;
 use crate::wit::dispatch_strategy::exports::coretex::plugin::dispatch as wire_dispatch;
@@ -17,7 +17,7 @@ pub use crate::wit::dispatch_strategy::coretex::plugin::types::PluginError;
 pub use crate::wit::step_condition::exports::coretex::plugin::condition::Guest as ConditionGuest;
 pub use crate::wit::{dispatch_strategy, retry_policy, step_condition};
 pub use wire_dispatch::{
-    Candidate as WireCandidate, Decision as WireDispatchDecision, Guest as DispatchGuest,
+    Candidates as WireCandidates, Decision as WireDispatchDecision, Guest as DispatchGuest,
     JobSummary as WireJob,
 };
 pub use wire_retry::{Decision as WireRetryDecision, Failure as WireFailure, Guest as RetryGuest};
@@ -25,11 +25,12 @@ pub use wire_retry::{Decision as WireRetryDecision, Failure as WireFailure, Gues
 pub use crate::wit::retry_policy::coretex::plugin::types::PluginError as RetryPluginError;
 pub use crate::wit::step_condition::coretex::plugin::types::PluginError as ConditionPluginError;
 
-/// Runs `strategy` on one `pick` call from the host.
+/// Runs `strategy` on one `pick` call from the host. The candidates are viewed where they
+/// arrived: the three lists the host wrote into this instance's memory, not copied again.
 pub fn pick<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,
-    candidates: Vec<WireCandidate>,
+    candidates: WireCandidates,
 ) -> Result<WireDispatchDecision, PluginError> {
     let job = Job {
         priority: match job.priority {
@@ -40,18 +41,16 @@ pub fn pick<S: DispatchStrategy>(
         attempt: job.attempt,
         label_count: job.label_count,
     };
-    let candidates: Vec<Candidate> = candidates
-        .into_iter()
-        .map(|c| Candidate {
-            active_jobs: c.active_jobs,
-            max_parallel: c.max_parallel,
-            cpu_load: c.cpu_load,
-            preferred: c.preferred,
-        })
-        .collect();
+    let candidates = Candidates::new(
+        &candidates.active_jobs,
+        &candidates.max_parallel,
+        &candidates.cpu_load,
+        candidates.preferred.map(|i| i as usize),
+    )
+    .map_err(|message| PluginError { message })?;
     // The index goes back unchecked: judging it is the host's job (and the containment tests
     // need a plugin that answers out of range).
-    match strategy.pick(&job, &candidates, &HostContext) {
+    match strategy.pick(&job, candidates, &HostContext) {
         Ok(dispatch::Decision::Worker(index)) => u32::try_from(index)
             .map(WireDispatchDecision::Worker)
             .map_err(|_| PluginError {
@@ -166,7 +165,7 @@ macro_rules! export_dispatch_strategy {
             impl $crate::export::DispatchGuest for Export {
                 fn pick(
                     job: $crate::export::WireJob,
-                    candidates: ::std::vec::Vec<$crate::export::WireCandidate>,
+                    candidates: $crate::export::WireCandidates,
                 ) -> ::core::result::Result<
                     $crate::export::WireDispatchDecision,
                     $crate::export::PluginError,

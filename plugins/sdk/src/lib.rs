@@ -8,16 +8,17 @@
 //! component that the host loads into a sandbox.
 //!
 //! ```
-//! use coretex_plugin_sdk::dispatch::{Candidate, Context, Decision, DispatchStrategy, Job};
+//! use coretex_plugin_sdk::dispatch::{Candidates, Context, Decision, DispatchStrategy, Job};
 //!
 //! /// The worker with the most free slots.
 //! #[derive(Default)]
 //! struct MostFreeSlots;
 //!
 //! impl DispatchStrategy for MostFreeSlots {
-//!     fn pick(&self, _: &Job, candidates: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
-//!         Ok(match (0..candidates.len()).max_by_key(|&i| candidates[i].free_slots()) {
-//!             Some(i) => Decision::Worker(i),
+//!     fn pick(&self, _: &Job, candidates: Candidates<'_>, _: &dyn Context) -> Result<Decision, String> {
+//!         let roomiest = candidates.iter().enumerate().max_by_key(|(_, c)| c.free_slots());
+//!         Ok(match roomiest {
+//!             Some((i, _)) => Decision::Worker(i),
 //!             None => Decision::NoWorker("no eligible worker".into()),
 //!         })
 //!     }

@@ -2,14 +2,14 @@
 //! on them in an ordinary `cargo test`, and read back which worker it chose.
 //!
 //! ```
-//! use coretex_plugin_sdk::dispatch::{Candidate, Context, Decision, DispatchStrategy, Job};
+//! use coretex_plugin_sdk::dispatch::{Candidates, Context, Decision, DispatchStrategy, Job};
 //! use coretex_plugin_sdk::testing::{Fixture, Worker};
 //!
 //! /// Picks the first candidate.
 //! struct First;
 //!
 //! impl DispatchStrategy for First {
-//!     fn pick(&self, _: &Job, candidates: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+//!     fn pick(&self, _: &Job, candidates: Candidates<'_>, _: &dyn Context) -> Result<Decision, String> {
 //!         Ok(if candidates.is_empty() { Decision::NoWorker("none".into()) } else { Decision::Worker(0) })
 //!     }
 //! }
@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::dispatch::{Candidate, Context, Decision, DispatchStrategy, Job, Priority};
+use crate::dispatch::{
+    Candidate, CandidateList, Context, Decision, DispatchStrategy, Job, Priority,
+};
 
 /// A worker as the host's registry sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,8 +147,9 @@ impl Fixture {
         }
     }
 
-    /// The workers as a strategy sees them.
-    pub fn candidates(&self) -> Vec<Candidate> {
+    /// The workers as a strategy sees them ([`CandidateList::view`] is the strategy's
+    /// argument).
+    pub fn candidates(&self) -> CandidateList {
         let preferred = self.labels.get("preferred_worker_id");
         self.workers
             .iter()
@@ -161,7 +164,7 @@ impl Fixture {
 
     /// Runs one `pick`, as the host would: an index outside the candidates is an error.
     pub fn pick<S: DispatchStrategy + ?Sized>(&self, strategy: &S) -> Result<Decision, String> {
-        let decision = strategy.pick(&self.job(), &self.candidates(), self)?;
+        let decision = strategy.pick(&self.job(), self.candidates().view(), self)?;
         match decision {
             Decision::Worker(index) if index >= self.workers.len() => Err(format!(
                 "picked candidate {index}, but there are {} candidates",
@@ -232,12 +235,13 @@ impl Context for Fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::Candidates;
 
     /// Answers whatever index it was built with.
     struct Fixed(usize);
 
     impl DispatchStrategy for Fixed {
-        fn pick(&self, _: &Job, _: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+        fn pick(&self, _: &Job, _: Candidates<'_>, _: &dyn Context) -> Result<Decision, String> {
             Ok(Decision::Worker(self.0))
         }
     }
@@ -248,8 +252,7 @@ mod tests {
             .label("preferred_worker_id", "b")
             .worker(Worker::new("a"))
             .worker(Worker::new("b"));
-        let preferred: Vec<bool> = fixture.candidates().iter().map(|c| c.preferred).collect();
-        assert_eq!(preferred, [false, true]);
+        assert_eq!(fixture.candidates().view().preferred(), Some(1));
     }
 
     #[test]

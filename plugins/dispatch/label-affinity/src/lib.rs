@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use coretex_plugin_sdk::dispatch::{
-    Candidate, Context, Decision, DispatchStrategy, Job, TieBreaker, preferred_candidate,
+    Candidates, Context, Decision, DispatchStrategy, Job, TieBreaker, preferred_candidate,
 };
 
 #[derive(Default)]
@@ -29,7 +29,7 @@ impl DispatchStrategy for LabelAffinity {
     fn pick(
         &self,
         _: &Job,
-        candidates: &[Candidate],
+        candidates: Candidates<'_>,
         ctx: &dyn Context,
     ) -> Result<Decision, String> {
         if let Some(i) = preferred_candidate(candidates) {

@@ -6,7 +6,7 @@
 //! instead of one taking it all. This is the host's built-in fallback strategy, as a plugin.
 
 use coretex_plugin_sdk::dispatch::{
-    Candidate, Context, Decision, DispatchStrategy, Job, TieBreaker, preferred_candidate,
+    Candidates, Context, Decision, DispatchStrategy, Job, TieBreaker, preferred_candidate,
 };
 
 #[derive(Default)]
@@ -15,7 +15,12 @@ pub struct LeastLoaded {
 }
 
 impl DispatchStrategy for LeastLoaded {
-    fn pick(&self, _: &Job, candidates: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+    fn pick(
+        &self,
+        _: &Job,
+        candidates: Candidates<'_>,
+        _: &dyn Context,
+    ) -> Result<Decision, String> {
         let choice = preferred_candidate(candidates)
             .or_else(|| self.ties.lowest(candidates, |_, c| c.load_score()));
         Ok(Decision::from_choice(choice, candidates))

@@ -9,7 +9,7 @@
 
 use coretex_plugin_sdk::Rng;
 use coretex_plugin_sdk::dispatch::{
-    Candidate, Context, Decision, DispatchStrategy, Job, preferred_candidate,
+    Candidates, Context, Decision, DispatchStrategy, Job, preferred_candidate,
 };
 
 #[derive(Default)]
@@ -18,29 +18,32 @@ pub struct PowerOfTwoChoices {
 }
 
 impl PowerOfTwoChoices {
-    fn draw_two(&self, candidates: &[Candidate]) -> Option<usize> {
-        let open: Vec<usize> = (0..candidates.len())
-            .filter(|&i| !candidates[i].is_overloaded())
-            .collect();
-        if open.len() < 2 {
-            return open.first().copied();
+    /// Draws two different workers among those not overloaded (ranks among them, mapped back
+    /// to candidate indexes by a second scan: no list of the open ones is built).
+    fn draw_two(&self, candidates: Candidates<'_>) -> Option<usize> {
+        let open = |i: &usize| candidates.get(*i).is_some_and(|c| !c.is_overloaded());
+        let nth_open = |rank: u64| (0..candidates.len()).filter(open).nth(rank as usize);
+        let n = (0..candidates.len()).filter(open).count() as u64;
+        if n < 2 {
+            return nth_open(0);
         }
-        let n = open.len() as u64;
         let first = self.rng.below(n);
         // Draw the second from the others: shift the draws at or past the first up by one.
         let second = self.rng.below(n - 1);
         let second = if second >= first { second + 1 } else { second };
-        let (a, b) = (open[first as usize], open[second as usize]);
-        Some(if candidates[b].load_score() < candidates[a].load_score() {
-            b
-        } else {
-            a
-        })
+        let (a, b) = (nth_open(first)?, nth_open(second)?);
+        let score = |i| candidates.get(i).map(|c| c.load_score());
+        Some(if score(b) < score(a) { b } else { a })
     }
 }
 
 impl DispatchStrategy for PowerOfTwoChoices {
-    fn pick(&self, _: &Job, candidates: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+    fn pick(
+        &self,
+        _: &Job,
+        candidates: Candidates<'_>,
+        _: &dyn Context,
+    ) -> Result<Decision, String> {
         let choice = preferred_candidate(candidates).or_else(|| self.draw_two(candidates));
         Ok(Decision::from_choice(choice, candidates))
     }

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use coretex_plugin_sdk::dispatch::{
-    Candidate, Context, Decision, DispatchStrategy, Job, preferred_candidate,
+    Candidates, Context, Decision, DispatchStrategy, Job, preferred_candidate,
 };
 
 #[derive(Default)]
@@ -18,13 +18,18 @@ pub struct RoundRobin {
 }
 
 impl DispatchStrategy for RoundRobin {
-    fn pick(&self, _: &Job, candidates: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+    fn pick(
+        &self,
+        _: &Job,
+        candidates: Candidates<'_>,
+        _: &dyn Context,
+    ) -> Result<Decision, String> {
         let choice = preferred_candidate(candidates).or_else(|| {
             let n = candidates.len();
             let start = self.next.get() % n.max(1);
             let i = (start..n)
                 .chain(0..start)
-                .find(|&i| !candidates[i].is_overloaded())?;
+                .find(|&i| candidates.get(i).is_some_and(|c| !c.is_overloaded()))?;
             self.next.set(i + 1);
             Some(i)
         });

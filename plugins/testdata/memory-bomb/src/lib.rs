@@ -2,13 +2,13 @@
 //! stops it. The host's per-instance memory cap must turn that into a trap, not an
 //! out-of-memory host.
 
-use coretex_plugin_sdk::dispatch::{Candidate, Context, Decision, DispatchStrategy, Job};
+use coretex_plugin_sdk::dispatch::{Candidates, Context, Decision, DispatchStrategy, Job};
 
 #[derive(Default)]
 pub struct MemoryBomb;
 
 impl DispatchStrategy for MemoryBomb {
-    fn pick(&self, _: &Job, _: &[Candidate], _: &dyn Context) -> Result<Decision, String> {
+    fn pick(&self, _: &Job, _: Candidates<'_>, _: &dyn Context) -> Result<Decision, String> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(vec![0xAB; 1 << 20]);
