@@ -611,3 +611,70 @@ async fn a_killed_worker_job_times_out_to_the_dlq() {
         "{dlq}"
     );
 }
+
+/// Polls a workflow run until `done(run)`; fails after `within` with the run and the logs.
+async fn wait_run(
+    c: &Cluster,
+    run_id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let (status, run) = c.api.get(&format!("/api/v1/workflow-runs/{run_id}")).await;
+        if status == 200 && done(&run) {
+            return run;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "run {run_id} did not get there within {within:?}: {run}; {}",
+            c.where_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workflow_run_finishes_after_serve_is_killed_mid_run() {
+    let mut c = Cluster::new(&[]).await;
+    let topic = "crash.wf";
+    c.start_serve().await;
+    c.start_worker("w1", topic, "sleep 0.5; cat", 4);
+    c.api.wait_workers(1, Duration::from_secs(20)).await;
+
+    // A chain of three steps, each half a second, each fed by the one before.
+    let def = json!({"id": "chain", "name": "chain", "steps": {
+        "a": {"topic": topic, "input": {"n": 1}},
+        "b": {"topic": topic, "depends_on": ["a"], "input": {"prev": "${steps.a.output}"}},
+        "c": {"topic": topic, "depends_on": ["b"], "input": {"prev": "${steps.b.output}"}}
+    }});
+    let (status, v) = c.api.post("/api/v1/workflows", def).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = c
+        .api
+        .post("/api/v1/workflows/chain/runs", json!({"input": {}}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let run_id = v["run_id"].as_str().expect("a run id").to_string();
+
+    // Once the first step is done and the second has its job, the host dies...
+    wait_run(&c, &run_id, Duration::from_secs(30), |r| {
+        r["steps"]["a"]["status"] == "succeeded" && r["steps"]["b"]["job_id"].is_string()
+    })
+    .await;
+    c.kill_serve();
+    // ...the second step's job finishes while no host runs; a new host takes the run on.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.start_serve().await;
+
+    let run = wait_run(&c, &run_id, Duration::from_secs(60), |r| {
+        r["status"] != "running" && r["status"] != "pending"
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}; {}", c.where_logs());
+    assert_eq!(
+        run["steps"]["c"]["output"],
+        json!({"prev": {"prev": {"n": 1}}}),
+        "{run}"
+    );
+}

@@ -30,7 +30,8 @@ pub trait RetryPolicy: Send + Sync {
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision;
 }
 
-/// The default until retry plugins exist: no retries.
+/// No retries: what a workflow step's job gets from the scheduler (the engine retries steps by
+/// their own settings) unless its config names a policy.
 pub struct DeadLetterAtOnce;
 
 impl RetryPolicy for DeadLetterAtOnce {

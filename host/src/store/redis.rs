@@ -366,6 +366,7 @@ struct Scripts {
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    opts: StoreOptions,
     scripts: Scripts,
     creates: Batcher,
     transitions: Batcher,
@@ -576,6 +577,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
+            opts,
             scripts,
             creates,
             transitions,
