@@ -276,24 +276,34 @@ impl Cluster {
         }
     }
 
-    /// How many results wait in the worker-event stream.
+    /// How many job results wait in the worker-event stream: single results, and the results
+    /// inside batched ones (a worker sends results that are ready together as one message).
     async fn results_in_stream(&self) -> usize {
         let subjects = Subjects::new(&self.tag);
         let bus = NatsBus::connect(&nats_url(), subjects.clone())
             .await
             .expect("connecting to NATS");
         let js = async_nats::jetstream::new(bus.client().clone());
-        let stream = js
+        let mut stream = js
             .get_stream(subjects.events_stream())
             .await
             .expect("the worker-event stream exists");
-        let mut counts = stream
-            .info_with_subjects(subjects.result())
-            .await
-            .expect("stream info");
+        let state = stream.info().await.expect("stream info").state.clone();
+        if state.messages == 0 {
+            return 0;
+        }
+        let (single, batch) = (subjects.result(), subjects.results());
         let mut n = 0;
-        while let Some(c) = counts.next().await {
-            n += c.expect("stream subjects").1;
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            if m.subject.as_str() == single {
+                n += 1;
+            } else if m.subject.as_str() == batch {
+                let v: Value = serde_json::from_slice(&m.payload).expect("a batch of results");
+                n += v["results"].as_array().map_or(0, Vec::len);
+            }
         }
         n
     }
