@@ -137,23 +137,18 @@ impl Outbox {
                     queued.push(next);
                 }
                 for (single, batch, items) in group_by_destination(&mut queued) {
-                    let result = match batch {
-                        Some(subject) if items.len() > 1 => {
-                            let mut r = Ok(());
-                            for chunk in items.chunks(MAX_OUTBOX_BATCH) {
-                                let body = batch_envelope(kind, chunk);
-                                r = r.and(bus.publish(&subject, body).await);
-                            }
-                            r
-                        }
-                        _ => {
-                            let mut r = Ok(());
-                            for item in items {
-                                r = r.and(bus.publish(&single, item).await);
-                            }
-                            r
-                        }
+                    // One batch message per chunk, or each item alone on its single subject.
+                    let messages: Vec<(&str, Bytes)> = match &batch {
+                        Some(subject) if items.len() > 1 => items
+                            .chunks(MAX_OUTBOX_BATCH)
+                            .map(|chunk| (&**subject, batch_envelope(kind, chunk)))
+                            .collect(),
+                        _ => items.into_iter().map(|item| (&*single, item)).collect(),
                     };
+                    let mut result = Ok(());
+                    for (subject, body) in messages {
+                        result = result.and(bus.publish(subject, body).await);
+                    }
                     if let Err(e) = result {
                         tracing::warn!(subject = %single, error = %e, "publish failed; the reconciler recovers what it carried");
                     }
