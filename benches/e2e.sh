@@ -86,6 +86,13 @@ for r in $(printf '%s\n' "${!roles[@]}" | sort); do
   used=$(echo "$(cpu_of "${roles[$r]}") - ${cpu_before[$r]}" | bc -l)
   printf '  %-8s %6.2f\n' "$r" "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
 done
+# What Redis did per job: calls and microseconds per command (commands run inside the Lua
+# scripts count under their own names too, and their time inside evalsha's).
+echo "== Redis per job during the throughput runs (calls, usec)"
+redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+  sed -n 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),usec=\([0-9]*\).*/\1 \2 \3/p' |
+  awk -v n="$((N * RUNS))" '{printf "  %-14s %6.2f %8.2f\n", $1, $2 / n, $3 / n}' | sort -k3 -rn | head -20
+redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
 echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs"
 : >"$work/lat"
 for i in $(seq 1 "$RUNS"); do

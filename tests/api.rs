@@ -380,7 +380,16 @@ async fn echo_job_succeeds_with_its_payload_and_full_history(backend: Backend) {
         "{job}"
     );
     assert_eq!(job["worker_id"], worker.as_str());
+    // The dispatch, written together with the result, kept its own time and fields.
     assert_eq!(job["safety_decision"], "ALLOW");
+    assert!(job["effective_config"].is_object(), "{job}");
+    let times: Vec<i64> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| coretex::time::parse_rfc3339(e["at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{job}");
     assert_eq!(job["topic"], topic.as_str());
     assert_eq!(job["trace_id"], accepted["trace_id"]);
     assert!(job.get("error").is_none_or(Value::is_null), "{job}");

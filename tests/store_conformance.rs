@@ -503,7 +503,7 @@ async fn check_illegal_transitions_error_and_change_nothing(store: SharedStore) 
                 execution_ms: Some(9),
                 ..Default::default()
             };
-            t.via = Some((Running, clock + 500));
+            t.via = vec![(Running, clock + 500)];
             t.dead_letter = Some(dead_letter(&spec, to, clock));
             match store.transition(&id, &t).await {
                 Err(StoreError::IllegalTransition { from: f, to: t }) => {
@@ -555,7 +555,7 @@ async fn check_same_state_transition_is_unchanged(store: SharedStore) {
 async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
     let t0 = now_ms() - 100_000;
     let through = |to: JobState, via: JobState, at: Millis| Transition {
-        via: Some((via, at - 1)),
+        via: vec![(via, at - 1)],
         ..Transition::to(to, at).note("done")
     };
 
@@ -711,6 +711,75 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             .await
             .unwrap()
             .contains(&f.id)
+    );
+}
+
+async fn check_a_walk_through_several_states_starts_after_the_current_one(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    // A job's dispatch, start and result written as one transition.
+    let walk = |at: Millis| {
+        let mut t = Transition::to(Succeeded, at)
+            .through(Dispatched, at - 2)
+            .through(Running, at - 1)
+            .note("done");
+        t.update.worker_id = Some("w-1".into());
+        t.update.safety_decision = Some("ALLOW".into());
+        t
+    };
+
+    // From PENDING the whole walk is recorded, with the fields of every step.
+    let a = created(&store, Req::default(), t0).await;
+    let outcome = store.transition(&a.id, &walk(t0 + 3)).await.unwrap();
+    assert_eq!(
+        outcome,
+        TransitionOutcome::Applied {
+            from: Pending,
+            run_id: None
+        }
+    );
+    let job = get(&store, &a.id).await;
+    assert_eq!(states(&job), [Pending, Dispatched, Running, Succeeded]);
+    let times: Vec<Millis> = job.history.iter().map(|e| e.at).collect();
+    assert_eq!(times, [t0, t0 + 1, t0 + 2, t0 + 3]);
+    assert_eq!(job.history[3].note.as_deref(), Some("done"));
+    assert_eq!(job.worker_id.as_deref(), Some("w-1"));
+    assert_eq!(job.safety_decision.as_deref(), Some("ALLOW"));
+    assert_eq!(job.updated_at, t0 + 3);
+
+    // From DISPATCHED it begins after DISPATCHED; from RUNNING after RUNNING.
+    let b = created(&store, Req::default(), t0).await;
+    go(&store, &b.id, Dispatched, t0 + 1).await;
+    store.transition(&b.id, &walk(t0 + 10)).await.unwrap();
+    let job = get(&store, &b.id).await;
+    assert_eq!(states(&job), [Pending, Dispatched, Running, Succeeded]);
+    assert_eq!(job.history[1].at, t0 + 1, "the stored dispatch stays");
+    assert_eq!(job.history[2].at, t0 + 9);
+
+    let c = created(&store, Req::default(), t0).await;
+    go(&store, &c.id, Dispatched, t0 + 1).await;
+    go(&store, &c.id, Running, t0 + 2).await;
+    store.transition(&c.id, &walk(t0 + 10)).await.unwrap();
+    let job = get(&store, &c.id).await;
+    assert_eq!(states(&job), [Pending, Dispatched, Running, Succeeded]);
+    assert_eq!(job.history[2].at, t0 + 2);
+
+    // A job that ended meanwhile refuses the walk and keeps what it has.
+    let d = created(&store, Req::default(), t0).await;
+    go(&store, &d.id, Cancelled, t0 + 1).await;
+    let before = get(&store, &d.id).await;
+    match store.transition(&d.id, &walk(t0 + 10)).await {
+        Err(StoreError::IllegalTransition { from, to }) => {
+            assert_eq!((from, to), (Cancelled, Succeeded));
+        }
+        other => panic!("CANCELLED -> SUCCEEDED must be refused, got {other:?}"),
+    }
+    assert_eq!(get(&store, &d.id).await, before);
+    assert!(
+        store
+            .jobs_due(Succeeded, t0 + 1_000_000, 100)
+            .await
+            .unwrap()
+            .contains(&a.id)
     );
 }
 
@@ -1154,7 +1223,7 @@ async fn check_deadlines_due_earliest_first_until_terminal(store: SharedStore) {
     go(&store, &a, Cancelled, now + 2).await;
     assert_eq!(due(now + 5_000, 10).await, [b.as_str(), c.as_str()]);
     let mut t = Transition::to(Succeeded, now + 3);
-    t.via = Some((Running, now + 2));
+    t.via = vec![(Running, now + 2)];
     go(&store, &b, Dispatched, now + 1).await;
     store.transition(&b, &t).await.unwrap();
     assert_eq!(due(now + 5_000, 10).await, [c.as_str()]);
@@ -2037,6 +2106,8 @@ conformance! {
         check_illegal_transitions_error_and_change_nothing;
     same_state_transition_is_unchanged => check_same_state_transition_is_unchanged;
     via_passes_through_the_intermediate_state => check_via_passes_through_the_intermediate_state;
+    a_walk_through_several_states_starts_after_the_current_one =>
+        check_a_walk_through_several_states_starts_after_the_current_one;
     update_fields_are_stored_and_read_back => check_update_fields_are_stored_and_read_back;
     dead_letter_is_written_with_the_failure => check_dead_letter_is_written_with_the_failure;
     dead_letters_filter_and_page_through_ties => check_dead_letters_filter_and_page_through_ties;

@@ -171,7 +171,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             BreakerConfig::default(),
             Duration::from_secs(1),
         ),
-        opts.scheduler.clone(),
+        scheduler_settings(&opts),
     );
     let owner = format!("serve-{}", uuid::Uuid::new_v4());
     let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
@@ -184,6 +184,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         tokio::spawn(scheduler.clone().run_submissions()),
         tokio::spawn(scheduler.clone().run_wait_queue()),
         tokio::spawn(scheduler.clone().run_results()),
+        tokio::spawn(scheduler.clone().run_dispatch_records()),
         tokio::spawn(reconciler.clone().run()),
         tokio::spawn(workflows.clone().run_events()),
         tokio::spawn(workflows.clone().run_reconciler()),
@@ -266,4 +267,18 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         scheduler,
         workflows,
     })
+}
+
+/// The scheduler's settings, with lazily written dispatches kept well inside the reconciler's
+/// grace for PENDING jobs (see `Scheduler::dispatch_lazily`), or off when the grace is too short
+/// for them.
+fn scheduler_settings(opts: &ServeOptions) -> SchedulerSettings {
+    let mut s = opts.scheduler.clone();
+    s.lazy_dispatch_max_age = s
+        .lazy_dispatch_max_age
+        .min(opts.reconciler.pending_grace / 2);
+    if s.record_dispatch_after * 4 > s.lazy_dispatch_max_age {
+        s.record_dispatch_after = Duration::ZERO;
+    }
+    s
 }

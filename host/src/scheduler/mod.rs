@@ -3,7 +3,7 @@
 //!
 //! # The hot path, and what it costs
 //!
-//! A job submitted over HTTP and completed by a worker costs **three writes to Redis** (each a
+//! A job submitted over HTTP and completed by a worker costs **two writes to Redis** (each a
 //! Lua script doing the whole transition: record, history, indexes, TTLs) and, under load, a
 //! fraction of a NATS message at each hop:
 //!
@@ -12,15 +12,23 @@
 //!    (never read back); `sys.job.submit` remains for submissions published on the bus.
 //! 2. *schedule* — validation, effective config (an in-process cache, refreshed at most once a
 //!    second and dropped on `sys.config.changed`), the safety gate, and the strategy over the
-//!    in-memory worker registry run without I/O; one transition script moves the job
-//!    PENDING → DISPATCHED with worker, safety decision and effective config; the job goes to
-//!    `worker.<id>.jobs`.
+//!    in-memory worker registry run without I/O; the job goes to `worker.<id>.jobs` at once.
+//!    Its DISPATCHED (worker, safety decision, effective config) is written
+//!    `record_dispatch_after` (50 ms) later, or together with the job's start or result when
+//!    that comes first — which for a quick job it does, so the dispatch costs no write of its
+//!    own (see [`Scheduler::dispatch_lazily`] for which jobs may skip the check-and-set, and
+//!    why that is safe).
 //! 3. *result* — the worker reports through the durable event stream. A quick job's result
-//!    carries its start time, and one script records DISPATCHED → RUNNING → SUCCEEDED; a worker
-//!    that sends `started` on its own has it held for `started_coalesce` (50 ms) so the two are
-//!    still written together when the result follows soon. The job's terminal event goes to
-//!    `sys.job.events` for the live stream and the workflow engine (with the run id, so a job
-//!    that is no step costs the engine nothing).
+//!    carries its start time, and one script records PENDING → DISPATCHED → RUNNING →
+//!    SUCCEEDED, each state with the time it was entered; a worker that sends `started` on its
+//!    own has it held for `started_coalesce` (50 ms) so the two are still written together when
+//!    the result follows soon. The job's terminal event goes to `sys.job.events` for the live
+//!    stream and the workflow engine (with the run id, so a job that is no step costs the
+//!    engine nothing).
+//!
+//! A reader of the store sees a dispatched job PENDING for at most `record_dispatch_after`,
+//! as it sees a started one DISPATCHED until its start is written; the history it then reads
+//! is complete and in order.
 //!
 //! **Batching without waiting.** No step holds a lock or awaits another job, and nothing waits
 //! for a batch to fill. The store queues concurrent create and transition calls and sends what
@@ -46,7 +54,10 @@
 //! store's check-and-set, so the reconciler may re-publish anything that looks stuck: a PENDING
 //! job nobody scheduled, a DISPATCHED job whose worker never said `started` (the worker drops
 //! duplicates and re-sends the result of a job it already finished). Worker events are acked
-//! only after their transition is stored.
+//! only after their transition is stored. A replica that dies between sending a job and writing
+//! its dispatch leaves it PENDING: its result, handled by any replica, walks it through
+//! DISPATCHED on the way; had it none, the reconciler announces it again after
+//! `pending_grace` (at-least-once, as ever).
 
 pub mod registry;
 pub mod results;
@@ -91,6 +102,14 @@ pub struct SchedulerSettings {
     pub started_coalesce: Duration,
     /// At most this many jobs are scheduled (or worker events applied) at once per replica.
     pub max_in_flight: usize,
+    /// How long a job this replica created and dispatched may go before its DISPATCHED is
+    /// written, so that a quick job's dispatch, start and result are written together (see
+    /// the module docs). Zero writes every dispatch before the job is sent.
+    pub record_dispatch_after: Duration,
+    /// Only jobs younger than this are dispatched before their DISPATCHED is written: it must
+    /// stay well inside the reconciler's `pending_grace`, after which a PENDING job may be
+    /// announced again elsewhere (`serve` caps it at half the grace).
+    pub lazy_dispatch_max_age: Duration,
 }
 
 impl Default for SchedulerSettings {
@@ -99,6 +118,8 @@ impl Default for SchedulerSettings {
             limits: Limits::default(),
             started_coalesce: Duration::from_millis(50),
             max_in_flight: 4096,
+            record_dispatch_after: Duration::from_millis(50),
+            lazy_dispatch_max_age: Duration::from_millis(2_500),
         }
     }
 }
@@ -240,6 +261,21 @@ pub struct Scheduler {
     dispatches: Outbox,
     events: Outbox,
     subjects: HotSubjects,
+    /// Jobs this replica created, by id, until they are first dispatched: only these may be
+    /// sent before their dispatch is written (see [`Scheduler::dispatch_lazily`]).
+    created_here: Mutex<HashMap<String, std::time::Instant>>,
+    /// Dispatches sent to their worker and not yet written, by job id.
+    unrecorded: Mutex<HashMap<String, Dispatch>>,
+}
+
+/// A dispatch sent to its worker whose DISPATCHED is not written yet: written by
+/// [`Scheduler::run_dispatch_records`] after `record_dispatch_after`, or together with the
+/// job's start or result if that comes first.
+#[derive(Debug, Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) at: Millis,
+    since: std::time::Instant,
+    pub(crate) update: JobUpdate,
 }
 
 /// The subjects of the hot path, made once.
@@ -279,6 +315,8 @@ impl Scheduler {
             waiting: Mutex::new(WaitQueue::default()),
             capacity: Notify::new(),
             in_flight,
+            created_here: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -350,6 +388,11 @@ impl Scheduler {
     ) -> Result<Accepted, SchedulerError> {
         match outcome {
             CreateOutcome::Created => {
+                if !self.settings.record_dispatch_after.is_zero() {
+                    self.created_here
+                        .lock()
+                        .insert(spec.id.clone(), std::time::Instant::now());
+                }
                 let accepted = Accepted {
                     job_id: spec.id.clone(),
                     trace_id: spec.trace_id.clone(),
@@ -630,24 +673,116 @@ impl Scheduler {
             }
         };
         // 5. Record the dispatch, then hand the job to that worker.
-        let mut t = Transition::to(JobState::Dispatched, now_ms());
-        t.update = JobUpdate {
+        let update = JobUpdate {
             worker_id: Some(worker.to_string()),
             safety_decision: Some(decision),
             safety_reason: Some(reason),
             effective_config: Some(effective.value.clone()),
             ..Default::default()
         };
-        let applied = self.apply(&spec.id, &t).await;
-        if !matches!(applied, Ok(Some(TransitionOutcome::Applied { .. }))) {
-            // Already dispatched by another replica, cancelled meanwhile, or not stored: give
-            // the reserved slot back.
-            self.registry.note_finished(&worker);
-            return applied.map(drop);
+        if !self.dispatch_lazily(&spec.id, update.clone()) {
+            let mut t = Transition::to(JobState::Dispatched, now_ms());
+            t.update = update;
+            let applied = self.apply(&spec.id, &t).await;
+            if !matches!(applied, Ok(Some(TransitionOutcome::Applied { .. }))) {
+                // Already dispatched by another replica, cancelled meanwhile, or not stored:
+                // give the reserved slot back.
+                self.registry.note_finished(&worker);
+                return applied.map(drop);
+            }
         }
         self.waiting.lock().forget(&spec.id);
         self.send_to_worker(&worker, &spec, &effective.json).await;
         Ok(())
+    }
+
+    /// Takes the first dispatch of a job this replica created moments ago without writing it
+    /// first: the job goes to its worker now and its DISPATCHED is written later (after
+    /// `record_dispatch_after`, or with its start or result). False when the dispatch must be
+    /// written before the job is sent.
+    ///
+    /// The check-and-set of PENDING → DISPATCHED is what stops two replicas dispatching one
+    /// job. Skipping it is safe only for a job no one else can be scheduling: one this replica
+    /// created (a job is created once in the whole cluster), dispatched for the first time,
+    /// while it is younger than `lazy_dispatch_max_age` — the reconciler announces a PENDING
+    /// job again only after `pending_grace`, at least twice that. Retries, re-announced and
+    /// bus-submitted jobs all take the written path.
+    fn dispatch_lazily(&self, id: &str, update: JobUpdate) -> bool {
+        let Some(created) = self.created_here.lock().remove(id) else {
+            return false;
+        };
+        if created.elapsed() >= self.settings.lazy_dispatch_max_age {
+            return false;
+        }
+        let dispatch = Dispatch {
+            at: now_ms(),
+            since: std::time::Instant::now(),
+            update,
+        };
+        self.unrecorded.lock().insert(id.to_string(), dispatch);
+        true
+    }
+
+    /// The dispatch of a job not written yet, for a transition that writes it on the way.
+    pub(crate) fn take_unrecorded(&self, id: &str) -> Option<Dispatch> {
+        self.unrecorded.lock().remove(id)
+    }
+
+    /// Gives back a dispatch whose transition could not be stored, to be written later.
+    pub(crate) fn keep_unrecorded(&self, id: &str, dispatch: Dispatch) {
+        self.unrecorded.lock().insert(id.to_string(), dispatch);
+    }
+
+    /// Writes the DISPATCHED of jobs whose start or result did not come within
+    /// `record_dispatch_after`, until the scheduler is dropped. A write the store refuses
+    /// because the job moved on (cancelled meanwhile) is dropped; one that fails (the store
+    /// is down) is tried again on the next tick.
+    pub async fn run_dispatch_records(self: Arc<Self>) {
+        let after = self.settings.record_dispatch_after;
+        if after.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval((after / 2).max(Duration::from_millis(5)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_age = self.settings.lazy_dispatch_max_age;
+        let mut pruned = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            // Jobs that never reached a worker in time: once per `max_age`, so the map (a burst
+            // may hold tens of thousands) is walked rarely and holds at most two ages' worth.
+            if pruned.elapsed() >= max_age {
+                self.created_here
+                    .lock()
+                    .retain(|_, created| created.elapsed() < max_age);
+                pruned = std::time::Instant::now();
+            }
+            let due: Vec<(String, Dispatch)> = {
+                let mut map = self.unrecorded.lock();
+                let ids: Vec<String> = map
+                    .iter()
+                    .filter(|(_, d)| d.since.elapsed() >= after)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| map.remove(&id).map(|d| (id, d)))
+                    .collect()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let writes = due.into_iter().map(|(id, d)| {
+                let this = &self;
+                async move {
+                    let mut t = Transition::to(JobState::Dispatched, d.at);
+                    t.update = d.update.clone();
+                    if let Err(e) = this.apply(&id, &t).await {
+                        tracing::debug!(job_id = %id, error = %e, "dispatch not written yet");
+                        this.keep_unrecorded(&id, d);
+                    }
+                }
+            });
+            futures::future::join_all(writes).await;
+        }
     }
 
     /// The effective config (SPEC §8) of a job's (tenant, team, workflow, step).

@@ -139,13 +139,16 @@ impl Scheduler {
             for h in due {
                 let this = self.clone();
                 tokio::spawn(async move {
+                    let id = &h.msg.job_id;
+                    let dispatch = this.take_unrecorded(id);
                     let mut t = Transition::to(JobState::Running, h.msg.at);
                     t.update.worker_id = Some(h.msg.worker_id.clone());
-                    match this.apply(&h.msg.job_id, &t).await {
-                        Ok(_) => {
+                    t = with_dispatch(t, dispatch.as_ref(), h.msg.at);
+                    match this.apply_keeping(id, &t, dispatch).await {
+                        Ok(()) => {
                             let _ = h.ack.ack().await;
                         }
-                        Err(e) => tracing::warn!(job_id = %h.msg.job_id, error = %e,
+                        Err(e) => tracing::warn!(job_id = %id, error = %e,
                             "started not applied; it will be delivered again"),
                     }
                 });
@@ -172,21 +175,28 @@ impl Scheduler {
             ResultStatus::Cancelled => JobState::Cancelled,
             ResultStatus::Timeout => JobState::Timeout,
         };
-        let via = r
-            .started_at
-            .or(start.map(|s| s.at))
-            .map(|at| (JobState::Running, at));
+        let started = r.started_at.or(start.map(|s| s.at));
+        // A dispatch this replica has not written yet is written on the way.
+        let dispatch = self.take_unrecorded(&r.job_id);
         if outcome == JobState::Succeeded {
             let mut t = Transition::to(outcome, now);
-            t.via = via;
+            if let Some(at) = started {
+                t = t.through(JobState::Running, at);
+            }
             t.update = update;
-            self.apply(&r.job_id, &t).await?;
-            return Ok(());
+            let t = with_dispatch(t, dispatch.as_ref(), started.unwrap_or(now));
+            return self.apply_keeping(&r.job_id, &t, dispatch).await;
         }
-        if let Some((_, at)) = via {
-            let mut t = Transition::to(JobState::Running, at);
+        // A failure goes through the retry policy from where the worker left the job.
+        let step = match (started, dispatch.as_ref().map(|d| d.at)) {
+            (Some(at), _) => Some(Transition::to(JobState::Running, at)),
+            (None, Some(at)) => Some(Transition::to(JobState::Dispatched, at)),
+            (None, None) => None,
+        };
+        if let Some(mut t) = step {
             t.update.worker_id = Some(r.worker_id.clone());
-            self.apply(&r.job_id, &t).await?;
+            let t = with_dispatch(t, dispatch.as_ref(), started.unwrap_or(now));
+            self.apply_keeping(&r.job_id, &t, dispatch).await?;
         }
         let Some(job) = self.store.get_job(&r.job_id).await? else {
             return Ok(());
@@ -203,4 +213,49 @@ impl Scheduler {
         };
         self.settle_failure(&job, outcome, update, note).await
     }
+}
+
+impl Scheduler {
+    /// Applies a transition that carries a job's unwritten dispatch; should the store fail,
+    /// the dispatch is kept to be written later.
+    async fn apply_keeping(
+        &self,
+        id: &str,
+        t: &Transition,
+        dispatch: Option<super::Dispatch>,
+    ) -> Result<(), SchedulerError> {
+        match self.apply(id, t).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(d) = dispatch {
+                    self.keep_unrecorded(id, d);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Puts a job's dispatch on the way of a later transition: DISPATCHED first, entered at the
+/// dispatch (when this replica has it unwritten, with its worker, safety decision and config)
+/// or else at `fallback_at`. A job whose DISPATCHED is stored already skips that step (the walk
+/// begins after the current state); one still PENDING because the replica that sent it has not
+/// written it yet, or died first, takes it.
+fn with_dispatch(
+    mut t: Transition,
+    dispatch: Option<&super::Dispatch>,
+    fallback_at: i64,
+) -> Transition {
+    if t.to == JobState::Dispatched {
+        if let Some(d) = dispatch {
+            t.update = std::mem::take(&mut t.update).or(d.update.clone());
+        }
+        return t;
+    }
+    let at = dispatch.map_or(fallback_at, |d| d.at);
+    t.via.insert(0, (JobState::Dispatched, at));
+    if let Some(d) = dispatch {
+        t.update = std::mem::take(&mut t.update).or(d.update.clone());
+    }
+    t
 }

@@ -283,17 +283,26 @@ fn apply_update(rec: &mut Record, u: &JobUpdate) {
     }
 }
 
-/// The walk `from → [via →] to` a transition takes, or the illegal pair.
+/// The walk `from → [via… →] to` a transition takes (see [`Transition::via`]), or the illegal
+/// pair.
 pub(crate) fn plan_path(
     from: JobState,
     t: &Transition,
 ) -> Result<Vec<(JobState, Millis)>, StoreError> {
-    if let Some((via, via_at)) = t.via
-        && from != via
-        && from.can_transition_to(via)
-        && via.can_transition_to(t.to)
-    {
-        return Ok(vec![(via, via_at), (t.to, t.at)]);
+    let start = t
+        .via
+        .iter()
+        .rposition(|(s, _)| *s == from)
+        .map_or(0, |i| i + 1);
+    let mut path: Vec<(JobState, Millis)> = t.via[start..].to_vec();
+    path.push((t.to, t.at));
+    let mut prev = from;
+    if path.iter().all(|(s, _)| {
+        let ok = prev.can_transition_to(*s);
+        prev = *s;
+        ok
+    }) {
+        return Ok(path);
     }
     if from.can_transition_to(t.to) {
         Ok(vec![(t.to, t.at)])

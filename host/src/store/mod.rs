@@ -74,14 +74,31 @@ pub struct JobUpdate {
     pub effective_config: Option<Value>,
 }
 
+impl JobUpdate {
+    /// Takes each field `self` leaves unset from `earlier` (fields set by an earlier step of the
+    /// same walk, such as the dispatch's worker and config under a result).
+    pub fn or(mut self, earlier: JobUpdate) -> JobUpdate {
+        self.worker_id = self.worker_id.or(earlier.worker_id);
+        self.result = self.result.or(earlier.result);
+        self.error = self.error.or(earlier.error);
+        self.safety_decision = self.safety_decision.or(earlier.safety_decision);
+        self.safety_reason = self.safety_reason.or(earlier.safety_reason);
+        self.execution_ms = self.execution_ms.or(earlier.execution_ms);
+        self.effective_config = self.effective_config.or(earlier.effective_config);
+        self
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Transition {
     pub to: JobState,
     pub at: Millis,
-    /// Pass through this state first when the table allows `from → via → to` (e.g. RUNNING on
-    /// the way to SUCCEEDED when a worker's `started` and `result` are written together), with
-    /// the time it was entered.
-    pub via: Option<(JobState, Millis)>,
+    /// States to pass through on the way, in order, each with the time it was entered (e.g.
+    /// DISPATCHED and RUNNING on the way to SUCCEEDED when a job's dispatch, its `started` and
+    /// its result are written together). The walk begins after the job's current state when
+    /// that is on the path, else at the path's start; a walk the table does not allow falls
+    /// back to the direct `from → to`.
+    pub via: Vec<(JobState, Millis)>,
     pub note: Option<String>,
     pub update: JobUpdate,
     /// Written in the same atomic step: a job is never FAILED without its dead letter.
@@ -93,11 +110,17 @@ impl Transition {
         Transition {
             to,
             at,
-            via: None,
+            via: Vec::new(),
             note: None,
             update: JobUpdate::default(),
             dead_letter: None,
         }
+    }
+
+    /// Passes through `state` (entered at `at`) after the states named so far.
+    pub fn through(mut self, state: JobState, at: Millis) -> Self {
+        self.via.push((state, at));
+        self
     }
 
     pub fn note(mut self, note: impl Into<String>) -> Self {

@@ -113,15 +113,16 @@ return out
 "#;
 
 /// Applies a batch of transitions, each on its own (one failing its check does not stop the
-/// others). ARGV: prefix, record TTL, then per transition: id, to, at, via state (or ''), the
-/// event JSON, the via event JSON, dead letter JSON (or ''), dead letter time, the number of
-/// field pairs `n`, then `n` field/value pairs. Answers three per transition: `ok` (with the
+/// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
+/// letter JSON (or ''), dead letter time, the number of via states `v`, then `v` pairs of via
+/// state and its event JSON (the walk of `Transition::via`), the number of field pairs `n`,
+/// then `n` field/value pairs. Answers three per transition: `ok` (with the
 /// state it left), `same`, `illegal` (with the current state) or `missing`; then the job's run
 /// id (or '').
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
-local function transition(id, to, at, via, evj, viaj, dl, dlat, first, last)
+local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   local key = p .. 'job:' .. id
   local h = redis.call('HMGET', key, 'state', 'tenant', 'topic', 'team', 'trace', 'run')
   local cur = h[1]
@@ -129,8 +130,20 @@ local function transition(id, to, at, via, evj, viaj, dl, dlat, first, last)
   local run = h[6] or ''
   if cur == to then return 'same', cur, run end
   local ev = key .. ':events'
-  if via ~= '' and cur ~= via and ALLOWED[cur .. '>' .. via] and ALLOWED[via .. '>' .. to] then
-    redis.call('RPUSH', ev, viaj, evj)
+  -- The walk through the via states: after the current one when it is on the path.
+  local start = vfirst
+  for a = vfirst, vlast, 2 do
+    if ARGV[a] == cur then start = a + 2 end
+  end
+  local evs, prev = {}, cur
+  for a = start, vlast, 2 do
+    if not ALLOWED[prev .. '>' .. ARGV[a]] then evs = nil; break end
+    evs[#evs + 1] = ARGV[a + 1]
+    prev = ARGV[a]
+  end
+  if evs and ALLOWED[prev .. '>' .. to] then
+    evs[#evs + 1] = evj
+    redis.call('RPUSH', ev, unpack(evs))
   elseif not ALLOWED[cur .. '>' .. to] then
     return 'illegal', cur, run
   else
@@ -157,11 +170,13 @@ local function transition(id, to, at, via, evj, viaj, dl, dlat, first, last)
 end
 local i = 3
 while i <= #ARGV do
-  local n = tonumber(ARGV[i + 8])
-  local first = i + 9
+  local vfirst = i + 7
+  local vlast = vfirst + 2 * tonumber(ARGV[i + 6]) - 2
+  local n = tonumber(ARGV[vlast + 2])
+  local first = vlast + 3
   local last = first + 2 * n - 1
   local status, cur, run = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], first, last)
+    ARGV[i + 4], ARGV[i + 5], vfirst, vlast, first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
@@ -815,24 +830,23 @@ impl Store for RedisStore {
     }
 
     async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
-        let (via, via_at) = t
-            .via
-            .map(|(s, at)| (s.as_str(), event_json(at, s, None)))
-            .unwrap_or(("", String::new()));
         let fields = update_fields(&t.update);
-        let mut args = Args::with_capacity(9 + 2 * fields.len(), 256);
+        let mut args = Args::with_capacity(8 + 2 * t.via.len() + 2 * fields.len(), 256);
         args.push(id)
             .push(t.to.as_str())
             .push_num(t.at)
-            .push(via)
-            .push(event_json(t.at, t.to, t.note.as_deref()))
-            .push(via_at);
+            .push(event_json(t.at, t.to, t.note.as_deref()));
         match &t.dead_letter {
             Some(dl) => args
                 .push(serde_json::to_vec(dl).unwrap_or_default())
                 .push_num(dl.created_at),
             None => args.push("").push("0"),
         };
+        args.push_num(t.via.len() as i64);
+        for (state, at) in &t.via {
+            args.push(state.as_str())
+                .push(event_json(*at, *state, None));
+        }
         args.push_num(fields.len() as i64);
         for (k, v) in fields {
             args.push(k).push(v);
