@@ -11,13 +11,17 @@
 //! stdout/stderr discarded. Rust plugins import WASI for their standard library, so it is linked,
 //! but there is nothing behind it to read, write or leak.
 //!
-//! WASI is linked in its `async` form and every call is driven by one poll with a no-op waker.
-//! Nothing a plugin can reach ever waits (its streams are sinks and empties), so one poll finishes
-//! the call; a call still pending after it waited on something it cannot have and fails
-//! ([`FailureReason::Blocked`]). The `sync` form is no use here: its blocking stream operations
-//! enter a Tokio runtime with `block_on`, which panics when the caller — the scheduler — is
-//! itself a Tokio task, so one `eprintln!` in a plugin would take a scheduler task down. The
-//! async form costs the same within a few percent (measured: the call itself dominates).
+//! WASI is the host's own shim ([`wasi_shim`](super::wasi_shim)): just what a plugin's
+//! standard library imports (clocks, random bytes, empty stdin, discarding stdout/stderr, no
+//! environment, no files), defined under the names each component imports, with every other
+//! import — filesystem operations, sockets — a function that traps. Nothing in it waits, so
+//! plugins are called **synchronously**, on the caller's thread and stack: no fiber, no future.
+//! `wasmtime_wasi` is not used: its async form needs a fiber per call (a tenth of a call's
+//! cost), and its sync form's blocking stream operations enter a Tokio runtime with `block_on`,
+//! which panics when the caller — the scheduler — is itself a Tokio task, so one `eprintln!`
+//! in a plugin would take a scheduler task down. The shim's writes never block and never touch
+//! Tokio. A plugin that waits on a clock (a `sleep`) fails its call
+//! ([`FailureReason::Blocked`]).
 //!
 //! # The instance pool
 //!
@@ -68,23 +72,21 @@
 //! directory is created private to the user (0700): whoever can write into it can make the host
 //! run native code.
 
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::wasi_shim::{self, Blocked, HasWasiShim, WasiShim};
 
 use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
 use crate::job::{JobSpec, JobState, Priority};
@@ -98,14 +100,12 @@ mod wit {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "dispatch-strategy",
-            exports: { default: async },
         });
     }
     pub mod condition {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "step-condition",
-            exports: { default: async },
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
@@ -113,7 +113,6 @@ mod wit {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "retry-policy",
-            exports: { default: async },
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
@@ -159,11 +158,10 @@ impl PluginRuntime {
         // Plugins are called one call at a time per store; the component-model-async machinery
         // (tasks, streams, futures) would only add per-store set-up to every instantiation.
         config.concurrency_support(false);
-        // Deep recursion traps as a stack overflow long before it could hurt the host.
+        // Deep recursion traps as a stack overflow long before it could hurt the host. Calls run
+        // on the caller's own stack (a Tokio worker's or a test thread's: 2 MiB), so this leaves
+        // the host frames under the call three quarters of it.
         config.max_wasm_stack(512 << 10);
-        // Calls run on a fiber (the async call path); its stack must hold the wasm stack above
-        // plus the host frames under it.
-        config.async_stack_size(2 << 20);
         // Plugins are compiled once and cached, so spend compile time for faster calls.
         config.cranelift_opt_level(OptLevel::Speed);
         // A large component (CEL is 3 MB) compiles on every core the first time.
@@ -177,9 +175,8 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         start_epoch_ticker(&engine);
 
+        // The host's own imports; WASI is added per component (`load`), under the names it imports.
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         wit::dispatch::DispatchStrategy::add_to_linker::<Sandbox, HasSelf<Sandbox>>(
             &mut linker,
             |s| s,
@@ -248,7 +245,9 @@ impl PluginRuntime {
         };
         let (kind, version) = plugin_kind(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let mut linker = self.linker.clone();
+        wasi_shim::link(&mut linker, &self.engine, &component).map_err(link)?;
+        let pre = linker.instantiate_pre(&component).map_err(link)?;
         let pre = match kind {
             PluginKind::DispatchStrategy => {
                 Pre::Dispatch(wit::dispatch::DispatchStrategyPre::new(pre).map_err(link)?)
@@ -472,15 +471,15 @@ impl PluginComponent {
         store.set_epoch_deadline(self.limits.deadline_ticks * 100);
         let exports = match &self.pre {
             Pre::Dispatch(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Dispatch(settle(&store, out)?)
             }
             Pre::Condition(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Condition(settle(&store, out)?)
             }
             Pre::Retry(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Retry(settle(&store, out)?)
             }
         };
@@ -556,11 +555,10 @@ impl PluginComponent {
             };
             inst.store.set_epoch_deadline(ticks);
             inst.store.data_mut().call.enter(call);
-            let out = drive(bindings.coretex_plugin_dispatch().call_pick(
-                &mut inst.store,
-                job,
-                &inst.wire,
-            ));
+            let out =
+                bindings
+                    .coretex_plugin_dispatch()
+                    .call_pick(&mut inst.store, job, &inst.wire);
             inst.store.data_mut().call.leave();
             match settle(&inst.store, out)? {
                 Ok(wire_dispatch::Decision::Worker(i)) if (i as usize) < call.candidates.len() => {
@@ -604,11 +602,9 @@ impl PluginComponent {
                 multiplier: call.multiplier,
             };
             inst.store.set_epoch_deadline(ticks);
-            let out = drive(
-                bindings
-                    .coretex_plugin_retry()
-                    .call_decide(&mut inst.store, &failure),
-            );
+            let out = bindings
+                .coretex_plugin_retry()
+                .call_decide(&mut inst.store, &failure);
             match settle(&inst.store, out)? {
                 Ok(wire_retry::Decision::Retry(after_ms)) => Ok(RetryDecision::Retry { after_ms }),
                 Ok(wire_retry::Decision::DeadLetter(reason)) => Ok(RetryDecision::DeadLetter {
@@ -623,11 +619,9 @@ impl PluginComponent {
     /// plugin failing, the inner one the expression's fault.
     pub fn compile_condition(&self, expression: &str) -> Result<Result<(), String>, CallError> {
         self.condition(|bindings, store| {
-            drive(
-                bindings
-                    .coretex_plugin_condition()
-                    .call_compile(store, expression),
-            )
+            bindings
+                .coretex_plugin_condition()
+                .call_compile(store, expression)
         })
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
@@ -639,21 +633,16 @@ impl PluginComponent {
         scope_json: &str,
     ) -> Result<Result<bool, String>, CallError> {
         self.condition(|bindings, store| {
-            drive(
-                bindings
-                    .coretex_plugin_condition()
-                    .call_evaluate(store, expression, scope_json),
-            )
+            bindings
+                .coretex_plugin_condition()
+                .call_evaluate(store, expression, scope_json)
         })
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
 
     fn condition<R>(
         &self,
-        call: impl FnOnce(
-            &wit::condition::StepCondition,
-            &mut Store<Sandbox>,
-        ) -> Option<wasmtime::Result<R>>,
+        call: impl FnOnce(&wit::condition::StepCondition, &mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.with_instance(PluginKind::StepCondition, |inst, ticks| {
             let Exports::Condition(bindings) = &inst.exports else {
@@ -682,37 +671,23 @@ fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]
     }
 }
 
-/// Polls a call once. Nothing in the sandbox waits, so a call is done when its first poll
-/// returns; `None` means the plugin waited on something, and dropping the future abandons it.
-fn drive<F: Future>(call: F) -> Option<F::Output> {
-    let mut call = pin!(call);
-    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
-    }
-}
-
 /// A plugin's own `plugin-error` answer.
 fn plugin_error(e: PluginError) -> CallError {
     CallError::new(FailureReason::PluginError, bounded(e.message))
 }
 
-/// Turns a driven call into the host's error vocabulary.
-fn settle<T>(store: &Store<Sandbox>, out: Option<wasmtime::Result<T>>) -> Result<T, CallError> {
-    match out {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(classify(&e, store.data().limits.exceeded)),
-        None => Err(CallError::new(
-            FailureReason::Blocked,
-            "the plugin waited on I/O; plugins have none",
-        )),
-    }
+/// Turns the outcome of a call into the host's error vocabulary.
+fn settle<T>(store: &Store<Sandbox>, out: wasmtime::Result<T>) -> Result<T, CallError> {
+    out.map_err(|e| classify(&e, store.data().limits.exceeded))
 }
 
 fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> CallError {
     let message = bounded(format!("{e:#}"));
     if memory_exceeded {
         return CallError::new(FailureReason::Memory, message);
+    }
+    if e.downcast_ref::<Blocked>().is_some() {
+        return CallError::new(FailureReason::Blocked, message);
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::new(
@@ -737,8 +712,7 @@ fn bounded(mut s: String) -> String {
 
 /// The data of a plugin's store.
 struct Sandbox {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    wasi: WasiShim,
     limits: MemoryCap,
     call: CurrentCall,
 }
@@ -747,9 +721,8 @@ impl Sandbox {
     fn new(memory_cap: usize) -> Self {
         Sandbox {
             // Nothing: no directories, no network, no environment, no arguments; stdin is empty
-            // and stdout/stderr are discarded.
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            // and stdout/stderr are discarded (`wasi_shim`).
+            wasi: WasiShim::default(),
             limits: MemoryCap {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(memory_cap)
@@ -767,12 +740,9 @@ impl Sandbox {
     }
 }
 
-impl WasiView for Sandbox {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+impl HasWasiShim for Sandbox {
+    fn wasi_shim(&mut self) -> &mut WasiShim {
+        &mut self.wasi
     }
 }
 
