@@ -405,8 +405,7 @@ pub struct Instance {
     store: Store<Sandbox>,
     exports: Exports,
     calls: u64,
-    /// The wire form of the candidates, one list per field, kept so that a call allocates
-    /// nothing on this side.
+    /// The wire form of the candidates, kept so that a call allocates nothing on this side.
     wire: wire_dispatch::Candidates,
 }
 
@@ -488,9 +487,7 @@ impl PluginComponent {
             exports,
             calls: 0,
             wire: wire_dispatch::Candidates {
-                active_jobs: Vec::new(),
-                max_parallel: Vec::new(),
-                cpu_load: Vec::new(),
+                fields: Vec::new(),
                 preferred: None,
             },
         })
@@ -655,16 +652,19 @@ impl PluginComponent {
     }
 }
 
-/// Writes `candidates` into `wire` field by field, in one pass, reusing its lists.
+/// Writes `candidates` into `wire` (a block per field, as `wit/dispatch.wit` lays them out) in
+/// one pass, reusing its list.
 fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]) {
-    wire.active_jobs.clear();
-    wire.max_parallel.clear();
-    wire.cpu_load.clear();
+    let n = candidates.len();
+    wire.fields.clear();
+    wire.fields.resize(3 * n, 0);
+    let (active_jobs, rest) = wire.fields.split_at_mut(n);
+    let (max_parallel, cpu_load) = rest.split_at_mut(n);
     wire.preferred = None;
     for (i, c) in candidates.iter().enumerate() {
-        wire.active_jobs.push(c.active_jobs);
-        wire.max_parallel.push(c.max_parallel);
-        wire.cpu_load.push(c.cpu_load as f32);
+        active_jobs[i] = c.active_jobs;
+        max_parallel[i] = c.max_parallel;
+        cpu_load[i] = (c.cpu_load as f32).to_bits();
         if c.preferred && wire.preferred.is_none() {
             wire.preferred = u32::try_from(i).ok();
         }

@@ -26,7 +26,8 @@ pub use crate::wit::retry_policy::coretex::plugin::types::PluginError as RetryPl
 pub use crate::wit::step_condition::coretex::plugin::types::PluginError as ConditionPluginError;
 
 /// Runs `strategy` on one `pick` call from the host. The candidates are viewed where they
-/// arrived: the three lists the host wrote into this instance's memory, not copied again.
+/// arrived: the one list the host wrote into this instance's memory, a block per field, each
+/// block a slice of it, not copied again.
 pub fn pick<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,
@@ -41,13 +42,8 @@ pub fn pick<S: DispatchStrategy>(
         attempt: job.attempt,
         label_count: job.label_count,
     };
-    let candidates = Candidates::new(
-        &candidates.active_jobs,
-        &candidates.max_parallel,
-        &candidates.cpu_load,
-        candidates.preferred.map(|i| i as usize),
-    )
-    .map_err(|message| PluginError { message })?;
+    let candidates = fields(&candidates.fields, candidates.preferred)
+        .map_err(|message| PluginError { message })?;
     // The index goes back unchecked: judging it is the host's job (and the containment tests
     // need a plugin that answers out of range).
     match strategy.pick(&job, candidates, &HostContext) {
@@ -59,6 +55,29 @@ pub fn pick<S: DispatchStrategy>(
         Ok(dispatch::Decision::NoWorker(reason)) => Ok(WireDispatchDecision::NoWorker(reason)),
         Err(message) => Err(PluginError { message }),
     }
+}
+
+/// The view of the wire's `fields`: active jobs, max parallel and CPU load, a block each.
+fn fields(fields: &[u32], preferred: Option<u32>) -> Result<Candidates<'_>, String> {
+    if fields.len() % 3 != 0 {
+        return Err(format!(
+            "{} candidate fields is not three per candidate",
+            fields.len()
+        ));
+    }
+    let n = fields.len() / 3;
+    let (active_jobs, rest) = fields.split_at(n);
+    let (max_parallel, cpu_bits) = rest.split_at(n);
+    // SAFETY: `f32` and `u32` have the same size and alignment, and every bit pattern of a
+    // `u32` is some `f32` (the host wrote `f32::to_bits`); the slice borrows `fields`.
+    let cpu_load: &[f32] =
+        unsafe { std::slice::from_raw_parts(cpu_bits.as_ptr().cast::<f32>(), cpu_bits.len()) };
+    Candidates::new(
+        active_jobs,
+        max_parallel,
+        cpu_load,
+        preferred.map(|i| i as usize),
+    )
 }
 
 /// The [`Context`] of a `pick` call inside the sandbox: each answer is one call to the host.
