@@ -396,6 +396,34 @@ fn labels_reach_a_strategy_through_the_dispatch_context() {
     assert_eq!(listed(&registry, "label-affinity")["failures"], 0);
 }
 
+/// A pick's answer carries no string; a `no-worker` reason or an error message comes back by a
+/// second call (`message`), and reaches the host whole.
+#[test]
+fn a_reason_and_an_error_message_come_back_from_the_plugin() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let least_loaded = runtime.load(&wasm("least_loaded")).unwrap();
+    let overloaded = [worker("a", 10, &[]), worker("b", 9, &[])];
+    assert_eq!(
+        pick(&least_loaded, &overloaded).unwrap(),
+        Pick::NoWorker("all 2 eligible workers are overloaded".into())
+    );
+    assert_eq!(
+        pick(&least_loaded, &[worker("a", 0, &[])]).unwrap(),
+        Pick::Worker(0),
+        "and the instance goes on picking"
+    );
+    let affinity = runtime.load(&wasm("label_affinity")).unwrap();
+    let err = pick_with(
+        &affinity,
+        &json!({"label_weights": ["not", "a", "map"]}),
+        &[worker("a", 0, &[])],
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, FailureReason::PluginError, "{err}");
+    assert!(err.message.contains("label_weights"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retry policies and conditions
 // ---------------------------------------------------------------------------------------------

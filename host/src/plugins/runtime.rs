@@ -25,15 +25,17 @@
 //!
 //! # The instance pool
 //!
-//! Instantiating a component costs about 50 µs (a store, a linear memory mapped from its data
-//! segments, the guest's own start-up); a call on a warm instance about 1 µs (below). So
+//! Instantiating a component costs 15–20 µs (a store, a linear memory mapped from its data
+//! segments, the guest's own start-up); a call on a warm instance under 0.4 µs (below). So
 //! instances are kept warm and reused, and a call that finds one idle pays only for itself. Each
 //! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
-//! and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on
-//! it alone — no lock is held during the call, so as many calls run at once as there are
-//! threads calling — and pushes it back. The stack is last-in-first-out so the instance that ran
-//! last, whose memory is warm in cache, runs next; it is bounded (twice the CPUs) so a burst of
-//! concurrent calls does not leave a crowd of idle instances behind.
+//! and its idle instances: the one that ran last in a slot taken and refilled with one atomic
+//! swap each (no lock: the common case, a call at a time), and the others in a stack behind a
+//! mutex, for when calls run concurrently. A call takes one (or instantiates when none is
+//! idle), runs on it alone — nothing is locked during the call, so as many calls run at once as
+//! there are threads calling — and puts it back, into the slot if it is free: the instance that
+//! ran last, whose memory is warm in cache, runs next. The stack is bounded (twice the CPUs) so
+//! a burst of concurrent calls does not leave a crowd of idle instances behind.
 //!
 //! An instance keeps its linear memory between calls, which is what lets `round-robin` remember
 //! whose turn it is; it also means the state of one instance is not the state of another, so a
@@ -46,20 +48,26 @@
 //!
 //! Per-call data a strategy may ask for (the job's labels, a candidate's id) stays where it is:
 //! the store holds a pointer to the caller's borrowed [`DispatchCall`] for the duration of the
-//! call only. What does cross is twelve bytes per candidate, as three lists of numbers
-//! (`active-jobs`, `max-parallel`, `cpu-load`; `wit/dispatch.wit` says why not a list of
-//! records): each instance keeps the three lists and refills them in one pass, so the host
-//! allocates nothing per call, and wasmtime copies each into the guest in one go, where the SDK
-//! reads them in place. At a thousand candidates a call costs about twice the native
-//! least-loaded scan (it was ten times with a `list<record>`, which wasmtime 48 writes field by
-//! field).
+//! call only. What does cross is twelve bytes per candidate, as one list of numbers, a block per
+//! field (`wit/dispatch.wit` says why not a list of records, nor a list per field): each
+//! instance keeps the list and refills it in one pass, so the host allocates nothing per call,
+//! and wasmtime copies it into the guest in one go, where the SDK reads each block in place as
+//! a slice. The answer holds no string (a `no-worker` reason or an error message is fetched by
+//! a second call, `message`, only when there is one), so the guest has no post-return to run.
+//! At a thousand candidates a call costs about 1.4 times the native least-loaded scan (it was
+//! ten times with a `list<record>`, which wasmtime 48 writes field by field).
 //!
-//! At one candidate a call costs about 1 µs (`benches/plugins.rs`), most of it wasmtime's
-//! fixed price: the async call runs on a fiber (about a tenth), each list is a call into the
-//! guest's allocator, then the call itself and its post-return. The host's own part (the plugin
-//! looked up by name, the breaker and its clock read, the pool checkout, the lists refilled) is
-//! about a sixth. A synchronous call would save the fiber, but needs WASI linked in its sync
-//! form, which panics under Tokio (above).
+//! At one candidate a call costs about 0.38 µs through the adapter the scheduler calls
+//! (`benches/plugins.rs`; it was 0.94 µs with `wasmtime_wasi`'s async form, three lists and a
+//! string in the answer). By `perf`, three fifths of it is wasmtime's fixed price for a
+//! component call: entering the instance, lowering the arguments — the list is a call into the
+//! guest's allocator, a second entry into wasm — and lifting the answer. The guest's own work
+//! (its allocator, the strategy, freeing the list) is about an eighth; the host's (the config
+//! read and the plugin looked up by name, the breaker, the counters, the instance taken and put
+//! back, the list refilled) about a fifth, 80 ns. The rest is wasmtime's, out of reach without
+//! changing it (a fair part of it is wasmtime looking up, on every call, the code of each
+//! function it enters: it initialises a function reference afresh each time it needs one), so
+//! the 0.3 µs target of SPEC §9 is not met.
 //!
 //! # The cache
 //!
@@ -76,7 +84,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -267,13 +275,14 @@ impl PluginRuntime {
             engine: self.engine.clone(),
             limits: self.limits,
             pre,
+            hot: AtomicPtr::new(std::ptr::null_mut()),
             idle: Mutex::new(Vec::new()),
             instantiations: AtomicU64::new(0),
         });
         let first = loaded
             .instantiate()
             .map_err(|e| LoadError::Instantiate(e.to_string()))?;
-        loaded.check_in(first);
+        loaded.check_in(Box::new(first));
         Ok(loaded)
     }
 
@@ -396,9 +405,35 @@ pub struct PluginComponent {
     engine: Engine,
     limits: SandboxLimits,
     pre: Pre,
-    idle: Mutex<Vec<Instance>>,
+    /// The idle instance that ran last, or null: taken and put back with one atomic swap each,
+    /// without a lock, by the calls that find it there (nearly all of them, unless calls run
+    /// concurrently). Owns the `Box` it points to.
+    hot: AtomicPtr<Instance>,
+    /// The other idle instances, most recent last.
+    #[allow(
+        clippy::vec_box,
+        reason = "instances move between here and `hot` as boxes, never copied or reallocated"
+    )]
+    idle: Mutex<Vec<Box<Instance>>>,
     instantiations: AtomicU64,
 }
+
+impl Drop for PluginComponent {
+    fn drop(&mut self) {
+        let hot = *self.hot.get_mut();
+        if !hot.is_null() {
+            // SAFETY: a non-null `hot` came from `Box::into_raw` in `check_in`, and a swap that
+            // took it out of `hot` would have left null; `&mut self` means no one else holds it.
+            drop(unsafe { Box::from_raw(hot) });
+        }
+    }
+}
+
+// `hot` hands instances from thread to thread, as the mutex did.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Instance>();
+};
 
 /// One warm instance, used by one call at a time.
 pub struct Instance {
@@ -507,10 +542,9 @@ impl PluginComponent {
                 format!("this plugin is a {}, not a {wanted}", self.kind),
             ));
         }
-        let idle = self.idle.lock().pop();
-        let mut instance = match idle {
+        let mut instance = match self.check_out() {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => Box::new(self.instantiate()?),
         };
         instance.calls += 1;
         let ticks = match wanted {
@@ -524,10 +558,31 @@ impl PluginComponent {
         out
     }
 
-    fn check_in(&self, instance: Instance) {
+    fn check_out(&self) -> Option<Box<Instance>> {
+        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
+        if hot.is_null() {
+            return self.idle.lock().pop();
+        }
+        // SAFETY: a non-null `hot` came from `Box::into_raw` in `check_in`, and the swap took
+        // it out: this call owns it now.
+        Some(unsafe { Box::from_raw(hot) })
+    }
+
+    fn check_in(&self, instance: Box<Instance>) {
         if instance.calls >= self.limits.recycle_after {
             return;
         }
+        let raw = Box::into_raw(instance);
+        let Err(_) = self.hot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) else {
+            return;
+        };
+        // SAFETY: the exchange failed, so `raw` was not stored: it is still this call's own.
+        let instance = unsafe { Box::from_raw(raw) };
         let mut idle = self.idle.lock();
         if idle.len() < self.limits.max_idle {
             idle.push(instance);
@@ -557,7 +612,15 @@ impl PluginComponent {
                     .coretex_plugin_dispatch()
                     .call_pick(&mut inst.store, job, &inst.wire);
             inst.store.data_mut().call.leave();
-            match settle(&inst.store, out)? {
+            let answer = settle(&inst.store, out)?;
+            // The answer holds no string; a reason or an error message is one more call.
+            let mut message = || {
+                let out = bindings
+                    .coretex_plugin_dispatch()
+                    .call_message(&mut inst.store);
+                settle(&inst.store, out).map(bounded)
+            };
+            match answer {
                 Ok(wire_dispatch::Decision::Worker(i)) if (i as usize) < call.candidates.len() => {
                     Ok(Pick::Worker(i as usize))
                 }
@@ -568,10 +631,8 @@ impl PluginComponent {
                         call.candidates.len()
                     ),
                 )),
-                Ok(wire_dispatch::Decision::NoWorker(reason)) => {
-                    Ok(Pick::NoWorker(bounded(reason)))
-                }
-                Err(e) => Err(plugin_error(e)),
+                Ok(wire_dispatch::Decision::NoWorker) => Ok(Pick::NoWorker(message()?)),
+                Err(()) => Err(CallError::new(FailureReason::PluginError, message()?)),
             }
         })
     }

@@ -28,11 +28,14 @@ pub use crate::wit::step_condition::coretex::plugin::types::PluginError as Condi
 /// Runs `strategy` on one `pick` call from the host. The candidates are viewed where they
 /// arrived: the one list the host wrote into this instance's memory, a block per field, each
 /// block a slice of it, not copied again.
+///
+/// The answer carries no string (see `pick` in `wit/dispatch.wit`): a `NoWorker` reason or an
+/// error message waits in [`MESSAGE`] for the host's `message` call.
 pub fn pick<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,
     candidates: WireCandidates,
-) -> Result<WireDispatchDecision, PluginError> {
+) -> Result<WireDispatchDecision, ()> {
     let job = Job {
         priority: match job.priority {
             wire_dispatch::Priority::Interactive => Priority::Interactive,
@@ -42,19 +45,38 @@ pub fn pick<S: DispatchStrategy>(
         attempt: job.attempt,
         label_count: job.label_count,
     };
-    let candidates = fields(&candidates.fields, candidates.preferred)
-        .map_err(|message| PluginError { message })?;
+    let candidates = match fields(&candidates.fields, candidates.preferred) {
+        Ok(c) => c,
+        Err(message) => return fail(message),
+    };
     // The index goes back unchecked: judging it is the host's job (and the containment tests
     // need a plugin that answers out of range).
     match strategy.pick(&job, candidates, &HostContext) {
-        Ok(dispatch::Decision::Worker(index)) => u32::try_from(index)
-            .map(WireDispatchDecision::Worker)
-            .map_err(|_| PluginError {
-                message: format!("candidate index {index} does not fit in u32"),
-            }),
-        Ok(dispatch::Decision::NoWorker(reason)) => Ok(WireDispatchDecision::NoWorker(reason)),
-        Err(message) => Err(PluginError { message }),
+        Ok(dispatch::Decision::Worker(index)) => match u32::try_from(index) {
+            Ok(index) => Ok(WireDispatchDecision::Worker(index)),
+            Err(_) => fail(format!("candidate index {index} does not fit in u32")),
+        },
+        Ok(dispatch::Decision::NoWorker(reason)) => {
+            MESSAGE.with(|m| *m.borrow_mut() = reason);
+            Ok(WireDispatchDecision::NoWorker)
+        }
+        Err(message) => fail(message),
     }
+}
+
+std::thread_local! {
+    /// The reason of the last `NoWorker` or the message of the last error, until the host asks.
+    static MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn fail(message: String) -> Result<WireDispatchDecision, ()> {
+    MESSAGE.with(|m| *m.borrow_mut() = message);
+    Err(())
+}
+
+/// Answers the host's `message` call: the last reason or error message, taken.
+pub fn message() -> String {
+    MESSAGE.with(|m| std::mem::take(&mut *m.borrow_mut()))
 }
 
 /// The view of the wire's `fields`: active jobs, max parallel and CPU load, a block each.
@@ -185,11 +207,12 @@ macro_rules! export_dispatch_strategy {
                 fn pick(
                     job: $crate::export::WireJob,
                     candidates: $crate::export::WireCandidates,
-                ) -> ::core::result::Result<
-                    $crate::export::WireDispatchDecision,
-                    $crate::export::PluginError,
-                > {
+                ) -> ::core::result::Result<$crate::export::WireDispatchDecision, ()> {
                     STRATEGY.with(|strategy| $crate::export::pick(strategy, job, candidates))
+                }
+
+                fn message() -> ::std::string::String {
+                    $crate::export::message()
                 }
             }
 
