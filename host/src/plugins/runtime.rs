@@ -26,7 +26,7 @@
 //! # The instance pool
 //!
 //! Instantiating a component costs 15–20 µs (a store, a linear memory mapped from its data
-//! segments, the guest's own start-up); a call on a warm instance under 0.4 µs (below). So
+//! segments, the guest's own start-up); a call on a warm instance about 0.3 µs (below). So
 //! instances are kept warm and reused, and a call that finds one idle pays only for itself. Each
 //! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
 //! and its idle instances: the one that ran last in a slot taken and refilled with one atomic
@@ -54,20 +54,23 @@
 //! and wasmtime copies it into the guest in one go, where the SDK reads each block in place as
 //! a slice. The answer holds no string (a `no-worker` reason or an error message is fetched by
 //! a second call, `message`, only when there is one), so the guest has no post-return to run.
-//! At a thousand candidates a call costs about 1.4 times the native least-loaded scan (it was
-//! ten times with a `list<record>`, which wasmtime 48 writes field by field).
+//! At a thousand candidates a call costs about 1.4 times the native least-loaded scan (4.3 µs
+//! against 3.2 µs; it was ten times with a `list<record>`, which wasmtime 48 writes field by
+//! field, and three times with three lists and the async call).
 //!
-//! At one candidate a call costs about 0.38 µs through the adapter the scheduler calls
-//! (`benches/plugins.rs`; it was 0.94 µs with `wasmtime_wasi`'s async form, three lists and a
-//! string in the answer). By `perf`, three fifths of it is wasmtime's fixed price for a
-//! component call: entering the instance, lowering the arguments — the list is a call into the
-//! guest's allocator, a second entry into wasm — and lifting the answer. The guest's own work
-//! (its allocator, the strategy, freeing the list) is about an eighth; the host's (the config
-//! read and the plugin looked up by name, the breaker, the counters, the instance taken and put
-//! back, the list refilled) about a fifth, 80 ns. The rest is wasmtime's, out of reach without
-//! changing it (a fair part of it is wasmtime looking up, on every call, the code of each
-//! function it enters: it initialises a function reference afresh each time it needs one), so
-//! the 0.3 µs target of SPEC §9 is not met.
+//! At one candidate a call costs about 0.35 µs through the adapter the scheduler calls
+//! (`benches/plugins.rs`, `component`; it was 0.94 µs with `wasmtime_wasi`'s async form, three
+//! lists and a string in the answer), of which the adapter's part — the config read, the plugin
+//! looked up by name, its breaker and counters — is about 30 ns: the sandboxed call alone (the
+//! instance taken and put back, the list refilled, the call; `runtime` in the bench) is about
+//! 0.31 µs. By `perf`, three fifths of a call is wasmtime's fixed price for a component call:
+//! entering the instance, lowering the arguments — the list is a call into the guest's
+//! allocator, a second entry into wasm — and lifting the answer; a fair part of that is
+//! wasmtime looking up, on every call, the code of each function it enters (it initialises a
+//! function reference afresh each time it needs one). The guest's own work (its allocator, the
+//! strategy, freeing the list) is about an eighth. What is left to take is wasmtime's, out of
+//! reach without changing wasmtime, so the 0.3 µs target of SPEC §9 is not met (0.33–0.36 µs
+//! from run to run on the 2-core reference machine).
 //!
 //! # The cache
 //!
