@@ -257,7 +257,7 @@ async fn a_plugin_that_prints_and_looks_around_gets_an_empty_world_and_works() {
 }
 
 #[test]
-fn a_plugin_that_sleeps_or_exits_fails_its_call_and_the_next_call_works() {
+fn a_plugin_that_sleeps_exits_or_connects_fails_its_call_and_the_next_call_works() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
     let noisy = runtime.load(&wasm("noisy")).unwrap();
@@ -267,13 +267,17 @@ fn a_plugin_that_sleeps_or_exits_fails_its_call_and_the_next_call_works() {
     let exited = pick_with(&noisy, &json!({"noisy_mode": "exit"}), &candidates).unwrap_err();
     assert_eq!(exited.reason, FailureReason::Trap, "{exited}");
     assert!(exited.message.contains("exit"), "{exited}");
+    // The standard library links the socket imports for `TcpStream`: they load, and trap.
+    let connected = pick_with(&noisy, &json!({"noisy_mode": "net"}), &candidates).unwrap_err();
+    assert_eq!(connected.reason, FailureReason::Trap, "{connected}");
+    assert!(connected.message.contains("wasi:sockets"), "{connected}");
     assert_eq!(
         pick_with(&noisy, &json!({}), &candidates).unwrap(),
         Pick::Worker(0)
     );
     assert_eq!(
         noisy.instantiations(),
-        3,
+        4,
         "each failed call dropped its instance"
     );
 }

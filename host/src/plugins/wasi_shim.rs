@@ -28,7 +28,8 @@
 //!
 //! The shim is defined per component, under the exact names the component imports
 //! (`wasi:io/streams@0.2.4`, say), read from the component's type: whatever 0.2.x its
-//! toolchain targeted. WASI 0.2 only ever adds functions, and what this shim defines has not
+//! toolchain targeted (another major version — 0.3's functions are async — is not answered,
+//! only trapped). WASI 0.2 only ever adds functions, and what this shim defines has not
 //! changed since 0.2.0; anything newer is trapped like the rest. Defining one version and
 //! relying on the linker's semver matching would not do: trapping the unknown imports opens an
 //! instance by its exact name, and would shadow a shim defined under another patch version.
@@ -130,10 +131,14 @@ pub fn link<T: HasWasiShim>(
         let ComponentItem::ComponentInstance(instance) = item.ty else {
             continue;
         };
-        if !name.starts_with("wasi:") {
+        // WASI 0.2 only: another version's functions may differ (0.3's are async), so its
+        // imports are left to the traps below.
+        let Some((interface, version)) = name.split_once('@') else {
+            continue;
+        };
+        if !interface.starts_with("wasi:") || !version.starts_with("0.2.") {
             continue;
         }
-        let interface = name.split_once('@').map_or(name, |(i, _)| i);
         let mut li = linker.instance(name)?;
         for (export, item) in instance.exports(engine) {
             if let ComponentItem::Resource(_) = item.ty {

@@ -9,7 +9,8 @@
 //! * absent: prints a lot to stdout and stderr, then picks the first candidate;
 //! * `"report"`: answers `no-worker` with what it saw of its world, for the host to check;
 //! * `"sleep"`: sleeps (waits on a clock), which the host must refuse;
-//! * `"exit"`: calls `std::process::exit`, which the host must refuse.
+//! * `"exit"`: calls `std::process::exit`, which the host must refuse;
+//! * `"net"`: connects to a TCP port, which the host must refuse (the socket imports trap).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -46,6 +47,10 @@ impl DispatchStrategy for Noisy {
                 Ok(Decision::Worker(0))
             }
             Some("exit") => std::process::exit(3),
+            Some("net") => match std::net::TcpStream::connect("127.0.0.1:6379") {
+                Ok(_) => Ok(Decision::NoWorker("net=connected".into())),
+                Err(e) => Ok(Decision::NoWorker(format!("net=refused: {e}"))),
+            },
             Some(other) => Err(format!("unknown noisy_mode {other}")),
         }
     }
