@@ -54,23 +54,23 @@
 //! and wasmtime copies it into the guest in one go, where the SDK reads each block in place as
 //! a slice. The answer holds no string (a `no-worker` reason or an error message is fetched by
 //! a second call, `message`, only when there is one), so the guest has no post-return to run.
-//! At a thousand candidates a call costs about 1.4 times the native least-loaded scan (4.3 µs
-//! against 3.2 µs; it was ten times with a `list<record>`, which wasmtime 48 writes field by
+//! At a thousand candidates a call costs about 1.3–1.4 times the native least-loaded scan
+//! (4.3–4.5 µs against 3.2–3.5 µs; it was ten times with a `list<record>`, which wasmtime 48 writes field by
 //! field, and three times with three lists and the async call).
 //!
 //! At one candidate a call costs about 0.35 µs through the adapter the scheduler calls
 //! (`benches/plugins.rs`, `component`; it was 0.94 µs with `wasmtime_wasi`'s async form, three
 //! lists and a string in the answer), of which the adapter's part — the config read, the plugin
-//! looked up by name, its breaker and counters — is about 30 ns: the sandboxed call alone (the
+//! looked up by name, its breaker and counters — is 25–45 ns: the sandboxed call alone (the
 //! instance taken and put back, the list refilled, the call; `runtime` in the bench) is about
-//! 0.31 µs. By `perf`, three fifths of a call is wasmtime's fixed price for a component call:
+//! 0.30 µs. By `perf`, three fifths of a call is wasmtime's fixed price for a component call:
 //! entering the instance, lowering the arguments — the list is a call into the guest's
 //! allocator, a second entry into wasm — and lifting the answer; a fair part of that is
 //! wasmtime looking up, on every call, the code of each function it enters (it initialises a
 //! function reference afresh each time it needs one). The guest's own work (its allocator, the
 //! strategy, freeing the list) is about an eighth. What is left to take is wasmtime's, out of
-//! reach without changing wasmtime, so the 0.3 µs target of SPEC §9 is not met (0.33–0.36 µs
-//! from run to run on the 2-core reference machine).
+//! reach without changing wasmtime, so the 0.3 µs target of SPEC §9 is not met (0.32–0.37 µs
+//! from run to run on the 2-core reference machine, a shared VM).
 //!
 //! # The cache
 //!
