@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::registry::{ActiveMap, Plugin, PluginRegistry};
+use super::registry::{Plugin, PluginRegistry};
 use super::runtime::{DispatchCall, RetryCall};
 use super::{CallError, ConditionEvaluator, FailureReason};
 use crate::job::JobSpec;
@@ -39,6 +39,16 @@ enum Selected {
         name: String,
         error: CallError,
     },
+}
+
+impl Selected {
+    fn name<'a>(&'a self, native: &'a str) -> &'a str {
+        match self {
+            Selected::Native => native,
+            Selected::Plugin(p) => p.name(),
+            Selected::Missing { name, .. } => name,
+        }
+    }
 }
 
 impl PluginRegistry {
@@ -75,10 +85,8 @@ impl PluginRegistry {
     /// The dispatch strategy `effective.dispatch.strategy` names (native least-loaded if none).
     pub fn strategy_for<'a>(&'a self, effective: &'a Value) -> StrategyChoice<'a> {
         let dispatch = effective.get("dispatch");
-        let configured = dispatch.and_then(|d| d.get("strategy")?.as_str());
         StrategyChoice {
-            configured,
-            active: configured.map(|_| self.active()),
+            selected: self.select(dispatch.and_then(|d| d.get("strategy")?.as_str())),
             settings: dispatch,
             registry: self,
         }
@@ -110,20 +118,14 @@ impl PluginRegistry {
 
 /// The dispatch strategy of one job.
 pub struct StrategyChoice<'a> {
-    /// The strategy the config names, if any.
-    configured: Option<&'a str>,
-    /// The plugins in service when the choice was made, held for the one pick: the plugin is
-    /// looked up and called without cloning (and dropping) its `Arc`, which is on every job's
-    /// path.
-    active: Option<arc_swap::Guard<Arc<ActiveMap>>>,
+    selected: Selected,
     settings: Option<&'a Value>,
     registry: &'a PluginRegistry,
 }
 
 impl DispatchStrategy for StrategyChoice<'_> {
     fn name(&self) -> &str {
-        self.configured
-            .unwrap_or_else(|| self.registry.least_loaded.name())
+        self.selected.name(self.registry.least_loaded.name())
     }
 
     fn pick(&self, job: &JobSpec, candidates: &[Candidate]) -> Result<Pick, StrategyError> {
@@ -132,16 +134,13 @@ impl DispatchStrategy for StrategyChoice<'_> {
             candidates,
             settings: self.settings,
         };
-        let plugin = |name| self.active.as_ref()?.get(name);
-        let failed = match self.configured {
-            None => None,
-            Some(name) => match plugin(name) {
-                Some(p) => match p.call(|c| c.pick(&call)) {
-                    Ok(pick) => return Ok(pick),
-                    Err(e) => Some(e),
-                },
-                None => Some(self.registry.not_loaded(name)),
+        let failed = match &self.selected {
+            Selected::Native => None,
+            Selected::Plugin(p) => match p.call(|c| c.pick(&call)) {
+                Ok(pick) => return Ok(pick),
+                Err(e) => Some(e),
             },
+            Selected::Missing { error, .. } => Some(error.clone()),
         };
         let pick = self.registry.least_loaded.pick(job, candidates)?;
         if let Some(e) = failed {

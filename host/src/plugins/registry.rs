@@ -212,7 +212,7 @@ pub struct PluginRegistry {
     pub(super) least_loaded: LeastLoaded,
 }
 
-pub(super) type ActiveMap = HashMap<String, Arc<Plugin>, foldhash::fast::RandomState>;
+type ActiveMap = HashMap<String, Arc<Plugin>, foldhash::fast::RandomState>;
 
 /// Keeps `--plugin-dir` and the registry in step.
 pub struct DirWatcher {
@@ -327,12 +327,6 @@ impl PluginRegistry {
     /// The plugin in service under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.active.load().get(name).cloned()
-    }
-
-    /// The plugins in service now, held rather than cloned (for one decision: a replaced
-    /// plugin stays alive while a guard on the map that had it lives).
-    pub(super) fn active(&self) -> arc_swap::Guard<Arc<ActiveMap>> {
-        self.active.load()
     }
 
     /// Every plugin in service, and every name whose latest version failed to load.
