@@ -1,6 +1,8 @@
 //! What a plugin costs: `least-loaded` native against the same strategy as a component (through
-//! the adapter the scheduler calls: breaker, counters and all) at 1, 10, 100 and 1000 candidates;
-//! loading a compiled component from the cache (a restart); instantiating one (a recycle).
+//! the adapter the scheduler calls: breaker, counters and all) at 1, 10, 100 and 1000 candidates,
+//! and at one candidate the component called directly (`runtime`: the sandboxed call alone,
+//! without the plugin's lookup by name, its breaker and counters); loading a compiled component
+//! from the cache (a restart); instantiating one (a recycle).
 //!
 //! `cargo bench --bench plugins -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use coretex::breaker::BreakerConfig;
 use coretex::job::{JobRequest, JobSpec};
-use coretex::plugins::runtime::PluginRuntime;
+use coretex::plugins::runtime::{DispatchCall, PluginRuntime};
 use coretex::plugins::{PluginRegistry, PluginSettings, Source};
 use coretex::scheduler::registry::Candidate;
 use coretex::scheduler::strategy::{DispatchStrategy, LeastLoaded};
@@ -74,6 +76,16 @@ fn pick(c: &mut Criterion) {
             b.iter(|| registry.strategy_for(&config).pick(&job, cs).unwrap())
         });
     }
+    let plugin = registry.get("least-loaded").unwrap();
+    let one = candidates(1);
+    let call = DispatchCall {
+        job: &job,
+        candidates: &one,
+        settings: config.get("dispatch"),
+    };
+    group.bench_function(BenchmarkId::new("runtime", 1), |b| {
+        b.iter(|| plugin.component().pick(&call).unwrap())
+    });
     group.finish();
 }
 

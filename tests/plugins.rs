@@ -210,6 +210,78 @@ fn a_configured_plugin_that_is_not_loaded_falls_back() {
     assert_eq!(pick, Pick::Worker(1));
 }
 
+/// Calls a strategy component directly with the given `dispatch` settings.
+fn pick_with(
+    component: &PluginComponent,
+    settings: &Value,
+    candidates: &[Candidate],
+) -> Result<Pick, CallError> {
+    component.pick(&DispatchCall {
+        job: &job(&[]),
+        candidates,
+        settings: Some(settings),
+    })
+}
+
+/// Inside a Tokio task, as the scheduler calls: the WASI a plugin gets must neither block nor
+/// need a runtime of its own (a `block_on` in a write to stderr would panic here).
+#[tokio::test]
+async fn a_plugin_that_prints_and_looks_around_gets_an_empty_world_and_works() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let noisy = runtime.load(&wasm("noisy")).unwrap();
+    let candidates = [worker("a", 0, &[]), worker("b", 0, &[])];
+    for _ in 0..3 {
+        // 400 lines of 100 bytes to stdout and stderr per call, all discarded.
+        assert_eq!(
+            pick_with(&noisy, &json!({}), &candidates).unwrap(),
+            Pick::Worker(0)
+        );
+    }
+    assert_eq!(noisy.instantiations(), 1, "no call failed");
+    let report = match pick_with(&noisy, &json!({"noisy_mode": "report"}), &candidates) {
+        Ok(Pick::NoWorker(report)) => report,
+        other => panic!("{other:?}"),
+    };
+    for seen in [
+        "env=0",
+        "args=0",
+        "stdin=0",
+        "file=refused",
+        "wall_after_2020=true",
+        "monotonic=true",
+        "hashmap=1",
+    ] {
+        assert!(report.contains(seen), "{seen} not in: {report}");
+    }
+}
+
+#[test]
+fn a_plugin_that_sleeps_exits_or_connects_fails_its_call_and_the_next_call_works() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let noisy = runtime.load(&wasm("noisy")).unwrap();
+    let candidates = [worker("a", 0, &[])];
+    let slept = pick_with(&noisy, &json!({"noisy_mode": "sleep"}), &candidates).unwrap_err();
+    assert_eq!(slept.reason, FailureReason::Blocked, "{slept}");
+    let exited = pick_with(&noisy, &json!({"noisy_mode": "exit"}), &candidates).unwrap_err();
+    assert_eq!(exited.reason, FailureReason::Trap, "{exited}");
+    assert!(exited.message.contains("exit"), "{exited}");
+    // The standard library links the socket imports for `TcpStream`: they load, and trap.
+    let connected = pick_with(&noisy, &json!({"noisy_mode": "net"}), &candidates).unwrap_err();
+    assert_eq!(connected.reason, FailureReason::Trap, "{connected}");
+    assert!(connected.message.contains("wasi:sockets"), "{connected}");
+    assert_eq!(
+        pick_with(&noisy, &json!({}), &candidates).unwrap(),
+        Pick::Worker(0)
+    );
+    assert_eq!(
+        noisy.instantiations(),
+        4,
+        "each failed call dropped its instance"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The runtime: kinds, the cache, the instance pool
 // ---------------------------------------------------------------------------------------------
@@ -326,6 +398,34 @@ fn labels_reach_a_strategy_through_the_dispatch_context() {
         "the worker with the job's label wins"
     );
     assert_eq!(listed(&registry, "label-affinity")["failures"], 0);
+}
+
+/// A pick's answer carries no string; a `no-worker` reason or an error message comes back by a
+/// second call (`message`), and reaches the host whole.
+#[test]
+fn a_reason_and_an_error_message_come_back_from_the_plugin() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let least_loaded = runtime.load(&wasm("least_loaded")).unwrap();
+    let overloaded = [worker("a", 10, &[]), worker("b", 9, &[])];
+    assert_eq!(
+        pick(&least_loaded, &overloaded).unwrap(),
+        Pick::NoWorker("all 2 eligible workers are overloaded".into())
+    );
+    assert_eq!(
+        pick(&least_loaded, &[worker("a", 0, &[])]).unwrap(),
+        Pick::Worker(0),
+        "and the instance goes on picking"
+    );
+    let affinity = runtime.load(&wasm("label_affinity")).unwrap();
+    let err = pick_with(
+        &affinity,
+        &json!({"label_weights": ["not", "a", "map"]}),
+        &[worker("a", 0, &[])],
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, FailureReason::PluginError, "{err}");
+    assert!(err.message.contains("label_weights"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

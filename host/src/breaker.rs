@@ -6,6 +6,7 @@
 //! Every change is logged and counted (`coretex_breaker_transitions_total{breaker,to}`), and the
 //! current state is a gauge (`coretex_breaker_state{breaker}`: 0 closed, 1 open, 2 half-open).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -68,6 +69,10 @@ pub struct CircuitBreaker {
     name: String,
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Closed with no failure since the last success: the state of nearly every call, in which
+    /// `try_acquire` and `record_success` change nothing, so they read this and take no lock
+    /// (and no clock reading). Written under the lock whenever the state or the count changes.
+    healthy: AtomicBool,
 }
 
 /// The call was refused: the breaker is open (or half-open with every probe slot taken).
@@ -88,6 +93,7 @@ impl CircuitBreaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
             }),
+            healthy: AtomicBool::new(true),
         }
     }
 
@@ -98,9 +104,18 @@ impl CircuitBreaker {
     /// Asks to make a call now. In half-open state an accepted call holds a probe slot until its
     /// outcome is recorded.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Rejected> {
+        self.try_acquire_with(|| now)
+    }
+
+    /// [`Self::try_acquire`], reading the clock only when the breaker is open (the cool-down
+    /// is the one thing that needs it).
+    pub fn try_acquire_with(&self, now: impl FnOnce() -> Instant) -> Result<(), Rejected> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut inner = self.inner.lock();
         if inner.state == BreakerState::Open {
-            if now.duration_since(inner.opened_at) < self.cfg.cooldown {
+            if now().duration_since(inner.opened_at) < self.cfg.cooldown {
                 return Err(Rejected);
             }
             self.change(&mut inner, BreakerState::HalfOpen);
@@ -117,6 +132,9 @@ impl CircuitBreaker {
     }
 
     pub fn record_success(&self) {
+        if self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.inner.lock();
         inner.consecutive_failures = 0;
         if inner.state == BreakerState::HalfOpen {
@@ -126,10 +144,13 @@ impl CircuitBreaker {
                 self.change(&mut inner, BreakerState::Closed);
             }
         }
+        self.healthy
+            .store(inner.state == BreakerState::Closed, Ordering::Release);
     }
 
     pub fn record_failure(&self, now: Instant) {
         let mut inner = self.inner.lock();
+        self.healthy.store(false, Ordering::Release);
         inner.consecutive_failures += 1;
         let trip = match inner.state {
             BreakerState::Closed => inner.consecutive_failures >= self.cfg.failure_threshold,

@@ -19,6 +19,7 @@ pub mod adapters;
 mod builtin;
 pub mod registry;
 pub mod runtime;
+mod wasi_shim;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,7 +71,8 @@ pub enum FailureReason {
     OutOfRange,
     /// Answered with its own `plugin-error`.
     PluginError,
-    /// Waited on I/O it cannot have (the sandbox has none to wait for).
+    /// Waited on something that is not ready (a clock: the sandbox has nothing else to wait
+    /// for, and a call does not wait).
     Blocked,
     /// Is not of the kind the config asked for (e.g. a retry policy named as a strategy).
     WrongKind,

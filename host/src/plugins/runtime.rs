@@ -11,25 +11,31 @@
 //! stdout/stderr discarded. Rust plugins import WASI for their standard library, so it is linked,
 //! but there is nothing behind it to read, write or leak.
 //!
-//! WASI is linked in its `async` form and every call is driven by one poll with a no-op waker.
-//! Nothing a plugin can reach ever waits (its streams are sinks and empties), so one poll finishes
-//! the call; a call still pending after it waited on something it cannot have and fails
-//! ([`FailureReason::Blocked`]). The `sync` form is no use here: its blocking stream operations
-//! enter a Tokio runtime with `block_on`, which panics when the caller — the scheduler — is
-//! itself a Tokio task, so one `eprintln!` in a plugin would take a scheduler task down. The
-//! async form costs the same within a few percent (measured: the call itself dominates).
+//! WASI is the host's own shim ([`wasi_shim`](super::wasi_shim)): just what a plugin's
+//! standard library imports (clocks, random bytes, empty stdin, discarding stdout/stderr, no
+//! environment, no files), defined under the names each component imports, with every other
+//! import — filesystem operations, sockets — a function that traps. Nothing in it waits, so
+//! plugins are called **synchronously**, on the caller's thread and stack: no fiber, no future.
+//! `wasmtime_wasi` is not used: its async form needs a fiber per call (a tenth of a call's
+//! cost), and its sync form's blocking stream operations enter a Tokio runtime with `block_on`,
+//! which panics when the caller — the scheduler — is itself a Tokio task, so one `eprintln!`
+//! in a plugin would take a scheduler task down. The shim's writes never block and never touch
+//! Tokio. A plugin that waits on a clock (a `sleep`) fails its call
+//! ([`FailureReason::Blocked`]).
 //!
 //! # The instance pool
 //!
-//! Instantiating a component costs about 50 µs (a store, a linear memory mapped from its data
-//! segments, the guest's own start-up); a call on a warm instance about 1 µs (below). So
+//! Instantiating a component costs 15–20 µs (a store, a linear memory mapped from its data
+//! segments, the guest's own start-up); a call on a warm instance about 0.3 µs (below). So
 //! instances are kept warm and reused, and a call that finds one idle pays only for itself. Each
 //! [`PluginComponent`] has an `InstancePre` (imports resolved and type-checked once, at load)
-//! and a stack of idle instances. A call pops one (or instantiates when none is idle), runs on
-//! it alone — no lock is held during the call, so as many calls run at once as there are
-//! threads calling — and pushes it back. The stack is last-in-first-out so the instance that ran
-//! last, whose memory is warm in cache, runs next; it is bounded (twice the CPUs) so a burst of
-//! concurrent calls does not leave a crowd of idle instances behind.
+//! and its idle instances: the one that ran last in a slot taken and refilled with one atomic
+//! swap each (no lock: the common case, a call at a time), and the others in a stack behind a
+//! mutex, for when calls run concurrently. A call takes one (or instantiates when none is
+//! idle), runs on it alone — nothing is locked during the call, so as many calls run at once as
+//! there are threads calling — and puts it back, into the slot if it is free: the instance that
+//! ran last, whose memory is warm in cache, runs next. The stack is bounded (twice the CPUs) so
+//! a burst of concurrent calls does not leave a crowd of idle instances behind.
 //!
 //! An instance keeps its linear memory between calls, which is what lets `round-robin` remember
 //! whose turn it is; it also means the state of one instance is not the state of another, so a
@@ -42,20 +48,29 @@
 //!
 //! Per-call data a strategy may ask for (the job's labels, a candidate's id) stays where it is:
 //! the store holds a pointer to the caller's borrowed [`DispatchCall`] for the duration of the
-//! call only. What does cross is twelve bytes per candidate, as three lists of numbers
-//! (`active-jobs`, `max-parallel`, `cpu-load`; `wit/dispatch.wit` says why not a list of
-//! records): each instance keeps the three lists and refills them in one pass, so the host
-//! allocates nothing per call, and wasmtime copies each into the guest in one go, where the SDK
-//! reads them in place. At a thousand candidates a call costs about twice the native
-//! least-loaded scan (it was ten times with a `list<record>`, which wasmtime 48 writes field by
-//! field).
+//! call only. What does cross is twelve bytes per candidate, as one list of numbers, a block per
+//! field (`wit/dispatch.wit` says why not a list of records, nor a list per field): each
+//! instance keeps the list and refills it in one pass, so the host allocates nothing per call,
+//! and wasmtime copies it into the guest in one go, where the SDK reads each block in place as
+//! a slice. The answer holds no string (a `no-worker` reason or an error message is fetched by
+//! a second call, `message`, only when there is one), so the guest has no post-return to run.
+//! At a thousand candidates a call costs about 1.3–1.4 times the native least-loaded scan
+//! (4.3–4.5 µs against 3.2–3.5 µs; it was ten times with a `list<record>`, which wasmtime 48 writes field by
+//! field, and three times with three lists and the async call).
 //!
-//! At one candidate a call costs about 1 µs (`benches/plugins.rs`), most of it wasmtime's
-//! fixed price: the async call runs on a fiber (about a tenth), each list is a call into the
-//! guest's allocator, then the call itself and its post-return. The host's own part (the plugin
-//! looked up by name, the breaker and its clock read, the pool checkout, the lists refilled) is
-//! about a sixth. A synchronous call would save the fiber, but needs WASI linked in its sync
-//! form, which panics under Tokio (above).
+//! At one candidate a call costs about 0.35 µs through the adapter the scheduler calls
+//! (`benches/plugins.rs`, `component`; it was 0.94 µs with `wasmtime_wasi`'s async form, three
+//! lists and a string in the answer), of which the adapter's part — the config read, the plugin
+//! looked up by name, its breaker and counters — is 25–45 ns: the sandboxed call alone (the
+//! instance taken and put back, the list refilled, the call; `runtime` in the bench) is about
+//! 0.30 µs. By `perf`, three fifths of a call is wasmtime's fixed price for a component call:
+//! entering the instance, lowering the arguments — the list is a call into the guest's
+//! allocator, a second entry into wasm — and lifting the answer; a fair part of that is
+//! wasmtime looking up, on every call, the code of each function it enters (it initialises a
+//! function reference afresh each time it needs one). The guest's own work (its allocator, the
+//! strategy, freeing the list) is about an eighth. What is left to take is wasmtime's, out of
+//! reach without changing wasmtime, so the 0.3 µs target of SPEC §9 is not met (0.32–0.37 µs
+//! from run to run on the 2-core reference machine, a shared VM).
 //!
 //! # The cache
 //!
@@ -68,23 +83,21 @@
 //! directory is created private to the user (0700): whoever can write into it can make the host
 //! run native code.
 
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::wasi_shim::{self, Blocked, HasWasiShim, WasiShim};
 
 use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
 use crate::job::{JobSpec, JobState, Priority};
@@ -98,14 +111,12 @@ mod wit {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "dispatch-strategy",
-            exports: { default: async },
         });
     }
     pub mod condition {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "step-condition",
-            exports: { default: async },
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
@@ -113,7 +124,6 @@ mod wit {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "retry-policy",
-            exports: { default: async },
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
@@ -159,11 +169,10 @@ impl PluginRuntime {
         // Plugins are called one call at a time per store; the component-model-async machinery
         // (tasks, streams, futures) would only add per-store set-up to every instantiation.
         config.concurrency_support(false);
-        // Deep recursion traps as a stack overflow long before it could hurt the host.
+        // Deep recursion traps as a stack overflow long before it could hurt the host. Calls run
+        // on the caller's own stack (a Tokio worker's or a test thread's: 2 MiB), so this leaves
+        // the host frames under the call three quarters of it.
         config.max_wasm_stack(512 << 10);
-        // Calls run on a fiber (the async call path); its stack must hold the wasm stack above
-        // plus the host frames under it.
-        config.async_stack_size(2 << 20);
         // Plugins are compiled once and cached, so spend compile time for faster calls.
         config.cranelift_opt_level(OptLevel::Speed);
         // A large component (CEL is 3 MB) compiles on every core the first time.
@@ -177,9 +186,8 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         start_epoch_ticker(&engine);
 
+        // The host's own imports; WASI is added per component (`load`), under the names it imports.
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         wit::dispatch::DispatchStrategy::add_to_linker::<Sandbox, HasSelf<Sandbox>>(
             &mut linker,
             |s| s,
@@ -248,7 +256,9 @@ impl PluginRuntime {
         };
         let (kind, version) = plugin_kind(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let mut linker = self.linker.clone();
+        wasi_shim::link(&mut linker, &self.engine, &component).map_err(link)?;
+        let pre = linker.instantiate_pre(&component).map_err(link)?;
         let pre = match kind {
             PluginKind::DispatchStrategy => {
                 Pre::Dispatch(wit::dispatch::DispatchStrategyPre::new(pre).map_err(link)?)
@@ -268,13 +278,14 @@ impl PluginRuntime {
             engine: self.engine.clone(),
             limits: self.limits,
             pre,
+            hot: AtomicPtr::new(std::ptr::null_mut()),
             idle: Mutex::new(Vec::new()),
             instantiations: AtomicU64::new(0),
         });
         let first = loaded
             .instantiate()
             .map_err(|e| LoadError::Instantiate(e.to_string()))?;
-        loaded.check_in(first);
+        loaded.check_in(Box::new(first));
         Ok(loaded)
     }
 
@@ -397,17 +408,42 @@ pub struct PluginComponent {
     engine: Engine,
     limits: SandboxLimits,
     pre: Pre,
-    idle: Mutex<Vec<Instance>>,
+    /// The idle instance that ran last, or null: taken and put back with one atomic swap each,
+    /// without a lock, by the calls that find it there (nearly all of them, unless calls run
+    /// concurrently). Owns the `Box` it points to.
+    hot: AtomicPtr<Instance>,
+    /// The other idle instances, most recent last.
+    #[allow(
+        clippy::vec_box,
+        reason = "instances move between here and `hot` as boxes, never copied or reallocated"
+    )]
+    idle: Mutex<Vec<Box<Instance>>>,
     instantiations: AtomicU64,
 }
+
+impl Drop for PluginComponent {
+    fn drop(&mut self) {
+        let hot = *self.hot.get_mut();
+        if !hot.is_null() {
+            // SAFETY: a non-null `hot` came from `Box::into_raw` in `check_in`, and a swap that
+            // took it out of `hot` would have left null; `&mut self` means no one else holds it.
+            drop(unsafe { Box::from_raw(hot) });
+        }
+    }
+}
+
+// `hot` hands instances from thread to thread, as the mutex did.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Instance>();
+};
 
 /// One warm instance, used by one call at a time.
 pub struct Instance {
     store: Store<Sandbox>,
     exports: Exports,
     calls: u64,
-    /// The wire form of the candidates, one list per field, kept so that a call allocates
-    /// nothing on this side.
+    /// The wire form of the candidates, kept so that a call allocates nothing on this side.
     wire: wire_dispatch::Candidates,
 }
 
@@ -472,15 +508,15 @@ impl PluginComponent {
         store.set_epoch_deadline(self.limits.deadline_ticks * 100);
         let exports = match &self.pre {
             Pre::Dispatch(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Dispatch(settle(&store, out)?)
             }
             Pre::Condition(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Condition(settle(&store, out)?)
             }
             Pre::Retry(pre) => {
-                let out = drive(pre.instantiate_async(&mut store));
+                let out = pre.instantiate(&mut store);
                 Exports::Retry(settle(&store, out)?)
             }
         };
@@ -489,9 +525,7 @@ impl PluginComponent {
             exports,
             calls: 0,
             wire: wire_dispatch::Candidates {
-                active_jobs: Vec::new(),
-                max_parallel: Vec::new(),
-                cpu_load: Vec::new(),
+                fields: Vec::new(),
                 preferred: None,
             },
         })
@@ -511,10 +545,9 @@ impl PluginComponent {
                 format!("this plugin is a {}, not a {wanted}", self.kind),
             ));
         }
-        let idle = self.idle.lock().pop();
-        let mut instance = match idle {
+        let mut instance = match self.check_out() {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => Box::new(self.instantiate()?),
         };
         instance.calls += 1;
         let ticks = match wanted {
@@ -528,10 +561,31 @@ impl PluginComponent {
         out
     }
 
-    fn check_in(&self, instance: Instance) {
+    fn check_out(&self) -> Option<Box<Instance>> {
+        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
+        if hot.is_null() {
+            return self.idle.lock().pop();
+        }
+        // SAFETY: a non-null `hot` came from `Box::into_raw` in `check_in`, and the swap took
+        // it out: this call owns it now.
+        Some(unsafe { Box::from_raw(hot) })
+    }
+
+    fn check_in(&self, instance: Box<Instance>) {
         if instance.calls >= self.limits.recycle_after {
             return;
         }
+        let raw = Box::into_raw(instance);
+        let Err(_) = self.hot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) else {
+            return;
+        };
+        // SAFETY: the exchange failed, so `raw` was not stored: it is still this call's own.
+        let instance = unsafe { Box::from_raw(raw) };
         let mut idle = self.idle.lock();
         if idle.len() < self.limits.max_idle {
             idle.push(instance);
@@ -556,13 +610,20 @@ impl PluginComponent {
             };
             inst.store.set_epoch_deadline(ticks);
             inst.store.data_mut().call.enter(call);
-            let out = drive(bindings.coretex_plugin_dispatch().call_pick(
-                &mut inst.store,
-                job,
-                &inst.wire,
-            ));
+            let out =
+                bindings
+                    .coretex_plugin_dispatch()
+                    .call_pick(&mut inst.store, job, &inst.wire);
             inst.store.data_mut().call.leave();
-            match settle(&inst.store, out)? {
+            let answer = settle(&inst.store, out)?;
+            // The answer holds no string; a reason or an error message is one more call.
+            let mut message = || {
+                let out = bindings
+                    .coretex_plugin_dispatch()
+                    .call_message(&mut inst.store);
+                settle(&inst.store, out).map(bounded)
+            };
+            match answer {
                 Ok(wire_dispatch::Decision::Worker(i)) if (i as usize) < call.candidates.len() => {
                     Ok(Pick::Worker(i as usize))
                 }
@@ -573,10 +634,8 @@ impl PluginComponent {
                         call.candidates.len()
                     ),
                 )),
-                Ok(wire_dispatch::Decision::NoWorker(reason)) => {
-                    Ok(Pick::NoWorker(bounded(reason)))
-                }
-                Err(e) => Err(plugin_error(e)),
+                Ok(wire_dispatch::Decision::NoWorker) => Ok(Pick::NoWorker(message()?)),
+                Err(()) => Err(CallError::new(FailureReason::PluginError, message()?)),
             }
         })
     }
@@ -604,11 +663,9 @@ impl PluginComponent {
                 multiplier: call.multiplier,
             };
             inst.store.set_epoch_deadline(ticks);
-            let out = drive(
-                bindings
-                    .coretex_plugin_retry()
-                    .call_decide(&mut inst.store, &failure),
-            );
+            let out = bindings
+                .coretex_plugin_retry()
+                .call_decide(&mut inst.store, &failure);
             match settle(&inst.store, out)? {
                 Ok(wire_retry::Decision::Retry(after_ms)) => Ok(RetryDecision::Retry { after_ms }),
                 Ok(wire_retry::Decision::DeadLetter(reason)) => Ok(RetryDecision::DeadLetter {
@@ -623,11 +680,9 @@ impl PluginComponent {
     /// plugin failing, the inner one the expression's fault.
     pub fn compile_condition(&self, expression: &str) -> Result<Result<(), String>, CallError> {
         self.condition(|bindings, store| {
-            drive(
-                bindings
-                    .coretex_plugin_condition()
-                    .call_compile(store, expression),
-            )
+            bindings
+                .coretex_plugin_condition()
+                .call_compile(store, expression)
         })
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
@@ -639,21 +694,16 @@ impl PluginComponent {
         scope_json: &str,
     ) -> Result<Result<bool, String>, CallError> {
         self.condition(|bindings, store| {
-            drive(
-                bindings
-                    .coretex_plugin_condition()
-                    .call_evaluate(store, expression, scope_json),
-            )
+            bindings
+                .coretex_plugin_condition()
+                .call_evaluate(store, expression, scope_json)
         })
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
 
     fn condition<R>(
         &self,
-        call: impl FnOnce(
-            &wit::condition::StepCondition,
-            &mut Store<Sandbox>,
-        ) -> Option<wasmtime::Result<R>>,
+        call: impl FnOnce(&wit::condition::StepCondition, &mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.with_instance(PluginKind::StepCondition, |inst, ticks| {
             let Exports::Condition(bindings) = &inst.exports else {
@@ -666,29 +716,22 @@ impl PluginComponent {
     }
 }
 
-/// Writes `candidates` into `wire` field by field, in one pass, reusing its lists.
+/// Writes `candidates` into `wire` (a block per field, as `wit/dispatch.wit` lays them out) in
+/// one pass, reusing its list.
 fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]) {
-    wire.active_jobs.clear();
-    wire.max_parallel.clear();
-    wire.cpu_load.clear();
+    let n = candidates.len();
+    wire.fields.clear();
+    wire.fields.resize(3 * n, 0);
+    let (active_jobs, rest) = wire.fields.split_at_mut(n);
+    let (max_parallel, cpu_load) = rest.split_at_mut(n);
     wire.preferred = None;
     for (i, c) in candidates.iter().enumerate() {
-        wire.active_jobs.push(c.active_jobs);
-        wire.max_parallel.push(c.max_parallel);
-        wire.cpu_load.push(c.cpu_load as f32);
+        active_jobs[i] = c.active_jobs;
+        max_parallel[i] = c.max_parallel;
+        cpu_load[i] = (c.cpu_load as f32).to_bits();
         if c.preferred && wire.preferred.is_none() {
             wire.preferred = u32::try_from(i).ok();
         }
-    }
-}
-
-/// Polls a call once. Nothing in the sandbox waits, so a call is done when its first poll
-/// returns; `None` means the plugin waited on something, and dropping the future abandons it.
-fn drive<F: Future>(call: F) -> Option<F::Output> {
-    let mut call = pin!(call);
-    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
     }
 }
 
@@ -697,22 +740,18 @@ fn plugin_error(e: PluginError) -> CallError {
     CallError::new(FailureReason::PluginError, bounded(e.message))
 }
 
-/// Turns a driven call into the host's error vocabulary.
-fn settle<T>(store: &Store<Sandbox>, out: Option<wasmtime::Result<T>>) -> Result<T, CallError> {
-    match out {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(classify(&e, store.data().limits.exceeded)),
-        None => Err(CallError::new(
-            FailureReason::Blocked,
-            "the plugin waited on I/O; plugins have none",
-        )),
-    }
+/// Turns the outcome of a call into the host's error vocabulary.
+fn settle<T>(store: &Store<Sandbox>, out: wasmtime::Result<T>) -> Result<T, CallError> {
+    out.map_err(|e| classify(&e, store.data().limits.exceeded))
 }
 
 fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> CallError {
     let message = bounded(format!("{e:#}"));
     if memory_exceeded {
         return CallError::new(FailureReason::Memory, message);
+    }
+    if e.downcast_ref::<Blocked>().is_some() {
+        return CallError::new(FailureReason::Blocked, message);
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::new(
@@ -737,8 +776,7 @@ fn bounded(mut s: String) -> String {
 
 /// The data of a plugin's store.
 struct Sandbox {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    wasi: WasiShim,
     limits: MemoryCap,
     call: CurrentCall,
 }
@@ -747,9 +785,8 @@ impl Sandbox {
     fn new(memory_cap: usize) -> Self {
         Sandbox {
             // Nothing: no directories, no network, no environment, no arguments; stdin is empty
-            // and stdout/stderr are discarded.
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            // and stdout/stderr are discarded (`wasi_shim`).
+            wasi: WasiShim::default(),
             limits: MemoryCap {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(memory_cap)
@@ -767,12 +804,9 @@ impl Sandbox {
     }
 }
 
-impl WasiView for Sandbox {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+impl HasWasiShim for Sandbox {
+    fn wasi_shim(&mut self) -> &mut WasiShim {
+        &mut self.wasi
     }
 }
 

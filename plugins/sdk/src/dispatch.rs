@@ -2,10 +2,11 @@
 //!
 //! The host filters the live workers down to the eligible ones (alive, in the job's pool or
 //! serving its topic, carrying its `placement.*` labels) and hands them to
-//! [`DispatchStrategy::pick`] as [`Candidates`]: numbers only, one list per field (that is how
-//! they cross the sandbox boundary cheaply), read one [`Candidate`] at a time. Ranking a thousand
-//! workers costs no strings and no allocation. A strategy that needs a string (the job's topic, a worker's label, a
-//! setting) asks the [`Context`] for it, and only that string crosses the sandbox boundary.
+//! [`DispatchStrategy::pick`] as [`Candidates`]: numbers only, a slice per field (they cross the
+//! sandbox boundary as one list of numbers, a block per field, which is the cheapest way
+//! across), read one [`Candidate`] at a time. Ranking a thousand workers costs no strings and no
+//! allocation. A strategy that needs a string (the job's topic, a worker's label, a setting)
+//! asks the [`Context`] for it, and only that string crosses the sandbox boundary.
 
 use std::cell::Cell;
 use std::iter::{FusedIterator, Zip};
@@ -63,10 +64,11 @@ impl Candidate {
     }
 }
 
-/// The eligible workers, as the host sends them: one slice per field, candidate `i` at index `i`
-/// of each. A view that borrows the call's data (cheap to copy); [`Candidates::get`] and
-/// [`Candidates::iter`] put a [`Candidate`] together on demand, and the slices themselves are
-/// there for a strategy that scans one field.
+/// The eligible workers, as the host sends them: one slice per field (each a block of the one
+/// list that crossed the boundary, not a copy), candidate `i` at index `i` of each. A view that
+/// borrows the call's data (cheap to copy); [`Candidates::get`] and [`Candidates::iter`] put a
+/// [`Candidate`] together on demand, and the slices themselves are there for a strategy that
+/// scans one field.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Candidates<'a> {
     active_jobs: &'a [u32],

@@ -26,12 +26,16 @@ pub use crate::wit::retry_policy::coretex::plugin::types::PluginError as RetryPl
 pub use crate::wit::step_condition::coretex::plugin::types::PluginError as ConditionPluginError;
 
 /// Runs `strategy` on one `pick` call from the host. The candidates are viewed where they
-/// arrived: the three lists the host wrote into this instance's memory, not copied again.
+/// arrived: the one list the host wrote into this instance's memory, a block per field, each
+/// block a slice of it, not copied again.
+///
+/// The answer carries no string (see `pick` in `wit/dispatch.wit`): a `NoWorker` reason or an
+/// error message waits in [`MESSAGE`] for the host's `message` call.
 pub fn pick<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,
     candidates: WireCandidates,
-) -> Result<WireDispatchDecision, PluginError> {
+) -> Result<WireDispatchDecision, ()> {
     let job = Job {
         priority: match job.priority {
             wire_dispatch::Priority::Interactive => Priority::Interactive,
@@ -41,24 +45,61 @@ pub fn pick<S: DispatchStrategy>(
         attempt: job.attempt,
         label_count: job.label_count,
     };
-    let candidates = Candidates::new(
-        &candidates.active_jobs,
-        &candidates.max_parallel,
-        &candidates.cpu_load,
-        candidates.preferred.map(|i| i as usize),
-    )
-    .map_err(|message| PluginError { message })?;
+    let candidates = match fields(&candidates.fields, candidates.preferred) {
+        Ok(c) => c,
+        Err(message) => return fail(message),
+    };
     // The index goes back unchecked: judging it is the host's job (and the containment tests
     // need a plugin that answers out of range).
     match strategy.pick(&job, candidates, &HostContext) {
-        Ok(dispatch::Decision::Worker(index)) => u32::try_from(index)
-            .map(WireDispatchDecision::Worker)
-            .map_err(|_| PluginError {
-                message: format!("candidate index {index} does not fit in u32"),
-            }),
-        Ok(dispatch::Decision::NoWorker(reason)) => Ok(WireDispatchDecision::NoWorker(reason)),
-        Err(message) => Err(PluginError { message }),
+        Ok(dispatch::Decision::Worker(index)) => match u32::try_from(index) {
+            Ok(index) => Ok(WireDispatchDecision::Worker(index)),
+            Err(_) => fail(format!("candidate index {index} does not fit in u32")),
+        },
+        Ok(dispatch::Decision::NoWorker(reason)) => {
+            MESSAGE.with(|m| *m.borrow_mut() = reason);
+            Ok(WireDispatchDecision::NoWorker)
+        }
+        Err(message) => fail(message),
     }
+}
+
+std::thread_local! {
+    /// The reason of the last `NoWorker` or the message of the last error, until the host asks.
+    static MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn fail(message: String) -> Result<WireDispatchDecision, ()> {
+    MESSAGE.with(|m| *m.borrow_mut() = message);
+    Err(())
+}
+
+/// Answers the host's `message` call: the last reason or error message, taken.
+pub fn message() -> String {
+    MESSAGE.with(|m| std::mem::take(&mut *m.borrow_mut()))
+}
+
+/// The view of the wire's `fields`: active jobs, max parallel and CPU load, a block each.
+fn fields(fields: &[u32], preferred: Option<u32>) -> Result<Candidates<'_>, String> {
+    if fields.len() % 3 != 0 {
+        return Err(format!(
+            "{} candidate fields is not three per candidate",
+            fields.len()
+        ));
+    }
+    let n = fields.len() / 3;
+    let (active_jobs, rest) = fields.split_at(n);
+    let (max_parallel, cpu_bits) = rest.split_at(n);
+    // SAFETY: `f32` and `u32` have the same size and alignment, and every bit pattern of a
+    // `u32` is some `f32` (the host wrote `f32::to_bits`); the slice borrows `fields`.
+    let cpu_load: &[f32] =
+        unsafe { std::slice::from_raw_parts(cpu_bits.as_ptr().cast::<f32>(), cpu_bits.len()) };
+    Candidates::new(
+        active_jobs,
+        max_parallel,
+        cpu_load,
+        preferred.map(|i| i as usize),
+    )
 }
 
 /// The [`Context`] of a `pick` call inside the sandbox: each answer is one call to the host.
@@ -166,11 +207,12 @@ macro_rules! export_dispatch_strategy {
                 fn pick(
                     job: $crate::export::WireJob,
                     candidates: $crate::export::WireCandidates,
-                ) -> ::core::result::Result<
-                    $crate::export::WireDispatchDecision,
-                    $crate::export::PluginError,
-                > {
+                ) -> ::core::result::Result<$crate::export::WireDispatchDecision, ()> {
                     STRATEGY.with(|strategy| $crate::export::pick(strategy, job, candidates))
+                }
+
+                fn message() -> ::std::string::String {
+                    $crate::export::message()
                 }
             }
 
