@@ -266,6 +266,9 @@ pub struct Scheduler {
     created_here: Mutex<HashMap<String, std::time::Instant>>,
     /// Dispatches sent to their worker and not yet written, by job id.
     unrecorded: Mutex<HashMap<String, Dispatch>>,
+    /// The worker slot each job this replica dispatched holds, by job id, until the job ends
+    /// (see [`Scheduler::release_slot`]).
+    slots: Mutex<HashMap<String, (Arc<str>, std::time::Instant)>>,
 }
 
 /// A dispatch sent to its worker whose DISPATCHED is not written yet: written by
@@ -317,6 +320,7 @@ impl Scheduler {
             in_flight,
             created_here: Mutex::new(HashMap::new()),
             unrecorded: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         })
     }
 
@@ -649,7 +653,7 @@ impl Scheduler {
                 // Reserve the slot before awaiting the store, so the jobs being scheduled
                 // concurrently see it taken.
                 let w = candidates[i].worker_id.clone();
-                self.registry.note_dispatched(&w);
+                self.hold_slot(&spec.id, &w);
                 w
             }
             Pick::Worker(i) => {
@@ -687,7 +691,7 @@ impl Scheduler {
             if !matches!(applied, Ok(Some(TransitionOutcome::Applied { .. }))) {
                 // Already dispatched by another replica, cancelled meanwhile, or not stored:
                 // give the reserved slot back.
-                self.registry.note_finished(&worker);
+                self.release_slot(&spec.id);
                 return applied.map(drop);
             }
         }
@@ -721,6 +725,83 @@ impl Scheduler {
         };
         self.unrecorded.lock().insert(id.to_string(), dispatch);
         true
+    }
+
+    /// Counts a job against its worker's capacity in this replica's registry.
+    fn hold_slot(&self, job_id: &str, worker: &str) {
+        let previous = self.slots.lock().insert(
+            job_id.to_string(),
+            (Arc::from(worker), std::time::Instant::now()),
+        );
+        if let Some((w, _)) = previous {
+            self.registry.note_finished(&w);
+        }
+        self.registry.note_dispatched(worker);
+    }
+
+    /// Gives back the worker slot a job holds, if this replica dispatched it: when its result
+    /// arrives here, when its terminal event arrives from the replica that applied its result
+    /// (see [`Scheduler::run_slot_releases`]), or when its dispatch was refused. A replica
+    /// counts only its own dispatches, so a result handled by another replica neither frees a
+    /// slot here twice nor one this replica never took; heartbeats correct the rest.
+    pub(crate) fn release_slot(&self, job_id: &str) -> bool {
+        let held = self.slots.lock().remove(job_id);
+        match held {
+            Some((worker, _)) => {
+                self.registry.note_finished(&worker);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the slots of jobs this replica dispatched whose end another replica applied,
+    /// from the terminal job events every replica hears, until the bus closes; and forgets
+    /// slots held far longer than any job's result can take to come (their worker's
+    /// heartbeats have long corrected its count).
+    pub async fn run_slot_releases(self: Arc<Self>) {
+        const FORGET_AFTER: Duration = Duration::from_secs(600);
+        let (single, batch) = (
+            self.bus.subjects().job_events(),
+            self.bus.subjects().job_events_batch(),
+        );
+        let mut swept = std::time::Instant::now();
+        loop {
+            let subs =
+                futures::future::try_join(self.bus.subscribe(&single), self.bus.subscribe(&batch))
+                    .await;
+            let mut events = match subs {
+                Ok((a, b)) => futures::stream::select(a, b),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe to job events; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(msg) = events.next().await {
+                let parsed = if msg.subject == batch {
+                    serde_json::from_slice::<crate::protocol::Batch<JobEventMsg>>(&msg.payload)
+                        .map(|b| b.items)
+                } else {
+                    serde_json::from_slice::<JobEventMsg>(&msg.payload).map(|e| vec![e])
+                };
+                let mut freed = false;
+                for ev in parsed.unwrap_or_default() {
+                    if ev.state.is_terminal() {
+                        freed |= self.release_slot(&ev.job_id);
+                    }
+                }
+                if freed {
+                    self.wake_waiters();
+                }
+                if swept.elapsed() >= FORGET_AFTER / 10 {
+                    self.slots
+                        .lock()
+                        .retain(|_, (_, since)| since.elapsed() < FORGET_AFTER);
+                    swept = std::time::Instant::now();
+                }
+            }
+        }
     }
 
     /// The dispatch of a job not written yet, for a transition that writes it on the way.

@@ -84,7 +84,7 @@ impl Scheduler {
                 // The worker's slot is free as soon as its result is here: waiting jobs need
                 // not wait for the result to be stored too.
                 for r in &results {
-                    self.registry.note_finished(&r.worker_id);
+                    self.release_slot(&r.job_id);
                 }
                 self.wake_waiters();
                 let starts: Vec<Option<HeldStart>> = {
