@@ -39,14 +39,17 @@
 //! one Redis call and one NATS message carry tens of jobs, and the JetStream stream stores and
 //! acks one message where it stored and acked each job.
 //!
-//! **Where the time goes** (perf on the 2-core machine, 20,000 jobs through real Redis and
-//! NATS): Redis ~100 µs of CPU per job — about 35 commands inside the three scripts, a third of
-//! them sorted-set updates of the state, recency, tenant and topic indexes that SPEC §3 keeps
-//! and lists need; this is the floor while every job keeps its record, history and indexes.
-//! `serve` ~80 µs per job (HTTP and JSON, script arguments, task spawns; a third of it went to
-//! glibc malloc before the binary switched to mimalloc); NATS ~35 µs; the echo worker ~15 µs.
-//! A worker slot is given back the moment a result arrives, not once it is stored, so the
-//! store's latency does not eat into a worker's `max_parallel`.
+//! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
+//! Redis and NATS, 13,900 jobs/s): Redis ~51 µs of CPU per job — about 23 commands inside the
+//! two scripts, nine of them sorted-set updates of the state, recency, tenant, topic and trace
+//! indexes that SPEC §3 keeps and lists need, the rest the record, its history and TTLs, and
+//! the Lua interpreter around them (about two fifths of the scripts' time); this is the floor
+//! while every job keeps its record, history and indexes. `serve` ~43 µs per job (HTTP and
+//! JSON of the bulk submit and of result batches, script arguments, task spawns, the live
+//! stream's events; allocation is a large share, hence mimalloc); NATS ~18 µs; the echo worker
+//! ~11 µs. A worker slot is given back the moment a result arrives, not once it is stored, so
+//! the store's latency does not eat into a worker's `max_parallel`; each replica counts only
+//! the slots it took (a result another replica applied frees it through that job's event).
 //!
 //! # Crash safety
 //!
