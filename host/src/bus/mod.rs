@@ -205,6 +205,40 @@ fn batch_envelope(kind: &str, items: &[Bytes]) -> Bytes {
     Bytes::from(out)
 }
 
+/// Job events from both their subjects (`sys.job.events` singles and `sys.job.events.batch`
+/// batches), each message's events together; malformed messages are skipped. With `group`,
+/// each event goes to one subscriber of the queue group; without, to every subscriber.
+pub async fn subscribe_job_events(
+    bus: &dyn Bus,
+    group: Option<&str>,
+) -> BusResult<Pin<Box<dyn Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send>>> {
+    use crate::protocol::{Batch, JobEventMsg};
+    use futures::StreamExt;
+    let (single, batch) = (
+        bus.subjects().job_events(),
+        bus.subjects().job_events_batch(),
+    );
+    let (a, b) = match group {
+        Some(g) => {
+            futures::future::try_join(
+                bus.queue_subscribe(&single, g),
+                bus.queue_subscribe(&batch, g),
+            )
+            .await?
+        }
+        None => futures::future::try_join(bus.subscribe(&single), bus.subscribe(&batch)).await?,
+    };
+    let events = futures::stream::select(a, b).map(move |msg| {
+        let parsed = if msg.subject == batch {
+            serde_json::from_slice::<Batch<JobEventMsg>>(&msg.payload).map(|b| b.items)
+        } else {
+            serde_json::from_slice::<JobEventMsg>(&msg.payload).map(|e| vec![e])
+        };
+        parsed.unwrap_or_default()
+    });
+    Ok(Box::pin(events))
+}
+
 /// Serializes a message and publishes it.
 pub async fn publish_json<T: Serialize>(bus: &dyn Bus, subject: &str, msg: &T) -> BusResult<()> {
     let payload = serde_json::to_vec(msg).map_err(|e| BusError::Unavailable(e.to_string()))?;

@@ -77,7 +77,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::bus::{Outbox, SCHEDULER_GROUP, SharedBus, publish_json};
+use crate::bus::{Outbox, SCHEDULER_GROUP, SharedBus, publish_json, subscribe_job_events};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
@@ -764,32 +764,19 @@ impl Scheduler {
     /// heartbeats have long corrected its count).
     pub async fn run_slot_releases(self: Arc<Self>) {
         const FORGET_AFTER: Duration = Duration::from_secs(600);
-        let (single, batch) = (
-            self.bus.subjects().job_events(),
-            self.bus.subjects().job_events_batch(),
-        );
         let mut swept = std::time::Instant::now();
         loop {
-            let subs =
-                futures::future::try_join(self.bus.subscribe(&single), self.bus.subscribe(&batch))
-                    .await;
-            let mut events = match subs {
-                Ok((a, b)) => futures::stream::select(a, b),
+            let mut events = match subscribe_job_events(self.bus.as_ref(), None).await {
+                Ok(events) => events,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot subscribe to job events; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            while let Some(msg) = events.next().await {
-                let parsed = if msg.subject == batch {
-                    serde_json::from_slice::<crate::protocol::Batch<JobEventMsg>>(&msg.payload)
-                        .map(|b| b.items)
-                } else {
-                    serde_json::from_slice::<JobEventMsg>(&msg.payload).map(|e| vec![e])
-                };
+            while let Some(parsed) = events.next().await {
                 let mut freed = false;
-                for ev in parsed.unwrap_or_default() {
+                for ev in parsed {
                     if ev.state.is_terminal() {
                         freed |= self.release_slot(&ev.job_id);
                     }

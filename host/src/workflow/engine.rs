@@ -37,10 +37,10 @@ use serde_json::{Value, json};
 use super::definition::{
     self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
 };
+use crate::bus::subscribe_job_events;
 use crate::configsvc::ConfigTarget;
 use crate::job::{FieldError, Job, JobRequest, JobState};
 use crate::plugins::{ConditionEvaluator, PluginRegistry};
-use crate::protocol::{Batch, JobEventMsg};
 use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
@@ -520,31 +520,17 @@ impl Engine {
     /// Advances the run of every terminal job event (one replica per event, by queue group).
     pub async fn run_events(self: Arc<Self>) {
         loop {
-            let bus = &self.scheduler.bus;
-            let (single, batch) = (
-                bus.subjects().job_events(),
-                bus.subjects().job_events_batch(),
-            );
-            let subs = futures::future::try_join(
-                bus.queue_subscribe(&single, WORKFLOW_GROUP),
-                bus.queue_subscribe(&batch, WORKFLOW_GROUP),
-            )
-            .await;
-            let mut events = match subs {
-                Ok((a, b)) => futures::stream::select(a, b),
+            let bus = self.scheduler.bus.as_ref();
+            let mut events = match subscribe_job_events(bus, Some(WORKFLOW_GROUP)).await {
+                Ok(events) => events,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot subscribe to job events; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            while let Some(msg) = events.next().await {
-                let parsed = if msg.subject == batch {
-                    serde_json::from_slice::<Batch<JobEventMsg>>(&msg.payload).map(|b| b.items)
-                } else {
-                    serde_json::from_slice::<JobEventMsg>(&msg.payload).map(|e| vec![e])
-                };
-                for ev in parsed.unwrap_or_default() {
+            while let Some(parsed) = events.next().await {
+                for ev in parsed {
                     // A job that is no workflow's step says so in its event: nothing to read.
                     let Some(run_id) = ev.run_id else {
                         continue;
