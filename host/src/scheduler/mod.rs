@@ -40,11 +40,11 @@
 //! acks one message where it stored and acked each job.
 //!
 //! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
-//! Redis and NATS, 13,900 jobs/s): Redis ~51 µs of CPU per job — about 23 commands inside the
+//! Redis and NATS, ~14,900 jobs/s): Redis ~50 µs of CPU per job — about 23 commands inside the
 //! two scripts, nine of them sorted-set updates of the state, recency, tenant, topic and trace
 //! indexes that SPEC §3 keeps and lists need, the rest the record, its history and TTLs, and
 //! the Lua interpreter around them (about two fifths of the scripts' time); this is the floor
-//! while every job keeps its record, history and indexes. `serve` ~43 µs per job (HTTP and
+//! while every job keeps its record, history and indexes. `serve` ~41 µs per job (HTTP and
 //! JSON of the bulk submit and of result batches, script arguments, task spawns, the live
 //! stream's events; allocation is a large share, hence mimalloc); NATS ~18 µs; the echo worker
 //! ~11 µs. A worker slot is given back the moment a result arrives, not once it is stored, so
