@@ -73,6 +73,9 @@ on_both_backends! {
     job_without_eligible_worker_waits_then_runs_where_placement_allows
         => job_without_eligible_worker_waits_then_runs_where_placement_allows_embedded,
            job_without_eligible_worker_waits_then_runs_where_placement_allows_real;
+    a_job_waiting_its_turn_gets_its_reason_only_after_a_while
+        => a_job_waiting_its_turn_gets_its_reason_only_after_a_while_embedded,
+           a_job_waiting_its_turn_gets_its_reason_only_after_a_while_real;
     job_past_its_deadline_without_worker_fails_into_the_dlq
         => job_past_its_deadline_without_worker_fails_into_the_dlq_embedded,
            job_past_its_deadline_without_worker_fails_into_the_dlq_real;
@@ -1228,6 +1231,53 @@ async fn job_without_eligible_worker_waits_then_runs_where_placement_allows(back
 // ---------------------------------------------------------------------------------------------
 // 10. Deadline
 // ---------------------------------------------------------------------------------------------
+
+/// A job behind busy workers is ordinary queueing: its reason is written only once it has waited
+/// a while (5 s), not at once as for a job no worker could ever take.
+async fn a_job_waiting_its_turn_gets_its_reason_only_after_a_while(backend: Backend) {
+    let h = Host::start(backend).await;
+    let topic = unique("busy.");
+    let worker = unique("w-busy-");
+    h.ready_worker(&worker, "p", &[&topic], &[], Mode::Exec("sleep 20".into()))
+        .await;
+    // Eight jobs fill the worker's eight slots.
+    let mut running = Vec::new();
+    for i in 0..8 {
+        running.push(h.api.submit(json!({"topic": topic, "payload": i})).await);
+    }
+    for id in &running {
+        h.api
+            .wait_job(id, WAIT, |j| {
+                j["state"] == "RUNNING" || j["state"] == "DISPATCHED"
+            })
+            .await;
+    }
+    let queued = h
+        .api
+        .submit(json!({"topic": topic, "payload": "last"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{queued}")).await;
+    assert_eq!(job["state"], "PENDING", "{job}");
+    assert!(
+        job["reason"].as_str().is_none_or(str::is_empty),
+        "a job waiting its turn has no reason yet: {job}"
+    );
+    let job = h
+        .api
+        .wait_job(&queued, WAIT, |j| {
+            j["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("overloaded"))
+        })
+        .await;
+    assert_eq!(job["state"], "PENDING", "{job}");
+    assert!(
+        notes(&job).iter().any(|n| n.contains("overloaded")),
+        "the reason is in the history too: {job}"
+    );
+    h.stop().await;
+}
 
 async fn job_past_its_deadline_without_worker_fails_into_the_dlq(backend: Backend) {
     let h = Host::start_fast(backend).await;
