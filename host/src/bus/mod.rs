@@ -207,8 +207,39 @@ fn batch_envelope(kind: &str, items: &[Bytes]) -> Bytes {
 
 /// Job events from both their subjects (`sys.job.events` singles and `sys.job.events.batch`
 /// batches), each message's events together; malformed messages are skipped. With `group`,
-/// each event goes to one subscriber of the queue group; without, to every subscriber.
-pub async fn subscribe_job_events(
+/// each event goes to one subscriber of the queue group; without, to every subscriber. The
+/// stream never ends: a failed subscription is retried every second, and one that ends (the
+/// bus reconnected) is made again.
+pub fn job_events(
+    bus: SharedBus,
+    group: Option<&'static str>,
+) -> impl Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send {
+    use futures::StreamExt;
+    type Events = Pin<Box<dyn Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send>>;
+    futures::stream::unfold(
+        (bus, None::<Events>),
+        move |(bus, mut current)| async move {
+            loop {
+                if let Some(events) = current.as_mut() {
+                    if let Some(item) = events.next().await {
+                        return Some((item, (bus, current)));
+                    }
+                    tracing::warn!("job event stream ended; resubscribing");
+                    current = None;
+                }
+                match subscribe_job_events(bus.as_ref(), group).await {
+                    Ok(events) => current = Some(events),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot subscribe to job events; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn subscribe_job_events(
     bus: &dyn Bus,
     group: Option<&str>,
 ) -> BusResult<Pin<Box<dyn Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send>>> {

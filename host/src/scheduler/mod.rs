@@ -77,7 +77,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::bus::{Outbox, SCHEDULER_GROUP, SharedBus, publish_json, subscribe_job_events};
+use crate::bus::{Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
@@ -765,31 +765,22 @@ impl Scheduler {
     pub async fn run_slot_releases(self: Arc<Self>) {
         const FORGET_AFTER: Duration = Duration::from_secs(600);
         let mut swept = std::time::Instant::now();
-        loop {
-            let mut events = match subscribe_job_events(self.bus.as_ref(), None).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot subscribe to job events; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        let mut events = std::pin::pin!(job_events(self.bus.clone(), None));
+        while let Some(parsed) = events.next().await {
+            let mut freed = false;
+            for ev in parsed {
+                if ev.state.is_terminal() {
+                    freed |= self.release_slot(&ev.job_id);
                 }
-            };
-            while let Some(parsed) = events.next().await {
-                let mut freed = false;
-                for ev in parsed {
-                    if ev.state.is_terminal() {
-                        freed |= self.release_slot(&ev.job_id);
-                    }
-                }
-                if freed {
-                    self.wake_waiters();
-                }
-                if swept.elapsed() >= FORGET_AFTER / 10 {
-                    self.slots
-                        .lock()
-                        .retain(|_, (_, since)| since.elapsed() < FORGET_AFTER);
-                    swept = std::time::Instant::now();
-                }
+            }
+            if freed {
+                self.wake_waiters();
+            }
+            if swept.elapsed() >= FORGET_AFTER / 10 {
+                self.slots
+                    .lock()
+                    .retain(|_, (_, since)| since.elapsed() < FORGET_AFTER);
+                swept = std::time::Instant::now();
             }
         }
     }

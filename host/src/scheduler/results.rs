@@ -246,14 +246,10 @@ fn with_dispatch(
     dispatch: Option<&super::Dispatch>,
     fallback_at: i64,
 ) -> Transition {
-    if t.to == JobState::Dispatched {
-        if let Some(d) = dispatch {
-            t.update = std::mem::take(&mut t.update).or(d.update.clone());
-        }
-        return t;
+    if t.to != JobState::Dispatched {
+        let at = dispatch.map_or(fallback_at, |d| d.at);
+        t.via.insert(0, (JobState::Dispatched, at));
     }
-    let at = dispatch.map_or(fallback_at, |d| d.at);
-    t.via.insert(0, (JobState::Dispatched, at));
     if let Some(d) = dispatch {
         t.update = std::mem::take(&mut t.update).or(d.update.clone());
     }

@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use super::definition::{
     self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
 };
-use crate::bus::subscribe_job_events;
+use crate::bus::job_events;
 use crate::configsvc::ConfigTarget;
 use crate::job::{FieldError, Job, JobRequest, JobState};
 use crate::plugins::{ConditionEvaluator, PluginRegistry};
@@ -519,29 +519,20 @@ impl Engine {
 
     /// Advances the run of every terminal job event (one replica per event, by queue group).
     pub async fn run_events(self: Arc<Self>) {
-        loop {
-            let bus = self.scheduler.bus.as_ref();
-            let mut events = match subscribe_job_events(bus, Some(WORKFLOW_GROUP)).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot subscribe to job events; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut events =
+            std::pin::pin!(job_events(self.scheduler.bus.clone(), Some(WORKFLOW_GROUP)));
+        while let Some(parsed) = events.next().await {
+            for ev in parsed {
+                // A job that is no workflow's step says so in its event: nothing to read.
+                let Some(run_id) = ev.run_id else {
                     continue;
-                }
-            };
-            while let Some(parsed) = events.next().await {
-                for ev in parsed {
-                    // A job that is no workflow's step says so in its event: nothing to read.
-                    let Some(run_id) = ev.run_id else {
-                        continue;
-                    };
-                    let engine = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = engine.advance(&run_id).await {
-                            tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
-                        }
-                    });
-                }
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.advance(&run_id).await {
+                        tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
+                    }
+                });
             }
         }
     }
