@@ -71,7 +71,9 @@ run_loadgen() {
   # the scheduling and result work through Redis and NATS either way.
   shift
   local IFS=,
-  $BIN loadgen --gateway "${gateways[*]}" "$@"
+  local TIMEFORMAT='loadgen-cpu %U %S'
+  # The CPU loadgen used goes to a file of its own (its own messages still reach stderr).
+  { time $BIN loadgen --gateway "${gateways[*]}" "$@" 2>&3; } 3>&2 2>>"$work/loadgen.cpu"
 }
 
 echo "== throughput: N=$N C=$C batch=$BATCH, $REPLICAS serve, $WORKERS worker(s), $(nproc) cores"
@@ -86,6 +88,8 @@ for r in $(printf '%s\n' "${!roles[@]}" | sort); do
   used=$(echo "$(cpu_of "${roles[$r]}") - ${cpu_before[$r]}" | bc -l)
   printf '  %-8s %6.2f\n' "$r" "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
 done
+used=$(awk '$1 == "loadgen-cpu" {s += $2 + $3} END {print s}' "$work/loadgen.cpu")
+printf '  %-8s %6.2f\n' loadgen "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
 # What Redis did per job: calls and microseconds per command (commands run inside the Lua
 # scripts count under their own names too, and their time inside evalsha's).
 echo "== Redis per job during the throughput runs (calls, usec)"

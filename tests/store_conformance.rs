@@ -1575,7 +1575,7 @@ async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) 
 // Pruning
 // ---------------------------------------------------------------------------------------------
 
-async fn check_prune_drops_index_entries_older_than_the_bound(store: SharedStore) {
+async fn check_prune_drops_the_index_entries_of_expired_jobs(store: SharedStore) {
     let t = now_ms();
     let bound = t - 5_000;
     let req = |team| Req {
@@ -1585,17 +1585,29 @@ async fn check_prune_drops_index_entries_older_than_the_bound(store: SharedStore
         trace: Some("trace-p"),
         deadline_ms: None,
     };
+    // Three old jobs that finished (they expire a TTL later), then an old one still live.
     let old1 = created(&store, req(None), t - 10_000).await.id;
     let old2 = created(&store, req(Some("red")), t - 9_000).await.id;
     let old3 = created(&store, req(None), t - 8_000).await.id;
+    for (id, at) in [(&old1, t - 9_500), (&old2, t - 8_500), (&old3, t - 7_500)] {
+        go(&store, id, Cancelled, at).await;
+    }
+    let live = created(&store, req(Some("red")), t - 7_000).await.id;
     let at_bound = created(&store, req(None), bound).await.id;
     let fresh = created(&store, req(Some("red")), t).await.id;
+    assert_eq!(
+        store.prune_indexes(bound).await.unwrap(),
+        0,
+        "none expired yet"
+    );
 
-    // Each old job leaves the recent, tenant, topic and PENDING indexes, and its team's.
-    assert_eq!(store.prune_indexes(bound).await.unwrap(), 4 + 5 + 4);
+    tokio::time::sleep(Duration::from_millis(SHORT_TTL.job_ttl_ms + 200)).await;
+    // Each expired job leaves the recent, tenant and CANCELLED indexes.
+    assert_eq!(store.prune_indexes(bound).await.unwrap(), 3 * 3);
     assert_eq!(store.prune_indexes(bound).await.unwrap(), 0);
 
-    let kept = [fresh.clone(), at_bound.clone()];
+    // The live job stays in every index, however old.
+    let kept = [fresh.as_str(), at_bound.as_str(), live.as_str()];
     assert_eq!(
         ids_of(&list_all(&store, &JobFilter::default(), 10).await),
         kept
@@ -1614,27 +1626,20 @@ async fn check_prune_drops_index_entries_older_than_the_bound(store: SharedStore
         team: Some("red".into()),
         ..Default::default()
     };
-    assert_eq!(ids_of(&list_all(&store, &team, 10).await), [fresh.as_str()]);
+    assert_eq!(
+        ids_of(&list_all(&store, &team, 10).await),
+        [fresh.as_str(), live.as_str()]
+    );
     assert_eq!(
         store.jobs_due(Pending, t, 10).await.unwrap(),
-        [at_bound.as_str(), fresh.as_str()]
+        [live.as_str(), at_bound.as_str(), fresh.as_str()]
     );
-    // The records themselves live until their TTL, and a trace keeps listing its live jobs.
-    assert_eq!(get(&store, &old1).await.state, Pending);
+    assert_eq!(get(&store, &live).await.state, Pending);
     let trace = JobFilter {
         trace_id: Some("trace-p".into()),
         ..Default::default()
     };
-    assert_eq!(
-        ids_of(&list_all(&store, &trace, 10).await),
-        [
-            fresh.as_str(),
-            at_bound.as_str(),
-            old3.as_str(),
-            old2.as_str(),
-            old1.as_str()
-        ]
-    );
+    assert_eq!(ids_of(&list_all(&store, &trace, 10).await), kept);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1799,67 +1804,74 @@ async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
         store.create_job(&keyed(&a)).await.unwrap(),
         CreateOutcome::Created
     );
-    let b = created(
-        &store,
-        Req {
-            trace: Some("trace-b"),
-            ..Default::default()
-        },
-        now,
-    )
-    .await;
-    assert!(store.get_job(&a.id).await.unwrap().is_some());
-
-    // A change refreshes a job's TTL.
+    let in_b = || Req {
+        trace: Some("trace-b"),
+        ..Default::default()
+    };
+    let b = created(&store, in_b(), now).await;
+    // A job expires a TTL after it finished.
+    go(&store, &b.id, Cancelled, now_ms()).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    go(&store, &b.id, Scheduled, now_ms()).await;
+    let d = created(&store, in_b(), now_ms()).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    assert_eq!(store.get_job(&a.id).await.unwrap(), None, "a has expired");
+    assert_eq!(store.get_job(&b.id).await.unwrap(), None, "b has expired");
     let both = store.get_jobs(&[a.id.clone(), b.id.clone()]).await.unwrap();
-    assert!(both[0].is_none() && both[1].is_some());
-    assert_eq!(
-        ids_of(&list_all(&store, &JobFilter::default(), 10).await),
-        [b.id.as_str()]
-    );
+    assert!(both[0].is_some() && both[1].is_none());
+    assert!(matches!(
+        store
+            .transition(&b.id, &Transition::to(Cancelled, now_ms()))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
     let trace_b = JobFilter {
         trace_id: Some("trace-b".into()),
         ..Default::default()
     };
     assert_eq!(
         ids_of(&list_all(&store, &trace_b, 10).await),
-        [b.id.as_str()],
-        "a live job still lists under its trace"
+        [d.id.as_str()],
+        "a live job still lists under its trace, created after a sibling finished"
     );
+
+    // A job that never finishes never expires, nor does its trace while it lives.
+    go(&store, &d.id, Dispatched, now_ms()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(get(&store, &a.id).await.state, Pending);
+    assert_eq!(get(&store, &d.id).await.state, Dispatched);
     let trace_a = JobFilter {
         trace_id: Some("trace-a".into()),
         ..Default::default()
     };
-    assert!(list_all(&store, &trace_a, 10).await.is_empty());
-    assert!(matches!(
-        store
-            .transition(&a.id, &Transition::to(Cancelled, now_ms()))
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert_eq!(
+        ids_of(&list_all(&store, &trace_a, 10).await),
+        [a.id.as_str()]
+    );
+    assert_eq!(
+        ids_of(&list_all(&store, &trace_b, 10).await),
+        [d.id.as_str()]
+    );
+    go(&store, &d.id, Succeeded, now_ms()).await;
 
-    // The idempotency key expired too, and the id is free again.
+    // The idempotency key expired, and the id of b is free again.
     let c = simple_spec(now_ms());
     assert_eq!(
         store.create_job(&keyed(&c)).await.unwrap(),
         CreateOutcome::Created
     );
-    let again = simple_spec(now_ms());
     let again = JobSpec {
-        id: a.id.clone(),
-        ..again
+        id: b.id.clone(),
+        ..spec_at(in_b(), now_ms())
     };
     create(&store, &again).await;
-    assert_eq!(get(&store, &a.id).await.history.len(), 1);
+    assert_eq!(get(&store, &b.id).await.history.len(), 1);
 
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(store.get_job(&b.id).await.unwrap(), None, "b has expired");
-    assert!(list_all(&store, &trace_b, 10).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.get_job(&d.id).await.unwrap(), None, "d has expired");
+    assert_eq!(
+        ids_of(&list_all(&store, &trace_b, 10).await),
+        [b.id.as_str()]
+    );
 }
 
 fn run_at(id: &str, status: Status, started_at: Millis) -> Run {
@@ -2122,8 +2134,8 @@ conformance! {
         check_pages_through_identical_timestamps_exactly_once;
     pages_through_more_ties_than_the_scan_budget =>
         check_pages_through_more_ties_than_the_scan_budget;
-    prune_drops_index_entries_older_than_the_bound =>
-        check_prune_drops_index_entries_older_than_the_bound;
+    prune_drops_the_index_entries_of_expired_jobs =>
+        check_prune_drops_the_index_entries_of_expired_jobs with SHORT_TTL;
     config_documents_follow_if_match => check_config_documents_follow_if_match;
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;

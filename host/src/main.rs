@@ -167,7 +167,7 @@ struct ServeArgs {
     /// Start an in-process echo worker pool (pool `echo`, topic `job.echo`).
     #[arg(long)]
     demo_workers: bool,
-    /// How long a job record lives after its last change.
+    /// How long a job record lives after the job finished (a live job never expires).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7days")]
     job_ttl: Duration,
     /// DISPATCHED jobs not started within this time out.

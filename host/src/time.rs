@@ -26,24 +26,38 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, String> {
 /// `#[serde(with = "time::rfc3339")]` for a [`Millis`] field; also accepts a plain integer.
 pub mod rfc3339 {
     use super::Millis;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserializer, Serializer, de};
 
     pub fn serialize<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::to_rfc3339(*ms))
     }
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Int(i64),
-        Text(String),
+    /// Reads the string in place (an untagged enum would buffer and copy it first: these
+    /// times are on every worker message).
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = Millis;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 time or integer milliseconds since the epoch")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+            Millis::try_from(v).map_err(|_| E::custom(format!("{v} milliseconds is out of range")))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
+            super::parse_rfc3339(v).map_err(E::custom)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
-        match Either::deserialize(d)? {
-            Either::Int(ms) => Ok(ms),
-            Either::Text(t) => super::parse_rfc3339(&t).map_err(D::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -69,6 +83,27 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_fields_take_text_or_integers_and_name_bad_input() {
+        #[derive(serde::Deserialize)]
+        struct At {
+            #[serde(with = "rfc3339")]
+            at: Millis,
+        }
+        let at = |json: &str| serde_json::from_str::<At>(json).map(|a| a.at);
+        assert_eq!(at(r#"{"at":"1970-01-01T00:00:01.500Z"}"#).unwrap(), 1_500);
+        assert_eq!(
+            at(r#"{"at":"1970-01-01T01:00:01.500+01:00"}"#).unwrap(),
+            1_500
+        );
+        assert_eq!(at(r#"{"at":1500}"#).unwrap(), 1_500);
+        assert_eq!(at(r#"{"at":-1}"#).unwrap(), -1);
+        let err = at(r#"{"at":"yesterday"}"#).unwrap_err().to_string();
+        assert!(err.contains("`yesterday` is not an RFC 3339 time"), "{err}");
+        assert!(at(r#"{"at":true}"#).is_err());
+        assert!(at(r#"{"at":18446744073709551615}"#).is_err());
+    }
 
     #[test]
     fn rfc3339_round_trips_milliseconds() {

@@ -64,11 +64,12 @@ impl ZSet {
             .collect()
     }
 
-    fn remove_below(&mut self, before: i64) -> u64 {
+    fn remove_below_if(&mut self, before: i64, gone: impl Fn(&str) -> bool) -> u64 {
         let doomed: Vec<_> = self
             .ordered
             .iter()
             .take_while(|(s, _)| *s < before)
+            .filter(|(_, m)| gone(m))
             .cloned()
             .collect();
         for (_, m) in &doomed {
@@ -138,8 +139,6 @@ fn index_key(name: IndexName<'_>) -> String {
     match name {
         IndexName::Recent => "recent".into(),
         IndexName::Tenant(t) => format!("tenant:{t}"),
-        IndexName::Team(t) => format!("team:{t}"),
-        IndexName::Topic(t) => format!("topic:{t}"),
         IndexName::Trace(t) => format!("trace:{t}"),
         IndexName::State(s) => format!("state:{s}"),
     }
@@ -191,10 +190,6 @@ impl Inner {
         let id = spec.id.as_str();
         self.index(IndexName::Recent).add(id, at);
         self.index(IndexName::Tenant(&spec.tenant_id)).add(id, at);
-        self.index(IndexName::Topic(&spec.topic)).add(id, at);
-        if let Some(team) = &spec.team_id {
-            self.index(IndexName::Team(team)).add(id, at);
-        }
     }
 
     fn create(&mut self, new: &NewJob, opts: &StoreOptions, now: Millis) -> CreateOutcome {
@@ -251,7 +246,8 @@ impl Inner {
             spec.id.clone(),
             Record {
                 job,
-                expires_at: now + opts.job_ttl_ms as i64,
+                // A live job never expires; it does a TTL after it finished.
+                expires_at: Millis::MAX,
             },
         );
         CreateOutcome::Created
@@ -371,7 +367,9 @@ impl Store for MemoryStore {
         rec.job.state = t.to;
         rec.job.updated_at = t.at;
         rec.job.reason = None;
-        rec.expires_at = now + ttl;
+        if t.to.is_terminal() {
+            rec.expires_at = now + ttl;
+        }
         // The spec is immutable and small next to the history: clone it, not the whole job.
         let spec = rec.job.spec.clone();
         inner.index(IndexName::State(from)).remove(id);
@@ -497,7 +495,8 @@ impl Store for MemoryStore {
                 // expires the whole key with them): only the entries of expired jobs go, uncounted.
                 z.remove_gone(|id| !jobs.contains_key(id));
             } else if name != DEADLINE {
-                removed += z.remove_below(before);
+                // Only a record last touched before `before` can have expired.
+                removed += z.remove_below_if(before, |id| !jobs.contains_key(id));
             }
         }
         indexes.retain(|_, z| !z.scores.is_empty());

@@ -282,7 +282,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<String>>;
     /// Non-terminal jobs whose deadline is ≤ `now`, earliest first.
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>>;
-    /// Drops index entries of records older than `before` (their records expired).
+    /// Drops the index entries scored before `before` whose job expired (a job expires a TTL
+    /// after it finished; a live one never does, however old).
     async fn prune_indexes(&self, before: Millis) -> StoreResult<u64>;
 
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>>;
@@ -379,7 +380,8 @@ impl RunFilter {
 /// Settings shared by both backends.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// How long a job record (and its history) lives after its last change.
+    /// How long a job record (and its history) lives after it finished (a live job never
+    /// expires, however long it waits).
     pub job_ttl_ms: u64,
     /// How long an idempotency key keeps answering the first job.
     pub idempotency_ttl_ms: u64,
@@ -403,10 +405,6 @@ pub(crate) fn list_index(filter: &JobFilter) -> IndexName<'_> {
         IndexName::Trace(t)
     } else if let Some(t) = &filter.tenant {
         IndexName::Tenant(t)
-    } else if let Some(t) = &filter.team {
-        IndexName::Team(t)
-    } else if let Some(t) = &filter.topic {
-        IndexName::Topic(t)
     } else if let Some(s) = filter.state.filter(|s| s.is_terminal()) {
         // A terminal job never changes again, so its state-index score is its updated_at.
         IndexName::State(s)
@@ -419,8 +417,6 @@ pub(crate) fn list_index(filter: &JobFilter) -> IndexName<'_> {
 pub(crate) enum IndexName<'a> {
     Recent,
     Tenant(&'a str),
-    Team(&'a str),
-    Topic(&'a str),
     Trace(&'a str),
     State(JobState),
 }

@@ -5,15 +5,14 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `updated_at`, `tenant`, `topic`, `team`, `trace`, and the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`) |
-//! | `P job:{id}:events` | list | the history, one JSON event per entry |
+//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
 //! | `P idem:{tenant}:{key}` | string | idempotency key → job id |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
-//! | `P idx:tenant:{t}`, `P idx:team:{t}`, `P idx:topic:{t}` | zset | scored by `updated_at` |
-//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`; expires with them (every create and transition of one of its jobs pushes its TTL out with the job's) |
+//! | `P idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
+//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`; a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
 //! | `P idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
-//! | `P idx:names` | set | the tenant/team/topic index keys, for pruning |
+//! | `P idx:names` | set | the tenant index keys, for pruning |
 //! | `P dlq:{id}` | string | a dead letter (JSON) |
 //! | `P dlq:idx` | zset | dead letters by time |
 //! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
@@ -32,8 +31,8 @@
 //!
 //! A state change is one `EVALSHA`: read the current state, check the move against the table
 //! (the Lua table is generated from [`crate::job::TRANSITIONS`] when the store starts), then set
-//! the fields, append the history, move the job between state indexes, re-score the recent,
-//! tenant, team and topic indexes, drop the deadline entry of a terminal job, refresh TTLs and,
+//! the fields, append the history, move the job between state indexes, re-score the recent and
+//! tenant indexes, drop the deadline entry of a terminal job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
 //! The original used WATCH/MULTI, which needs a dedicated connection per attempt and retries
 //! under contention; a script needs neither and is safe on the shared multiplexed connection.
@@ -44,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{AsyncCommands, Script, Value as RValue};
+use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -59,7 +58,7 @@ use crate::workflow::definition::{Run, Status, Workflow};
 /// key, PENDING index score, run id. Answers two per job: `created` or `exists`, and the id
 /// (for `exists`, of the job that already holds the id or the key).
 const LUA_CREATE: &str = r#"
-local p, ttl, idem_ttl = ARGV[1], ARGV[2], ARGV[3]
+local p, idem_ttl = ARGV[1], ARGV[3]
 local names = p .. 'idx:names'
 local named = {}
 local out = {}
@@ -74,33 +73,23 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   elseif redis.call('EXISTS', key) == 1 then
     return 'exists', id
   end
-  if run ~= '' then
-    redis.call('HSET', key, 'spec', spec, 'state', 'PENDING', 'updated_at', created,
-      'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace, 'run', run)
-  else
-    redis.call('HSET', key, 'spec', spec, 'state', 'PENDING', 'updated_at', created,
-      'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace)
+  local f = {'spec', spec, 'state', 'PENDING', 'updated_at', created, 'tenant', tenant,
+    'topic', topic, 'team', team, 'trace', trace, 'hn', 1, 'h:1', event}
+  if run ~= '' then f[#f + 1] = 'run'; f[#f + 1] = run end
+  if deadline ~= '' then
+    f[#f + 1] = 'deadline'; f[#f + 1] = deadline
+    redis.call('ZADD', p .. 'idx:deadline', deadline, id)
   end
-  redis.call('PEXPIRE', key, ttl)
-  local ev = key .. ':events'
-  redis.call('RPUSH', ev, event)
-  redis.call('PEXPIRE', ev, ttl)
+  redis.call('HSET', key, unpack(f))
   redis.call('ZADD', p .. 'idx:state:PENDING', score, id)
   redis.call('ZADD', p .. 'idx:recent', created, id)
-  local tk, pk = p .. 'idx:tenant:' .. tenant, p .. 'idx:topic:' .. topic
+  local tk = p .. 'idx:tenant:' .. tenant
   redis.call('ZADD', tk, created, id)
-  redis.call('ZADD', pk, created, id)
   if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
-  if not named[pk] then named[pk] = true; redis.call('SADD', names, pk) end
-  if team ~= '' then
-    local mk = p .. 'idx:team:' .. team
-    redis.call('ZADD', mk, created, id)
-    if not named[mk] then named[mk] = true; redis.call('SADD', names, mk) end
-  end
+  -- A finished sibling may have set the trace's TTL: a live job keeps its trace.
   local trk = p .. 'idx:trace:' .. trace
   redis.call('ZADD', trk, created, id)
-  redis.call('PEXPIRE', trk, ttl)
-  if deadline ~= '' then redis.call('ZADD', p .. 'idx:deadline', deadline, id) end
+  redis.call('PERSIST', trk)
   return 'created', id
 end
 for i = 4, #ARGV, 12 do
@@ -124,44 +113,49 @@ local p, ttl = ARGV[1], ARGV[2]
 local out = {}
 local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   local key = p .. 'job:' .. id
-  local h = redis.call('HMGET', key, 'state', 'tenant', 'topic', 'team', 'trace', 'run')
+  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline')
   local cur = h[1]
   if not cur then return 'missing', '', '' end
-  local run = h[6] or ''
+  local run = h[4] or ''
   if cur == to then return 'same', cur, run end
-  local ev = key .. ':events'
+  local fields = {'state', to, 'updated_at', at, 'reason', ''}
+  local n = tonumber(h[5] or '0')
   -- The walk through the via states: after the current one when it is on the path.
   local start = vfirst
   for a = vfirst, vlast, 2 do
     if ARGV[a] == cur then start = a + 2 end
   end
-  local evs, prev = {}, cur
+  local prev = cur
   for a = start, vlast, 2 do
-    if not ALLOWED[prev .. '>' .. ARGV[a]] then evs = nil; break end
-    evs[#evs + 1] = ARGV[a + 1]
+    if not ALLOWED[prev .. '>' .. ARGV[a]] then prev = nil; break end
     prev = ARGV[a]
   end
-  if evs and ALLOWED[prev .. '>' .. to] then
-    evs[#evs + 1] = evj
-    redis.call('RPUSH', ev, unpack(evs))
+  if prev and ALLOWED[prev .. '>' .. to] then
+    for a = start, vlast, 2 do
+      n = n + 1
+      fields[#fields + 1] = 'h:' .. n
+      fields[#fields + 1] = ARGV[a + 1]
+    end
   elseif not ALLOWED[cur .. '>' .. to] then
     return 'illegal', cur, run
-  else
-    redis.call('RPUSH', ev, evj)
   end
-  local fields = {'state', to, 'updated_at', at, 'reason', ''}
+  n = n + 1
+  fields[#fields + 1] = 'h:' .. n
+  fields[#fields + 1] = evj
+  fields[#fields + 1] = 'hn'
+  fields[#fields + 1] = n
   for i = first, last do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', key, unpack(fields))
-  redis.call('PEXPIRE', key, ttl)
-  redis.call('PEXPIRE', ev, ttl)
-  if h[5] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[5], ttl) end
   redis.call('ZREM', p .. 'idx:state:' .. cur, id)
   redis.call('ZADD', p .. 'idx:state:' .. to, at, id)
   redis.call('ZADD', p .. 'idx:recent', at, id)
   redis.call('ZADD', p .. 'idx:tenant:' .. h[2], at, id)
-  redis.call('ZADD', p .. 'idx:topic:' .. h[3], at, id)
-  if h[4] and h[4] ~= '' then redis.call('ZADD', p .. 'idx:team:' .. h[4], at, id) end
-  if TERMINAL[to] then redis.call('ZREM', p .. 'idx:deadline', id) end
+  if TERMINAL[to] then
+    -- A record expires a TTL after it finished (a live job never does), its trace with it.
+    redis.call('PEXPIRE', key, ttl)
+    if h[3] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[3], ttl) end
+    if h[6] then redis.call('ZREM', p .. 'idx:deadline', id) end
+  end
   if dl ~= '' then
     redis.call('SET', p .. 'dlq:' .. id, dl)
     redis.call('ZADD', p .. 'dlq:idx', dlat, id)
@@ -188,18 +182,16 @@ return out
 const LUA_ANNOTATE: &str = r#"
 local p, id, expect = ARGV[1], ARGV[2], ARGV[3]
 local key = p .. 'job:' .. id
-local cur = redis.call('HGET', key, 'state')
-if not cur then return 'missing' end
-if cur ~= expect then return 'skip' end
-if ARGV[4] ~= '' and redis.call('HGET', key, 'reason') ~= ARGV[4] then
-  redis.call('HSET', key, 'reason', ARGV[4])
-  redis.call('RPUSH', key .. ':events', ARGV[5])
+local h = redis.call('HMGET', key, 'state', 'reason', 'hn')
+if not h[1] then return 'missing' end
+if h[1] ~= expect then return 'skip' end
+local fields = {}
+if ARGV[4] ~= '' and h[2] ~= ARGV[4] then
+  local n = tonumber(h[3] or '0') + 1
+  fields = {'reason', ARGV[4], 'h:' .. n, ARGV[5], 'hn', n}
 end
-if #ARGV > 6 then
-  local fields = {}
-  for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', key, unpack(fields))
-end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
 if ARGV[6] ~= '' then redis.call('ZADD', p .. 'idx:state:' .. expect, ARGV[6], id) end
 return 'ok'
 "#;
@@ -297,16 +289,20 @@ redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return {'ok', cur + 1}
 "#;
 
-/// Drops the entries of the run index `KEYS[1]` whose run (`ARGV[1]` .. id) no longer exists,
-/// among those scored (started) before `ARGV[2]`: only a run that started a TTL ago can have
-/// expired, so the live runs looked at are the few old ones. Returns how many went and how many
-/// are left.
-const LUA_RUN_PRUNE: &str = r#"
-local offset, removed = 0, 0
-while true do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', offset, 256)
-  if #ids == 0 then break end
+/// Drops the entries of the index `KEYS[1]` whose record (`ARGV[1]` .. id) no longer exists,
+/// among those scored before `ARGV[2]`: only a record last touched a TTL ago can have expired,
+/// so the live ones looked at are the few old ones (a job or run that has not finished never
+/// expires). Looks at up to `ARGV[4]` entries from offset `ARGV[3]` of that range, so one call
+/// never holds Redis up for long. Returns how many went, how many are left in the index, and the
+/// offset to go on from (-1 when the range is done).
+const LUA_PRUNE: &str = r#"
+local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
+while seen < budget do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', offset,
+    math.min(256, budget - seen))
+  if #ids == 0 then return {removed, redis.call('ZCARD', KEYS[1]), -1} end
   for _, id in ipairs(ids) do
+    seen = seen + 1
     if redis.call('EXISTS', ARGV[1] .. id) == 0 then
       redis.call('ZREM', KEYS[1], id)
       removed = removed + 1
@@ -315,8 +311,11 @@ while true do
     end
   end
 end
-return {removed, redis.call('ZCARD', KEYS[1])}
+return {removed, redis.call('ZCARD', KEYS[1]), offset}
 "#;
+
+/// Entries one prune call looks at (a few milliseconds of Redis time).
+const PRUNE_BUDGET: usize = 2048;
 
 const LUA_CONFIG_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
@@ -375,7 +374,7 @@ struct Scripts {
     lock_release: Script,
     workflow_put: Script,
     run_put: Script,
-    run_prune: Script,
+    prune: Script,
 }
 
 pub struct RedisStore {
@@ -587,7 +586,7 @@ impl RedisStore {
             lock_release: Script::new(LUA_LOCK_RELEASE),
             workflow_put: Script::new(LUA_WORKFLOW_PUT),
             run_put: Script::new(LUA_RUN_PUT),
-            run_prune: Script::new(LUA_RUN_PRUNE),
+            prune: Script::new(LUA_PRUNE),
         };
         Ok(RedisStore {
             conn,
@@ -607,8 +606,6 @@ impl RedisStore {
         match name {
             IndexName::Recent => self.key("idx:recent"),
             IndexName::Tenant(t) => self.key(&format!("idx:tenant:{t}")),
-            IndexName::Team(t) => self.key(&format!("idx:team:{t}")),
-            IndexName::Topic(t) => self.key(&format!("idx:topic:{t}")),
             IndexName::Trace(t) => self.key(&format!("idx:trace:{t}")),
             IndexName::State(s) => self.key(&format!("idx:state:{s}")),
         }
@@ -682,26 +679,61 @@ impl RedisStore {
             .collect()
     }
 
-    /// Reads jobs with one pipeline: the hash and the history of each.
+    /// Drops the entries scored before `before` of the indexes `keys` whose record (`record`
+    /// .. id) has expired, a budget of entries per script call. Answers how many went and which
+    /// of the first `named` keys (those listed in a names set) are left empty.
+    async fn prune(
+        &self,
+        keys: &[String],
+        named: usize,
+        record: &str,
+        before: Millis,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let mut conn = self.conn.clone();
+        let record = self.key(record);
+        let (mut removed, mut empty) = (0, Vec::new());
+        for (i, k) in keys.iter().enumerate() {
+            let mut offset = 0i64;
+            loop {
+                let (gone, left, next): (u64, u64, i64) = self
+                    .scripts
+                    .prune
+                    .key(k)
+                    .arg(&record)
+                    .arg(before)
+                    .arg(offset)
+                    .arg(PRUNE_BUDGET)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                removed += gone;
+                if next < 0 {
+                    if left == 0 && i < named {
+                        empty.push(k.clone());
+                    }
+                    break;
+                }
+                offset = next;
+            }
+        }
+        Ok((removed, empty))
+    }
+
+    /// Reads jobs with one pipeline: each job's hash holds its history.
     async fn load_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = ::redis::pipe();
         for id in ids {
-            let key = self.key(&format!("job:{id}"));
-            pipe.hgetall(&key).lrange(format!("{key}:events"), 0, -1);
+            pipe.hgetall(self.key(&format!("job:{id}")));
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<RValue> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let replies: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let mut out = Vec::with_capacity(ids.len());
-        let mut it = replies.into_iter();
-        while let (Some(hash), Some(events)) = (it.next(), it.next()) {
-            let hash: std::collections::HashMap<String, String> =
-                ::redis::from_redis_value(hash).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let events: Vec<String> = ::redis::from_redis_value(events)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(job_from_hash(hash, &events)?);
+        for hash in replies {
+            out.push(job_from_hash(hash)?);
         }
         Ok(out)
     }
@@ -742,10 +774,7 @@ fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
     f
 }
 
-fn job_from_hash(
-    mut h: std::collections::HashMap<String, String>,
-    events: &[String],
-) -> StoreResult<Option<Job>> {
+fn job_from_hash(mut h: std::collections::HashMap<String, String>) -> StoreResult<Option<Job>> {
     let Some(spec) = h.remove("spec") else {
         return Ok(None);
     };
@@ -758,9 +787,14 @@ fn job_from_hash(
         .parse()
         .map_err(|e: String| corrupt("state", &e))?;
     let json = |v: Option<String>| v.and_then(|s| serde_json::from_str::<Value>(&s).ok());
-    let history = events
-        .iter()
-        .map(|e| serde_json::from_str(e).map_err(|err| corrupt("event", &err)))
+    let events: usize = h.get("hn").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let history = (1..=events)
+        .map(|n| {
+            let event = h
+                .remove(&format!("h:{n}"))
+                .ok_or_else(|| StoreError::Corrupt(format!("history entry {n} missing")))?;
+            serde_json::from_str(&event).map_err(|err| corrupt("event", &err))
+        })
         .collect::<StoreResult<Vec<JobEvent>>>()?;
     Ok(Some(Job {
         state,
@@ -964,27 +998,15 @@ impl Store for RedisStore {
     async fn prune_indexes(&self, before: Millis) -> StoreResult<u64> {
         let mut conn = self.conn.clone();
         let names_key = self.key("idx:names");
-        let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+        let named: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+        let mut keys = named.clone();
         keys.push(self.index_key(IndexName::Recent));
         keys.extend(
             JobState::ALL
                 .iter()
                 .map(|s| self.index_key(IndexName::State(*s))),
         );
-        let bound = format!("({before}");
-        let mut pipe = ::redis::pipe();
-        for k in &keys {
-            pipe.zrembyscore(k, "-inf", &bound).zcard(k);
-        }
-        let replies: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let mut removed = 0;
-        let mut empty = Vec::new();
-        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
-            removed += pair[0];
-            if pair[1] == 0 {
-                empty.push(k.clone());
-            }
-        }
+        let (removed, empty) = self.prune(&keys, named.len(), "job:", before).await?;
         if !empty.is_empty() {
             let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
         }
@@ -1391,23 +1413,7 @@ impl Store for RedisStore {
                 .map(|s| self.key(&format!("runs:status:{s}"))),
         );
         let before = now_ms() - self.opts.job_ttl_ms as Millis;
-        let mut removed = 0;
-        let mut empty = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            let (gone, left): (u64, u64) = self
-                .scripts
-                .run_prune
-                .key(k)
-                .arg(self.key("run:"))
-                .arg(before)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            removed += gone;
-            if left == 0 && i < by_workflow {
-                empty.push(k.clone());
-            }
-        }
+        let (removed, empty) = self.prune(&keys, by_workflow, "run:", before).await?;
         if !empty.is_empty() {
             let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
         }
