@@ -302,7 +302,7 @@ fn the_kind_and_version_come_from_the_exported_world() {
     ] {
         let loaded = runtime.load(&wasm(stem)).unwrap();
         assert_eq!(loaded.kind(), kind, "{stem}");
-        assert!(loaded.version().starts_with("0.1."), "{stem}");
+        assert!(loaded.version().starts_with("0.2."), "{stem}");
     }
 }
 
@@ -426,6 +426,45 @@ fn a_reason_and_an_error_message_come_back_from_the_plugin() {
     .unwrap_err();
     assert_eq!(err.reason, FailureReason::PluginError, "{err}");
     assert!(err.message.contains("label_weights"), "{err}");
+}
+
+/// One to three candidates cross as arguments (`pick-few`), more as one list (`pick`): a
+/// strategy sees the same candidates either way — every field, the preferred one, each index.
+#[test]
+fn few_and_many_candidates_reach_a_strategy_alike() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let least_loaded = runtime.load(&wasm("least_loaded")).unwrap();
+    for n in 1..=6 {
+        for lightest in 0..n {
+            let mut cs: Vec<Candidate> = (0..n).map(|i| worker(&format!("w{i}"), 4, &[])).collect();
+            cs[lightest].active_jobs = 3;
+            assert_eq!(
+                pick(&least_loaded, &cs).unwrap(),
+                Pick::Worker(lightest),
+                "{n} candidates, the lightest at {lightest}"
+            );
+            // The CPU load counts (a fraction of a job) and the slots (9 of 10 busy is
+            // overloaded): make the lightest the busiest CPU, then full.
+            cs[lightest].cpu_load = 99.0;
+            if n > 1 {
+                assert_ne!(pick(&least_loaded, &cs).unwrap(), Pick::Worker(lightest));
+            }
+            cs[lightest].cpu_load = 0.0;
+            cs[lightest].active_jobs = 9;
+            if n > 1 {
+                assert_ne!(pick(&least_loaded, &cs).unwrap(), Pick::Worker(lightest));
+            }
+            // A preferred worker that is not overloaded wins over lighter ones.
+            cs[lightest].active_jobs = 7;
+            cs[lightest].preferred = true;
+            assert_eq!(
+                pick(&least_loaded, &cs).unwrap(),
+                Pick::Worker(lightest),
+                "{n} candidates, preferred at {lightest}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -346,7 +346,10 @@ fn start_epoch_ticker(engine: &Engine) {
     }
 }
 
-/// Reads the kind from the one `coretex:plugin/…@0.1.x` interface the component exports.
+/// The `coretex:plugin` versions this host speaks (the WIT in `wit/`).
+const WIT_VERSIONS: &str = "0.2.";
+
+/// Reads the kind from the one `coretex:plugin/…@0.2.x` interface the component exports.
 fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, String), LoadError> {
     let ty = component.component_type();
     let mut found = Vec::new();
@@ -361,9 +364,10 @@ fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, St
             "retry" => PluginKind::RetryPolicy,
             _ => continue,
         };
-        if !version.starts_with("0.1.") {
+        if !version.starts_with(WIT_VERSIONS) {
             return Err(LoadError::NotAPlugin(format!(
-                "it exports `{name}`, and this host speaks coretex:plugin 0.1.x"
+                "it exports `{name}`, and this host speaks coretex:plugin {WIT_VERSIONS}x \
+                 (rebuild the plugin against this host's SDK)"
             )));
         }
         found.push((kind, version.to_string()));
@@ -598,7 +602,6 @@ impl PluginComponent {
             let Exports::Dispatch(bindings) = &inst.exports else {
                 unreachable!("a dispatch plugin's instances export dispatch");
             };
-            set_candidates(&mut inst.wire, call.candidates);
             let job = wire_dispatch::JobSummary {
                 priority: match call.job.priority {
                     Priority::Interactive => wire_dispatch::Priority::Interactive,
@@ -610,10 +613,16 @@ impl PluginComponent {
             };
             inst.store.set_epoch_deadline(ticks);
             inst.store.data_mut().call.enter(call);
-            let out =
-                bindings
-                    .coretex_plugin_dispatch()
-                    .call_pick(&mut inst.store, job, &inst.wire);
+            let dispatch = bindings.coretex_plugin_dispatch();
+            // A few candidates go as arguments: a list costs a call into the plugin to
+            // allocate it before the call itself.
+            let out = match few(call.candidates) {
+                Some(few) => dispatch.call_pick_few(&mut inst.store, job, few),
+                None => {
+                    set_candidates(&mut inst.wire, call.candidates);
+                    dispatch.call_pick(&mut inst.store, job, &inst.wire)
+                }
+            };
             inst.store.data_mut().call.leave();
             let answer = settle(&inst.store, out)?;
             // The answer holds no string; a reason or an error message is one more call.
@@ -733,6 +742,37 @@ fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]
             wire.preferred = u32::try_from(i).ok();
         }
     }
+}
+
+/// One to three candidates as `pick-few` takes them; `None` for more (or none).
+fn few(candidates: &[Candidate]) -> Option<wire_dispatch::Few> {
+    if candidates.is_empty() || candidates.len() > 3 {
+        return None;
+    }
+    let slot = |i: usize| {
+        candidates.get(i).map_or(
+            wire_dispatch::Slot {
+                active_jobs: 0,
+                max_parallel: 0,
+                cpu_load: 0.0,
+            },
+            |c| wire_dispatch::Slot {
+                active_jobs: c.active_jobs,
+                max_parallel: c.max_parallel,
+                cpu_load: c.cpu_load as f32,
+            },
+        )
+    };
+    Some(wire_dispatch::Few {
+        count: candidates.len() as u32,
+        preferred: candidates
+            .iter()
+            .position(|c| c.preferred)
+            .map(|i| i as u32),
+        a: slot(0),
+        b: slot(1),
+        c: slot(2),
+    })
 }
 
 /// A plugin's own `plugin-error` answer.

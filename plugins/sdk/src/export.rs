@@ -17,8 +17,8 @@ pub use crate::wit::dispatch_strategy::coretex::plugin::types::PluginError;
 pub use crate::wit::step_condition::exports::coretex::plugin::condition::Guest as ConditionGuest;
 pub use crate::wit::{dispatch_strategy, retry_policy, step_condition};
 pub use wire_dispatch::{
-    Candidates as WireCandidates, Decision as WireDispatchDecision, Guest as DispatchGuest,
-    JobSummary as WireJob,
+    Candidates as WireCandidates, Decision as WireDispatchDecision, Few as WireFew,
+    Guest as DispatchGuest, JobSummary as WireJob,
 };
 pub use wire_retry::{Decision as WireRetryDecision, Failure as WireFailure, Guest as RetryGuest};
 // The three worlds each generate the shared `types` interface; the error is the same record.
@@ -36,6 +36,45 @@ pub fn pick<S: DispatchStrategy>(
     job: WireJob,
     candidates: WireCandidates,
 ) -> Result<WireDispatchDecision, ()> {
+    match fields(&candidates.fields, candidates.preferred) {
+        Ok(c) => answer(strategy, job, c),
+        Err(message) => fail(message),
+    }
+}
+
+/// Runs `strategy` on one `pick-few` call: the one to three candidates came as arguments, and
+/// are viewed from arrays on the stack.
+pub fn pick_few<S: DispatchStrategy>(
+    strategy: &S,
+    job: WireJob,
+    few: WireFew,
+) -> Result<WireDispatchDecision, ()> {
+    let n = few.count as usize;
+    if !(1..=3).contains(&n) {
+        return fail(format!("pick-few with {n} candidates (1 to 3)"));
+    }
+    let slots = [few.a, few.b, few.c];
+    let active_jobs = slots.map(|s| s.active_jobs);
+    let max_parallel = slots.map(|s| s.max_parallel);
+    let cpu_load = slots.map(|s| s.cpu_load);
+    let preferred = few.preferred.map(|i| i as usize);
+    match Candidates::new(
+        &active_jobs[..n],
+        &max_parallel[..n],
+        &cpu_load[..n],
+        preferred,
+    ) {
+        Ok(c) => answer(strategy, job, c),
+        Err(message) => fail(message),
+    }
+}
+
+/// The strategy's answer, in the wire's terms.
+fn answer<S: DispatchStrategy>(
+    strategy: &S,
+    job: WireJob,
+    candidates: Candidates<'_>,
+) -> Result<WireDispatchDecision, ()> {
     let job = Job {
         priority: match job.priority {
             wire_dispatch::Priority::Interactive => Priority::Interactive,
@@ -44,10 +83,6 @@ pub fn pick<S: DispatchStrategy>(
         },
         attempt: job.attempt,
         label_count: job.label_count,
-    };
-    let candidates = match fields(&candidates.fields, candidates.preferred) {
-        Ok(c) => c,
-        Err(message) => return fail(message),
     };
     // The index goes back unchecked: judging it is the host's job (and the containment tests
     // need a plugin that answers out of range).
@@ -81,7 +116,7 @@ pub fn message() -> String {
 
 /// The view of the wire's `fields`: active jobs, max parallel and CPU load, a block each.
 fn fields(fields: &[u32], preferred: Option<u32>) -> Result<Candidates<'_>, String> {
-    if fields.len() % 3 != 0 {
+    if !fields.len().is_multiple_of(3) {
         return Err(format!(
             "{} candidate fields is not three per candidate",
             fields.len()
@@ -209,6 +244,13 @@ macro_rules! export_dispatch_strategy {
                     candidates: $crate::export::WireCandidates,
                 ) -> ::core::result::Result<$crate::export::WireDispatchDecision, ()> {
                     STRATEGY.with(|strategy| $crate::export::pick(strategy, job, candidates))
+                }
+
+                fn pick_few(
+                    job: $crate::export::WireJob,
+                    few: $crate::export::WireFew,
+                ) -> ::core::result::Result<$crate::export::WireDispatchDecision, ()> {
+                    STRATEGY.with(|strategy| $crate::export::pick_few(strategy, job, few))
                 }
 
                 fn message() -> ::std::string::String {
