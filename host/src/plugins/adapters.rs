@@ -41,16 +41,6 @@ enum Selected {
     },
 }
 
-impl Selected {
-    fn name<'a>(&'a self, native: &'a str) -> &'a str {
-        match self {
-            Selected::Native => native,
-            Selected::Plugin(p) => p.name(),
-            Selected::Missing { name, .. } => name,
-        }
-    }
-}
-
 impl PluginRegistry {
     fn select(&self, name: Option<&str>) -> Selected {
         match name {
@@ -86,7 +76,7 @@ impl PluginRegistry {
     pub fn strategy_for<'a>(&'a self, effective: &'a Value) -> StrategyChoice<'a> {
         let dispatch = effective.get("dispatch");
         StrategyChoice {
-            selected: self.select(dispatch.and_then(|d| d.get("strategy")?.as_str())),
+            configured: dispatch.and_then(|d| d.get("strategy")?.as_str()),
             settings: dispatch,
             registry: self,
         }
@@ -118,14 +108,16 @@ impl PluginRegistry {
 
 /// The dispatch strategy of one job.
 pub struct StrategyChoice<'a> {
-    selected: Selected,
+    /// The plugin the config names; none: the native default.
+    configured: Option<&'a str>,
     settings: Option<&'a Value>,
     registry: &'a PluginRegistry,
 }
 
 impl DispatchStrategy for StrategyChoice<'_> {
     fn name(&self) -> &str {
-        self.selected.name(self.registry.least_loaded.name())
+        self.configured
+            .unwrap_or_else(|| self.registry.least_loaded.name())
     }
 
     fn pick(&self, job: &JobSpec, candidates: &[Candidate]) -> Result<Pick, StrategyError> {
@@ -134,13 +126,15 @@ impl DispatchStrategy for StrategyChoice<'_> {
             candidates,
             settings: self.settings,
         };
-        let failed = match &self.selected {
-            Selected::Native => None,
-            Selected::Plugin(p) => match p.call(|c| c.pick(&call)) {
-                Ok(pick) => return Ok(pick),
-                Err(e) => Some(e),
-            },
-            Selected::Missing { error, .. } => Some(error.clone()),
+        let failed = self.configured.map(|name| {
+            self.registry
+                .with_plugin(name, |p| p.call(|c| c.pick(&call)))
+                .unwrap_or_else(|| Err(self.registry.not_loaded(name)))
+        });
+        let failed = match failed {
+            None => None,
+            Some(Ok(pick)) => return Ok(pick),
+            Some(Err(e)) => Some(e),
         };
         let pick = self.registry.least_loaded.pick(job, candidates)?;
         if let Some(e) = failed {

@@ -329,6 +329,12 @@ impl PluginRegistry {
         self.active.load().get(name).cloned()
     }
 
+    /// Runs `f` on the plugin in service under `name`, borrowed rather than counted (the hot
+    /// path: one dispatch decision per job).
+    pub fn with_plugin<R>(&self, name: &str, f: impl FnOnce(&Plugin) -> R) -> Option<R> {
+        self.active.load().get(name).map(|p| f(p))
+    }
+
     /// Every plugin in service, and every name whose latest version failed to load.
     pub fn list(&self) -> Vec<PluginInfo> {
         let active = self.active.load();
