@@ -1261,6 +1261,45 @@ async fn check_job_lists_filter_on_every_field(store: SharedStore) {
         create(&store, &spec).await;
         ids.push(spec.id);
     }
+    // A trace named after the job that started it (submitted without one): that job is listed
+    // from its own record, its followers from the trace — created before it, after it, and at
+    // the same time on either side of it by id.
+    let root = spec_at(
+        Req {
+            topic: "topic.x",
+            tenant: Some("t1"),
+            ..Default::default()
+        },
+        base + 35,
+    );
+    assert_eq!(
+        root.trace_id, root.id,
+        "a job without a trace starts its own"
+    );
+    create(&store, &root).await;
+    ids.push(root.id.clone());
+    for (at, id) in [
+        (base + 5, None),
+        (base + 35, Some("00000000-tie-before")),
+        (base + 35, Some("ffffffff-tie-after")),
+        (base + 65, None),
+    ] {
+        let mut follower = spec_at(
+            Req {
+                topic: "topic.y",
+                tenant: Some("t2"),
+                ..Default::default()
+            },
+            at,
+        );
+        follower.trace_id = root.id.clone();
+        if let Some(id) = id {
+            follower.id = format!("{id}-{}", root.id);
+        }
+        create(&store, &follower).await;
+        ids.push(follower.id);
+    }
+    go(&store, &root.id, Cancelled, base + 160).await;
     go(&store, &ids[1], Dispatched, base + 100).await;
     go(&store, &ids[1], Running, base + 110).await;
     go(&store, &ids[2], Dispatched, base + 120).await;
@@ -1277,6 +1316,20 @@ async fn check_job_lists_filter_on_every_field(store: SharedStore) {
 
     let s = |v: &str| Some(v.to_string());
     let filters = vec![
+        JobFilter {
+            trace_id: s(&root.id),
+            ..Default::default()
+        },
+        JobFilter {
+            trace_id: s(&root.id),
+            state: Some(Cancelled),
+            ..Default::default()
+        },
+        JobFilter {
+            trace_id: s(&root.id),
+            tenant: s("t2"),
+            ..Default::default()
+        },
         JobFilter::default(),
         JobFilter {
             state: Some(Pending),

@@ -357,7 +357,9 @@ impl JobSpec {
     /// The spec of a newly accepted, already validated request.
     pub fn accept(req: JobRequest, now: Millis) -> JobSpec {
         let id = req.id.unwrap_or_else(new_id);
-        let trace_id = req.trace_id.unwrap_or_else(new_id);
+        // A job that starts a trace names it after itself (the store needs no trace index
+        // entry for it: see `store/redis.rs`).
+        let trace_id = req.trace_id.unwrap_or_else(|| id.clone());
         JobSpec {
             deadline: req.deadline_ms.map(|d| now + d as i64),
             id,

@@ -40,16 +40,20 @@
 //! acks one message where it stored and acked each job.
 //!
 //! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
-//! Redis and NATS, ~14,900 jobs/s): Redis ~50 µs of CPU per job — about 23 commands inside the
-//! two scripts, nine of them sorted-set updates of the state, recency, tenant, topic and trace
-//! indexes that SPEC §3 keeps and lists need, the rest the record, its history and TTLs, and
-//! the Lua interpreter around them (about two fifths of the scripts' time); this is the floor
-//! while every job keeps its record, history and indexes. `serve` ~41 µs per job (HTTP and
-//! JSON of the bulk submit and of result batches, script arguments, task spawns, the live
-//! stream's events; allocation is a large share, hence mimalloc); NATS ~18 µs; the echo worker
-//! ~11 µs. A worker slot is given back the moment a result arrives, not once it is stored, so
-//! the store's latency does not eat into a worker's `max_parallel`; each replica counts only
-//! the slots it took (a result another replica applied frees it through that job's event).
+//! Redis and NATS; CPU per job, medians of interleaved runs): Redis ~45 µs — 15 commands inside
+//! the two scripts: the record is one hash (its fields and its history, `h:1`…), written twice;
+//! eight sorted-set writes (into the PENDING index, out of it and into the final state's,
+//! recency and tenant at the create and at the end, the trace); the existence check, the read
+//! of the state, and the TTLs (cleared at the create, set once the job has finished) — and the
+//! Lua interpreter around them (about two fifths of the scripts'
+//! time). This is the floor while every job keeps its record, history and the indexes SPEC §3
+//! names (a job whose trace is its own could skip its trace index: three of the fifteen).
+//! `serve` ~40 µs per job (HTTP and JSON of the bulk submit and of result batches, script
+//! arguments, task spawns, the live stream's events; allocation is a large share, hence
+//! mimalloc); NATS ~14 µs; the echo worker ~9 µs; `loadgen` ~9 µs. A worker slot is given back
+//! the moment a result arrives, not once it is stored, so the store's latency does not eat into
+//! a worker's `max_parallel`; each replica counts only the slots it took (a result another
+//! replica applied frees it through that job's event).
 //!
 //! # Crash safety
 //!

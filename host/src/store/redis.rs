@@ -5,12 +5,12 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
+//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
 //! | `P idem:{tenant}:{key}` | string | idempotency key → job id |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
 //! | `P idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
-//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`; a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
+//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`, but for the one it is named after (a job submitted without a trace starts its own, named after it: it is listed from its record, and most traces need no key at all); a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
 //! | `P idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
 //! | `P idx:names` | set | the tenant index keys, for pruning |
 //! | `P dlq:{id}` | string | a dead letter (JSON) |
@@ -73,8 +73,8 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   elseif redis.call('EXISTS', key) == 1 then
     return 'exists', id
   end
-  local f = {'spec', spec, 'state', 'PENDING', 'updated_at', created, 'tenant', tenant,
-    'topic', topic, 'team', team, 'trace', trace, 'hn', 1, 'h:1', event}
+  local f = {'spec', spec, 'state', 'PENDING', 'created', created, 'updated_at', created,
+    'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace, 'hn', 1, 'h:1', event}
   if run ~= '' then f[#f + 1] = 'run'; f[#f + 1] = run end
   if deadline ~= '' then
     f[#f + 1] = 'deadline'; f[#f + 1] = deadline
@@ -86,10 +86,14 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   local tk = p .. 'idx:tenant:' .. tenant
   redis.call('ZADD', tk, created, id)
   if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
-  -- A finished sibling may have set the trace's TTL: a live job keeps its trace.
-  local trk = p .. 'idx:trace:' .. trace
-  redis.call('ZADD', trk, created, id)
-  redis.call('PERSIST', trk)
+  -- A job that starts its trace (the trace named after it) is listed from its own record;
+  -- the others join the trace's index. A finished sibling may have set the index's TTL: a
+  -- live job keeps its trace.
+  if trace ~= id then
+    local trk = p .. 'idx:trace:' .. trace
+    redis.call('ZADD', trk, created, id)
+    redis.call('PERSIST', trk)
+  end
   return 'created', id
 end
 for i = 4, #ARGV, 12 do
@@ -153,7 +157,7 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   if TERMINAL[to] then
     -- A record expires a TTL after it finished (a live job never does), its trace with it.
     redis.call('PEXPIRE', key, ttl)
-    if h[3] then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[3], ttl) end
+    if h[3] and h[3] ~= id then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[3], ttl) end
     if h[6] then redis.call('ZREM', p .. 'idx:deadline', id) end
   end
   if dl ~= '' then
@@ -217,23 +221,51 @@ if ARGV[3] ~= '' then maxs = ARGV[3]; cs = tonumber(ARGV[3]) end
 local limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local fs, ftopic, ften, fteam, fa, fb = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local items, scanned, offset, ls, lid = {}, 0, 0, '', ''
+-- A trace's own job (the one it is named after) is in no index: it is met from its record,
+-- in its place by creation time, once, when it is after the cursor.
+local root, rs, rss = ARGV[13], nil, nil
+if root ~= '' then
+  local r = redis.call('HMGET', p .. 'job:' .. root, 'trace', 'created')
+  if r[1] == root and r[2] then
+    rss = r[2]
+    rs = tonumber(rss)
+    if cs and (rs > cs or (rs == cs and not lt(root, cid))) then rs = nil end
+  end
+end
+local function visit(id, s)
+  scanned = scanned + 1
+  ls, lid = s, id
+  local h = redis.call('HMGET', p .. 'job:' .. id, 'state', 'topic', 'tenant', 'team', 'updated_at')
+  if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
+    and (ften == '' or h[3] == ften) and (fteam == '' or h[4] == fteam)
+    and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
+    items[#items + 1] = id
+    if #items == limit then return {items, ls, lid, 1} end
+  end
+  if scanned >= budget then return {items, ls, lid, 1} end
+end
 while true do
   local chunk = redis.call('ZREVRANGEBYSCORE', idx, maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
-  if #chunk == 0 then return {items, '', '', 0} end
+  if #chunk == 0 then
+    if rs then
+      rs = nil
+      local page = visit(root, rss)
+      if page then return page end
+    end
+    return {items, '', '', 0}
+  end
   offset = offset + #chunk / 2
   for i = 1, #chunk, 2 do
     local id, s = chunk[i], chunk[i + 1]
-    if not (cs and tonumber(s) == cs and not lt(id, cid)) then
-      scanned = scanned + 1
-      ls, lid = s, id
-      local h = redis.call('HMGET', p .. 'job:' .. id, 'state', 'topic', 'tenant', 'team', 'updated_at')
-      if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
-        and (ften == '' or h[3] == ften) and (fteam == '' or h[4] == fteam)
-        and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
-        items[#items + 1] = id
-        if #items == limit then return {items, ls, lid, 1} end
+    if id ~= root and not (cs and tonumber(s) == cs and not lt(id, cid)) then
+      local n = tonumber(s)
+      if rs and (rs > n or (rs == n and lt(id, root))) then
+        rs = nil
+        local page = visit(root, rss)
+        if page then return page end
       end
-      if scanned >= budget then return {items, ls, lid, 1} end
+      local page = visit(id, s)
+      if page then return page end
     end
   end
 end
@@ -959,7 +991,11 @@ impl Store for RedisStore {
                     .updated_before
                     .map(|v| v.to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(match list_index(filter) {
+                IndexName::Trace(t) => t,
+                _ => "",
+            });
         let mut conn = self.conn.clone();
         let (ids, last_score, last_id, more): (Vec<String>, String, String, i64) =
             inv.invoke_async(&mut conn).await.map_err(unavailable)?;
