@@ -40,14 +40,14 @@
 //! acks one message where it stored and acked each job.
 //!
 //! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
-//! Redis and NATS; CPU per job, medians of interleaved runs): Redis ~45 µs — 15 commands inside
+//! Redis and NATS; CPU per job, medians of interleaved runs): Redis ~45 µs — 12 commands inside
 //! the two scripts: the record is one hash (its fields and its history, `h:1`…), written twice;
-//! eight sorted-set writes (into the PENDING index, out of it and into the final state's,
-//! recency and tenant at the create and at the end, the trace); the existence check, the read
-//! of the state, and the TTLs (cleared at the create, set once the job has finished) — and the
-//! Lua interpreter around them (about two fifths of the scripts'
-//! time). This is the floor while every job keeps its record, history and the indexes SPEC §3
-//! names (a job whose trace is its own could skip its trace index: three of the fifteen).
+//! seven sorted-set writes (into the PENDING index, out of it and into the final state's,
+//! recency and tenant at the create and at the end); the existence check, the read of the
+//! state, and the record's TTL, set once the job has finished — and the Lua interpreter around
+//! them (about two fifths of the scripts' time). A job that joins another's trace adds its
+//! trace index entry (and the TTL of that index). This is the floor while every job keeps its
+//! record, its history and the indexes SPEC §3 names.
 //! `serve` ~40 µs per job (HTTP and JSON of the bulk submit and of result batches, script
 //! arguments, task spawns, the live stream's events; allocation is a large share, hence
 //! mimalloc); NATS ~14 µs; the echo worker ~9 µs; `loadgen` ~9 µs. A worker slot is given back
