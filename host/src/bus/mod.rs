@@ -205,13 +205,33 @@ fn batch_envelope(kind: &str, items: &[Bytes]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Job events from both their subjects (`sys.job.events` singles and `sys.job.events.batch`
-/// batches), each message's events together; malformed messages are skipped. With `group`,
-/// each event goes to one subscriber of the queue group; without, to every subscriber. The
-/// stream never ends: a failed subscription is retried every second, and one that ends (the
-/// bus reconnected) is made again.
+/// Which job events a subscription takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Every terminal job event (`sys.job.events`, `sys.job.events.batch`).
+    All,
+    /// Only those of workflow steps' jobs (`sys.job.step_events`, `….batch`): the workflow
+    /// engine's, so that the events of the many jobs no workflow waits on never reach it.
+    Steps,
+}
+
+impl Feed {
+    /// The single and the batch subject.
+    fn subjects(self, s: &Subjects) -> (String, String) {
+        match self {
+            Feed::All => (s.job_events(), s.job_events_batch()),
+            Feed::Steps => (s.step_events(), s.step_events_batch()),
+        }
+    }
+}
+
+/// Job events of `feed` from both its subjects (singles and batches), each message's events
+/// together; malformed messages are skipped. With `group`, each event goes to one subscriber of
+/// the queue group; without, to every subscriber. The stream never ends: a failed subscription
+/// is retried every second, and one that ends (the bus reconnected) is made again.
 pub fn job_events(
     bus: SharedBus,
+    feed: Feed,
     group: Option<&'static str>,
 ) -> impl Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send {
     use futures::StreamExt;
@@ -227,7 +247,7 @@ pub fn job_events(
                     tracing::warn!("job event stream ended; resubscribing");
                     current = None;
                 }
-                match subscribe_job_events(bus.as_ref(), group).await {
+                match subscribe_job_events(bus.as_ref(), feed, group).await {
                     Ok(events) => current = Some(events),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot subscribe to job events; retrying");
@@ -241,14 +261,12 @@ pub fn job_events(
 
 async fn subscribe_job_events(
     bus: &dyn Bus,
+    feed: Feed,
     group: Option<&str>,
 ) -> BusResult<Pin<Box<dyn Stream<Item = Vec<crate::protocol::JobEventMsg>> + Send>>> {
     use crate::protocol::{Batch, JobEventMsg};
     use futures::StreamExt;
-    let (single, batch) = (
-        bus.subjects().job_events(),
-        bus.subjects().job_events_batch(),
-    );
+    let (single, batch) = feed.subjects(bus.subjects());
     let (a, b) = match group {
         Some(g) => {
             futures::future::try_join(
@@ -335,6 +353,14 @@ impl Subjects {
     }
     pub fn job_events(&self) -> String {
         format!("{}sys.job.events", self.prefix)
+    }
+    /// The events of workflow steps' jobs once more, for the workflow engine alone (they are on
+    /// `sys.job.events` too).
+    pub fn step_events(&self) -> String {
+        format!("{}sys.job.step_events", self.prefix)
+    }
+    pub fn step_events_batch(&self) -> String {
+        format!("{}sys.job.step_events.batch", self.prefix)
     }
     pub fn config_changed(&self) -> String {
         format!("{}sys.config.changed", self.prefix)

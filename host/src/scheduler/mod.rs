@@ -81,7 +81,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::bus::{Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
+use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
@@ -292,6 +292,8 @@ pub(crate) struct Dispatch {
 struct HotSubjects {
     job_events: Arc<str>,
     job_events_batch: Arc<str>,
+    step_events: Arc<str>,
+    step_events_batch: Arc<str>,
 }
 
 impl Scheduler {
@@ -309,6 +311,8 @@ impl Scheduler {
         let subjects = HotSubjects {
             job_events: bus.subjects().job_events().into(),
             job_events_batch: bus.subjects().job_events_batch().into(),
+            step_events: bus.subjects().step_events().into(),
+            step_events_batch: bus.subjects().step_events_batch().into(),
         };
         Arc::new_cyclic(|me| Scheduler {
             me: me.clone(),
@@ -769,7 +773,7 @@ impl Scheduler {
     pub async fn run_slot_releases(self: Arc<Self>) {
         const FORGET_AFTER: Duration = Duration::from_secs(600);
         let mut swept = std::time::Instant::now();
-        let mut events = std::pin::pin!(job_events(self.bus.clone(), None));
+        let mut events = std::pin::pin!(job_events(self.bus.clone(), Feed::All, None));
         while let Some(parsed) = events.next().await {
             let mut freed = false;
             for ev in parsed {
@@ -980,13 +984,23 @@ impl Scheduler {
             at,
             run_id,
         };
-        if let Ok(body) = serde_json::to_vec(&msg) {
+        let Ok(body) = serde_json::to_vec(&msg) else {
+            return;
+        };
+        let body = bytes::Bytes::from(body);
+        if msg.run_id.is_some() {
+            // The workflow engine hears its steps' jobs on a feed of their own.
             self.events.send(
-                self.subjects.job_events.clone(),
-                Some(self.subjects.job_events_batch.clone()),
-                body.into(),
+                self.subjects.step_events.clone(),
+                Some(self.subjects.step_events_batch.clone()),
+                body.clone(),
             );
         }
+        self.events.send(
+            self.subjects.job_events.clone(),
+            Some(self.subjects.job_events_batch.clone()),
+            body,
+        );
     }
 
     /// Fails a job that cannot be scheduled at all, through the retry policy's dead letter.

@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use super::definition::{
     self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
 };
-use crate::bus::job_events;
+use crate::bus::{Feed, job_events};
 use crate::configsvc::ConfigTarget;
 use crate::job::{FieldError, Job, JobRequest, JobState};
 use crate::plugins::{ConditionEvaluator, PluginRegistry};
@@ -517,10 +517,14 @@ impl Engine {
         Ok(run)
     }
 
-    /// Advances the run of every terminal job event (one replica per event, by queue group).
+    /// Advances the run of every terminal event of a step's job (the steps' own feed; one replica
+    /// per event, by queue group).
     pub async fn run_events(self: Arc<Self>) {
-        let mut events =
-            std::pin::pin!(job_events(self.scheduler.bus.clone(), Some(WORKFLOW_GROUP)));
+        let mut events = std::pin::pin!(job_events(
+            self.scheduler.bus.clone(),
+            Feed::Steps,
+            Some(WORKFLOW_GROUP)
+        ));
         while let Some(parsed) = events.next().await {
             for ev in parsed {
                 // A job that is no workflow's step says so in its event: nothing to read.
