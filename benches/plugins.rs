@@ -2,7 +2,12 @@
 //! the adapter the scheduler calls: breaker, counters and all) at 1, 10, 100 and 1000 candidates,
 //! and at one candidate the component called directly (`runtime`: the sandboxed call alone,
 //! without the plugin's lookup by name, its breaker and counters); loading a compiled component
-//! from the cache (a restart); instantiating one (a recycle).
+//! from the cache (a restart); instantiating one (a recycle). One candidate goes through
+//! `pick-few` (the candidates as arguments), ten and more through `pick` (one list, which costs
+//! a call into the plugin's allocator first).
+//!
+//! The machine these run on drifts: compare builds by alternating their bench binaries
+//! (`target/release/deps/plugins-*`, copied aside) run by run, not against yesterday's figures.
 //!
 //! `cargo bench --bench plugins -- --warm-up-time 1 --measurement-time 3`
 //!
