@@ -241,6 +241,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
+    // TCP_NODELAY on every connection: with Nagle's algorithm a small write waits for the ACK
+    // of the one before, which a client may delay by up to 40 ms — the live stream writes one
+    // small event after another, so its completions would arrive late.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     if opts.api_key.is_none() {
         tracing::warn!("no API key configured: the API is open, on loopback only");
     }
