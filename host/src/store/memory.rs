@@ -35,13 +35,20 @@ impl ZSet {
         }
     }
 
-    /// Removes the members `gone` says are gone; returns how many.
-    fn remove_gone(&mut self, gone: impl Fn(&str) -> bool) -> u64 {
-        let dead: Vec<String> = self.scores.keys().filter(|id| gone(id)).cloned().collect();
-        for id in &dead {
-            self.remove(id);
+    /// Removes the members `gone` says are gone, among those scored below `before` (all of
+    /// them without); returns how many.
+    fn remove_gone(&mut self, before: Option<i64>, gone: impl Fn(&str) -> bool) -> u64 {
+        let doomed: Vec<_> = self
+            .ordered
+            .iter()
+            .take_while(|(s, _)| before.is_none_or(|b| *s < b))
+            .filter(|(_, m)| gone(m))
+            .cloned()
+            .collect();
+        for (_, m) in &doomed {
+            self.remove(m);
         }
-        dead.len() as u64
+        doomed.len() as u64
     }
 
     /// Descending `(score, member)` strictly after `cursor`.
@@ -62,20 +69,6 @@ impl ZSet {
             .take(limit)
             .map(|(_, m)| m.clone())
             .collect()
-    }
-
-    fn remove_below_if(&mut self, before: i64, gone: impl Fn(&str) -> bool) -> u64 {
-        let doomed: Vec<_> = self
-            .ordered
-            .iter()
-            .take_while(|(s, _)| *s < before)
-            .filter(|(_, m)| gone(m))
-            .cloned()
-            .collect();
-        for (_, m) in &doomed {
-            self.remove(m);
-        }
-        doomed.len() as u64
     }
 }
 
@@ -493,10 +486,10 @@ impl Store for MemoryStore {
             if name.starts_with("trace:") {
                 // A trace index is scored by creation time and lives as long as its jobs (Redis
                 // expires the whole key with them): only the entries of expired jobs go, uncounted.
-                z.remove_gone(|id| !jobs.contains_key(id));
+                z.remove_gone(None, |id| !jobs.contains_key(id));
             } else if name != DEADLINE {
                 // Only a record last touched before `before` can have expired.
-                removed += z.remove_below_if(before, |id| !jobs.contains_key(id));
+                removed += z.remove_gone(Some(before), |id| !jobs.contains_key(id));
             }
         }
         indexes.retain(|_, z| !z.scores.is_empty());
@@ -721,7 +714,7 @@ impl Store for MemoryStore {
         } = &mut *inner;
         let removed = run_indexes
             .values_mut()
-            .map(|z| z.remove_gone(|id| !runs.contains_key(id)))
+            .map(|z| z.remove_gone(None, |id| !runs.contains_key(id)))
             .sum();
         run_indexes.retain(|_, z| !z.scores.is_empty());
         Ok(removed)
