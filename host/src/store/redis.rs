@@ -34,6 +34,10 @@
 //! the fields, append the history, move the job between state indexes, re-score the recent and
 //! tenant indexes, drop the deadline entry of a terminal job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
+//! A call carries a batch of transitions (and the create script a batch of jobs): their
+//! sorted-set writes are gathered and sent at the end as one `ZREM` and one `ZADD` per index
+//! key ([`LUA_INDEX_WRITES`]), since a call from Lua into Redis costs more than the set
+//! operation it runs.
 //! The original used WATCH/MULTI, which needs a dedicated connection per attempt and retries
 //! under contention; a script needs neither and is safe on the shared multiplexed connection.
 //! Keys are built inside the scripts from the prefix, which ties us to one Redis node (not
@@ -53,6 +57,39 @@ use crate::job::{Job, JobEvent, JobSpec, JobState, TRANSITIONS};
 use crate::time::now_ms;
 use crate::workflow::definition::{Run, Status, Workflow};
 
+/// Sorted-set writes gathered over a batch script and sent at its end: one `ZREM` and one `ZADD`
+/// per index key for the whole batch instead of one call per job. A call from Lua costs more
+/// than the set operation it runs (argument conversion, command dispatch, the reply), and the
+/// create and transition scripts make most of theirs on indexes. Removals go before additions,
+/// so a job that moves twice within one batch ends where its last move put it.
+const LUA_INDEX_WRITES: &str = r#"
+local zadds, zrems = {}, {}
+local function zadd(key, score, id)
+  local m = zadds[key]
+  if not m then m = {}; zadds[key] = m end
+  m[id] = score
+end
+local function zrem(key, id)
+  local m = zrems[key]
+  if not m then m = {}; zrems[key] = m end
+  m[id] = true
+  local a = zadds[key]
+  if a then a[id] = nil end
+end
+local function write_indexes()
+  for key, m in pairs(zrems) do
+    local a = {}
+    for id in pairs(m) do a[#a + 1] = id end
+    for i = 1, #a, 4000 do redis.call('ZREM', key, unpack(a, i, math.min(i + 3999, #a))) end
+  end
+  for key, m in pairs(zadds) do
+    local a = {}
+    for id, score in pairs(m) do a[#a + 1] = score; a[#a + 1] = id end
+    for i = 1, #a, 4000 do redis.call('ZADD', key, unpack(a, i, math.min(i + 3999, #a))) end
+  end
+end
+"#;
+
 /// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 12 per job: id,
 /// created_at, spec JSON, tenant, topic, team, trace, deadline, the PENDING event, idempotency
 /// key, PENDING index score, run id. Answers two per job: `created` or `exists`, and the id
@@ -60,7 +97,7 @@ use crate::workflow::definition::{Run, Status, Workflow};
 const LUA_CREATE: &str = r#"
 local p, idem_ttl = ARGV[1], ARGV[3]
 local names = p .. 'idx:names'
-local named = {}
+local named, persisted = {}, {}
 local out = {}
 local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run)
   local key = p .. 'job:' .. id
@@ -78,21 +115,21 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   if run ~= '' then f[#f + 1] = 'run'; f[#f + 1] = run end
   if deadline ~= '' then
     f[#f + 1] = 'deadline'; f[#f + 1] = deadline
-    redis.call('ZADD', p .. 'idx:deadline', deadline, id)
+    zadd(p .. 'idx:deadline', deadline, id)
   end
   redis.call('HSET', key, unpack(f))
-  redis.call('ZADD', p .. 'idx:state:PENDING', score, id)
-  redis.call('ZADD', p .. 'idx:recent', created, id)
+  zadd(p .. 'idx:state:PENDING', score, id)
+  zadd(p .. 'idx:recent', created, id)
   local tk = p .. 'idx:tenant:' .. tenant
-  redis.call('ZADD', tk, created, id)
+  zadd(tk, created, id)
   if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
   -- A job that starts its trace (the trace named after it) is listed from its own record;
   -- the others join the trace's index. A finished sibling may have set the index's TTL: a
   -- live job keeps its trace.
   if trace ~= id then
     local trk = p .. 'idx:trace:' .. trace
-    redis.call('ZADD', trk, created, id)
-    redis.call('PERSIST', trk)
+    zadd(trk, created, id)
+    if not persisted[trk] then persisted[trk] = true; redis.call('PERSIST', trk) end
   end
   return 'created', id
 end
@@ -102,6 +139,7 @@ for i = 4, #ARGV, 12 do
   out[#out + 1] = verdict
   out[#out + 1] = id
 end
+write_indexes()
 return out
 "#;
 
@@ -150,15 +188,15 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   fields[#fields + 1] = n
   for i = first, last do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', key, unpack(fields))
-  redis.call('ZREM', p .. 'idx:state:' .. cur, id)
-  redis.call('ZADD', p .. 'idx:state:' .. to, at, id)
-  redis.call('ZADD', p .. 'idx:recent', at, id)
-  redis.call('ZADD', p .. 'idx:tenant:' .. h[2], at, id)
+  zrem(p .. 'idx:state:' .. cur, id)
+  zadd(p .. 'idx:state:' .. to, at, id)
+  zadd(p .. 'idx:recent', at, id)
+  zadd(p .. 'idx:tenant:' .. h[2], at, id)
   if TERMINAL[to] then
     -- A record expires a TTL after it finished (a live job never does), its trace with it.
     redis.call('PEXPIRE', key, ttl)
     if h[3] and h[3] ~= id then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[3], ttl) end
-    if h[6] then redis.call('ZREM', p .. 'idx:deadline', id) end
+    if h[6] then zrem(p .. 'idx:deadline', id) end
   end
   if dl ~= '' then
     redis.call('SET', p .. 'dlq:' .. id, dl)
@@ -180,6 +218,7 @@ while i <= #ARGV do
   out[#out + 1] = run
   i = last + 1
 end
+write_indexes()
 return out
 "#;
 
@@ -594,7 +633,7 @@ impl RedisStore {
         let tables = lua_state_tables();
         let creates = Batcher::start(
             conn.clone(),
-            Script::new(LUA_CREATE),
+            Script::new(&format!("{LUA_INDEX_WRITES}{LUA_CREATE}")),
             vec![
                 prefix.to_string(),
                 opts.job_ttl_ms.to_string(),
@@ -604,7 +643,7 @@ impl RedisStore {
         );
         let transitions = Batcher::start(
             conn.clone(),
-            Script::new(&format!("{tables}{LUA_TRANSITION}")),
+            Script::new(&format!("{tables}{LUA_INDEX_WRITES}{LUA_TRANSITION}")),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
             3,
         );
