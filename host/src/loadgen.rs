@@ -6,6 +6,7 @@
 //! open-loop latency (`rate` single submits per second, whatever the answers' pace). Latency is
 //! measured by the client from sending a job's submit to receiving its terminal event.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone)]
@@ -149,21 +151,12 @@ pub async fn run(opts: LoadgenOptions) -> anyhow::Result<Summary> {
     let feed_ledger = ledger.clone();
     let feed_task = tokio::spawn(async move {
         let mut bytes = feed.bytes_stream();
-        let mut buf = String::new();
+        let mut buf: Vec<u8> = Vec::new();
         while let Some(Ok(chunk)) = bytes.next().await {
             let now = Instant::now();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                for line in event.lines() {
-                    if let Some(data) = line.strip_prefix("data:")
-                        && let Ok(v) = serde_json::from_str::<Value>(data.trim())
-                        && let (Some(id), Some(state)) = (v["job_id"].as_str(), v["state"].as_str())
-                    {
-                        feed_ledger.lock().finished(id, now, state == "SUCCEEDED");
-                    }
-                }
-            }
+            buf.extend_from_slice(&chunk);
+            let done = read_events(&buf, |id, ok| feed_ledger.lock().finished(id, now, ok));
+            buf.drain(..done);
         }
     });
     // Let the host's subscription settle before the first job can finish.
@@ -256,8 +249,61 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-fn job_body(topic: &str, i: usize) -> Value {
-    json!({"topic": topic, "payload": {"i": i}})
+/// The fields of a job event the ledger needs, borrowed from the feed's buffer.
+#[derive(Deserialize)]
+struct FeedEvent<'a> {
+    #[serde(borrow)]
+    job_id: Cow<'a, str>,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+}
+
+/// Reads the complete Server-Sent Events at the start of `buf`, calling `seen(job id,
+/// succeeded)` for each job event; answers how many bytes were read (a partial event stays).
+fn read_events(buf: &[u8], mut seen: impl FnMut(&str, bool)) -> usize {
+    let mut done = 0;
+    while let Some(end) = buf[done..].windows(2).position(|w| w == b"\n\n") {
+        let event = &buf[done..done + end];
+        done += end + 2;
+        for line in event.split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data:")
+                && let Ok(ev) = serde_json::from_slice::<FeedEvent>(data)
+            {
+                seen(&ev.job_id, ev.state == "SUCCEEDED");
+            }
+        }
+    }
+    done
+}
+
+#[derive(Serialize)]
+struct JobBody<'a> {
+    topic: &'a str,
+    payload: Payload,
+}
+
+#[derive(Serialize)]
+struct Payload {
+    i: usize,
+}
+
+fn job_body(topic: &str, i: usize) -> JobBody<'_> {
+    JobBody {
+        topic,
+        payload: Payload { i },
+    }
+}
+
+/// The parts of a submit's answer loadgen reads (one per job, or the `items` of a batch).
+#[derive(Deserialize)]
+struct Answer {
+    job_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    #[serde(default)]
+    items: Vec<Answer>,
 }
 
 /// Throughput mode: `concurrency` submitters send batches until `jobs` are submitted.
@@ -273,25 +319,23 @@ async fn submit_bulk(opts: &LoadgenOptions, client: &Arc<Client>, ledger: &Arc<M
                     return;
                 }
                 let end = (start + opts.batch).min(opts.jobs);
-                let jobs: Vec<Value> = (start..end).map(|i| job_body(&opts.topic, i)).collect();
+                let jobs: Vec<JobBody> = (start..end).map(|i| job_body(&opts.topic, i)).collect();
                 let sent = Instant::now();
                 let resp = client
                     .req_at(k, reqwest::Method::POST, "/api/v1/jobs/batch")
-                    .json(&json!({"jobs": jobs}))
+                    .json(&serde_json::json!({"jobs": jobs}))
                     .send()
                     .await;
-                let body = match resp {
-                    Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
-                    Err(_) => Value::Null,
-                };
+                let items = match resp {
+                    Ok(r) => r.json::<BatchAnswer>().await.map(|b| b.items),
+                    Err(e) => Err(e),
+                }
+                .unwrap_or_default();
                 let mut l = ledger.lock();
-                let items = body["items"].as_array().cloned().unwrap_or_default();
                 let mut accepted = 0;
-                for item in items {
-                    if let Some(id) = item["job_id"].as_str() {
-                        l.accepted(id.to_string(), sent);
-                        accepted += 1;
-                    }
+                for id in items.into_iter().filter_map(|a| a.job_id) {
+                    l.accepted(id, sent);
+                    accepted += 1;
                 }
                 l.rejected += (end - start) - accepted;
             }
@@ -326,11 +370,9 @@ async fn submit_open_loop(
                 .send()
                 .await;
             let id = match resp {
-                Ok(r) if r.status().is_success() => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["job_id"].as_str().map(str::to_string)),
+                Ok(r) if r.status().is_success() => {
+                    r.json::<Answer>().await.ok().and_then(|a| a.job_id)
+                }
                 _ => None,
             };
             let mut l = ledger.lock();
@@ -359,6 +401,26 @@ mod tests {
         assert_eq!(l.done, 1);
         l.finished("a", t, true);
         assert_eq!(l.done, 1, "a repeated event is counted once");
+    }
+
+    #[test]
+    fn the_feed_is_read_event_by_event_and_a_partial_one_waits() {
+        let feed = b"event: job\ndata: {\"v\":1,\"job_id\":\"a\",\"state\":\"SUCCEEDED\"}\n\n\
+            : keep-alive\n\n\
+            event: job\ndata:{\"job_id\":\"b\",\"state\":\"FAILED\",\"at\":\"x\"}\n\n\
+            event: job\ndata: {\"job_id\":\"c\",";
+        let mut seen = Vec::new();
+        let done = read_events(feed, |id, ok| seen.push((id.to_string(), ok)));
+        assert_eq!(seen, [("a".to_string(), true), ("b".to_string(), false)]);
+        assert_eq!(&feed[done..], b"event: job\ndata: {\"job_id\":\"c\",");
+        let mut rest = feed[done..].to_vec();
+        rest.extend_from_slice(b"\"state\":\"SUCCEEDED\"}\n\n");
+        seen.clear();
+        assert_eq!(
+            read_events(&rest, |id, ok| seen.push((id.to_string(), ok))),
+            rest.len()
+        );
+        assert_eq!(seen, [("c".to_string(), true)]);
     }
 
     #[test]
