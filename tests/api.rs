@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1876,4 +1876,85 @@ async fn oversized_bodies_are_refused_with_a_problem(backend: Backend) {
         "the oversized cancel changed nothing: {job}"
     );
     h.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live stream across replicas
+// ---------------------------------------------------------------------------------------------
+
+/// Reads a live stream's job events into `(job id, state)` pairs as they come.
+fn watch_stream(api: &Api) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (http, url) = (api.http.clone(), format!("{}/api/v1/stream", api.base));
+    tokio::spawn(async move {
+        let resp = http.get(url).send().await.expect("stream opens");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                for data in event.lines().filter_map(|l| l.strip_prefix("data:")) {
+                    let v: Value = serde_json::from_str(data.trim()).expect("event JSON");
+                    let pair = (
+                        v["job_id"].as_str().unwrap().to_string(),
+                        v["state"].as_str().unwrap().to_string(),
+                    );
+                    if tx.send(pair).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Each replica's stream reports every job once — those it finished itself (handed over in
+/// process) and those another replica finished (through the bus) — whichever replica took the
+/// submit and whichever applied the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replicas_stream_reports_each_job_once() {
+    // Two replicas of one deployment: the same key and subject prefixes.
+    let opts = options(Backend::Real);
+    let a = Host::start_with(opts.clone()).await;
+    let b = Host::start_with(opts).await;
+    let topic = unique("live.");
+    a.ready_worker(&unique("w-live-"), "p", &[&topic], &[], Mode::Echo)
+        .await;
+    let mut streams = [watch_stream(&a.api), watch_stream(&b.api)];
+    // Let both streams' subscriptions settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let api = if i % 2 == 0 { &a.api } else { &b.api };
+        ids.push(
+            api.submit(json!({"topic": topic, "payload": {"i": i}}))
+                .await,
+        );
+    }
+    for (name, stream) in ["a", "b"].iter().zip(&mut streams) {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let until = tokio::time::Instant::now() + WAIT;
+        while ids.iter().any(|id| !seen.contains_key(id)) {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(Some((id, state))) = tokio::time::timeout(left, stream.recv()).await else {
+                panic!("replica {name}'s stream missed jobs; it saw {seen:?}");
+            };
+            seen.entry(id).or_default().push(state);
+        }
+        // Anything repeated would come now.
+        while let Ok(Some((id, state))) =
+            tokio::time::timeout(Duration::from_millis(300), stream.recv()).await
+        {
+            seen.entry(id).or_default().push(state);
+        }
+        for id in &ids {
+            assert_eq!(seen[id], ["SUCCEEDED"], "replica {name}, job {id}");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -183,6 +183,10 @@ pub struct JobEventMsg {
     /// The workflow run the job is a step of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The `serve` replica that recorded the transition: it has handed the event to its own
+    /// live-stream clients already, and skips it when the bus brings it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// `sys.config.changed`: a config scope changed; replicas drop their cached effective configs.

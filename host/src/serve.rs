@@ -185,7 +185,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         tokio::spawn(scheduler.clone().run_wait_queue()),
         tokio::spawn(scheduler.clone().run_results()),
         tokio::spawn(scheduler.clone().run_dispatch_records()),
-        tokio::spawn(scheduler.clone().run_slot_releases()),
+        tokio::spawn(scheduler.clone().run_remote_events()),
         tokio::spawn(reconciler.clone().run()),
         tokio::spawn(workflows.clone().run_events()),
         tokio::spawn(workflows.clone().run_reconciler()),

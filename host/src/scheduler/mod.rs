@@ -22,9 +22,9 @@
 //!    carries its start time, and one script records PENDING → DISPATCHED → RUNNING →
 //!    SUCCEEDED, each state with the time it was entered; a worker that sends `started` on its
 //!    own has it held for `started_coalesce` (50 ms) so the two are still written together when
-//!    the result follows soon. The job's terminal event goes to `sys.job.events` for the live
-//!    stream and the workflow engine (with the run id, so a job that is no step costs the
-//!    engine nothing).
+//!    the result follows soon. The job's terminal event goes to this replica's live-stream
+//!    clients in process at once (see [`live`]), and to `sys.job.events` for the other
+//!    replicas' (a workflow step's also to the engine's own feed, with its run id).
 //!
 //! A reader of the store sees a dispatched job PENDING for at most `record_dispatch_after`,
 //! as it sees a started one DISPATCHED until its start is written; the history it then reads
@@ -33,7 +33,8 @@
 //! **Batching without waiting.** No step holds a lock or awaits another job, and nothing waits
 //! for a batch to fill. The store queues concurrent create and transition calls and sends what
 //! is queued as one script call per up to 128 jobs, a few calls in flight (group commit, in
-//! `store/redis.rs`); NATS publishes go through an [`Outbox`] that sends what is ready together
+//! `store/redis.rs`; inside a call, the index writes of all its jobs go out as one `ZADD` or
+//! `ZREM` per index); NATS publishes go through an [`Outbox`] that sends what is ready together
 //! as one message (jobs for one worker, job events; the worker does the same
 //! with its results). At a trickle every call and message goes alone, immediately; under load
 //! one Redis call and one NATS message carry tens of jobs, and the JetStream stream stores and
@@ -66,6 +67,7 @@
 //! DISPATCHED on the way; had it none, the reconciler announces it again after
 //! `pending_grace` (at-least-once, as ever).
 
+pub mod live;
 pub mod registry;
 pub mod results;
 pub mod retry;
@@ -96,6 +98,7 @@ use crate::store::{
 };
 use crate::time::{Millis, now_ms};
 
+use live::LiveEvents;
 use registry::{Placement, Registry};
 use retry::{Failure, RetryDecision, RetryPolicy};
 use safety::{Decision, SafetyGate};
@@ -253,6 +256,10 @@ impl WaitQueue {
 pub struct Scheduler {
     /// This scheduler, for the tasks it spawns from `&self` methods.
     me: std::sync::Weak<Scheduler>,
+    /// Names this replica in the job events it publishes (`JobEventMsg::replica`).
+    replica: Arc<str>,
+    /// This replica's live-stream clients' events.
+    live: LiveEvents,
     pub store: SharedStore,
     pub bus: SharedBus,
     pub config: Arc<ConfigService>,
@@ -316,6 +323,8 @@ impl Scheduler {
         };
         Arc::new_cyclic(|me| Scheduler {
             me: me.clone(),
+            replica: uuid::Uuid::new_v4().simple().to_string()[..12].into(),
+            live: LiveEvents::default(),
             dispatches: Outbox::start(bus.clone(), "jobs"),
             events: Outbox::start(bus.clone(), "job_events"),
             subjects,
@@ -752,7 +761,7 @@ impl Scheduler {
 
     /// Gives back the worker slot a job holds, if this replica dispatched it: when its result
     /// arrives here, when its terminal event arrives from the replica that applied its result
-    /// (see [`Scheduler::run_slot_releases`]), or when its dispatch was refused. A replica
+    /// (see [`Scheduler::run_remote_events`]), or when its dispatch was refused. A replica
     /// counts only its own dispatches, so a result handled by another replica neither frees a
     /// slot here twice nor one this replica never took; heartbeats correct the rest.
     pub(crate) fn release_slot(&self, job_id: &str) -> bool {
@@ -766,19 +775,35 @@ impl Scheduler {
         }
     }
 
-    /// Frees the slots of jobs this replica dispatched whose end another replica applied,
-    /// from the terminal job events every replica hears, until the bus closes; and forgets
-    /// slots held far longer than any job's result can take to come (their worker's
-    /// heartbeats have long corrected its count).
-    pub async fn run_slot_releases(self: Arc<Self>) {
+    /// The live job events: this replica's as it records them, other replicas' as the bus
+    /// brings them (see [`Scheduler::run_remote_events`]).
+    pub fn live_events(&self) -> &LiveEvents {
+        &self.live
+    }
+
+    /// Takes the terminal job events other replicas recorded, until the bus closes: frees the
+    /// slots of the jobs among them this replica dispatched, and passes them on to this
+    /// replica's live-stream clients. Events this replica recorded are skipped: it did both
+    /// when it recorded them (see [`Scheduler::publish_event`]). Also forgets slots held far
+    /// longer than any job's result can take to come (their worker's heartbeats have long
+    /// corrected its count).
+    pub async fn run_remote_events(self: Arc<Self>) {
         const FORGET_AFTER: Duration = Duration::from_secs(600);
         let mut swept = std::time::Instant::now();
         let mut events = std::pin::pin!(job_events(self.bus.clone(), Feed::All, None));
         while let Some(parsed) = events.next().await {
             let mut freed = false;
             for ev in parsed {
+                if ev.replica.as_deref() == Some(&*self.replica) {
+                    continue;
+                }
                 if ev.state.is_terminal() {
                     freed |= self.release_slot(&ev.job_id);
+                }
+                if self.live.is_watched()
+                    && let Ok(body) = serde_json::to_vec(&ev)
+                {
+                    self.live.offer(ev.state, &bytes::Bytes::from(body));
                 }
             }
             if freed {
@@ -975,19 +1000,27 @@ impl Scheduler {
         }
     }
 
-    /// Tells the completion feed that a job ended.
+    /// Tells the completion feed that a job ended: this replica's live-stream clients at once,
+    /// everyone else through the bus.
     async fn publish_event(&self, id: &str, state: JobState, at: Millis, run_id: Option<String>) {
+        // Its slot, if this replica dispatched it (a result applied here has given it back
+        // already; a cancel or a timeout recorded here gives it back now).
+        if self.release_slot(id) {
+            self.wake_waiters();
+        }
         let msg = JobEventMsg {
             v: VERSION,
             job_id: id.to_string(),
             state,
             at,
             run_id,
+            replica: Some(self.replica.to_string()),
         };
         let Ok(body) = serde_json::to_vec(&msg) else {
             return;
         };
         let body = bytes::Bytes::from(body);
+        self.live.offer(state, &body);
         if msg.run_id.is_some() {
             // The workflow engine hears its steps' jobs on a feed of their own.
             self.events.send(
