@@ -6,6 +6,7 @@
 #
 #   benches/bullmq/run.sh                   # N=20000, C=50, batches of 1000, 3 runs
 #   RUNS=5 RATE=2000 benches/bullmq/run.sh
+#   COMPLETIONS=worker benches/bullmq/run.sh  # completions counted in the worker (BullMQ's best case)
 #
 # Needs redis-server, node and npm on PATH; installs the pinned bullmq (npm ci) on first use.
 set -euo pipefail
@@ -18,6 +19,9 @@ RUNS=${RUNS:-3}
 RATE=${RATE:-1000}
 RATE_JOBS=${RATE_JOBS:-5000}
 CONC=${CONC:-50}
+# How the producer learns of completions: events (QueueEvents, the default) or worker.
+COMPLETIONS=${COMPLETIONS:-events}
+case $COMPLETIONS in events | worker) ;; *) echo "COMPLETIONS must be events or worker" >&2; exit 2 ;; esac
 
 [ -d node_modules ] || npm ci --silent
 work=$(mktemp -d)
@@ -37,6 +41,8 @@ redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$wo
 declare -A roles=([redis]=$!)
 wait_port "$REDIS_PORT"
 export REDIS_HOST=127.0.0.1 REDIS_PORT
+# Both processes read these; in worker mode the worker serves its completion records on the socket.
+export COMPLETIONS COMPLETIONS_SOCKET="$work/completions.sock"
 
 CONC=$CONC node bench.mjs worker >"$work/worker.log" 2>&1 & pids+=($!)
 roles[worker]=$!
@@ -59,7 +65,7 @@ run_producer() {
 }
 
 versions="bullmq $(node -p 'require("./node_modules/bullmq/package.json").version'), node $(node --version), redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
-echo "== throughput: N=$N C=$C batch=$BATCH, 1 worker (concurrency $CONC), $(nproc) cores; $versions"
+echo "== throughput: N=$N C=$C batch=$BATCH, 1 worker (concurrency $CONC), completions=$COMPLETIONS, $(nproc) cores; $versions"
 : >"$work/tp"
 for i in $(seq 1 "$RUNS"); do
   line=$(run_producer --jobs "$N" --concurrency "$C" --batch "$BATCH") || { echo "$line"; echo "throughput run $i failed" >&2; exit 1; }
@@ -80,7 +86,7 @@ redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
   sed -n 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),usec=\([0-9]*\).*/\1 \2 \3/p' |
   awk -v n="$((N * RUNS))" '{printf "  %-14s %6.2f %8.2f\n", $1, $2 / n, $3 / n}' | sort -k3 -rn | head -20
 redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
-echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs"
+echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs, completions=$COMPLETIONS"
 : >"$work/lat"
 for i in $(seq 1 "$RUNS"); do
   line=$(run_producer --jobs "$RATE_JOBS" --concurrency "$C" --rate "$RATE") || { echo "$line"; echo "latency run $i failed" >&2; exit 1; }
