@@ -70,8 +70,8 @@ const REMEMBERED: usize = 10_000;
 
 #[derive(Default)]
 struct State {
-    running: HashMap<String, CancellationToken>,
-    finished: HashMap<String, Bytes>,
+    running: HashMap<String, CancellationToken, foldhash::quality::RandomState>,
+    finished: HashMap<String, Bytes, foldhash::quality::RandomState>,
     finished_order: VecDeque<String>,
 }
 

@@ -6,7 +6,6 @@
 //! written by one script (see the module docs of [`crate::scheduler`]). Both events of a job
 //! come through the same ordered stream, so a result always finds its `started` if it is held.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,12 +25,12 @@ struct HeldStart {
     since: Instant,
 }
 
-type Held = Arc<Mutex<HashMap<String, HeldStart>>>;
+type Held = Arc<Mutex<super::IdMap<HeldStart>>>;
 
 impl Scheduler {
     /// Consumes worker events until the bus closes, reconnecting the consumer after errors.
     pub async fn run_results(self: Arc<Self>) {
-        let held: Held = Arc::new(Mutex::new(HashMap::new()));
+        let held: Held = Arc::new(Mutex::new(super::IdMap::default()));
         tokio::spawn(self.clone().flush_held_starts(held.clone()));
         loop {
             let mut events = match self.bus.consume_worker_events().await {
