@@ -12,23 +12,14 @@
 # target/release/coretex). Needs redis-server, nats-server and python3 on PATH.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
-declare -A bin=([A]=$1 [B]=$2)
+declare -A bin=([A]=$(realpath "$1") [B]=$(realpath "$2"))
 PAIRS=${PAIRS:-8}
 N=${N:-20000}
 C=${C:-50}
 BATCH=${BATCH:-1000}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 declare -A pid gateway
 for s in A B; do

@@ -24,17 +24,7 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=target/release/coretex
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source benches/lib.sh
 
 REDIS_PORT=$(free_port); NATS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
@@ -59,10 +49,6 @@ for w in $(seq 1 "$WORKERS"); do
 done
 sleep 2
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
-# CPU seconds (user + system) a process has used so far.
-cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 declare -A cpu_before
 for r in "${!roles[@]}"; do cpu_before[$r]=$(cpu_of "${roles[$r]}"); done
 
@@ -82,21 +68,9 @@ for i in $(seq 1 "$RUNS"); do
   line=$(run_loadgen "$i" --jobs "$N" --concurrency "$C" --batch "$BATCH" --topic job.echo)
   echo "$line"; echo "$line" >>"$work/tp"
 done
-# Where the CPU went during the throughput runs: what limits the figure on this machine.
-echo "== CPU seconds per 10,000 jobs during the throughput runs ($(nproc) cores)"
-for r in $(printf '%s\n' "${!roles[@]}" | sort); do
-  used=$(echo "$(cpu_of "${roles[$r]}") - ${cpu_before[$r]}" | bc -l)
-  printf '  %-8s %6.2f\n' "$r" "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
-done
-used=$(awk '$1 == "loadgen-cpu" {s += $2 + $3} END {print s}' "$work/loadgen.cpu")
-printf '  %-8s %6.2f\n' loadgen "$(echo "$used * 10000 / ($N * $RUNS)" | bc -l)"
-# What Redis did per job: calls and microseconds per command (commands run inside the Lua
-# scripts count under their own names too, and their time inside evalsha's).
-echo "== Redis per job during the throughput runs (calls, usec)"
-redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
-  sed -n 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),usec=\([0-9]*\).*/\1 \2 \3/p' |
-  awk -v n="$((N * RUNS))" '{printf "  %-14s %6.2f %8.2f\n", $1, $2 / n, $3 / n}' | sort -k3 -rn | head -20
-redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+# Where the CPU went during the throughput runs (what limits the figure), and what Redis did.
+report_cpu "$((N * RUNS))" loadgen "$work/loadgen.cpu"
+report_redis "$REDIS_PORT" "$((N * RUNS))"
 echo "== latency: open loop at $RATE jobs/s, $RATE_JOBS jobs"
 : >"$work/lat"
 for i in $(seq 1 "$RUNS"); do
