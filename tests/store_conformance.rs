@@ -2112,6 +2112,82 @@ async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedSto
     );
 }
 
+/// A job that moves twice within one batched call (queued together, the Redis store sends both
+/// moves in one script call, whose index writes go out at its end) is listed in the state its
+/// last move put it in, and only there.
+async fn check_two_moves_queued_together_leave_a_job_in_its_last_state(store: SharedStore) {
+    two_moves_queued_together(&store).await;
+}
+
+/// The scenario of [`check_two_moves_queued_together_leave_a_job_in_its_last_state`]; answers
+/// the jobs' ids.
+async fn two_moves_queued_together(store: &SharedStore) -> Vec<String> {
+    let now = now_ms();
+    let specs: Vec<JobSpec> = (0..200).map(|_| simple_spec(now)).collect();
+    let news: Vec<NewJob> = specs.iter().map(new_job).collect();
+    store.create_jobs(&news).await.expect("create_jobs");
+    let (to_dispatched, to_running) = (
+        Transition::to(Dispatched, now + 1),
+        Transition::to(Running, now + 2),
+    );
+    // Each job's two moves are queued one after the other, all before any is sent.
+    let answers = futures::future::join_all(specs.iter().flat_map(|s| {
+        [
+            store.transition(&s.id, &to_dispatched),
+            store.transition(&s.id, &to_running),
+        ]
+    }))
+    .await;
+    for (i, a) in answers.iter().enumerate() {
+        assert!(
+            matches!(a, Ok(TransitionOutcome::Applied { .. })),
+            "move {i}: {a:?}"
+        );
+    }
+    let listed = |state| JobFilter {
+        state: Some(state),
+        ..Default::default()
+    };
+    let mut running = ids_of(&list_all(store, &listed(Running), 100).await);
+    let mut expected: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    running.sort();
+    expected.sort();
+    assert_eq!(running, expected, "every job is listed as RUNNING");
+    for state in [Pending, Dispatched] {
+        assert!(
+            list_all(store, &listed(state), 100).await.is_empty(),
+            "no job is left in the {state} index"
+        );
+    }
+    let recent = list_all(store, &JobFilter::default(), 100).await;
+    assert_eq!(recent.len(), specs.len(), "each job is listed once");
+    expected
+}
+
+/// The same, read from Redis's own index sets: a list filters entries whose record moved on, so
+/// a stale entry would not show through the store's API, only cost every later scan.
+#[tokio::test]
+async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
+    use ::redis::AsyncCommands;
+    let (store, keys) = redis_store(StoreOptions::default()).await;
+    let ids = two_moves_queued_together(&store).await;
+    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    for (state, count) in [("PENDING", 0), ("DISPATCHED", 0), ("RUNNING", ids.len())] {
+        let key = format!("{}idx:state:{state}", keys.prefix);
+        let n: usize = conn.zcard(&key).await.expect("ZCARD");
+        assert_eq!(n, count, "{key}");
+    }
+    let recent: usize = conn
+        .zcard(format!("{}idx:recent", keys.prefix))
+        .await
+        .expect("ZCARD");
+    assert_eq!(recent, ids.len());
+}
+
 fn redis_unreachable(url: &str, e: StoreError) -> ! {
     panic!(
         "Redis is not reachable at {url} ({e}). The redis::* store conformance tests need a \
@@ -2163,6 +2239,8 @@ conformance! {
     created_job_reads_back_as_pending => check_created_job_reads_back_as_pending;
     concurrent_transitions_each_get_their_own_answer =>
         check_concurrent_transitions_each_get_their_own_answer;
+    two_moves_queued_together_leave_a_job_in_its_last_state =>
+        check_two_moves_queued_together_leave_a_job_in_its_last_state;
     idempotency_key_answers_the_first_job_per_tenant =>
         check_idempotency_key_answers_the_first_job_per_tenant;
     batch_create_answers_each_job_in_order => check_batch_create_answers_each_job_in_order;
