@@ -7,6 +7,11 @@
 #
 #   benches/ab.sh OLD_BINARY NEW_BINARY            # 8 pairs of 20,000-job bulk runs
 #   PAIRS=12 N=40000 benches/ab.sh OLD NEW
+#   RATE=1000 benches/ab.sh OLD NEW                # open-loop latency runs (RATE_JOBS=5000 each)
+#   B_ENV="TOKIO_WORKER_THREADS=1" benches/ab.sh BIN BIN   # one build, two environments
+#
+# A_ENV / B_ENV are variable assignments given to every process of that side (serve, worker,
+# loadgen), so a setting can be compared with one binary.
 #
 # Build each binary with `cargo build --release` and copy it aside first (both builds share
 # target/release/coretex). Needs redis-server, nats-server and python3 on PATH.
@@ -17,6 +22,15 @@ PAIRS=${PAIRS:-8}
 N=${N:-20000}
 C=${C:-50}
 BATCH=${BATCH:-1000}
+RATE=${RATE:-}
+RATE_JOBS=${RATE_JOBS:-5000}
+declare -A envs=([A]="${A_ENV:-}" [B]="${B_ENV:-}")
+if [ -n "$RATE" ]; then
+  N=$RATE_JOBS
+  mode=(--rate "$RATE")
+else
+  mode=(--batch "$BATCH")
+fi
 
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -29,11 +43,11 @@ for s in A B; do
   nats-server -js -a 127.0.0.1 -p "$nats" -sd "$work/$s.nats" >"$work/$s.nats.log" 2>&1 & pids+=($!)
   pid[$s.nats]=$!
   wait_port "$redis"; wait_port "$nats"
-  RUST_LOG=warn ${bin[$s]} serve --listen "127.0.0.1:$http" --redis-url "redis://127.0.0.1:$redis" \
+  env ${envs[$s]} RUST_LOG=warn ${bin[$s]} serve --listen "127.0.0.1:$http" --redis-url "redis://127.0.0.1:$redis" \
     --nats-url "nats://127.0.0.1:$nats" >"$work/$s.serve.log" 2>&1 & pids+=($!)
   pid[$s.serve]=$!
   wait_port "$http"
-  RUST_LOG=warn ${bin[$s]} worker --nats-url "nats://127.0.0.1:$nats" --id "ab-$s" --pool echo \
+  env ${envs[$s]} RUST_LOG=warn ${bin[$s]} worker --nats-url "nats://127.0.0.1:$nats" --id "ab-$s" --pool echo \
     --topic job.echo --max-parallel 50 --echo >"$work/$s.worker.log" 2>&1 & pids+=($!)
   pid[$s.worker]=$!
   gateway[$s]="http://127.0.0.1:$http"
@@ -49,8 +63,8 @@ run() {
   declare -A before
   for r in serve redis nats worker; do before[$r]=$(ticks "${pid[$s.$r]}"); done
   local TIMEFORMAT='loadgen-cpu %U %S'
-  line=$({ time "${bin[$s]}" loadgen --gateway "${gateway[$s]}" --jobs "$N" --concurrency "$C" \
-    --batch "$BATCH" --topic job.echo 2>/dev/null; } 2>"$work/time")
+  line=$({ time env ${envs[$s]} "${bin[$s]}" loadgen --gateway "${gateway[$s]}" --jobs "$N" \
+    --concurrency "$C" "${mode[@]}" --topic job.echo 2>/dev/null; } 2>"$work/time")
   local out="$s"
   for f in e2e_per_s p50_ms p99_ms; do out+=" $f=$(sed -n "s/.* $f=\([0-9.]*\).*/\1/p" <<<"$line")"; done
   for r in serve redis nats worker; do
@@ -66,7 +80,8 @@ for p in $(seq 1 "$PAIRS"); do
   if [ $((p % 2)) -eq 1 ]; then run A; run B; else run B; run A; fi
 done
 
-echo "== medians over $PAIRS pairs (A=${bin[A]}, B=${bin[B]}; CPU in µs per job)"
+echo "== medians over $PAIRS pairs of ${RATE:+open-loop }runs of $N jobs${RATE:+ at $RATE/s}" \
+  "(A=${bin[A]} ${envs[A]}, B=${bin[B]} ${envs[B]}; CPU in µs per job)"
 python3 - "$work/runs" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
