@@ -114,14 +114,27 @@ impl NatsBus {
     }
 }
 
-struct JsAcker(async_nats::jetstream::message::Acker);
+/// Acks a worker event and waits for JetStream to confirm: a plain ack is only queued on the
+/// connection, and is lost when the process exits right after acking (the event is then
+/// handled twice). The confirmation comes back through the client's one shared reply
+/// subscription (a request), not through a subscription made and dropped per ack as
+/// async-nats's `double_ack` does: that cost the server a SUB and an UNSUB per event.
+struct JsAcker {
+    client: async_nats::Client,
+    reply: async_nats::Subject,
+}
+
+/// What an ack sends (`AckKind::Ack` on the wire).
+const ACK: &[u8] = b"+ACK";
 
 #[async_trait]
 impl Acker for JsAcker {
-    /// Waits for JetStream to confirm: a plain ack is only queued on the connection, and is lost
-    /// when the process exits right after acking (the event is then handled twice).
     async fn ack(self: Box<Self>) -> BusResult<()> {
-        self.0.double_ack().await.map_err(unavailable)
+        self.client
+            .request(self.reply, Bytes::from_static(ACK))
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 }
 
@@ -190,19 +203,29 @@ impl Bus for NatsBus {
             .messages()
             .await
             .map_err(unavailable)?;
-        Ok(Box::pin(messages.filter_map(|m| async move {
-            match m {
-                Ok(m) => {
-                    let (m, acker) = m.split();
-                    Some(Message::durable(
-                        m.subject.to_string(),
-                        m.payload,
-                        Box::new(JsAcker(acker)),
-                    ))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "worker event stream error");
-                    None
+        let client = self.client.clone();
+        Ok(Box::pin(messages.filter_map(move |m| {
+            let client = client.clone();
+            async move {
+                match m {
+                    Ok(m) => {
+                        let m = m.message;
+                        let subject = m.subject.to_string();
+                        // JetStream gives every delivery an ack subject; one without has
+                        // nothing to ack.
+                        Some(match m.reply {
+                            Some(reply) => Message::durable(
+                                subject,
+                                m.payload,
+                                Box::new(JsAcker { client, reply }),
+                            ),
+                            None => Message::new(subject, m.payload),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "worker event stream error");
+                        None
+                    }
                 }
             }
         })))
