@@ -41,22 +41,24 @@
 //! acks one message where it stored and acked each job.
 //!
 //! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
-//! Redis and NATS; CPU per job, medians of runs alternated with another build's; the machine's
-//! speed drifts, so the shares matter more than the figures): Redis ~60 µs (~45 µs on a faster
-//! day) — inside the two scripts, the record is one hash (its fields and its history, `h:1`…),
-//! written twice (~10 µs), seven sorted-set changes (into the PENDING index, out of it and into
-//! the final state's, recency and tenant at the create and at the end: ~15 µs, the largest
-//! part, sent as one `ZADD`/`ZREM` per index per batch), the existence check, the read of the
-//! state and the record's TTL, set once the job has finished; the rest is the Lua interpreter
-//! around them. A job that joins another's trace adds its trace index entry (and the TTL of
-//! that index). This is the floor while every job keeps its record, its history and the
-//! indexes SPEC §3 names.
-//! `serve` ~50–60 µs (diffuse: the result batches' application ~20%, scheduling ~20% — a job
-//! that finds every slot taken is scheduled twice, once into the wait queue —, HTTP and JSON
-//! of the bulk submits ~14%, the NATS and Redis clients' I/O; allocation is a large share,
-//! hence mimalloc); NATS ~20 µs (0.19 messages in and out per job: batches of jobs, results
-//! and events, the results' JetStream storage and acks); the echo worker ~12 µs; `loadgen`
-//! ~6 µs. A worker slot is given back the moment a result arrives, not once it is stored, so
+//! Redis and NATS; CPU per job, the range of one evening's runs: the machine's speed drifts, so
+//! the shares matter more than the figures): Redis 35–55 µs — inside the two scripts, the
+//! record is one hash (its fields and its history, `h:1`…), written twice, seven sorted-set
+//! changes (into the PENDING index, out of it and into the final state's, recency and tenant at
+//! the create and at the end: the largest part, sent as one `ZADD`/`ZREM` per index per batch),
+//! the existence check, the read of the state and the record's TTL, set once the job has
+//! finished; the rest is the Lua interpreter around them. A job that joins another's trace adds
+//! its trace index entry (and the TTL of that index). This is the floor while every job keeps
+//! its record, its history and the indexes SPEC §3 names.
+//! `serve` 30–40 µs on one thread (diffuse: the result batches' application, scheduling — a
+//! job that finds every slot taken is scheduled twice, once into the wait queue —, HTTP and
+//! JSON of the bulk submits, the NATS and Redis clients' I/O; allocation is a large share,
+//! hence mimalloc); NATS ~10 µs (~0.2 messages in and out per job: batches of jobs, results and
+//! events, the results' JetStream storage and acks); the echo worker 6–8 µs; `loadgen` 4–7 µs.
+//! One thread (`serve --threads`, its default on up to 2 cores) because every hand-off between
+//! runtime threads is a wakeup on cores that Redis, NATS and the workers share, and because the
+//! batches grow when one thread gathers them (+22% jobs/s against two threads, side by side).
+//! A worker slot is given back the moment a result arrives, not once it is stored, so
 //! the store's latency does not eat into a worker's `max_parallel`; each replica counts only
 //! the slots it took (a result another replica applied frees it through that job's event).
 //!
