@@ -94,6 +94,9 @@ on_both_backends! {
     oversized_bodies_are_refused_with_a_problem
         => oversized_bodies_are_refused_with_a_problem_embedded,
            oversized_bodies_are_refused_with_a_problem_real;
+    tenant_keys_see_and_touch_only_their_tenant
+        => tenant_keys_see_and_touch_only_their_tenant_embedded,
+           tenant_keys_see_and_touch_only_their_tenant_real;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1957,4 +1960,269 @@ async fn every_replicas_stream_reports_each_job_once() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys and rate limits
+// ---------------------------------------------------------------------------------------------
+
+/// An API client that sends `key` with every request.
+fn keyed(h: &Host, key: &str) -> Api {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", key.parse().unwrap());
+    Api {
+        base: h.api.base.clone(),
+        http: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+    }
+}
+
+async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
+    let (acme, beta) = (unique("acme-"), unique("beta-"));
+    let mut o = options(backend);
+    o.reconciler = fast_reconciler();
+    o.api_key = Some("root-key".into());
+    o.tenant_keys = vec![
+        (acme.clone(), "acme-key".into()),
+        (beta.clone(), "beta-key".into()),
+    ];
+    let h = Host::start_with(o).await;
+    let (root, a, b) = (
+        keyed(&h, "root-key"),
+        keyed(&h, "acme-key"),
+        keyed(&h, "beta-key"),
+    );
+
+    // No key, or an unknown one: 401 everywhere under /api; /health stays open.
+    assert_eq!(h.api.get("/api/v1/jobs").await.0, 401);
+    assert_eq!(keyed(&h, "guess").get("/api/v1/jobs").await.0, 401);
+    assert_eq!(h.api.get("/health").await.0, 200);
+
+    // A tenant key's jobs go to its tenant; naming another is refused and stores nothing.
+    let topic = unique("tenancy.");
+    let acme_job = a.submit(json!({"topic": topic, "payload": {}})).await;
+    let (_, job) = a.get(&format!("/api/v1/jobs/{acme_job}")).await;
+    assert_eq!(job["tenant_id"], acme.as_str(), "{job}");
+    let (status, v) = a
+        .post("/api/v1/jobs", json!({"topic": topic, "tenant_id": beta}))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("tenant_id"), "{v}");
+    let beta_job = b.submit(json!({"topic": topic, "payload": {}})).await;
+    let admin_job = root
+        .submit(json!({"topic": topic, "tenant_id": beta, "payload": {}}))
+        .await;
+
+    // Another tenant's job does not exist for it: read, cancel, approve all answer 404.
+    assert_eq!(b.get(&format!("/api/v1/jobs/{acme_job}")).await.0, 404);
+    assert_eq!(
+        b.post(&format!("/api/v1/jobs/{acme_job}/cancel"), json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        b.post(
+            &format!("/api/v1/jobs/{acme_job}/approve"),
+            json!({"approved": true})
+        )
+        .await
+        .0,
+        404
+    );
+    let (_, job) = root.get(&format!("/api/v1/jobs/{acme_job}")).await;
+    assert_eq!(
+        job["state"], "PENDING",
+        "the refused cancel changed nothing: {job}"
+    );
+
+    // Lists are narrowed to the key's tenant; asking for another's is refused.
+    let (_, list) = b.get(&format!("/api/v1/jobs?topic={topic}")).await;
+    let mut seen = ids(&list, "id");
+    seen.sort();
+    let mut want = vec![beta_job.clone(), admin_job.clone()];
+    want.sort();
+    assert_eq!(seen, want, "{list}");
+    assert_eq!(a.get(&format!("/api/v1/jobs?tenant={beta}")).await.0, 403);
+    let (_, list) = root.get(&format!("/api/v1/jobs?topic={topic}")).await;
+    assert_eq!(ids(&list, "id").len(), 3, "{list}");
+    let (_, trace) = b.get(&format!("/api/v1/traces/{acme_job}")).await;
+    assert!(items(&trace).is_empty(), "{trace}");
+
+    // A batch reports an item for another tenant in its place and keeps the rest.
+    let (status, v) = a
+        .post(
+            "/api/v1/jobs/batch",
+            json!({"jobs": [{"topic": topic}, {"topic": topic, "tenant_id": beta}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["accepted"], 1, "{v}");
+    assert_eq!(v["items"][1]["error"]["status"], 403, "{v}");
+
+    // Dead letters: a job past its deadline lands there, seen only by its tenant (and admin).
+    let late = a
+        .submit(json!({"topic": unique("nobody."), "deadline_ms": 200}))
+        .await;
+    wait_for(
+        &a,
+        &format!("/api/v1/dlq/{late}"),
+        "dead-lettered",
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(b.get(&format!("/api/v1/dlq/{late}")).await.0, 404);
+    assert_eq!(
+        b.post(&format!("/api/v1/dlq/{late}/retry"), json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(b.delete(&format!("/api/v1/dlq/{late}")).await, 404);
+    let (_, list) = b.get("/api/v1/dlq").await;
+    assert!(items(&list).is_empty(), "{list}");
+    let (_, list) = a.get("/api/v1/dlq").await;
+    assert_eq!(ids(&list, "job_id"), [late.as_str()]);
+    assert_eq!(root.get(&format!("/api/v1/dlq/{late}")).await.0, 200);
+
+    // Config: its own org scope only; another org's is absent, the system scope is admin's.
+    let (status, v) = a
+        .post(
+            "/api/v1/config",
+            json!({"scope": "org", "id": acme, "data": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = a
+        .post(
+            "/api/v1/config",
+            json!({"scope": "org", "id": beta, "data": {"x": 2}}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = a
+        .post(
+            "/api/v1/config",
+            json!({"scope": "system", "data": {"x": 3}}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        b.get(&format!("/api/v1/config?scope=org&id={acme}"))
+            .await
+            .0,
+        404
+    );
+    let (_, eff) = a.get("/api/v1/config/effective").await;
+    assert_eq!(
+        eff["x"], 1,
+        "a tenant's effective config is its own org's: {eff}"
+    );
+    assert_eq!(
+        b.get(&format!("/api/v1/config/effective?org_id={acme}"))
+            .await
+            .0,
+        403
+    );
+
+    // Workflows and runs belong to the org of the key that made them.
+    let wf = unique("wf-");
+    let (status, v) = a
+        .post(
+            "/api/v1/workflows",
+            json!({"id": wf, "name": "t", "steps": {"s": {"topic": unique("none.")}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["org_id"], acme.as_str(), "{v}");
+    assert_eq!(b.get(&format!("/api/v1/workflows/{wf}")).await.0, 404);
+    assert_eq!(
+        b.post(&format!("/api/v1/workflows/{wf}/runs"), json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(b.delete(&format!("/api/v1/workflows/{wf}")).await, 404);
+    let (status, run) = a
+        .post(&format!("/api/v1/workflows/{wf}/runs"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["run_id"].as_str().unwrap();
+    assert_eq!(
+        b.get(&format!("/api/v1/workflow-runs/{run_id}")).await.0,
+        404
+    );
+    assert_eq!(
+        b.post(
+            &format!("/api/v1/workflows/{wf}/runs/{run_id}/cancel"),
+            json!({})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        a.get(&format!("/api/v1/workflow-runs/{run_id}")).await.0,
+        200
+    );
+    let (_, list) = b.get("/api/v1/workflows").await;
+    assert!(!ids(&list, "id").contains(&wf), "{list}");
+    let (_, list) = a.get("/api/v1/workflows").await;
+    assert!(ids(&list, "id").contains(&wf), "{list}");
+
+    // Admin-only: plugin uploads and the live stream.
+    let r = a
+        .http
+        .put(format!("{}/api/v1/plugins/mine", a.base))
+        .header("content-type", "application/wasm")
+        .body(vec![0u8; 8])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(a.delete("/api/v1/plugins/least-loaded").await, 403);
+    let r = a
+        .http
+        .get(format!("{}/api/v1/stream", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_is_held_to_its_rate_limit() {
+    let mut o = options(Backend::Embedded);
+    o.api_key = Some("root-key".into());
+    o.tenant_keys = vec![(unique("acme-"), "acme-key".into())];
+    o.rate_limit = std::num::NonZeroU32::new(3);
+    let h = Host::start_with(o).await;
+    let (root, a) = (keyed(&h, "root-key"), keyed(&h, "acme-key"));
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(a.get("/api/v1/workers").await.0);
+    }
+    assert_eq!(&codes[..3], [200, 200, 200], "{codes:?}");
+    assert!(codes[3..].contains(&429), "{codes:?}");
+    let r = a
+        .http
+        .get(format!("{}/api/v1/workers", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry_after, 1);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["status"], 429, "{problem}");
+    // Another key has a bucket of its own.
+    assert_eq!(root.get("/api/v1/workers").await.0, 200);
+    h.stop().await;
 }

@@ -177,9 +177,20 @@ struct ServeArgs {
     /// Prefix of every NATS subject.
     #[arg(long, env = "CORETEX_SUBJECT_PREFIX", default_value = "")]
     subject_prefix: String,
-    /// Admin API key; without it the API is open and listens on loopback only.
+    /// The admin API key. With no key at all (admin or tenant) the API is open and listens on
+    /// loopback only.
     #[arg(long, env = "CORETEX_API_KEY")]
     api_key: Option<String>,
+    /// A key bound to one tenant, as TENANT=KEY (repeat it; the environment variable takes a
+    /// comma-separated list). It sees only that tenant's jobs, workflows, runs, config and
+    /// dead letters.
+    #[arg(long = "tenant-key", env = "CORETEX_TENANT_KEYS", value_delimiter = ',',
+          value_parser = parse_label)]
+    tenant_keys: Vec<(String, String)>,
+    /// Requests per second each API key may make (a burst of as many; over it, 429 with
+    /// Retry-After). Without it, no limit.
+    #[arg(long, env = "CORETEX_RATE_LIMIT")]
+    rate_limit: Option<std::num::NonZeroU32>,
     /// Start an in-process echo worker pool (pool `echo`, topic `job.echo`).
     #[arg(long)]
     demo_workers: bool,
@@ -666,6 +677,8 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         key_prefix: a.key_prefix,
         subject_prefix: a.subject_prefix,
         api_key: a.api_key,
+        tenant_keys: a.tenant_keys,
+        rate_limit: a.rate_limit,
         demo_workers: a.demo_workers,
         store: StoreOptions {
             job_ttl_ms: a.job_ttl.as_millis() as u64,

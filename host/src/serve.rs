@@ -41,7 +41,12 @@ pub struct ServeOptions {
     pub nats_url: Option<String>,
     pub key_prefix: String,
     pub subject_prefix: String,
+    /// The admin key.
     pub api_key: Option<String>,
+    /// Keys bound to a tenant: (tenant, key).
+    pub tenant_keys: Vec<(String, String)>,
+    /// Requests per second each key may make (a burst of as many); `None` is no limit.
+    pub rate_limit: Option<std::num::NonZeroU32>,
     pub demo_workers: bool,
     pub store: StoreOptions,
     pub scheduler: SchedulerSettings,
@@ -63,6 +68,8 @@ impl Default for ServeOptions {
             key_prefix: "coretex:".into(),
             subject_prefix: String::new(),
             api_key: None,
+            tenant_keys: Vec::new(),
+            rate_limit: None,
             demo_workers: false,
             store: StoreOptions::default(),
             scheduler: SchedulerSettings::default(),
@@ -117,7 +124,12 @@ pub const DEMO_TOPIC: &str = "job.echo";
 
 /// Connects the backends, starts every component and the HTTP listener.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
-    if opts.api_key.is_none() && !opts.listen.ip().is_loopback() {
+    let keys = Arc::new(gateway::auth::Keys::new(
+        opts.api_key.as_deref(),
+        &opts.tenant_keys,
+        opts.rate_limit,
+    )?);
+    if keys.open() && !opts.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {} without an API key: set --api-key (CORETEX_API_KEY) or listen on loopback",
             opts.listen
@@ -233,7 +245,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         reconciler: reconciler.clone(),
         workflows: workflows.clone(),
         metrics,
-        api_key: opts.api_key.clone(),
+        keys: keys.clone(),
         started: Instant::now(),
         max_body_bytes: opts.max_body_bytes,
     };
@@ -249,7 +261,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
     });
-    if opts.api_key.is_none() {
+    if keys.open() {
         tracing::warn!("no API key configured: the API is open, on loopback only");
     }
     tracing::info!(%addr, store = store.backend(), bus = bus.backend(), "coretex serving");

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Body, Query};
 use crate::configsvc::{ConfigTarget, Scope, ScopeRef};
@@ -25,8 +26,21 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-fn scope_of(r: &ScopeRef) -> Result<Scope, ApiError> {
-    Scope::parse(r).map_err(ApiError::invalid)
+/// The scope a request names, if the caller may touch it: a tenant key only its own tenant's
+/// `org` scope (another tenant's answers 404, the system, team, workflow and step scopes 403).
+fn scope_of(caller: &Caller, r: &ScopeRef) -> Result<Scope, ApiError> {
+    let scope = Scope::parse(r).map_err(ApiError::invalid)?;
+    match (caller.tenant(), &scope) {
+        (None, _) => Ok(scope),
+        (Some(t), Scope::Org(org)) if org == t => Ok(scope),
+        (Some(_), Scope::Org(_)) => {
+            Err(ApiError::not_found(format!("no config at {}", scope.key())))
+        }
+        (Some(_), _) => {
+            caller.require_admin("config outside the key's own `org` scope")?;
+            Ok(scope)
+        }
+    }
 }
 
 fn with_etag(doc: &crate::store::ConfigDoc, body: Value) -> Response {
@@ -49,15 +63,19 @@ pub struct SetRequest {
 
 pub async fn set(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Body(req): Body<SetRequest>,
 ) -> Result<Response, ApiError> {
-    let scope = scope_of(&ScopeRef {
-        scope: req.scope.clone(),
-        id: req.id.clone(),
-        workflow_id: req.workflow_id.clone(),
-        step_id: req.step_id.clone(),
-    })?;
+    let scope = scope_of(
+        &caller,
+        &ScopeRef {
+            scope: req.scope.clone(),
+            id: req.id.clone(),
+            workflow_id: req.workflow_id.clone(),
+            step_id: req.step_id.clone(),
+        },
+    )?;
     let data = req
         .data
         .ok_or_else(|| ApiError::field("data", "is required"))?;
@@ -72,9 +90,10 @@ pub async fn set(
 
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     Query(r): Query<ScopeRef>,
 ) -> Result<Response, ApiError> {
-    let scope = scope_of(&r)?;
+    let scope = scope_of(&caller, &r)?;
     match s.config.get(&scope).await? {
         Some(doc) => Ok(with_etag(
             &doc,
@@ -88,10 +107,11 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Query(r): Query<ScopeRef>,
 ) -> Result<Response, ApiError> {
-    let scope = scope_of(&r)?;
+    let scope = scope_of(&caller, &r)?;
     if s.config.delete(&scope, if_match(&headers)?).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -101,8 +121,10 @@ pub async fn delete(
 
 pub async fn effective(
     State(s): State<AppState>,
-    Query(t): Query<ConfigTarget>,
+    caller: Caller,
+    Query(mut t): Query<ConfigTarget>,
 ) -> Result<Response, ApiError> {
+    t.org_id = caller.narrow("org_id", t.org_id)?;
     let mut errors = Vec::new();
     for (field, v) in [
         ("org_id", &t.org_id),

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Query, RawBody, page_request};
 use crate::job::JobState;
@@ -41,20 +42,36 @@ fn filter(
 
 pub async fn list(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
-    let f = filter(q.tenant, q.topic, q.status)?;
+    let f = filter(caller.narrow("tenant", q.tenant)?, q.topic, q.status)?;
     Ok(Json(s.dlq.list(&f, &page).await?).into_response())
+}
+
+/// 404 unless the dead letter exists and the caller sees its tenant (an admin is not asked:
+/// the action itself answers 404 for one that does not exist).
+async fn check_visible(s: &AppState, caller: &Caller, job_id: &str) -> Result<(), ApiError> {
+    if caller.tenant().is_none() {
+        return Ok(());
+    }
+    match s.dlq.get(job_id).await? {
+        Some(e) if caller.sees(&e.tenant_id) => Ok(()),
+        _ => Err(ApiError::not_found(format!(
+            "no dead letter for `{job_id}`"
+        ))),
+    }
 }
 
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     match s.dlq.get(&job_id).await? {
-        Some(e) => Ok(Json(e).into_response()),
-        None => Err(ApiError::not_found(format!(
+        Some(e) if caller.sees(&e.tenant_id) => Ok(Json(e).into_response()),
+        _ => Err(ApiError::not_found(format!(
             "no dead letter for `{job_id}`"
         ))),
     }
@@ -62,8 +79,10 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    check_visible(&s, &caller, &job_id).await?;
     if s.dlq.delete(&job_id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -75,8 +94,10 @@ pub async fn delete(
 
 pub async fn retry(
     State(s): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    check_visible(&s, &caller, &job_id).await?;
     let r = s.dlq.retry(&job_id).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -95,6 +116,7 @@ const MAX_BULK: usize = 10_000;
 
 pub async fn retry_matching(
     State(s): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: BulkRequest = super::optional_body(&body)?;
@@ -105,6 +127,6 @@ pub async fn retry_matching(
             format!("must be between 1 and {MAX_BULK}"),
         ));
     }
-    let f = filter(req.tenant, req.topic, req.status)?;
+    let f = filter(caller.narrow("tenant", req.tenant)?, req.topic, req.status)?;
     Ok(Json(s.dlq.retry_matching(&f, max).await?).into_response())
 }

@@ -7,10 +7,23 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Body, Query, RawBody, page_request, time_param};
 use crate::job::{JobRequest, JobState, check_ident};
 use crate::store::JobFilter;
+
+/// 404 unless the job exists and the caller sees its tenant (an admin is not asked: the
+/// action itself answers 404 for a job that does not exist).
+async fn check_visible(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    if caller.tenant().is_none() {
+        return Ok(());
+    }
+    match s.scheduler.store.get_job(id).await? {
+        Some(job) if caller.sees(&job.spec.tenant_id) => Ok(()),
+        _ => Err(ApiError::not_found(format!("no such job `{id}`"))),
+    }
+}
 
 fn check_path_id(field: &str, id: &str) -> Result<(), ApiError> {
     let mut errors = Vec::new();
@@ -24,9 +37,11 @@ fn check_path_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 pub async fn submit(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
-    Body(req): Body<JobRequest>,
+    Body(mut req): Body<JobRequest>,
 ) -> Result<Response, ApiError> {
+    req.tenant_id = caller.narrow("tenant_id", req.tenant_id.take())?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -66,6 +81,7 @@ pub const MAX_BATCH: usize = 1000;
 
 pub async fn submit_batch(
     State(s): State<AppState>,
+    caller: Caller,
     Body(batch): Body<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
@@ -79,10 +95,16 @@ pub async fn submit_batch(
     let mut slots = Vec::with_capacity(batch.jobs.len());
     for (i, item) in batch.jobs.into_iter().enumerate() {
         match serde_json::from_value::<JobRequest>(item) {
-            Ok(r) => {
-                slots.push(None);
-                parsed.push(r);
-            }
+            Ok(mut r) => match caller.narrow("tenant_id", r.tenant_id.take()) {
+                Ok(tenant) => {
+                    r.tenant_id = tenant;
+                    slots.push(None);
+                    parsed.push(r);
+                }
+                Err(e) => slots.push(Some(json!({"index": i, "error": {
+                    "status": e.status.as_u16(), "detail": e.detail,
+                    "errors": [{"field": format!("jobs[{i}].tenant_id"), "message": e.detail}]}}))),
+            },
             Err(e) => slots.push(Some(json!({"index": i, "error": {
                 "status": 422, "errors": [{"field": format!("jobs[{i}]"), "message": e.to_string()}]}}))),
         }
@@ -135,6 +157,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
@@ -149,7 +172,7 @@ pub async fn list(
     let filter = JobFilter {
         state,
         topic: q.topic,
-        tenant: q.tenant,
+        tenant: caller.narrow("tenant", q.tenant)?,
         team: q.team,
         trace_id: q.trace_id,
         updated_after: time_param("updated_after", q.updated_after.as_deref())?,
@@ -159,11 +182,15 @@ pub async fn list(
     Ok(Json(page).into_response())
 }
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_path_id("id", &id)?;
     match s.scheduler.store.get_job(&id).await? {
-        Some(job) => Ok(Json(job).into_response()),
-        None => Err(ApiError::not_found(format!("no such job `{id}`"))),
+        Some(job) if caller.sees(&job.spec.tenant_id) => Ok(Json(job).into_response()),
+        _ => Err(ApiError::not_found(format!("no such job `{id}`"))),
     }
 }
 
@@ -175,10 +202,12 @@ pub struct CancelRequest {
 
 pub async fn cancel(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     check_path_id("id", &id)?;
+    check_visible(&s, &caller, &id).await?;
     let req: CancelRequest = super::optional_body(&body)?;
     let reason = req
         .reason
@@ -199,10 +228,12 @@ pub struct ApproveRequest {
 
 pub async fn approve(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Body(req): Body<ApproveRequest>,
 ) -> Result<Response, ApiError> {
     check_path_id("id", &id)?;
+    check_visible(&s, &caller, &id).await?;
     if req.comment.as_ref().is_some_and(|c| c.len() > 1000) {
         return Err(ApiError::field(
             "comment",
@@ -222,6 +253,7 @@ pub struct TraceQuery {
 
 pub async fn trace(
     State(s): State<AppState>,
+    caller: Caller,
     Path(trace_id): Path<String>,
     Query(q): Query<TraceQuery>,
 ) -> Result<Response, ApiError> {
@@ -229,6 +261,7 @@ pub async fn trace(
     let page = page_request(q.limit.or(Some(super::MAX_LIMIT)), q.cursor.as_deref())?;
     let filter = JobFilter {
         trace_id: Some(trace_id),
+        tenant: caller.tenant().map(str::to_string),
         ..Default::default()
     };
     let page = s.scheduler.store.list_jobs(&filter, &page).await?;

@@ -1,10 +1,12 @@
 //! The HTTP gateway (SPEC §11): JSON over HTTP under `/api/v1`, errors as problem+json (built
 //! in [`error`] only), lists as `{items, next_cursor}` with `limit` ≤ 500 and an opaque cursor.
 //!
-//! Every body is size-limited and every field validated before anything changes. With an admin
-//! key configured (`--api-key`) every `/api` route needs it (`Authorization: Bearer …` or
-//! `X-API-Key`); without one, `serve` refuses to listen beyond loopback.
+//! Every body is size-limited and every field validated before anything changes. With keys
+//! configured (an admin key, `--api-key`, and tenant keys, `--tenant-key`) every `/api` route
+//! needs one (`Authorization: Bearer …` or `X-API-Key`), and a tenant key sees only its tenant
+//! (see [`auth`]); without any, `serve` refuses to listen beyond loopback.
 
+pub mod auth;
 mod config;
 mod dlq;
 pub mod error;
@@ -17,8 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -62,7 +64,7 @@ pub struct AppState {
     pub reconciler: Arc<Reconciler>,
     pub workflows: Arc<Engine>,
     pub metrics: Option<PrometheusHandle>,
-    pub api_key: Option<String>,
+    pub keys: Arc<auth::Keys>,
     pub started: Instant,
     pub max_body_bytes: usize,
 }
@@ -120,7 +122,10 @@ pub fn router(state: AppState) -> Router {
             "/plugins/{name}",
             axum::routing::put(plugins::put).delete(plugins::delete),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
@@ -128,34 +133,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
-}
-
-async fn require_key(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Some(key) = &state.api_key {
-        let given = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-            });
-        if given != Some(key.as_str()) {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn status(State(s): State<AppState>) -> Response {

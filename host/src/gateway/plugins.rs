@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, RawBody};
 use crate::plugins::Source;
@@ -18,9 +19,11 @@ pub async fn list(State(s): State<AppState>) -> Response {
 /// API, 200 when it replaces an uploaded version; either way every replica loads it.
 pub async fn put(
     State(s): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    caller.require_admin("uploading a plugin")?;
     if body.is_empty() {
         return Err(ApiError::field(
             "body",
@@ -44,8 +47,10 @@ pub async fn put(
 
 pub async fn delete(
     State(s): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require_admin("deleting a plugin")?;
     let plugins = &s.scheduler.plugins;
     if plugins
         .delete(&s.scheduler.store, &s.scheduler.bus, &name)

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Query};
 use crate::job::JobState;
@@ -24,10 +25,13 @@ pub struct StreamQuery {
     state: Option<String>,
 }
 
+/// Every tenant's events go to a stream (they do not carry their tenant): an admin key's.
 pub async fn stream(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require_admin("the live stream (every tenant's events)")?;
     let only = q
         .state
         .as_deref()

@@ -8,11 +8,26 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Body, Query, RawBody, optional_body, page_request};
 use crate::job::FieldError;
 use crate::store::RunFilter;
-use crate::workflow::definition::{Run, Status, WorkflowSpec};
+use crate::workflow::definition::{Run, Status, Workflow, WorkflowSpec};
+
+/// The workflow, when the caller sees its org (else 404, as if it did not exist).
+async fn visible(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    version: Option<u64>,
+) -> Result<Workflow, ApiError> {
+    let wf = s.workflows.get(id, version).await?;
+    if !caller.sees(&wf.org_id) {
+        return Err(ApiError::not_found(format!("no such workflow `{id}`")));
+    }
+    Ok(wf)
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -84,44 +99,61 @@ fn definition_body(headers: &HeaderMap, bytes: &[u8]) -> Result<WorkflowSpec, Ap
 
 pub async fn create(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let spec = definition_body(&headers, &body)?;
+    let mut spec = definition_body(&headers, &body)?;
+    spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     let wf = s.workflows.create(spec).await?;
     Ok((StatusCode::CREATED, Json(wf)).into_response())
 }
 
+/// A tenant key's page holds only its org's definitions (so it may hold fewer than `limit`;
+/// `next_cursor` still leads on).
 pub async fn list(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
-    Ok(Json(s.workflows.list(&page).await?).into_response())
+    let mut page = s.workflows.list(&page).await?;
+    page.items.retain(|wf| caller.sees(&wf.org_id));
+    Ok(Json(page).into_response())
 }
 
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.workflows.get(&id, q.version).await?).into_response())
+    Ok(Json(visible(&s, &caller, &id, q.version).await?).into_response())
 }
 
 pub async fn update(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let spec = definition_body(&headers, &body)?;
+    let mut spec = definition_body(&headers, &body)?;
+    if caller.tenant().is_some() {
+        visible(&s, &caller, &id, None).await?;
+    }
+    spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     Ok(Json(s.workflows.update(&id, spec).await?).into_response())
 }
 
 pub async fn delete(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if caller.tenant().is_some() {
+        visible(&s, &caller, &id, None).await?;
+    }
     if s.workflows.delete(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -131,10 +163,14 @@ pub async fn delete(
 
 pub async fn start_run(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: StartRun = optional_body(&body)?;
+    if caller.tenant().is_some() {
+        visible(&s, &caller, &id, None).await?;
+    }
     let run = s.workflows.start_run(&id, req.input).await?;
     Ok((
         StatusCode::CREATED,
@@ -143,11 +179,16 @@ pub async fn start_run(
         .into_response())
 }
 
+/// A tenant key's page holds only its org's runs.
 pub async fn list_runs(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, ApiError> {
+    if caller.tenant().is_some() {
+        visible(&s, &caller, &id, None).await?;
+    }
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let status = q
         .status
@@ -165,20 +206,27 @@ pub async fn list_runs(
         workflow_id: Some(id),
         status,
     };
-    Ok(Json(s.workflows.list_runs(&filter, &page).await?).into_response())
+    let mut page = s.workflows.list_runs(&filter, &page).await?;
+    page.items.retain(|run| caller.sees(&run.org_id));
+    Ok(Json(page).into_response())
 }
 
 pub async fn get_run(
     State(s): State<AppState>,
+    caller: Caller,
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.workflows.get_run(&run_id).await?).into_response())
+    let run = s.workflows.get_run(&run_id).await?;
+    if !caller.sees(&run.org_id) {
+        return Err(ApiError::not_found(format!("no such run `{run_id}`")));
+    }
+    Ok(Json(run).into_response())
 }
 
-/// The run, when it belongs to the workflow in the path (else 404).
-async fn run_of(s: &AppState, id: &str, run_id: &str) -> Result<Run, ApiError> {
+/// The run, when it belongs to the workflow in the path and the caller sees its org (else 404).
+async fn run_of(s: &AppState, caller: &Caller, id: &str, run_id: &str) -> Result<Run, ApiError> {
     let run = s.workflows.get_run(run_id).await?;
-    if run.workflow_id != id {
+    if run.workflow_id != id || !caller.sees(&run.org_id) {
         return Err(ApiError::not_found(format!(
             "no run `{run_id}` of workflow `{id}`"
         )));
@@ -188,32 +236,35 @@ async fn run_of(s: &AppState, id: &str, run_id: &str) -> Result<Run, ApiError> {
 
 pub async fn cancel_run(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, run_id)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
-    run_of(&s, &id, &run_id).await?;
+    run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_run(&run_id, &reason).await?).into_response())
 }
 
 pub async fn cancel_step(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, run_id, step_id)): Path<(String, String, String)>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
-    run_of(&s, &id, &run_id).await?;
+    run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_step(&run_id, &step_id, &reason).await?).into_response())
 }
 
 pub async fn approve(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, run_id, step_id)): Path<(String, String, String)>,
     Body(req): Body<ApproveBody>,
 ) -> Result<Response, ApiError> {
-    run_of(&s, &id, &run_id).await?;
+    run_of(&s, &caller, &id, &run_id).await?;
     let run = s
         .workflows
         .approve(&run_id, &step_id, req.approved, req.comment)
