@@ -125,7 +125,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        // Added after the key check, so it is served without a key: it describes the API.
+        .route("/openapi.json", get(openapi));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
@@ -133,6 +135,19 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of this API (SPEC §11). Kept by hand beside the routes; the API
+/// tests check that every operation it lists is routed and that every route of SPEC §11 is in
+/// it.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {
