@@ -2183,13 +2183,39 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     assert_eq!(a.delete("/api/v1/plugins/least-loaded").await, 403);
-    let r = a
-        .http
-        .get(format!("{}/api/v1/stream", a.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+
+    // The live stream: a tenant key's carries only its tenant's events, an admin's every one.
+    let done = unique("done.");
+    h.worker(&unique("w-tenancy-"), "p", &[&done], &[], Mode::Echo);
+    wait_for(&root, "/api/v1/workers", "the worker registers", |_, v| {
+        !items(v).is_empty()
+    })
+    .await;
+    let (mut acme_events, mut all_events) = (watch_stream(&a), watch_stream(&root));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acme_done = a.submit(json!({"topic": done})).await;
+    let beta_done = b.submit(json!({"topic": done})).await;
+    let mut all = Vec::new();
+    while all.len() < 2 {
+        let Ok(Some((id, _))) = tokio::time::timeout(WAIT, all_events.recv()).await else {
+            panic!("the admin's stream missed jobs; it saw {all:?}");
+        };
+        all.push(id);
+    }
+    all.sort();
+    let mut want = vec![acme_done.clone(), beta_done.clone()];
+    want.sort();
+    assert_eq!(all, want);
+    let first = tokio::time::timeout(WAIT, acme_events.recv()).await;
+    assert_eq!(
+        first.unwrap().unwrap(),
+        (acme_done, "SUCCEEDED".to_string())
+    );
+    let more = tokio::time::timeout(Duration::from_millis(300), acme_events.recv()).await;
+    assert!(
+        more.is_err(),
+        "acme's stream carried another event: {more:?}"
+    );
     h.stop().await;
 }
 
@@ -2351,4 +2377,19 @@ async fn the_openapi_document_lists_every_route_and_only_routed_ones() {
         );
     }
     h.stop().await;
+}
+
+/// A live stream never ends on its own; the host ends it when it stops, so that stopping does
+/// not wait on its clients (the reconciler's lock is released only after the HTTP server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stops_promptly_with_a_live_stream_open() {
+    let h = Host::start(Backend::Embedded).await;
+    let _events = watch_stream(&h.api);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.running.stop.cancel();
+    let done = tokio::time::timeout(Duration::from_secs(5), h.running.handle).await;
+    assert!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "the host did not stop with a stream open: {done:?}"
+    );
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coretex::job::JobState::{self, *};
-use coretex::job::{Job, JobError, JobEvent, JobRequest, JobSpec, Priority, TRANSITIONS};
+use coretex::job::{
+    DEFAULT_TENANT, Job, JobError, JobEvent, JobRequest, JobSpec, Priority, TRANSITIONS,
+};
 use coretex::store::memory::MemoryStore;
 use coretex::store::redis::RedisStore;
 use coretex::store::{
@@ -444,7 +446,8 @@ async fn check_every_legal_transition_applies(store: SharedStore) {
                 outcome,
                 TransitionOutcome::Applied {
                     from: *from,
-                    run_id: None
+                    run_id: None,
+                    tenant_id: DEFAULT_TENANT.into(),
                 }
             );
 
@@ -570,7 +573,8 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Dispatched,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     let job = get(&store, &a.id).await;
@@ -636,7 +640,8 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Running,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     let job = get(&store, &b.id).await;
@@ -653,7 +658,8 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Pending,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     assert_eq!(states(&get(&store, &c.id).await), [Pending, Failed]);
@@ -682,7 +688,8 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Pending,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     assert_eq!(
@@ -699,7 +706,8 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Scheduled,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     let job = get(&store, &f.id).await;
@@ -734,7 +742,8 @@ async fn check_a_walk_through_several_states_starts_after_the_current_one(store:
         outcome,
         TransitionOutcome::Applied {
             from: Pending,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     let job = get(&store, &a.id).await;
@@ -873,7 +882,8 @@ async fn check_dead_letter_is_written_with_the_failure(store: SharedStore) {
         outcome,
         TransitionOutcome::Applied {
             from: Dispatched,
-            run_id: None
+            run_id: None,
+            tenant_id: DEFAULT_TENANT.into(),
         }
     );
     assert_eq!(get(&store, &a.id).await.state, Failed);
@@ -1606,7 +1616,8 @@ async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) 
             outcome.unwrap(),
             TransitionOutcome::Applied {
                 from: Pending,
-                run_id: None
+                run_id: None,
+                tenant_id: "crowd".into(),
             }
         );
     }
@@ -2041,7 +2052,7 @@ impl Drop for RedisKeys {
 
 /// Hundreds of transitions in flight at once (the Redis store sends them in shared batched
 /// script calls): each caller gets its own job's answer, legal or not, and a step job's answer
-/// names its run.
+/// names its run; every answer names its job's tenant.
 async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedStore) {
     let now = now_ms();
     let mut specs = Vec::new();
@@ -2050,6 +2061,7 @@ async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedSto
         if i % 3 == 0 {
             spec.run_id = Some(format!("run-{i}"));
         }
+        spec.tenant_id = format!("tenant-{}", i % 7);
         specs.push(spec);
     }
     let news: Vec<NewJob> = specs.iter().map(new_job).collect();
@@ -2084,7 +2096,8 @@ async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedSto
                 outcome,
                 TransitionOutcome::Applied {
                     from: Dispatched,
-                    run_id: spec.run_id.clone()
+                    run_id: spec.run_id.clone(),
+                    tenant_id: spec.tenant_id.clone(),
                 },
                 "job {i}"
             );

@@ -183,6 +183,9 @@ pub struct JobEventMsg {
     /// The workflow run the job is a step of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The job's tenant: a tenant key's live stream shows only its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
     /// The `serve` replica that recorded the transition: it has handed the event to its own
     /// live-stream clients already, and skips it when the bus brings it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -246,6 +246,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         workflows: workflows.clone(),
         metrics,
         keys: keys.clone(),
+        stop: stop.clone(),
         started: Instant::now(),
         max_body_bytes: opts.max_body_bytes,
     };

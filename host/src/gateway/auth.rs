@@ -3,10 +3,10 @@
 //!
 //! A tenant key sees and touches only its tenant's jobs, workflow definitions and runs, config
 //! (the `org` scope of its tenant) and dead letters: another tenant's id answers 404, as if it
-//! did not exist, and a list is narrowed to the tenant. Plugin uploads, the system, team,
-//! workflow and step config scopes, and the live stream (which carries every tenant's events)
-//! need an admin key. With no key configured at all the API is open — everyone is admin — and
-//! `serve` listens on loopback only.
+//! did not exist, and a list (and the live stream) is narrowed to the tenant. Plugin uploads
+//! and the system, team, workflow and step config scopes need an admin key. With no key
+//! configured at all the API is open — everyone is admin — and `serve` listens on loopback
+//! only.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

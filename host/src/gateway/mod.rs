@@ -65,6 +65,9 @@ pub struct AppState {
     pub workflows: Arc<Engine>,
     pub metrics: Option<PrometheusHandle>,
     pub keys: Arc<auth::Keys>,
+    /// Cancelled when the host stops: live streams end then, so the HTTP server's graceful
+    /// shutdown does not wait on them forever.
+    pub stop: tokio_util::sync::CancellationToken,
     pub started: Instant,
     pub max_body_bytes: usize,
 }

@@ -6,6 +6,7 @@
 //! jobs one by one.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -25,13 +26,13 @@ pub struct StreamQuery {
     state: Option<String>,
 }
 
-/// Every tenant's events go to a stream (they do not carry their tenant): an admin key's.
+/// A tenant key's stream carries only its tenant's events; an admin's, every one.
 pub async fn stream(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    caller.require_admin("the live stream (every tenant's events)")?;
+    let tenant: Option<Arc<str>> = caller.tenant().map(Arc::from);
     let only = q
         .state
         .as_deref()
@@ -42,9 +43,16 @@ pub async fn stream(
         .transpose()?;
     let events = BroadcastStream::new(s.scheduler.live_events().watch()).filter_map(move |ev| {
         let event = match ev {
-            Ok(ev) if only.is_none_or(|st| st == ev.state) => std::str::from_utf8(&ev.json)
-                .ok()
-                .map(|text| Event::default().event("job").data(text)),
+            Ok(ev)
+                if only.is_none_or(|st| st == ev.state)
+                    && tenant
+                        .as_ref()
+                        .is_none_or(|t| ev.tenant.as_ref() == Some(t)) =>
+            {
+                std::str::from_utf8(&ev.json)
+                    .ok()
+                    .map(|text| Event::default().event("job").data(text))
+            }
             Ok(_) => None,
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 tracing::warn!(
@@ -56,5 +64,7 @@ pub async fn stream(
         };
         std::future::ready(event.map(Ok))
     });
+    // A stream never ends on its own; it ends when the host stops.
+    let events = events.take_until(s.stop.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -6,6 +6,8 @@
 //! learns of a job this replica finished without a round trip through NATS, and the replica
 //! does not read its own events back from the bus for it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
@@ -15,10 +17,13 @@ use crate::job::JobState;
 /// is told how many), as a slow subscriber of the bus would.
 const BACKLOG: usize = 32 * 1024;
 
-/// One terminal job event: its state (to filter on) and its JSON, as published on the bus.
+/// One terminal job event: its state and tenant (to filter on) and its JSON, as published on
+/// the bus.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
     pub state: JobState,
+    /// `None` for an event of a replica older than the field.
+    pub tenant: Option<Arc<str>>,
     pub json: Bytes,
 }
 
@@ -42,10 +47,11 @@ impl LiveEvents {
     }
 
     /// Hands an event to every client watching now.
-    pub fn offer(&self, state: JobState, json: &Bytes) {
+    pub fn offer(&self, state: JobState, tenant: Option<&str>, json: &Bytes) {
         if self.is_watched() {
             let _ = self.tx.send(LiveEvent {
                 state,
+                tenant: tenant.map(Arc::from),
                 json: json.clone(),
             });
         }
@@ -64,13 +70,14 @@ mod tests {
     #[tokio::test]
     async fn every_watcher_gets_each_event_offered_while_it_watches() {
         let live = LiveEvents::default();
-        live.offer(JobState::Succeeded, &Bytes::from_static(b"before"));
+        live.offer(JobState::Succeeded, None, &Bytes::from_static(b"before"));
         assert!(!live.is_watched());
         let (mut a, mut b) = (live.watch(), live.watch());
-        live.offer(JobState::Failed, &Bytes::from_static(b"one"));
+        live.offer(JobState::Failed, Some("acme"), &Bytes::from_static(b"one"));
         for rx in [&mut a, &mut b] {
             let ev = rx.recv().await.unwrap();
             assert_eq!((ev.state, &ev.json[..]), (JobState::Failed, &b"one"[..]));
+            assert_eq!(ev.tenant.as_deref(), Some("acme"));
             assert!(rx.try_recv().is_err(), "nothing offered before it watched");
         }
     }

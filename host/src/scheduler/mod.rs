@@ -829,7 +829,8 @@ impl Scheduler {
                 if self.live.is_watched()
                     && let Ok(body) = serde_json::to_vec(&ev)
                 {
-                    self.live.offer(ev.state, &bytes::Bytes::from(body));
+                    self.live
+                        .offer(ev.state, ev.tenant_id.as_deref(), &bytes::Bytes::from(body));
                 }
             }
             if freed {
@@ -1008,9 +1009,12 @@ impl Scheduler {
         match self.store.transition(id, t).await {
             Ok(o) => {
                 if t.to.is_terminal()
-                    && let TransitionOutcome::Applied { run_id, .. } = &o
+                    && let TransitionOutcome::Applied {
+                        run_id, tenant_id, ..
+                    } = &o
                 {
-                    self.publish_event(id, t.to, t.at, run_id.clone()).await;
+                    self.publish_event(id, t.to, t.at, run_id.clone(), tenant_id)
+                        .await;
                 }
                 Ok(Some(o))
             }
@@ -1028,7 +1032,14 @@ impl Scheduler {
 
     /// Tells the completion feed that a job ended: this replica's live-stream clients at once,
     /// everyone else through the bus.
-    async fn publish_event(&self, id: &str, state: JobState, at: Millis, run_id: Option<String>) {
+    async fn publish_event(
+        &self,
+        id: &str,
+        state: JobState,
+        at: Millis,
+        run_id: Option<String>,
+        tenant_id: &str,
+    ) {
         // Its slot, if this replica dispatched it (a result applied here has given it back
         // already; a cancel or a timeout recorded here gives it back now).
         if self.release_slot(id) {
@@ -1040,13 +1051,14 @@ impl Scheduler {
             state,
             at,
             run_id,
+            tenant_id: Some(tenant_id.to_string()),
             replica: Some(self.replica.to_string()),
         };
         let Ok(body) = serde_json::to_vec(&msg) else {
             return;
         };
         let body = bytes::Bytes::from(body);
-        self.live.offer(state, &body);
+        self.live.offer(state, Some(tenant_id), &body);
         if msg.run_id.is_some() {
             // The workflow engine hears its steps' jobs on a feed of their own.
             self.events.send(

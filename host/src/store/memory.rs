@@ -379,6 +379,7 @@ impl Store for MemoryStore {
         Ok(TransitionOutcome::Applied {
             from,
             run_id: spec.run_id,
+            tenant_id: spec.tenant_id,
         })
     }
 

@@ -136,6 +136,8 @@ pub enum TransitionOutcome {
         /// The workflow run the job is a step of, so a terminal event can say so without the
         /// engine reading the job back.
         run_id: Option<String>,
+        /// The job's tenant, so that its event can say whose it is.
+        tenant_id: String,
     },
     /// The job was already in the target state: nothing changed.
     Unchanged,

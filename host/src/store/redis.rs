@@ -157,9 +157,9 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   local key = p .. 'job:' .. id
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline')
   local cur = h[1]
-  if not cur then return 'missing', '', '' end
-  local run = h[4] or ''
-  if cur == to then return 'same', cur, run end
+  if not cur then return 'missing', '', '', '' end
+  local run, tenant = h[4] or '', h[2] or ''
+  if cur == to then return 'same', cur, run, tenant end
   local fields = {'state', to, 'updated_at', at, 'reason', ''}
   local n = tonumber(h[5] or '0')
   -- The walk through the via states: after the current one when it is on the path.
@@ -179,7 +179,7 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
       fields[#fields + 1] = ARGV[a + 1]
     end
   elseif not ALLOWED[cur .. '>' .. to] then
-    return 'illegal', cur, run
+    return 'illegal', cur, run, tenant
   end
   n = n + 1
   fields[#fields + 1] = 'h:' .. n
@@ -202,7 +202,7 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
     redis.call('SET', p .. 'dlq:' .. id, dl)
     redis.call('ZADD', p .. 'dlq:idx', dlat, id)
   end
-  return 'ok', cur, run
+  return 'ok', cur, run, tenant
 end
 local i = 3
 while i <= #ARGV do
@@ -211,11 +211,12 @@ while i <= #ARGV do
   local n = tonumber(ARGV[vlast + 2])
   local first = vlast + 3
   local last = first + 2 * n - 1
-  local status, cur, run = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+  local status, cur, run, tenant = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     ARGV[i + 4], ARGV[i + 5], vfirst, vlast, first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
+  out[#out + 1] = tenant
   i = last + 1
 end
 write_indexes()
@@ -645,7 +646,7 @@ impl RedisStore {
             conn.clone(),
             Script::new(&format!("{tables}{LUA_INDEX_WRITES}{LUA_TRANSITION}")),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
-            3,
+            4,
         );
         let scripts = Scripts {
             annotate: Script::new(LUA_ANNOTATE),
@@ -963,6 +964,7 @@ impl Store for RedisStore {
             "ok" => Ok(TransitionOutcome::Applied {
                 from: from()?,
                 run_id: run_id(),
+                tenant_id: reply[3].clone(),
             }),
             "same" => Ok(TransitionOutcome::Unchanged),
             "illegal" => Err(StoreError::IllegalTransition {
