@@ -1885,13 +1885,16 @@ async fn oversized_bodies_are_refused_with_a_problem(backend: Backend) {
 // The live stream across replicas
 // ---------------------------------------------------------------------------------------------
 
-/// Reads a live stream's job events into `(job id, state)` pairs as they come.
-fn watch_stream(api: &Api) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+/// Reads a live stream's job events into `(job id, state)` pairs as they come, once the stream
+/// is open: the host subscribed it before it answered, so every event from then on is in it.
+async fn watch_stream(api: &Api) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel();
     let (http, url) = (api.http.clone(), format!("{}/api/v1/stream", api.base));
     tokio::spawn(async move {
         let resp = http.get(url).send().await.expect("stream opens");
         assert_eq!(resp.status(), 200);
+        let _ = open_tx.send(());
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(Ok(chunk)) = body.next().await {
@@ -1911,6 +1914,10 @@ fn watch_stream(api: &Api) -> tokio::sync::mpsc::UnboundedReceiver<(String, Stri
             }
         }
     });
+    tokio::time::timeout(WAIT, open_rx)
+        .await
+        .expect("the stream opens in time")
+        .expect("the stream opens");
     rx
 }
 
@@ -1926,9 +1933,7 @@ async fn every_replicas_stream_reports_each_job_once() {
     let topic = unique("live.");
     a.ready_worker(&unique("w-live-"), "p", &[&topic], &[], Mode::Echo)
         .await;
-    let mut streams = [watch_stream(&a.api), watch_stream(&b.api)];
-    // Let both streams' subscriptions settle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut streams = [watch_stream(&a.api).await, watch_stream(&b.api).await];
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -2191,8 +2196,7 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
         !items(v).is_empty()
     })
     .await;
-    let (mut acme_events, mut all_events) = (watch_stream(&a), watch_stream(&root));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut acme_events, mut all_events) = (watch_stream(&a).await, watch_stream(&root).await);
     let acme_done = a.submit(json!({"topic": done})).await;
     let beta_done = b.submit(json!({"topic": done})).await;
     let mut all = Vec::new();
@@ -2384,8 +2388,7 @@ async fn the_openapi_document_lists_every_route_and_only_routed_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_stops_promptly_with_a_live_stream_open() {
     let h = Host::start(Backend::Embedded).await;
-    let _events = watch_stream(&h.api);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _events = watch_stream(&h.api).await;
     h.running.stop.cancel();
     let done = tokio::time::timeout(Duration::from_secs(5), h.running.handle).await;
     assert!(
