@@ -183,6 +183,32 @@ fn a_memory_bomb_with_time_to_spare_hits_the_memory_cap() {
     assert_eq!(err.reason, FailureReason::Memory, "{err}");
 }
 
+/// The epoch ticker sleeps while no plugin runs; a call wakes it, so a loop started after a
+/// quiet spell is stopped at the deadline as ever.
+#[test]
+fn a_plugin_looping_after_a_quiet_spell_still_hits_the_deadline() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&strict(cache.path())).unwrap();
+    let looping = runtime.load(&wasm("loop_forever")).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !runtime.ticker_asleep() {
+        assert!(Instant::now() < until, "the ticker never went to sleep");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let candidates = [worker("w", 0, &[])];
+    for round in 0..2 {
+        let started = Instant::now();
+        let err = pick(&looping, &candidates).unwrap_err();
+        assert_eq!(err.reason, FailureReason::Deadline, "round {round}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "round {round}: the loop ran {:?}",
+            started.elapsed()
+        );
+        assert!(!runtime.ticker_asleep(), "a call woke the ticker");
+    }
+}
+
 #[test]
 fn a_trapping_plugin_is_contained() {
     assert_contained("trap", &[FailureReason::Trap]);

@@ -4,8 +4,9 @@
 //! # The sandbox
 //!
 //! A plugin runs in a [`Store`] of its own with an **epoch deadline** per call (a ticker thread
-//! advances the engine's epoch every millisecond; a call gets `call_deadline` worth of ticks and
-//! traps when they run out), a **memory cap** (a resource limiter refuses to grow a linear
+//! advances the engine's epoch every millisecond while calls run, and sleeps when none has for a
+//! second — see [`EpochTicker`]; a call gets `call_deadline` worth of ticks and traps when they
+//! run out), a **memory cap** (a resource limiter refuses to grow a linear
 //! memory past `memory_cap`, and the refusal is a trap), and **WASI with nothing in it**: no
 //! preopened directory, no socket permission, no environment, no arguments, stdin empty and
 //! stdout/stderr discarded. Rust plugins import WASI for their standard library, so it is linked,
@@ -87,7 +88,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -158,6 +159,7 @@ pub struct PluginRuntime {
     /// The hash of what makes a compiled artifact loadable by this engine, in cache file names.
     engine_tag: String,
     compiles: AtomicU64,
+    ticker: Arc<EpochTicker>,
 }
 
 impl PluginRuntime {
@@ -184,7 +186,7 @@ impl PluginRuntime {
         // pages instead of copying data segments, which keeps recycling cheap.
         config.memory_init_cow(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        start_epoch_ticker(&engine);
+        let ticker = EpochTicker::start(&engine);
 
         // The host's own imports; WASI is added per component (`load`), under the names it imports.
         let mut linker = Linker::new(&engine);
@@ -216,7 +218,13 @@ impl PluginRuntime {
             cache_dir: settings.cache_dir.clone(),
             engine_tag: format!("{:016x}", tag.finish()),
             compiles: AtomicU64::new(0),
+            ticker,
         }))
+    }
+
+    /// Whether the epoch ticker sleeps, no instance having run for a second.
+    pub fn ticker_asleep(&self) -> bool {
+        self.ticker.is_asleep()
     }
 
     /// How many components this runtime compiled (a cache hit compiles nothing).
@@ -276,6 +284,7 @@ impl PluginRuntime {
             hash,
             from_cache,
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             limits: self.limits,
             pre,
             hot: AtomicPtr::new(std::ptr::null_mut()),
@@ -326,23 +335,103 @@ impl PluginRuntime {
     }
 }
 
-/// Advances the epoch every tick for as long as the engine lives.
-fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("coretex-plugin-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
+/// How long the ticker goes on ticking after the last call ended before it sleeps.
+const TICKER_IDLE: Duration = Duration::from_secs(1);
+
+/// How often a sleeping ticker looks whether its engine is gone (a call wakes it at once).
+const TICKER_SLEEP: Duration = Duration::from_secs(10);
+
+/// The thread that advances the engine's epoch every tick while any instance runs (a call, or
+/// a start-up), for as long as the engine lives. When nothing has run for [`TICKER_IDLE`] it
+/// parks, so an idle host is not woken a thousand times a second (1% of a core here, and a
+/// context switch each on machines whose cores Redis and NATS share); the next call unparks it
+/// before it starts. A call's deadline counts from the epoch at its start, so a call made while
+/// the ticker slept gets all of its ticks.
+pub(crate) struct EpochTicker {
+    /// Instances running now.
+    running: AtomicUsize,
+    /// The ticker is asleep, or about to be: the next call must wake it.
+    asleep: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Counts one running instance while it lives.
+pub(crate) struct Running<'a>(&'a EpochTicker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Arc<Self> {
+        let ticker = Arc::new(EpochTicker {
+            running: AtomicUsize::new(0),
+            asleep: AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
         });
-    if let Err(e) = spawned {
-        // Without the ticker no deadline ever fires; refuse to run plugins at all instead.
-        panic!("cannot start the plugin epoch ticker: {e}");
+        let weak = engine.weak();
+        let this = ticker.clone();
+        let idle_ticks = (TICKER_IDLE.as_millis() / EPOCH_TICK.as_millis().max(1)) as u32;
+        let spawned = std::thread::Builder::new()
+            .name("coretex-plugin-epoch".into())
+            .spawn(move || {
+                let mut idle = 0;
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                    if this.running.load(Ordering::SeqCst) > 0 {
+                        idle = 0;
+                        continue;
+                    }
+                    idle += 1;
+                    if idle < idle_ticks {
+                        continue;
+                    }
+                    // Asleep first, then look: a call either sees `asleep` and wakes this
+                    // thread, or has counted itself in `running` before the look (both are
+                    // sequentially consistent).
+                    this.asleep.store(true, Ordering::SeqCst);
+                    while this.asleep.load(Ordering::SeqCst)
+                        && this.running.load(Ordering::SeqCst) == 0
+                    {
+                        std::thread::park_timeout(TICKER_SLEEP);
+                        if weak.upgrade().is_none() {
+                            return;
+                        }
+                    }
+                    this.asleep.store(false, Ordering::SeqCst);
+                    idle = 0;
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                let _ = ticker.thread.set(handle.thread().clone());
+            }
+            // Without the ticker no deadline ever fires; refuse to run plugins at all instead.
+            Err(e) => panic!("cannot start the plugin epoch ticker: {e}"),
+        }
+        ticker
+    }
+
+    /// Counts an instance as running until the guard drops, waking the ticker if it sleeps.
+    fn running(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst)
+            && self.asleep.swap(false, Ordering::SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Running(self)
+    }
+
+    fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::SeqCst)
     }
 }
 
@@ -410,6 +499,7 @@ pub struct PluginComponent {
     hash: String,
     from_cache: bool,
     engine: Engine,
+    ticker: Arc<EpochTicker>,
     limits: SandboxLimits,
     pre: Pre,
     /// The idle instance that ran last, or null: taken and put back with one atomic swap each,
@@ -503,6 +593,7 @@ impl PluginComponent {
 
     /// A fresh instance, outside the pool (the pool uses this; so does the benchmark).
     pub fn instantiate(&self) -> Result<Instance, CallError> {
+        let _running = self.ticker.running();
         self.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(&self.engine, Sandbox::new(self.limits.memory_cap));
         store.limiter(|s| &mut s.limits);
@@ -554,6 +645,7 @@ impl PluginComponent {
             None => Box::new(self.instantiate()?),
         };
         instance.calls += 1;
+        let _running = self.ticker.running();
         let ticks = match wanted {
             PluginKind::StepCondition => self.limits.condition_deadline_ticks,
             _ => self.limits.deadline_ticks,
