@@ -1971,17 +1971,9 @@ async fn every_replicas_stream_reports_each_job_once() {
 // API keys and rate limits
 // ---------------------------------------------------------------------------------------------
 
-/// An API client that sends `key` with every request.
+/// An API client of the host that sends `key` with every request.
 fn keyed(h: &Host, key: &str) -> Api {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("x-api-key", key.parse().unwrap());
-    Api {
-        base: h.api.base.clone(),
-        http: reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap(),
-    }
+    Api::with_key(h.running.addr, key)
 }
 
 async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {

@@ -72,9 +72,24 @@ pub struct Api {
 
 impl Api {
     pub fn new(addr: SocketAddr) -> Self {
+        Api::with_client(addr, reqwest::Client::new())
+    }
+
+    /// A client that sends `key` (as `X-API-Key`) with every request.
+    pub fn with_key(addr: SocketAddr, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-api-key", key.parse().expect("a key is a header value"));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        Api::with_client(addr, http)
+    }
+
+    fn with_client(addr: SocketAddr, http: reqwest::Client) -> Self {
         Api {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http,
         }
     }
 

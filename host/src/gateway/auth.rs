@@ -116,18 +116,23 @@ impl Keys {
                     .map(|(t, k)| (k.clone(), Caller::Tenant(t.as_str().into()))),
             );
         for (i, (key, caller)) in all.enumerate() {
+            // Named as on the command line (`--api-key`, `--tenant-key TENANT=KEY`).
+            let flag = match &caller {
+                Caller::Admin => "--api-key".to_string(),
+                Caller::Tenant(t) => format!("--tenant-key {t}=…"),
+            };
             if key.is_empty() {
-                anyhow::bail!("an API key may not be empty");
+                anyhow::bail!("{flag}: the key may not be empty");
             }
             if let Caller::Tenant(t) = &caller {
                 let mut errors = Vec::new();
                 crate::job::check_ident("tenant", t, &mut errors);
                 if let Some(e) = errors.first() {
-                    anyhow::bail!("tenant key for `{t}`: the tenant {}", e.message);
+                    anyhow::bail!("{flag}: the tenant {}", e.message);
                 }
             }
             if keys.insert(key, (i as u32, caller)).is_some() {
-                anyhow::bail!("the same API key is given twice");
+                anyhow::bail!("{flag}: this key is given to another caller too");
             }
         }
         Ok(Keys {

@@ -29,6 +29,15 @@ async fn visible(
     Ok(wf)
 }
 
+/// 404 unless the caller sees the workflow (an admin is not asked: the action itself answers
+/// 404 for a workflow that does not exist).
+async fn check_visible(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    if caller.tenant().is_none() {
+        return Ok(());
+    }
+    visible(s, caller, id, None).await.map(drop)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -139,9 +148,7 @@ pub async fn update(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let mut spec = definition_body(&headers, &body)?;
-    if caller.tenant().is_some() {
-        visible(&s, &caller, &id, None).await?;
-    }
+    check_visible(&s, &caller, &id).await?;
     spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     Ok(Json(s.workflows.update(&id, spec).await?).into_response())
 }
@@ -151,9 +158,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if caller.tenant().is_some() {
-        visible(&s, &caller, &id, None).await?;
-    }
+    check_visible(&s, &caller, &id).await?;
     if s.workflows.delete(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -168,9 +173,7 @@ pub async fn start_run(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: StartRun = optional_body(&body)?;
-    if caller.tenant().is_some() {
-        visible(&s, &caller, &id, None).await?;
-    }
+    check_visible(&s, &caller, &id).await?;
     let run = s.workflows.start_run(&id, req.input).await?;
     Ok((
         StatusCode::CREATED,
@@ -186,9 +189,7 @@ pub async fn list_runs(
     Path(id): Path<String>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, ApiError> {
-    if caller.tenant().is_some() {
-        visible(&s, &caller, &id, None).await?;
-    }
+    check_visible(&s, &caller, &id).await?;
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let status = q
         .status
