@@ -12,15 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Api, Backend, options, start, unique};
+use common::{Api, Backend, Host, fast_reconciler, options, unique};
 use coretex::bus::publish_json;
 use coretex::protocol::{CancelMsg, HeartbeatMsg, VERSION};
-use coretex::reconciler::ReconcilerSettings;
-use coretex::serve::{Running, ServeOptions};
-use coretex::worker::{Mode, Worker, WorkerOptions};
+use coretex::worker::Mode;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// How long a state change may take before a test fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -102,117 +99,6 @@ on_both_backends! {
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-/// A host under test, its API client and the workers started on its bus.
-struct Host {
-    running: Running,
-    api: Api,
-    workers: CancellationToken,
-}
-
-/// Reconciler settings short enough for a test to watch it act.
-fn fast_reconciler() -> ReconcilerSettings {
-    ReconcilerSettings {
-        interval: Duration::from_millis(100),
-        dispatch_timeout: Duration::from_secs(1),
-        running_timeout: Duration::from_secs(60),
-        redeliver_after: Duration::from_millis(300),
-        pending_grace: Duration::from_millis(500),
-        ..Default::default()
-    }
-}
-
-impl Host {
-    async fn start(backend: Backend) -> Host {
-        Host::start_with(options(backend)).await
-    }
-
-    async fn start_fast(backend: Backend) -> Host {
-        let mut o = options(backend);
-        o.reconciler = fast_reconciler();
-        Host::start_with(o).await
-    }
-
-    async fn start_with(opts: ServeOptions) -> Host {
-        let running = start(opts).await;
-        let api = Api::new(running.addr);
-        Host {
-            running,
-            api,
-            workers: CancellationToken::new(),
-        }
-    }
-
-    /// Starts an in-process worker on the host's bus; it stops with the host or with the token
-    /// returned.
-    fn worker(
-        &self,
-        id: &str,
-        pool: &str,
-        topics: &[&str],
-        labels: &[(&str, &str)],
-        mode: Mode,
-    ) -> CancellationToken {
-        let w = Worker::new(
-            self.running.scheduler.bus.clone(),
-            WorkerOptions {
-                id: id.to_string(),
-                pool: pool.to_string(),
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                max_parallel: 8,
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                mode,
-                heartbeat_interval: Duration::from_millis(100),
-                report_cpu: false,
-                started_delay: coretex::worker::STARTED_DELAY,
-            },
-        );
-        let stop = self.workers.child_token();
-        let s = stop.clone();
-        tokio::spawn(async move {
-            w.run(s).await.expect("worker runs");
-        });
-        stop
-    }
-
-    /// Starts a worker and waits until the host lists it.
-    async fn ready_worker(
-        &self,
-        id: &str,
-        pool: &str,
-        topics: &[&str],
-        labels: &[(&str, &str)],
-        mode: Mode,
-    ) -> CancellationToken {
-        let stop = self.worker(id, pool, topics, labels, mode);
-        self.wait_worker(id).await;
-        stop
-    }
-
-    async fn wait_worker(&self, id: &str) {
-        let until = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (_, v) = self.api.get("/api/v1/workers").await;
-            if items(&v).iter().any(|w| w["worker_id"] == id) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "worker {id} never registered: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.workers.cancel();
-        self.running.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.running.handle).await;
-    }
-}
 
 /// One HTTP answer, with its content type.
 struct Resp {
@@ -322,22 +208,6 @@ fn notes(job: &Value) -> Vec<String> {
         .iter()
         .filter_map(|e| e["note"].as_str().map(String::from))
         .collect()
-}
-
-/// Polls `GET path` until `done(body)` holds, or panics after [`WAIT`].
-async fn wait_for(api: &Api, path: &str, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
-    let until = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, v) = api.get(path).await;
-        if done(status, &v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{what}: GET {path} answered {status}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Polls until `cond()` holds, or panics after [`WAIT`].
@@ -691,13 +561,14 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     );
 
     // The entry is listed (filtered by topic), readable, and holds the whole request.
-    let list = wait_for(
-        &h.api,
-        &format!("/api/v1/dlq?topic={topic}"),
-        "the dead letter is listed",
-        |s, v| s == 200 && ids(v, "job_id").contains(&id),
-    )
-    .await;
+    let list = h
+        .api
+        .wait_for(
+            &format!("/api/v1/dlq?topic={topic}"),
+            "the dead letter is listed",
+            |s, v| s == 200 && ids(v, "job_id").contains(&id),
+        )
+        .await;
     assert_eq!(ids(&list, "job_id"), [id.as_str()]);
     let (_, other) = h
         .api
@@ -715,13 +586,13 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     assert_eq!(entry["request"]["env"], env);
     assert_eq!(entry["request"]["priority"], "batch");
 
-    // Retry one: a new job `<id>-retry-1`, the entry gone.
+    // Retry one: a new job `<id>~retry-1`, the entry gone.
     let (status, r) = h
         .api
         .post(&format!("/api/v1/dlq/{id}/retry"), json!({}))
         .await;
     assert_eq!(status, 201, "{r}");
-    let retry_id = format!("{id}-retry-1");
+    let retry_id = format!("{id}~retry-1");
     assert_eq!(r["new_job_id"], retry_id.as_str(), "{r}");
     let (status, _) = h.api.get(&format!("/api/v1/dlq/{id}")).await;
     assert_eq!(status, 404, "the retried entry is removed");
@@ -739,13 +610,13 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     assert_eq!(status, 404);
 
     // Delete.
-    wait_for(
-        &h.api,
-        &format!("/api/v1/dlq/{retry_id}"),
-        "the retry is dead-lettered too",
-        |s, _| s == 200,
-    )
-    .await;
+    h.api
+        .wait_for(
+            &format!("/api/v1/dlq/{retry_id}"),
+            "the retry is dead-lettered too",
+            |s, _| s == 200,
+        )
+        .await;
     assert_eq!(h.api.delete(&format!("/api/v1/dlq/{retry_id}")).await, 204);
     assert_eq!(h.api.delete(&format!("/api/v1/dlq/{retry_id}")).await, 404);
     let (_, list) = h.api.get(&format!("/api/v1/dlq?topic={topic}")).await;
@@ -765,13 +636,13 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     for id in &bulk {
         h.api.wait_state(id, "FAILED", WAIT).await;
     }
-    wait_for(
-        &h.api,
-        &format!("/api/v1/dlq?topic={bulk_topic}"),
-        "the bulk dead letters are listed",
-        |_, v| items(v).len() == BULK,
-    )
-    .await;
+    h.api
+        .wait_for(
+            &format!("/api/v1/dlq?topic={bulk_topic}"),
+            "the bulk dead letters are listed",
+            |_, v| items(v).len() == BULK,
+        )
+        .await;
     let (status, r) = h
         .api
         .post("/api/v1/dlq/retry", json!({"topic": bulk_topic}))
@@ -790,21 +661,22 @@ async fn failed_job_is_dead_lettered_whole_and_can_be_retried(backend: Backend) 
     for id in &bulk {
         let job = h
             .api
-            .wait_state(&format!("{id}-retry-1"), "FAILED", WAIT)
+            .wait_state(&format!("{id}~retry-1"), "FAILED", WAIT)
             .await;
         assert_eq!(job["retry_of"], id.as_str());
     }
     // The entries of the first generation are gone; the retries' own failures are new entries.
-    let list = wait_for(
-        &h.api,
-        &format!("/api/v1/dlq?topic={bulk_topic}"),
-        "the retries are dead-lettered",
-        |_, v| items(v).len() == BULK,
-    )
-    .await;
+    let list = h
+        .api
+        .wait_for(
+            &format!("/api/v1/dlq?topic={bulk_topic}"),
+            "the retries are dead-lettered",
+            |_, v| items(v).len() == BULK,
+        )
+        .await;
     let mut listed = ids(&list, "job_id");
     listed.sort();
-    let mut expected: Vec<String> = bulk.iter().map(|id| format!("{id}-retry-1")).collect();
+    let mut expected: Vec<String> = bulk.iter().map(|id| format!("{id}~retry-1")).collect();
     expected.sort();
     assert_eq!(listed, expected);
 
@@ -833,8 +705,8 @@ async fn failing_job_is_retried_by_the_default_policy_then_dead_lettered(backend
         .submit(json!({"topic": topic, "payload": {"n": 1}}))
         .await;
     let first = h.api.wait_state(&id, "FAILED", WAIT).await;
-    let second_id = format!("{id}-attempt-2");
-    let third_id = format!("{id}-attempt-3");
+    let second_id = format!("{id}~attempt-2");
+    let third_id = format!("{id}~attempt-3");
     assert!(
         notes(&first).iter().any(|n| n.contains(&second_id)),
         "the failure names the next attempt: {first}"
@@ -849,13 +721,14 @@ async fn failing_job_is_retried_by_the_default_policy_then_dead_lettered(backend
     assert_eq!(third["retry_of"], second_id.as_str(), "{third}");
 
     // The last attempt, and only it, is dead-lettered; there is no fourth.
-    let entry = wait_for(
-        &h.api,
-        &format!("/api/v1/dlq/{third_id}"),
-        "the last attempt is dead-lettered",
-        |s, _| s == 200,
-    )
-    .await;
+    let entry = h
+        .api
+        .wait_for(
+            &format!("/api/v1/dlq/{third_id}"),
+            "the last attempt is dead-lettered",
+            |s, _| s == 200,
+        )
+        .await;
     assert_eq!(entry["attempts"], 3, "{entry}");
     assert_eq!(entry["error"]["code"], "exit_7", "{entry}");
     let (_, list) = h.api.get(&format!("/api/v1/dlq?topic={topic}")).await;
@@ -912,17 +785,17 @@ async fn cancel_stops_a_running_command_and_leaves_terminal_jobs_alone(backend: 
         .parse()
         .unwrap();
     assert!(!process_gone(pid), "the command runs");
-    wait_for(
-        &h.api,
-        "/api/v1/workers",
-        "the worker reports one active job",
-        |_, v| {
-            items(v)
-                .iter()
-                .any(|w| w["worker_id"] == worker.as_str() && w["active_jobs"] == 1)
-        },
-    )
-    .await;
+    h.api
+        .wait_for(
+            "/api/v1/workers",
+            "the worker reports one active job",
+            |_, v| {
+                items(v)
+                    .iter()
+                    .any(|w| w["worker_id"] == worker.as_str() && w["active_jobs"] == 1)
+            },
+        )
+        .await;
 
     let (status, job) = h
         .api
@@ -937,17 +810,17 @@ async fn cancel_stops_a_running_command_and_leaves_terminal_jobs_alone(backend: 
 
     // The worker killed the command, and its load drops back to zero.
     eventually("the cancelled command is killed", || process_gone(pid)).await;
-    wait_for(
-        &h.api,
-        "/api/v1/workers",
-        "the worker reports no active job",
-        |_, v| {
-            items(v)
-                .iter()
-                .any(|w| w["worker_id"] == worker.as_str() && w["active_jobs"] == 0)
-        },
-    )
-    .await;
+    h.api
+        .wait_for(
+            "/api/v1/workers",
+            "the worker reports no active job",
+            |_, v| {
+                items(v)
+                    .iter()
+                    .any(|w| w["worker_id"] == worker.as_str() && w["active_jobs"] == 0)
+            },
+        )
+        .await;
     assert!(!marker.exists(), "the command did not run to its end");
 
     // The job stays CANCELLED even after the worker's own `cancelled` result arrives.
@@ -1292,13 +1165,14 @@ async fn job_past_its_deadline_without_worker_fails_into_the_dlq(backend: Backen
     let job = h.api.wait_state(&id, "FAILED", WAIT).await;
     let code = job["error"]["code"].as_str().unwrap_or_default();
     assert!(code.contains("deadline"), "{job}");
-    let entry = wait_for(
-        &h.api,
-        &format!("/api/v1/dlq/{id}"),
-        "the expired job is dead-lettered",
-        |s, _| s == 200,
-    )
-    .await;
+    let entry = h
+        .api
+        .wait_for(
+            &format!("/api/v1/dlq/{id}"),
+            "the expired job is dead-lettered",
+            |s, _| s == 200,
+        )
+        .await;
     assert_eq!(entry["status"], "FAILED");
     assert_eq!(entry["request"]["payload"], json!({"x": 1}));
     assert_eq!(entry["request"]["deadline_ms"], 300);
@@ -1373,13 +1247,14 @@ async fn reconciler_times_out_a_job_its_worker_never_started(backend: Backend) {
     assert_eq!(job["error"]["code"], "dispatch_timeout", "{job}");
     assert!(!states(&job).contains(&"RUNNING".to_string()), "{job}");
 
-    let entry = wait_for(
-        &h.api,
-        &format!("/api/v1/dlq/{id}"),
-        "the timed-out job is dead-lettered",
-        |s, _| s == 200,
-    )
-    .await;
+    let entry = h
+        .api
+        .wait_for(
+            &format!("/api/v1/dlq/{id}"),
+            "the timed-out job is dead-lettered",
+            |s, _| s == 200,
+        )
+        .await;
     assert_eq!(entry["status"], "TIMEOUT");
     assert_eq!(entry["request"]["payload"], json!({"k": "v"}));
     eventually("a cancel is sent for the timed-out job", || {
@@ -1716,13 +1591,23 @@ async fn job_lists_filter_and_page_without_repeats(backend: Backend) {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.content_type.starts_with("application/problem+json"));
 
-    // The trace lists exactly its jobs.
-    let (status, v) = h.api.get(&format!("/api/v1/traces/{trace}")).await;
+    // The trace lists exactly its jobs; a trace id is a tenant's own, so the same one in two
+    // tenants is two traces.
+    let trace_a = format!("{tenant_a}~{trace}");
+    let (status, v) = h.api.get(&format!("/api/v1/traces/{trace_a}")).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(sorted(ids(&v, "id")), sorted(all[..3].to_vec()));
+    assert_eq!(
+        sorted(ids(&v, "id")),
+        sorted(vec![all[0].clone(), all[2].clone()])
+    );
     for j in items(&v) {
-        assert_eq!(j["trace_id"], trace.as_str());
+        assert_eq!(j["trace_id"], trace_a.as_str());
     }
+    let (_, v) = h
+        .api
+        .get(&format!("/api/v1/traces/{tenant_b}~{trace}"))
+        .await;
+    assert_eq!(ids(&v, "id"), [all[1].as_str()]);
     let (_, v) = h
         .api
         .get(&format!("/api/v1/traces/{}", unique("none-")))
@@ -1730,9 +1615,9 @@ async fn job_lists_filter_and_page_without_repeats(backend: Backend) {
     assert!(items(&v).is_empty());
     let (_, v) = h
         .api
-        .get(&format!("/api/v1/jobs?trace_id={trace}&limit=2"))
+        .get(&format!("/api/v1/jobs?trace_id={trace_a}&limit=1"))
         .await;
-    assert_eq!(items(&v).len(), 2);
+    assert_eq!(items(&v).len(), 1);
     assert!(v["next_cursor"].is_string(), "{v}");
     h.stop().await;
 }
@@ -2063,12 +1948,9 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
     let late = a
         .submit(json!({"topic": unique("nobody."), "deadline_ms": 200}))
         .await;
-    wait_for(
-        &a,
-        &format!("/api/v1/dlq/{late}"),
-        "dead-lettered",
-        |s, _| s == 200,
-    )
+    a.wait_for(&format!("/api/v1/dlq/{late}"), "dead-lettered", |s, _| {
+        s == 200
+    })
     .await;
     assert_eq!(b.get(&format!("/api/v1/dlq/{late}")).await.0, 404);
     assert_eq!(
@@ -2164,10 +2046,12 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
         a.get(&format!("/api/v1/workflow-runs/{run_id}")).await.0,
         200
     );
+    let whole = format!("{acme}~{wf}");
+    assert_eq!(b.get(&format!("/api/v1/workflows/{whole}")).await.0, 404);
     let (_, list) = b.get("/api/v1/workflows").await;
-    assert!(!ids(&list, "id").contains(&wf), "{list}");
+    assert!(!ids(&list, "id").contains(&whole), "{list}");
     let (_, list) = a.get("/api/v1/workflows").await;
-    assert!(ids(&list, "id").contains(&wf), "{list}");
+    assert_eq!(ids(&list, "id"), [whole.as_str()], "{list}");
 
     // Admin-only: plugin uploads and the live stream.
     let r = a
@@ -2184,7 +2068,7 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
     // The live stream: a tenant key's carries only its tenant's events, an admin's every one.
     let done = unique("done.");
     h.worker(&unique("w-tenancy-"), "p", &[&done], &[], Mode::Echo);
-    wait_for(&root, "/api/v1/workers", "the worker registers", |_, v| {
+    root.wait_for("/api/v1/workers", "the worker registers", |_, v| {
         !items(v).is_empty()
     })
     .await;

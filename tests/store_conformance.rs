@@ -241,7 +241,7 @@ async fn check_created_job_reads_back_as_pending(store: SharedStore) {
         .unwrap();
     assert_eq!(outcome, CreateOutcome::Created);
 
-    let job = get(&store, "job-1").await;
+    let job = get(&store, "acme~job-1").await;
     assert_eq!(job.spec, spec);
     assert_eq!(job.state, Pending);
     assert_eq!(job.updated_at, now);
@@ -280,14 +280,18 @@ async fn check_created_job_reads_back_as_pending(store: SharedStore) {
     assert_eq!(
         outcome,
         CreateOutcome::Exists {
-            job_id: "job-1".into()
+            job_id: "acme~job-1".into()
         }
     );
-    assert_eq!(get(&store, "job-1").await, job);
+    assert_eq!(get(&store, "acme~job-1").await, job);
 
     assert_eq!(store.get_job("no-such-job").await.unwrap(), None);
     let many = store
-        .get_jobs(&["job-1".into(), "no-such-job".into(), "job-1".into()])
+        .get_jobs(&[
+            "acme~job-1".into(),
+            "no-such-job".into(),
+            "acme~job-1".into(),
+        ])
         .await
         .unwrap();
     assert_eq!(many, vec![Some(job.clone()), None, Some(job)]);
@@ -1700,7 +1704,7 @@ async fn check_prune_drops_the_index_entries_of_expired_jobs(store: SharedStore)
     );
     assert_eq!(get(&store, &live).await.state, Pending);
     let trace = JobFilter {
-        trace_id: Some("trace-p".into()),
+        trace_id: Some("p~trace-p".into()),
         ..Default::default()
     };
     assert_eq!(ids_of(&list_all(&store, &trace, 10).await), kept);
@@ -1889,7 +1893,7 @@ async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
         Err(StoreError::NotFound(_))
     ));
     let trace_b = JobFilter {
-        trace_id: Some("trace-b".into()),
+        trace_id: Some("default~trace-b".into()),
         ..Default::default()
     };
     assert_eq!(
@@ -1904,7 +1908,7 @@ async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
     assert_eq!(get(&store, &a.id).await.state, Pending);
     assert_eq!(get(&store, &d.id).await.state, Dispatched);
     let trace_a = JobFilter {
-        trace_id: Some("trace-a".into()),
+        trace_id: Some("default~trace-a".into()),
         ..Default::default()
     };
     assert_eq!(
@@ -1977,7 +1981,7 @@ async fn check_finished_runs_expire_and_their_index_entries_are_pruned(store: Sh
     store.run_put(&waiting).await.unwrap();
     let by_workflow = || RunFilter {
         workflow_id: Some("wf-ttl".into()),
-        status: None,
+        ..RunFilter::default()
     };
     assert_eq!(
         run_ids(&store, by_workflow()).await,
@@ -1995,12 +1999,12 @@ async fn check_finished_runs_expire_and_their_index_entries_are_pruned(store: Sh
     assert_eq!(run_ids(&store, by_workflow()).await, ["run-waiting"]);
     assert_eq!(run_ids(&store, RunFilter::default()).await, ["run-waiting"]);
     let succeeded = RunFilter {
-        workflow_id: None,
         status: Some(Status::Succeeded),
+        ..RunFilter::default()
     };
     assert!(run_ids(&store, succeeded).await.is_empty());
-    // Its entries in the all-runs, workflow and status indexes go; the live run's stay.
-    assert_eq!(store.run_prune_indexes().await.unwrap(), 3);
+    // Its entries in the all-runs, workflow, org and status indexes go; the live run's stay.
+    assert_eq!(store.run_prune_indexes().await.unwrap(), 4);
     assert_eq!(store.run_prune_indexes().await.unwrap(), 0);
     assert_eq!(run_ids(&store, by_workflow()).await, ["run-waiting"]);
     // The id is free again: a new run saves as revision 1.

@@ -362,7 +362,7 @@ async fn fan_out_pipeline_runs_with_templates_conditions_and_outputs(b: Backend)
     // The step's job carries the run's ids, the effective config and the route labels.
     let job_id = run["steps"]["prepare"]["job_id"].as_str().unwrap();
     let (_, job) = h.api.get(&format!("/api/v1/jobs/{job_id}")).await;
-    assert_eq!(job["env"]["workflow_id"], "wf-fan");
+    assert_eq!(job["env"]["workflow_id"], "default~wf-fan");
     assert_eq!(job["env"]["run_id"], run_id.as_str());
     assert_eq!(job["env"]["step_id"], "prepare");
     assert_eq!(job["env"]["tenant_id"], "default");
@@ -374,9 +374,9 @@ async fn fan_out_pipeline_runs_with_templates_conditions_and_outputs(b: Backend)
     assert_eq!(job["env"]["foreach_item"], "c");
 }
 
-/// Fails the first attempt (job ids end in `.<attempt>`), echoes afterwards.
+/// Fails the first attempt (job ids end in `~<attempt>`), echoes afterwards.
 const FAILS_THE_FIRST_ATTEMPT: &str =
-    r#"case "$CORETEX_JOB_ID" in *.1) echo boom >&2; exit 1;; *) cat;; esac"#;
+    r#"case "$CORETEX_JOB_ID" in *~1) echo boom >&2; exit 1;; *) cat;; esac"#;
 
 async fn failed_step_retries_with_backoff_then_succeeds(b: Backend) {
     let h = Host::start(b).await;
@@ -597,16 +597,21 @@ async fn reconciler_submits_the_job_of_a_step_saved_without_one(b: Backend) {
         "steps": {"a": {"topic": "job.echo", "input": {"x": 1}}}}))
         .await;
     let store = &h.running.scheduler.store;
-    let wf = store.workflow_get("wf-rec", None).await.unwrap().unwrap();
+    let wf = store
+        .workflow_get("default~wf-rec", None)
+        .await
+        .unwrap()
+        .unwrap();
     let run: coretex::workflow::definition::Run = serde_json::from_value(json!({
-        "id": "run-crashed", "workflow_id": "wf-rec", "workflow_version": wf.version,
+        "id": "default~run-crashed", "workflow_id": wf.id, "workflow_version": wf.version,
         "org_id": "default", "team_id": "", "input": {}, "context": {}, "status": "running",
-        "steps": {"a": {"status": "running", "attempts": 1, "job_id": "run-crashed.a.1"}},
+        "steps": {"a": {"status": "running", "attempts": 1,
+                        "job_id": "default~run-crashed~a~1"}},
         "started_at": "2026-01-01T00:00:00Z", "revision": 0
     }))
     .unwrap();
     store.run_put(&run).await.unwrap();
-    let run = h.wait_status("run-crashed", "succeeded").await;
+    let run = h.wait_status("default~run-crashed", "succeeded").await;
     assert_eq!(run["steps"]["a"]["output"], json!({"x": 1}));
 }
 

@@ -50,7 +50,10 @@ impl Scope {
             Scope::Org(id) => format!("org:{id}"),
             Scope::Team(id) => format!("team:{id}"),
             Scope::Workflow(id) => format!("workflow:{id}"),
-            Scope::Step { workflow, step } => format!("step:{workflow}:{step}"),
+            // A workflow id is `org~local` and a step id holds no `~`: one key per pair.
+            Scope::Step { workflow, step } => {
+                format!("step:{}", crate::ids::derive(workflow, step))
+            }
         }
     }
 
@@ -68,13 +71,21 @@ impl Scope {
                 }
             }
         };
+        // A workflow is named whole (`org~id`), or by its id in the default org.
+        let workflow = |field: &str, v: &Option<String>, errors: &mut Vec<FieldError>| match v {
+            Some(v) => {
+                crate::ids::check_id(field, v, errors);
+                crate::ids::resolve(v, None).unwrap_or_default()
+            }
+            None => need(field, v, errors),
+        };
         let scope = match r.scope.as_deref() {
             Some("system") => Scope::System,
             Some("org") => Scope::Org(need("id", &r.id, &mut errors)),
             Some("team") => Scope::Team(need("id", &r.id, &mut errors)),
-            Some("workflow") => Scope::Workflow(need("id", &r.id, &mut errors)),
+            Some("workflow") => Scope::Workflow(workflow("id", &r.id, &mut errors)),
             Some("step") => Scope::Step {
-                workflow: need("workflow_id", &r.workflow_id, &mut errors),
+                workflow: workflow("workflow_id", &r.workflow_id, &mut errors),
                 step: need("step_id", &r.step_id, &mut errors),
             },
             Some(other) => {
@@ -299,7 +310,7 @@ mod tests {
                 "org:o",
                 "team:t",
                 "workflow:w",
-                "step:w:s"
+                "step:w~s"
             ]
         );
     }

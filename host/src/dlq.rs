@@ -1,7 +1,7 @@
 //! The dead-letter queue (SPEC §7). Entries are written by the scheduler in the same atomic step
 //! that records the failure; here they are listed, read, deleted and retried.
 //!
-//! A retry replays the whole original request as a new job `<old>-retry-<n>` (`retry_of` set,
+//! A retry replays the whole original request as a new job `<old>~retry-<n>` (`retry_of` set,
 //! labels, env, payload, priority, budget and trace kept), and the entry is removed only after
 //! the new job is stored, so a crash in between leaves the entry, never nothing.
 
@@ -15,7 +15,7 @@ use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{CreateOutcome, DlqEntry, DlqFilter, NewJob, Page, PageRequest};
 use crate::time::now_ms;
 
-/// Retry ids tried before giving up (`-retry-1` … `-retry-1000`).
+/// Retry ids tried before giving up (`~retry-1` … `~retry-1000`).
 const MAX_RETRY_SUFFIX: u32 = 1000;
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,7 +159,7 @@ impl Dlq {
 fn replay(old: &JobSpec, n: u32) -> JobSpec {
     let now = now_ms();
     JobSpec {
-        id: format!("{}-retry-{n}", old.id),
+        id: crate::ids::derive(&old.id, format_args!("retry-{n}")),
         retry_of: Some(old.id.clone()),
         attempt: 1,
         not_before: None,
@@ -185,8 +185,8 @@ mod tests {
         req.labels.insert("k".into(), "v".into());
         let old = JobSpec::accept(req, 0);
         let r = replay(&old, 2);
-        assert_eq!(r.id, "j-retry-2");
-        assert_eq!(r.retry_of.as_deref(), Some("j"));
+        assert_eq!(r.id, "default~j~retry-2");
+        assert_eq!(r.retry_of.as_deref(), Some("default~j"));
         assert_eq!(r.labels, old.labels);
         assert_eq!(r.trace_id, old.trace_id);
         assert_eq!(r.deadline, Some(r.created_at + 1000));

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ids;
 use crate::time::{self, Millis};
 
 /// The life of a job. The last five are terminal.
@@ -354,27 +355,64 @@ fn one() -> u32 {
 }
 
 impl JobSpec {
-    /// The spec of a newly accepted, already validated request.
+    /// The spec of a newly accepted, already validated request: its ids (the job's, its trace's,
+    /// its workflow's and run's) qualified by its tenant (see [`crate::ids`]).
     pub fn accept(req: JobRequest, now: Millis) -> JobSpec {
-        let id = req.id.unwrap_or_else(new_id);
+        let tenant = req
+            .tenant_id
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TENANT.to_string());
+        let ours = |local: &String| ids::qualify(&tenant, local);
+        let id = ours(&req.id.clone().unwrap_or_else(new_id));
         // A job that starts a trace names it after itself (the store needs no trace index
         // entry for it: see `store/redis.rs`).
-        let trace_id = req.trace_id.unwrap_or_else(|| id.clone());
+        let trace_id = req.trace_id.as_ref().map_or_else(|| id.clone(), ours);
+        let workflow_id = req.workflow_id.as_ref().map(ours);
+        let run_id = req.run_id.as_ref().map(ours);
+        JobSpec {
+            id,
+            trace_id,
+            workflow_id,
+            run_id,
+            tenant_id: tenant,
+            ..JobSpec::of(req, now)
+        }
+    }
+
+    /// The spec of a workflow step's job, whose ids the engine gives whole: `ids` are taken as
+    /// they are, the request's own id fields are ignored.
+    pub fn accept_step(req: JobRequest, ids: StepJobIds, now: Millis) -> JobSpec {
+        JobSpec {
+            id: ids.job_id,
+            trace_id: ids.run_id.clone(),
+            workflow_id: Some(ids.workflow_id),
+            run_id: Some(ids.run_id),
+            step_id: Some(ids.step_id),
+            tenant_id: req
+                .tenant_id
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            ..JobSpec::of(req, now)
+        }
+    }
+
+    /// Everything of the request but its ids and tenant, which the two `accept`s fill in.
+    fn of(req: JobRequest, now: Millis) -> JobSpec {
         JobSpec {
             deadline: req.deadline_ms.map(|d| now + d as i64),
-            id,
+            id: String::new(),
             topic: req.topic,
             payload: req.payload,
             priority: req.priority,
-            tenant_id: req.tenant_id.unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            tenant_id: String::new(),
             team_id: req.team_id,
             principal_id: req.principal_id,
             labels: req.labels,
             env: req.env,
             deadline_ms: req.deadline_ms,
-            trace_id,
-            workflow_id: req.workflow_id,
-            run_id: req.run_id,
+            trace_id: String::new(),
+            workflow_id: None,
+            run_id: None,
             step_id: req.step_id,
             retry_of: None,
             attempt: 1,
@@ -382,26 +420,17 @@ impl JobSpec {
             created_at: now,
         }
     }
+}
 
-    /// The request that would submit this job again (what a DLQ entry keeps and replays).
-    pub fn to_request(&self) -> JobRequest {
-        JobRequest {
-            id: None,
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
-            priority: self.priority,
-            tenant_id: Some(self.tenant_id.clone()),
-            team_id: self.team_id.clone(),
-            principal_id: self.principal_id.clone(),
-            labels: self.labels.clone(),
-            env: self.env.clone(),
-            deadline_ms: self.deadline_ms,
-            trace_id: Some(self.trace_id.clone()),
-            workflow_id: self.workflow_id.clone(),
-            run_id: self.run_id.clone(),
-            step_id: self.step_id.clone(),
-        }
-    }
+/// The ids of a workflow step's job, chosen by the engine (see [`crate::ids`]): the job's is
+/// derived from the run's, so no client can have taken it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepJobIds {
+    pub job_id: String,
+    pub workflow_id: String,
+    /// Also the job's trace: a run's jobs are one trace.
+    pub run_id: String,
+    pub step_id: String,
 }
 
 pub const DEFAULT_TENANT: &str = "default";

@@ -1,7 +1,7 @@
 //! Coretex: a job and workflow orchestrator whose scheduling decisions are pluggable.
 //!
 //! The modules follow SPEC.md's components. Domain types without I/O sit at the bottom
-//! ([`job`], [`protocol`], [`time`]); the backends ([`store`], [`bus`]) sit on them; the
+//! ([`job`], [`ids`], [`protocol`], [`time`]); the backends ([`store`], [`bus`]) sit on them; the
 //! services ([`scheduler`], [`reconciler`], [`configsvc`], [`dlq`], [`worker`]) use the
 //! backends through their traits; [`gateway`] serves them over HTTP and [`serve`] wires a process.
 
@@ -10,6 +10,7 @@ pub mod bus;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
+pub mod ids;
 pub mod job;
 pub mod loadgen;
 pub mod plugins;

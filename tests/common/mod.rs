@@ -6,8 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use coretex::reconciler::ReconcilerSettings;
 use coretex::serve::{self, Running, ServeOptions};
+use coretex::worker::{Mode, Worker, WorkerOptions};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
 pub const NATS_URL_DEFAULT: &str = "nats://127.0.0.1:4222";
@@ -153,6 +156,27 @@ impl Api {
         }
     }
 
+    /// Polls `path` until `done(status, body)` holds, or panics naming `what` after 10 s.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = self.get(path).await;
+            if done(status, &v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{what}: GET {path} answered {status}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the job is in `state`.
     pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
         self.wait_job(id, within, |j| j["state"] == state).await
@@ -172,5 +196,123 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A host with in-process workers
+// ---------------------------------------------------------------------------------------------
+
+/// A host under test, its API client and the workers started on its bus.
+pub struct Host {
+    pub running: Running,
+    pub api: Api,
+    pub workers: CancellationToken,
+}
+
+/// Reconciler settings short enough for a test to watch it act.
+pub fn fast_reconciler() -> ReconcilerSettings {
+    ReconcilerSettings {
+        interval: Duration::from_millis(100),
+        dispatch_timeout: Duration::from_secs(1),
+        running_timeout: Duration::from_secs(60),
+        redeliver_after: Duration::from_millis(300),
+        pending_grace: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+impl Host {
+    pub async fn start(backend: Backend) -> Host {
+        Host::start_with(options(backend)).await
+    }
+
+    pub async fn start_fast(backend: Backend) -> Host {
+        let mut o = options(backend);
+        o.reconciler = fast_reconciler();
+        Host::start_with(o).await
+    }
+
+    pub async fn start_with(opts: ServeOptions) -> Host {
+        let running = start(opts).await;
+        let api = Api::new(running.addr);
+        Host {
+            running,
+            api,
+            workers: CancellationToken::new(),
+        }
+    }
+
+    /// Starts an in-process worker on the host's bus; it stops with the host or with the token
+    /// returned.
+    pub fn worker(
+        &self,
+        id: &str,
+        pool: &str,
+        topics: &[&str],
+        labels: &[(&str, &str)],
+        mode: Mode,
+    ) -> CancellationToken {
+        let w = Worker::new(
+            self.running.scheduler.bus.clone(),
+            WorkerOptions {
+                id: id.to_string(),
+                pool: pool.to_string(),
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                max_parallel: 8,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                mode,
+                heartbeat_interval: Duration::from_millis(100),
+                report_cpu: false,
+                started_delay: coretex::worker::STARTED_DELAY,
+            },
+        );
+        let stop = self.workers.child_token();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            w.run(s).await.expect("worker runs");
+        });
+        stop
+    }
+
+    /// Starts a worker and waits until the host lists it.
+    pub async fn ready_worker(
+        &self,
+        id: &str,
+        pool: &str,
+        topics: &[&str],
+        labels: &[(&str, &str)],
+        mode: Mode,
+    ) -> CancellationToken {
+        let stop = self.worker(id, pool, topics, labels, mode);
+        self.wait_worker(id).await;
+        stop
+    }
+
+    pub async fn wait_worker(&self, id: &str) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v) = self.api.get("/api/v1/workers").await;
+            if v["items"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|w| w["worker_id"] == id))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "worker {id} never registered: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.workers.cancel();
+        self.running.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.running.handle).await;
     }
 }

@@ -46,6 +46,20 @@ impl Caller {
         self.tenant().is_none_or(|t| t == tenant)
     }
 
+    /// The whole id the caller means by the `field` of a path or query (see
+    /// [`crate::ids::resolve`]): its own tenant's for a tenant key, the default tenant's for an
+    /// admin's unqualified id. A malformed id is a 422 naming `field`; another tenant's is a 404
+    /// naming `what`, answered before anything is read, as for an id that does not exist.
+    pub fn resolve(&self, field: &str, what: &str, id: &str) -> Result<String, ApiError> {
+        let mut errors = Vec::new();
+        crate::ids::check_id(field, id, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        crate::ids::resolve(id, self.tenant())
+            .ok_or_else(|| ApiError::not_found(format!("no such {what} `{id}`")))
+    }
+
     /// 403 unless the caller is an admin; `what` says what needs it.
     pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
         match self {

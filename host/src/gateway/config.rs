@@ -125,11 +125,14 @@ pub async fn effective(
     Query(mut t): Query<ConfigTarget>,
 ) -> Result<Response, ApiError> {
     t.org_id = caller.narrow("org_id", t.org_id)?;
+    t.workflow_id = t
+        .workflow_id
+        .map(|w| caller.resolve("workflow_id", "workflow", &w))
+        .transpose()?;
     let mut errors = Vec::new();
     for (field, v) in [
         ("org_id", &t.org_id),
         ("team_id", &t.team_id),
-        ("workflow_id", &t.workflow_id),
         ("step_id", &t.step_id),
     ] {
         if let Some(v) = v {

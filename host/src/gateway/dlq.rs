@@ -50,18 +50,9 @@ pub async fn list(
     Ok(Json(s.dlq.list(&f, &page).await?).into_response())
 }
 
-/// 404 unless the dead letter exists and the caller sees its tenant (an admin is not asked:
-/// the action itself answers 404 for one that does not exist).
-async fn check_visible(s: &AppState, caller: &Caller, job_id: &str) -> Result<(), ApiError> {
-    if caller.tenant().is_none() {
-        return Ok(());
-    }
-    match s.dlq.get(job_id).await? {
-        Some(e) if caller.sees(&e.tenant_id) => Ok(()),
-        _ => Err(ApiError::not_found(format!(
-            "no dead letter for `{job_id}`"
-        ))),
-    }
+/// The whole id of the dead job the caller names (see [`Caller::resolve`]).
+fn dead_job(caller: &Caller, job_id: &str) -> Result<String, ApiError> {
+    caller.resolve("job_id", "dead letter for job", job_id)
 }
 
 pub async fn get(
@@ -69,9 +60,10 @@ pub async fn get(
     caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let job_id = dead_job(&caller, &job_id)?;
     match s.dlq.get(&job_id).await? {
-        Some(e) if caller.sees(&e.tenant_id) => Ok(Json(e).into_response()),
-        _ => Err(ApiError::not_found(format!(
+        Some(e) => Ok(Json(e).into_response()),
+        None => Err(ApiError::not_found(format!(
             "no dead letter for `{job_id}`"
         ))),
     }
@@ -82,7 +74,7 @@ pub async fn delete(
     caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_visible(&s, &caller, &job_id).await?;
+    let job_id = dead_job(&caller, &job_id)?;
     if s.dlq.delete(&job_id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -97,7 +89,7 @@ pub async fn retry(
     caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_visible(&s, &caller, &job_id).await?;
+    let job_id = dead_job(&caller, &job_id)?;
     let r = s.dlq.retry(&job_id).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }

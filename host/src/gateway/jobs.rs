@@ -10,30 +10,8 @@ use serde_json::json;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Body, Query, RawBody, page_request, time_param};
-use crate::job::{JobRequest, JobState, check_ident};
+use crate::job::{JobRequest, JobState};
 use crate::store::JobFilter;
-
-/// 404 unless the job exists and the caller sees its tenant (an admin is not asked: the
-/// action itself answers 404 for a job that does not exist).
-async fn check_visible(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    if caller.tenant().is_none() {
-        return Ok(());
-    }
-    match s.scheduler.store.get_job(id).await? {
-        Some(job) if caller.sees(&job.spec.tenant_id) => Ok(()),
-        _ => Err(ApiError::not_found(format!("no such job `{id}`"))),
-    }
-}
-
-fn check_path_id(field: &str, id: &str) -> Result<(), ApiError> {
-    let mut errors = Vec::new();
-    check_ident(field, id, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(errors))
-    }
-}
 
 pub async fn submit(
     State(s): State<AppState>,
@@ -169,12 +147,16 @@ pub async fn list(
                 .map_err(|e| ApiError::field("state", e))
         })
         .transpose()?;
+    let trace_id = q
+        .trace_id
+        .map(|t| caller.resolve("trace_id", "trace", &t))
+        .transpose()?;
     let filter = JobFilter {
         state,
         topic: q.topic,
         tenant: caller.narrow("tenant", q.tenant)?,
         team: q.team,
-        trace_id: q.trace_id,
+        trace_id,
         updated_after: time_param("updated_after", q.updated_after.as_deref())?,
         updated_before: time_param("updated_before", q.updated_before.as_deref())?,
     };
@@ -187,10 +169,10 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_path_id("id", &id)?;
+    let id = caller.resolve("id", "job", &id)?;
     match s.scheduler.store.get_job(&id).await? {
-        Some(job) if caller.sees(&job.spec.tenant_id) => Ok(Json(job).into_response()),
-        _ => Err(ApiError::not_found(format!("no such job `{id}`"))),
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(ApiError::not_found(format!("no such job `{id}`"))),
     }
 }
 
@@ -206,8 +188,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    check_path_id("id", &id)?;
-    check_visible(&s, &caller, &id).await?;
+    let id = caller.resolve("id", "job", &id)?;
     let req: CancelRequest = super::optional_body(&body)?;
     let reason = req
         .reason
@@ -232,8 +213,7 @@ pub async fn approve(
     Path(id): Path<String>,
     Body(req): Body<ApproveRequest>,
 ) -> Result<Response, ApiError> {
-    check_path_id("id", &id)?;
-    check_visible(&s, &caller, &id).await?;
+    let id = caller.resolve("id", "job", &id)?;
     if req.comment.as_ref().is_some_and(|c| c.len() > 1000) {
         return Err(ApiError::field(
             "comment",
@@ -257,7 +237,7 @@ pub async fn trace(
     Path(trace_id): Path<String>,
     Query(q): Query<TraceQuery>,
 ) -> Result<Response, ApiError> {
-    check_path_id("trace_id", &trace_id)?;
+    let trace_id = caller.resolve("trace_id", "trace", &trace_id)?;
     let page = page_request(q.limit.or(Some(super::MAX_LIMIT)), q.cursor.as_deref())?;
     let filter = JobFilter {
         trace_id: Some(trace_id),

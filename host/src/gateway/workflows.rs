@@ -13,29 +13,17 @@ use super::error::ApiError;
 use super::{AppState, Body, Query, RawBody, optional_body, page_request};
 use crate::job::FieldError;
 use crate::store::RunFilter;
-use crate::workflow::definition::{Run, Status, Workflow, WorkflowSpec};
+use crate::workflow::definition::{Status, WorkflowSpec};
 
-/// The workflow, when the caller sees its org (else 404, as if it did not exist).
-async fn visible(
-    s: &AppState,
-    caller: &Caller,
-    id: &str,
-    version: Option<u64>,
-) -> Result<Workflow, ApiError> {
-    let wf = s.workflows.get(id, version).await?;
-    if !caller.sees(&wf.org_id) {
-        return Err(ApiError::not_found(format!("no such workflow `{id}`")));
-    }
-    Ok(wf)
+/// The whole id of the workflow the caller names (see [`Caller::resolve`]): a tenant key
+/// names only its org's.
+fn qualified_workflow_id(caller: &Caller, id: &str) -> Result<String, ApiError> {
+    caller.resolve("id", "workflow", id)
 }
 
-/// 404 unless the caller sees the workflow (an admin is not asked: the action itself answers
-/// 404 for a workflow that does not exist).
-async fn check_visible(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    if caller.tenant().is_none() {
-        return Ok(());
-    }
-    visible(s, caller, id, None).await.map(drop)
+/// The whole id of the run the caller names.
+fn qualified_run_id(caller: &Caller, run_id: &str) -> Result<String, ApiError> {
+    caller.resolve("run_id", "run", run_id)
 }
 
 #[derive(Deserialize, Default)]
@@ -118,16 +106,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(wf)).into_response())
 }
 
-/// A tenant key's page holds only its org's definitions (so it may hold fewer than `limit`;
-/// `next_cursor` still leads on).
+/// A tenant key lists its org's definitions only.
 pub async fn list(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
-    let mut page = s.workflows.list(&page).await?;
-    page.items.retain(|wf| caller.sees(&wf.org_id));
+    let page = s.workflows.list(caller.tenant(), &page).await?;
     Ok(Json(page).into_response())
 }
 
@@ -137,7 +123,8 @@ pub async fn get(
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(visible(&s, &caller, &id, q.version).await?).into_response())
+    let id = qualified_workflow_id(&caller, &id)?;
+    Ok(Json(s.workflows.get(&id, q.version).await?).into_response())
 }
 
 pub async fn update(
@@ -147,8 +134,8 @@ pub async fn update(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    let id = qualified_workflow_id(&caller, &id)?;
     let mut spec = definition_body(&headers, &body)?;
-    check_visible(&s, &caller, &id).await?;
     spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     Ok(Json(s.workflows.update(&id, spec).await?).into_response())
 }
@@ -158,7 +145,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_visible(&s, &caller, &id).await?;
+    let id = qualified_workflow_id(&caller, &id)?;
     if s.workflows.delete(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -172,8 +159,8 @@ pub async fn start_run(
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    let id = qualified_workflow_id(&caller, &id)?;
     let req: StartRun = optional_body(&body)?;
-    check_visible(&s, &caller, &id).await?;
     let run = s.workflows.start_run(&id, req.input).await?;
     Ok((
         StatusCode::CREATED,
@@ -182,14 +169,13 @@ pub async fn start_run(
         .into_response())
 }
 
-/// A tenant key's page holds only its org's runs.
 pub async fn list_runs(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, ApiError> {
-    check_visible(&s, &caller, &id).await?;
+    let id = qualified_workflow_id(&caller, &id)?;
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let status = q
         .status
@@ -206,10 +192,9 @@ pub async fn list_runs(
     let filter = RunFilter {
         workflow_id: Some(id),
         status,
+        org: None,
     };
-    let mut page = s.workflows.list_runs(&filter, &page).await?;
-    page.items.retain(|run| caller.sees(&run.org_id));
-    Ok(Json(page).into_response())
+    Ok(Json(s.workflows.list_runs(&filter, &page).await?).into_response())
 }
 
 pub async fn get_run(
@@ -217,19 +202,18 @@ pub async fn get_run(
     caller: Caller,
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = s.workflows.get_run(&run_id).await?;
-    if !caller.sees(&run.org_id) {
-        return Err(ApiError::not_found(format!("no such run `{run_id}`")));
-    }
-    Ok(Json(run).into_response())
+    let run_id = qualified_run_id(&caller, &run_id)?;
+    Ok(Json(s.workflows.get_run(&run_id).await?).into_response())
 }
 
-/// The run, when it belongs to the workflow in the path and the caller sees its org (else 404).
-async fn run_of(s: &AppState, caller: &Caller, id: &str, run_id: &str) -> Result<Run, ApiError> {
-    let run = s.workflows.get_run(run_id).await?;
-    if run.workflow_id != id || !caller.sees(&run.org_id) {
+/// The whole id of the run in the path, when it is a run of the workflow in the path and the
+/// caller sees both (else 404).
+async fn run_of(s: &AppState, caller: &Caller, id: &str, run: &str) -> Result<String, ApiError> {
+    let id = qualified_workflow_id(caller, id)?;
+    let run = qualified_run_id(caller, run)?;
+    if s.workflows.get_run(&run).await?.workflow_id != id {
         return Err(ApiError::not_found(format!(
-            "no run `{run_id}` of workflow `{id}`"
+            "no run `{run}` of workflow `{id}`"
         )));
     }
     Ok(run)
@@ -242,7 +226,7 @@ pub async fn cancel_run(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
-    run_of(&s, &caller, &id, &run_id).await?;
+    let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_run(&run_id, &reason).await?).into_response())
 }
@@ -254,7 +238,7 @@ pub async fn cancel_step(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
-    run_of(&s, &caller, &id, &run_id).await?;
+    let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_step(&run_id, &step_id, &reason).await?).into_response())
 }
@@ -265,7 +249,7 @@ pub async fn approve(
     Path((id, run_id, step_id)): Path<(String, String, String)>,
     Body(req): Body<ApproveBody>,
 ) -> Result<Response, ApiError> {
-    run_of(&s, &caller, &id, &run_id).await?;
+    let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let run = s
         .workflows
         .approve(&run_id, &step_id, req.approved, req.comment)

@@ -93,6 +93,7 @@ use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_j
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
+    StepJobIds,
 };
 use crate::plugins::PluginRegistry;
 use crate::protocol::{
@@ -372,12 +373,32 @@ impl Scheduler {
         req: JobRequest,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, SchedulerError> {
+        self.accept(req, idempotency_key, JobSpec::accept).await
+    }
+
+    /// Stores and announces a workflow step's job, whose ids the engine chose (see
+    /// [`JobSpec::accept_step`]); the rest of the request is validated as a client's.
+    pub async fn submit_step(
+        &self,
+        req: JobRequest,
+        ids: StepJobIds,
+    ) -> Result<Accepted, SchedulerError> {
+        self.accept(req, None, |req, now| JobSpec::accept_step(req, ids, now))
+            .await
+    }
+
+    async fn accept(
+        &self,
+        req: JobRequest,
+        idempotency_key: Option<String>,
+        spec_of: impl FnOnce(JobRequest, Millis) -> JobSpec,
+    ) -> Result<Accepted, SchedulerError> {
         let errors = req.validate(&self.settings.limits);
         if !errors.is_empty() {
             return Err(SchedulerError::Invalid(errors));
         }
         let new = NewJob {
-            spec: JobSpec::accept(req, now_ms()),
+            spec: spec_of(req, now_ms()),
             idempotency_key,
             note: None,
         };

@@ -2,10 +2,11 @@
 //! delay or goes to the dead-letter queue. The built-in default here dead-letters at once;
 //! policy plugins stand behind the same trait.
 //!
-//! A retry is a new job, `<root>-attempt-<n>`, with the same spec, `attempt = n`, `retry_of` the
+//! A retry is a new job, `<root>~attempt-<n>` (an id only the host derives: see [`crate::ids`]), with the same spec, `attempt = n`, `retry_of` the
 //! job before it and `not_before` the back-off. Terminal states stay terminal (SPEC §3), the
 //! history of each attempt stays readable, and the trace id ties the attempts together.
 
+use crate::ids;
 use crate::job::{Job, JobError, JobSpec, JobState};
 use crate::time::Millis;
 
@@ -54,7 +55,7 @@ pub fn next_attempt(spec: &JobSpec, now: Millis, after_ms: u64) -> JobSpec {
     let root = root_id(&spec.id);
     let attempt = spec.attempt + 1;
     JobSpec {
-        id: format!("{root}-attempt-{attempt}"),
+        id: ids::derive(root, format_args!("{ATTEMPT}{attempt}")),
         attempt,
         retry_of: Some(spec.id.clone()),
         not_before: Some(now + after_ms as i64),
@@ -63,9 +64,15 @@ pub fn next_attempt(spec: &JobSpec, now: Millis, after_ms: u64) -> JobSpec {
     }
 }
 
+/// What comes before an attempt's number in its id (after the separator).
+const ATTEMPT: &str = "attempt-";
+
 /// The id of the first attempt.
 fn root_id(id: &str) -> &str {
-    match id.rsplit_once("-attempt-") {
+    match id
+        .rsplit_once(ids::SEP)
+        .and_then(|(root, last)| Some((root, last.strip_prefix(ATTEMPT)?)))
+    {
         Some((root, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => root,
         _ => id,
     }
@@ -87,11 +94,11 @@ mod tests {
             0,
         );
         let a2 = next_attempt(&spec, 100, 50);
-        assert_eq!(a2.id, "j1-attempt-2");
+        assert_eq!(a2.id, "default~j1~attempt-2");
         assert_eq!(a2.not_before, Some(150));
         let a3 = next_attempt(&a2, 200, 0);
-        assert_eq!(a3.id, "j1-attempt-3");
-        assert_eq!(a3.retry_of.as_deref(), Some("j1-attempt-2"));
+        assert_eq!(a3.id, "default~j1~attempt-3");
+        assert_eq!(a3.retry_of.as_deref(), Some("default~j1~attempt-2"));
         assert_eq!(a3.trace_id, spec.trace_id);
     }
 }

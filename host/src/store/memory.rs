@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::*;
 use crate::job::{Job, JobEvent, JobState};
 use crate::time::now_ms;
-use crate::workflow::definition::{Run, Workflow};
+use crate::workflow::definition::{Run, Status, Workflow};
 
 /// A sorted set ordered by `(score, member)`, as Redis orders a ZSET.
 #[derive(Default)]
@@ -116,16 +116,39 @@ struct Inner {
     indexes: HashMap<String, ZSet>,
     dlq: HashMap<String, DlqEntry>,
     dlq_index: ZSet,
+    /// Each tenant's dead letters, as Redis keeps them (a tenant's cursor never holds
+    /// another's id).
+    dlq_tenant_index: HashMap<String, ZSet>,
     config: HashMap<String, ConfigDoc>,
     locks: HashMap<String, (String, Millis)>,
     plugins: BTreeMap<String, StoredPlugin>,
-    /// Workflow id → latest version.
-    workflows: BTreeMap<String, u64>,
+    /// Workflow id → the latest version ever stored and whether it is live.
+    workflows: BTreeMap<String, WorkflowHead>,
     workflow_versions: HashMap<(String, u64), Workflow>,
     /// Each run with the time it expires (once finished).
     runs: HashMap<String, (Run, Option<Millis>)>,
-    /// `wf:{id}`, `status:{status}` and `all`, as the Redis run indexes.
-    run_indexes: HashMap<String, ZSet>,
+    /// The run indexes, as Redis keeps them.
+    run_indexes: HashMap<RunIndexKey, ZSet>,
+}
+
+/// A [`RunIndex`] that owns its name, to key a map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RunIndexKey {
+    Workflow(String),
+    Org(String),
+    Status(Status),
+    All,
+}
+
+impl From<RunIndex<'_>> for RunIndexKey {
+    fn from(i: RunIndex<'_>) -> Self {
+        match i {
+            RunIndex::Workflow(w) => RunIndexKey::Workflow(w.to_string()),
+            RunIndex::Org(o) => RunIndexKey::Org(o.to_string()),
+            RunIndex::Status(s) => RunIndexKey::Status(s),
+            RunIndex::All => RunIndexKey::All,
+        }
+    }
 }
 
 fn index_key(name: IndexName<'_>) -> String {
@@ -190,7 +213,7 @@ impl Inner {
         let idem_key = new
             .idempotency_key
             .as_ref()
-            .map(|k| format!("{}:{k}", spec.tenant_id));
+            .map(|k| crate::ids::qualify(&spec.tenant_id, k));
         if let Some(key) = &idem_key
             && let Some((existing, exp)) = self.idempotency.get(key)
             && *exp > now
@@ -375,6 +398,11 @@ impl Store for MemoryStore {
             // Filed under the id of the job that failed, as the Redis script does.
             inner.dlq.insert(id.to_string(), dl.clone());
             inner.dlq_index.add(id, dl.created_at);
+            inner
+                .dlq_tenant_index
+                .entry(spec.tenant_id.clone())
+                .or_default()
+                .add(id, dl.created_at);
         }
         Ok(TransitionOutcome::Applied {
             from,
@@ -507,7 +535,19 @@ impl Store for MemoryStore {
         page: &PageRequest,
     ) -> StoreResult<Page<DlqEntry>> {
         let inner = self.inner.lock();
-        Ok(page_desc(&inner.dlq_index, page, |id| {
+        let index = match &filter.tenant {
+            Some(t) => match inner.dlq_tenant_index.get(t) {
+                Some(index) => index,
+                None => {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    });
+                }
+            },
+            None => &inner.dlq_index,
+        };
+        Ok(page_desc(index, page, |id| {
             inner.dlq.get(id).filter(|e| filter.matches(e)).cloned()
         }))
     }
@@ -515,6 +555,11 @@ impl Store for MemoryStore {
     async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
         let mut inner = self.inner.lock();
         inner.dlq_index.remove(job_id);
+        if let Some(t) = crate::ids::tenant_of(job_id)
+            && let Some(index) = inner.dlq_tenant_index.get_mut(t)
+        {
+            index.remove(job_id);
+        }
         Ok(inner.dlq.remove(job_id).is_some())
     }
 
@@ -619,36 +664,61 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().plugins.remove(name).is_some())
     }
 
-    async fn workflow_put(&self, wf: &Workflow) -> StoreResult<()> {
+    async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()> {
         let mut inner = self.inner.lock();
-        let current = inner.workflows.get(&wf.id).copied().unwrap_or(0);
-        if current + 1 != wf.version {
+        let head = inner.workflows.get(&wf.id).copied();
+        let current = head.map_or(0, |h| h.latest);
+        let live = head.is_some_and(|h| h.live);
+        let key = (wf.id.clone(), wf.version);
+        if current + 1 != wf.version || live == create || inner.workflow_versions.contains_key(&key)
+        {
             return Err(StoreError::Conflict { current });
         }
-        inner.workflows.insert(wf.id.clone(), wf.version);
-        inner
-            .workflow_versions
-            .insert((wf.id.clone(), wf.version), wf.clone());
+        inner.workflows.insert(
+            wf.id.clone(),
+            WorkflowHead {
+                latest: wf.version,
+                live: true,
+            },
+        );
+        inner.workflow_versions.insert(key, wf.clone());
         Ok(())
+    }
+
+    async fn workflow_head(&self, id: &str) -> StoreResult<Option<WorkflowHead>> {
+        Ok(self.inner.lock().workflows.get(id).copied())
     }
 
     async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>> {
         let inner = self.inner.lock();
-        let Some(v) = version.or_else(|| inner.workflows.get(id).copied()) else {
+        let live = || inner.workflows.get(id).filter(|h| h.live).map(|h| h.latest);
+        let Some(v) = version.or_else(live) else {
             return Ok(None);
         };
         Ok(inner.workflow_versions.get(&(id.to_string(), v)).cloned())
     }
 
-    async fn workflow_list(&self, page: &PageRequest) -> StoreResult<Page<Workflow>> {
+    async fn workflow_list(
+        &self,
+        org: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Workflow>> {
         let inner = self.inner.lock();
-        let after = page.cursor.as_ref().map(|c| c.id.clone());
+        let prefix = org.map(|o| crate::ids::qualify(o, ""));
+        let from = match (&page.cursor, &prefix) {
+            (Some(c), _) => std::ops::Bound::Excluded(c.id.clone()),
+            (None, Some(p)) => std::ops::Bound::Included(p.clone()),
+            (None, None) => std::ops::Bound::Unbounded,
+        };
         let mut items = Vec::new();
-        for (id, v) in &inner.workflows {
-            if after.as_ref().is_some_and(|a| id <= a) {
+        for (id, head) in inner.workflows.range((from, std::ops::Bound::Unbounded)) {
+            if prefix.as_ref().is_some_and(|p| !id.starts_with(p.as_str())) {
+                break;
+            }
+            if !head.live {
                 continue;
             }
-            if let Some(wf) = inner.workflow_versions.get(&(id.clone(), *v)) {
+            if let Some(wf) = inner.workflow_versions.get(&(id.clone(), head.latest)) {
                 items.push(wf.clone());
             }
             if items.len() == page.limit {
@@ -665,7 +735,14 @@ impl Store for MemoryStore {
     }
 
     async fn workflow_delete(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.inner.lock().workflows.remove(id).is_some())
+        let mut inner = self.inner.lock();
+        Ok(match inner.workflows.get_mut(id) {
+            Some(head) if head.live => {
+                head.live = false;
+                true
+            }
+            _ => false,
+        })
     }
 
     async fn run_put(&self, run: &Run) -> StoreResult<u64> {
@@ -681,18 +758,19 @@ impl Store for MemoryStore {
         if let Some((_, status)) = old {
             inner
                 .run_indexes
-                .entry(format!("status:{status}"))
+                .entry(RunIndexKey::Status(status))
                 .or_default()
                 .remove(&run.id);
         }
         for name in [
-            format!("status:{}", run.status),
-            format!("wf:{}", run.workflow_id),
-            "all".to_string(),
+            RunIndex::Status(run.status),
+            RunIndex::Workflow(&run.workflow_id),
+            RunIndex::Org(&run.org_id),
+            RunIndex::All,
         ] {
             inner
                 .run_indexes
-                .entry(name)
+                .entry(name.into())
                 .or_default()
                 .add(&run.id, run.started_at);
         }
@@ -727,7 +805,7 @@ impl Store for MemoryStore {
 
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>> {
         let inner = self.inner.lock();
-        let Some(index) = inner.run_indexes.get(&run_index_name(filter)) else {
+        let Some(index) = inner.run_indexes.get(&RunIndex::of(filter).into()) else {
             return Ok(Page {
                 items: Vec::new(),
                 next_cursor: None,

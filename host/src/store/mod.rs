@@ -324,13 +324,22 @@ pub trait Store: Send + Sync + 'static {
     async fn plugin_delete(&self, name: &str) -> StoreResult<bool>;
 
     /// Saves version `wf.version` of a workflow (and makes it the latest) only when the latest
-    /// stored version is `wf.version - 1` (0: none); else `Conflict` with the current one. Older
-    /// versions stay readable: runs follow the version they started with.
-    async fn workflow_put(&self, wf: &Workflow) -> StoreResult<()>;
-    /// The latest version, or the one asked for.
+    /// version ever stored is `wf.version - 1` (0: none) and the workflow is live for an update
+    /// (`create` false) or not live — never created, or deleted — for a create; else `Conflict`
+    /// with the latest version. A version once written never changes: runs follow the version
+    /// they started with, and a workflow deleted and created again continues its numbering.
+    async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()>;
+    /// The latest version ever stored under `id` and whether the workflow is live (`None`: no
+    /// version ever).
+    async fn workflow_head(&self, id: &str) -> StoreResult<Option<WorkflowHead>>;
+    /// The latest version of a live workflow, or the version asked for (live or not).
     async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>>;
-    /// The latest version of every workflow, by id.
-    async fn workflow_list(&self, page: &PageRequest) -> StoreResult<Page<Workflow>>;
+    /// The latest version of every live workflow (of one org), by id.
+    async fn workflow_list(
+        &self,
+        org: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Workflow>>;
     /// Removes the workflow from the list and `workflow_get(id, None)`; the stored versions stay
     /// for the runs still following them.
     async fn workflow_delete(&self, id: &str) -> StoreResult<bool>;
@@ -346,18 +355,41 @@ pub trait Store: Send + Sync + 'static {
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>>;
 }
 
+/// Where a workflow's versions stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkflowHead {
+    /// The latest version ever stored (a delete keeps it).
+    pub latest: u64,
+    /// Whether the workflow exists now (not deleted).
+    pub live: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunFilter {
     pub workflow_id: Option<String>,
+    /// The runs of one org (tenant) only.
+    pub org: Option<String>,
     pub status: Option<Status>,
 }
 
-/// The run index a filter is answered from (the same names in both backends).
-pub(crate) fn run_index_name(filter: &RunFilter) -> String {
-    match (&filter.workflow_id, filter.status) {
-        (Some(w), _) => format!("wf:{w}"),
-        (None, Some(s)) => format!("status:{s}"),
-        (None, None) => "all".into(),
+/// The run index a filter is answered from (the same in both backends): the most selective
+/// one. An org's runs come from its own index, so a page's cursor never holds another org's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RunIndex<'a> {
+    Workflow(&'a str),
+    Org(&'a str),
+    Status(Status),
+    All,
+}
+
+impl<'a> RunIndex<'a> {
+    pub(crate) fn of(filter: &'a RunFilter) -> Self {
+        match (&filter.workflow_id, &filter.org, filter.status) {
+            (Some(w), _, _) => RunIndex::Workflow(w),
+            (None, Some(o), _) => RunIndex::Org(o),
+            (None, None, Some(s)) => RunIndex::Status(s),
+            (None, None, None) => RunIndex::All,
+        }
     }
 }
 
@@ -375,6 +407,7 @@ impl RunFilter {
         self.workflow_id
             .as_deref()
             .is_none_or(|w| w == run.workflow_id)
+            && self.org.as_deref().is_none_or(|o| o == run.org_id)
             && self.status.is_none_or(|s| s == run.status)
     }
 }

@@ -3,10 +3,17 @@
 //!
 //! # Key layout (all under a configurable prefix `P`, default `coretex:`)
 //!
+//! A key that stands for one named thing puts the name between braces: `job:{acme~order-42}`.
+//! No name holds a brace (ids, tenants, scopes and plugin names are identifiers; see
+//! [`crate::ids`]), so no name — whatever a client chooses — can make its key equal another's
+//! or one of the host's own (a job named `idx` is `dlq:{…~idx}`, never the index `idx:dlq`;
+//! a workflow `w1:v:2` is `wf:{…~w1:v:2}`, never version 2 of `w1`). The braces are also Redis
+//! Cluster hash tags: each thing's keys hash by its name alone.
+//!
 //! | key | type | what |
 //! |---|---|---|
 //! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
-//! | `P idem:{tenant}:{key}` | string | idempotency key → job id |
+//! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
 //! | `P idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
@@ -14,18 +21,21 @@
 //! | `P idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
 //! | `P idx:names` | set | the tenant index keys, for pruning |
 //! | `P dlq:{id}` | string | a dead letter (JSON) |
-//! | `P dlq:idx` | zset | dead letters by time |
+//! | `P idx:dlq`, `P idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
 //! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
 //! | `P lock:{name}` | string | the owner token, with a TTL |
 //! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
 //! | `P plugins` | set | the names of the uploaded plugins |
-//! | `P wf:{id}` | hash | a workflow's `latest` version number and its JSON `doc` |
-//! | `P wf:{id}:v:{n}` | string | version `n` of a workflow (JSON); kept after a delete for the runs following it |
-//! | `P wfs` | zset | the workflow ids, all scored 0 (listed by id) |
+//! | `P wf:{id}` | hash | a workflow's `latest` version number (kept when it is deleted, so a workflow created again under its id continues the numbering) and, while it is live, its JSON `doc` |
+//! | `P wf:{id}:v:{n}` | string | version `n` of a workflow (JSON), written once (`SET NX`); kept after a delete for the runs following it |
+//! | `P wfs` | zset | the live workflow ids, all scored 0 (listed by id: an org's ids, `org~…`, are one lexicographic range) |
 //! | `P run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status`; once the run has finished it expires `job_ttl` after its last save, as a job does |
-//! | `P runs:all`, `P runs:wf:{workflow_id}`, `P runs:status:{status}` | zset | runs scored by `started_at`; a save moves the run between status indexes in the same script; entries of expired runs are dropped by `run_prune_indexes` |
-//! | `P runs:names` | set | the `runs:wf:{workflow_id}` index keys, for pruning |
-//! | `P lock:wf-run:{id}` | string | a run's lock (see `lock:{name}`): held by the replica advancing the run |
+//! | `P runs:all`, `P runs:wf:{workflow_id}`, `P runs:org:{org}`, `P runs:status:{status}` | zset | runs scored by `started_at`; a save moves the run between status indexes in the same script; entries of expired runs are dropped by `run_prune_indexes` |
+//! | `P runs:names` | set | the `runs:wf:{…}` and `runs:org:{…}` index keys, for pruning |
+//! | `P lock:{wf-run:id}` | string | a run's lock (see `lock:{name}`): held by the replica advancing the run |
+//!
+//! The layout changed with tenant-qualified ids: a store written by an older build is not read
+//! (start with a fresh key prefix).
 //!
 //! # The transition script
 //!
@@ -63,6 +73,7 @@ use crate::workflow::definition::{Run, Status, Workflow};
 /// create and transition scripts make most of theirs on indexes. Removals go before additions,
 /// so a job that moves twice within one batch ends where its last move put it.
 const LUA_INDEX_WRITES: &str = r#"
+local function braced(p, family, name) return p .. family .. ':{' .. name .. '}' end
 local zadds, zrems = {}, {}
 local function zadd(key, score, id)
   local m = zadds[key]
@@ -100,9 +111,9 @@ local names = p .. 'idx:names'
 local named, persisted = {}, {}
 local out = {}
 local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run)
-  local key = p .. 'job:' .. id
+  local key = braced(p, 'job', id)
   if idem ~= '' then
-    local ik = p .. 'idem:' .. tenant .. ':' .. idem
+    local ik = braced(p, 'idem', tenant .. '~' .. idem)
     local existing = redis.call('GET', ik)
     if existing then return 'exists', existing end
     if redis.call('EXISTS', key) == 1 then return 'exists', id end
@@ -120,14 +131,14 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   redis.call('HSET', key, unpack(f))
   zadd(p .. 'idx:state:PENDING', score, id)
   zadd(p .. 'idx:recent', created, id)
-  local tk = p .. 'idx:tenant:' .. tenant
+  local tk = braced(p, 'idx:tenant', tenant)
   zadd(tk, created, id)
   if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
   -- A job that starts its trace (the trace named after it) is listed from its own record;
   -- the others join the trace's index. A finished sibling may have set the index's TTL: a
   -- live job keeps its trace.
   if trace ~= id then
-    local trk = p .. 'idx:trace:' .. trace
+    local trk = braced(p, 'idx:trace', trace)
     zadd(trk, created, id)
     if not persisted[trk] then persisted[trk] = true; redis.call('PERSIST', trk) end
   end
@@ -154,7 +165,7 @@ const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
 local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
-  local key = p .. 'job:' .. id
+  local key = braced(p, 'job', id)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline')
   local cur = h[1]
   if not cur then return 'missing', '', '', '' end
@@ -191,16 +202,17 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   zrem(p .. 'idx:state:' .. cur, id)
   zadd(p .. 'idx:state:' .. to, at, id)
   zadd(p .. 'idx:recent', at, id)
-  zadd(p .. 'idx:tenant:' .. h[2], at, id)
+  zadd(braced(p, 'idx:tenant', h[2]), at, id)
   if TERMINAL[to] then
     -- A record expires a TTL after it finished (a live job never does), its trace with it.
     redis.call('PEXPIRE', key, ttl)
-    if h[3] and h[3] ~= id then redis.call('PEXPIRE', p .. 'idx:trace:' .. h[3], ttl) end
+    if h[3] and h[3] ~= id then redis.call('PEXPIRE', braced(p, 'idx:trace', h[3]), ttl) end
     if h[6] then zrem(p .. 'idx:deadline', id) end
   end
   if dl ~= '' then
-    redis.call('SET', p .. 'dlq:' .. id, dl)
-    redis.call('ZADD', p .. 'dlq:idx', dlat, id)
+    redis.call('SET', braced(p, 'dlq', id), dl)
+    redis.call('ZADD', p .. 'idx:dlq', dlat, id)
+    redis.call('ZADD', braced(p, 'idx:dlq', tenant), dlat, id)
   end
   return 'ok', cur, run, tenant
 end
@@ -225,7 +237,7 @@ return out
 
 const LUA_ANNOTATE: &str = r#"
 local p, id, expect = ARGV[1], ARGV[2], ARGV[3]
-local key = p .. 'job:' .. id
+local key = p .. 'job:{' .. id .. '}'
 local h = redis.call('HMGET', key, 'state', 'reason', 'hn')
 if not h[1] then return 'missing' end
 if h[1] ~= expect then return 'skip' end
@@ -265,7 +277,7 @@ local items, scanned, offset, ls, lid = {}, 0, 0, '', ''
 -- in its place by creation time, once, when it is after the cursor.
 local root, rs, rss = ARGV[13], nil, nil
 if root ~= '' then
-  local r = redis.call('HMGET', p .. 'job:' .. root, 'trace', 'created')
+  local r = redis.call('HMGET', p .. 'job:{' .. root .. '}', 'trace', 'created')
   if r[1] == root and r[2] then
     rss = r[2]
     rs = tonumber(rss)
@@ -275,7 +287,7 @@ end
 local function visit(id, s)
   scanned = scanned + 1
   ls, lid = s, id
-  local h = redis.call('HMGET', p .. 'job:' .. id, 'state', 'topic', 'tenant', 'team', 'updated_at')
+  local h = redis.call('HMGET', p .. 'job:{' .. id .. '}', 'state', 'topic', 'tenant', 'team', 'updated_at')
   if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
     and (ften == '' or h[3] == ften) and (fteam == '' or h[4] == fteam)
     and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
@@ -335,18 +347,23 @@ while true do
 end
 "#;
 
+/// KEYS: the workflow's hash, the new version's key, the workflow index. ARGV: the version,
+/// its doc, the workflow id, `create` ('1' to create a workflow that is not live, '' to update
+/// one that is). A version is written once: its number comes after the latest ever stored,
+/// which a delete keeps.
 const LUA_WORKFLOW_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'latest') or '0')
-if cur + 1 ~= tonumber(ARGV[1]) then return {'conflict', cur} end
+local live = redis.call('HEXISTS', KEYS[1], 'doc') == 1
+if cur + 1 ~= tonumber(ARGV[1]) or live == (ARGV[4] == '1') then return {'conflict', cur} end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX') == false then return {'conflict', cur} end
 redis.call('HSET', KEYS[1], 'latest', ARGV[1], 'doc', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 return {'ok', cur + 1}
 "#;
 
-/// KEYS: run hash, its workflow index, the all-runs index, its new status index, the names set.
-/// ARGV: expected revision, doc, status, score, id, status index prefix, TTL in ms (empty while
-/// the run has not finished).
+/// KEYS: run hash, its workflow index, the all-runs index, its new status index, the names set,
+/// its org index. ARGV: expected revision, doc, status, score, id, status index prefix, TTL in
+/// ms (empty while the run has not finished).
 const LUA_RUN_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if cur ~= tonumber(ARGV[1]) then return {'conflict', cur} end
@@ -355,13 +372,14 @@ if old then redis.call('ZREM', ARGV[6] .. old, ARGV[5]) end
 redis.call('HSET', KEYS[1], 'rev', cur + 1, 'status', ARGV[3], 'doc', ARGV[2])
 if ARGV[7] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-redis.call('SADD', KEYS[5], KEYS[2])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
+redis.call('SADD', KEYS[5], KEYS[2], KEYS[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return {'ok', cur + 1}
 "#;
 
-/// Drops the entries of the index `KEYS[1]` whose record (`ARGV[1]` .. id) no longer exists,
+/// Drops the entries of the index `KEYS[1]` whose record (`ARGV[1]` .. id .. `}`) no longer exists,
 /// among those scored before `ARGV[2]`: only a record last touched a TTL ago can have expired,
 /// so the live ones looked at are the few old ones (a job or run that has not finished never
 /// expires). Looks at up to `ARGV[4]` entries from offset `ARGV[3]` of that range, so one call
@@ -375,7 +393,7 @@ while seen < budget do
   if #ids == 0 then return {removed, redis.call('ZCARD', KEYS[1]), -1} end
   for _, id in ipairs(ids) do
     seen = seen + 1
-    if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    if redis.call('EXISTS', ARGV[1] .. id .. '}') == 0 then
       redis.call('ZREM', KEYS[1], id)
       removed = removed + 1
     else
@@ -670,15 +688,31 @@ impl RedisStore {
         })
     }
 
+    /// A key of the host's own (an index, a set of names).
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
+    }
+
+    /// The key of one named thing of a `family`: the name between braces, which no name holds,
+    /// so no name can make it equal another key (see the module docs).
+    fn named(&self, family: &str, name: &str) -> String {
+        format!("{}{family}:{{{name}}}", self.prefix)
+    }
+
+    fn run_index(&self, index: &RunIndex<'_>) -> String {
+        match index {
+            RunIndex::Workflow(w) => self.named("runs:wf", w),
+            RunIndex::Org(o) => self.named("runs:org", o),
+            RunIndex::Status(s) => self.key(&format!("runs:status:{s}")),
+            RunIndex::All => self.key("runs:all"),
+        }
     }
 
     fn index_key(&self, name: IndexName<'_>) -> String {
         match name {
             IndexName::Recent => self.key("idx:recent"),
-            IndexName::Tenant(t) => self.key(&format!("idx:tenant:{t}")),
-            IndexName::Trace(t) => self.key(&format!("idx:trace:{t}")),
+            IndexName::Tenant(t) => self.named("idx:tenant", t),
+            IndexName::Trace(t) => self.named("idx:trace", t),
             IndexName::State(s) => self.key(&format!("idx:state:{s}")),
         }
     }
@@ -798,7 +832,7 @@ impl RedisStore {
         }
         let mut pipe = ::redis::pipe();
         for id in ids {
-            pipe.hgetall(self.key(&format!("job:{id}")));
+            pipe.hgetall(self.named("job", id));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<std::collections::HashMap<String, String>> =
@@ -1083,7 +1117,7 @@ impl Store for RedisStore {
                 .iter()
                 .map(|s| self.index_key(IndexName::State(*s))),
         );
-        let (removed, empty) = self.prune(&keys, named.len(), "job:", before).await?;
+        let (removed, empty) = self.prune(&keys, named.len(), "job:{", before).await?;
         if !empty.is_empty() {
             let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
         }
@@ -1093,7 +1127,7 @@ impl Store for RedisStore {
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn
-            .get(self.key(&format!("dlq:{job_id}")))
+            .get(self.named("dlq", job_id))
             .await
             .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -1109,7 +1143,12 @@ impl Store for RedisStore {
         // cursor (a script finds the entries after it, however long the tie it sits in) and
         // filter here, with the same tie order and budget as the job lists.
         let mut conn = self.conn.clone();
-        let index = self.key("dlq:idx");
+        // A tenant's entries from its own index: a cursor holds the last entry looked at,
+        // which must never be another tenant's.
+        let index = match &filter.tenant {
+            Some(t) => self.named("idx:dlq", t),
+            None => self.key("idx:dlq"),
+        };
         let budget = scan_budget(page.limit);
         let mut cursor = page.cursor.clone();
         let mut items = Vec::new();
@@ -1125,10 +1164,7 @@ impl Store for RedisStore {
                 });
             }
             let exhausted = fresh.len() < want;
-            let keys: Vec<String> = fresh
-                .iter()
-                .map(|(id, _)| self.key(&format!("dlq:{id}")))
-                .collect();
+            let keys: Vec<String> = fresh.iter().map(|(id, _)| self.named("dlq", id)).collect();
             let raws: Vec<Option<String>> = ::redis::cmd("MGET")
                 .arg(&keys)
                 .query_async(&mut conn)
@@ -1165,10 +1201,14 @@ impl Store for RedisStore {
 
     async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
-        let (deleted, _): (u64, u64) = ::redis::pipe()
+        let (deleted, _, _): (u64, u64, u64) = ::redis::pipe()
             .atomic()
-            .del(self.key(&format!("dlq:{job_id}")))
-            .zrem(self.key("dlq:idx"), job_id)
+            .del(self.named("dlq", job_id))
+            .zrem(self.key("idx:dlq"), job_id)
+            .zrem(
+                self.named("idx:dlq", crate::ids::tenant_of(job_id).unwrap_or_default()),
+                job_id,
+            )
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1183,7 +1223,7 @@ impl Store for RedisStore {
         let mut pipe = ::redis::pipe();
         for k in keys {
             pipe.cmd("HMGET")
-                .arg(self.key(&format!("config:{k}")))
+                .arg(self.named("config", k))
                 .arg("data")
                 .arg("revision")
                 .arg("updated_at");
@@ -1216,7 +1256,7 @@ impl Store for RedisStore {
         let (status, revision): (String, u64) = self
             .scripts
             .config_put
-            .key(self.key(&format!("config:{key}")))
+            .key(self.named("config", key))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .arg(data.to_string())
             .arg(now)
@@ -1238,7 +1278,7 @@ impl Store for RedisStore {
         let (status, n): (String, u64) = self
             .scripts
             .config_delete
-            .key(self.key(&format!("config:{key}")))
+            .key(self.named("config", key))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await
@@ -1254,7 +1294,7 @@ impl Store for RedisStore {
         let got: i64 = self
             .scripts
             .lock_acquire
-            .key(self.key(&format!("lock:{name}")))
+            .key(self.named("lock", name))
             .arg(owner)
             .arg(ttl_ms)
             .invoke_async(&mut conn)
@@ -1268,7 +1308,7 @@ impl Store for RedisStore {
         let n: i64 = self
             .scripts
             .lock_release
-            .key(self.key(&format!("lock:{name}")))
+            .key(self.named("lock", name))
             .arg(owner)
             .invoke_async(&mut conn)
             .await
@@ -1287,7 +1327,7 @@ impl Store for RedisStore {
         ::redis::pipe()
             .atomic()
             .hset_multiple(
-                self.key(&format!("plugin:{name}")),
+                self.named("plugin", name),
                 &[
                     ("bytes", bytes),
                     ("hash", hash.as_bytes()),
@@ -1306,7 +1346,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let (bytes, hash, updated_at): (Option<Vec<u8>>, Option<String>, Option<i64>) =
             ::redis::cmd("HMGET")
-                .arg(self.key(&format!("plugin:{name}")))
+                .arg(self.named("plugin", name))
                 .arg("bytes")
                 .arg("hash")
                 .arg("updated_at")
@@ -1337,7 +1377,7 @@ impl Store for RedisStore {
         let mut pipe = ::redis::pipe();
         for name in &names {
             pipe.cmd("HMGET")
-                .arg(self.key(&format!("plugin:{name}")))
+                .arg(self.named("plugin", name))
                 .arg("hash")
                 .arg("updated_at");
         }
@@ -1360,7 +1400,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let (deleted, _): (i64, i64) = ::redis::pipe()
             .atomic()
-            .del(self.key(&format!("plugin:{name}")))
+            .del(self.named("plugin", name))
             .srem(self.key("plugins"), name)
             .query_async(&mut conn)
             .await
@@ -1368,18 +1408,19 @@ impl Store for RedisStore {
         Ok(deleted == 1)
     }
 
-    async fn workflow_put(&self, wf: &Workflow) -> StoreResult<()> {
+    async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()> {
         let mut conn = self.conn.clone();
         let doc = serde_json::to_string(wf).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (status, current): (String, u64) = self
             .scripts
             .workflow_put
-            .key(self.key(&format!("wf:{}", wf.id)))
-            .key(self.key(&format!("wf:{}:v:{}", wf.id, wf.version)))
+            .key(self.named("wf", &wf.id))
+            .key(format!("{}:v:{}", self.named("wf", &wf.id), wf.version))
             .key(self.key("wfs"))
             .arg(wf.version)
             .arg(doc)
             .arg(&wf.id)
+            .arg(if create { "1" } else { "" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1389,36 +1430,57 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn workflow_head(&self, id: &str) -> StoreResult<Option<WorkflowHead>> {
+        let mut conn = self.conn.clone();
+        let (latest, live): (Option<u64>, bool) = ::redis::pipe()
+            .hget(self.named("wf", id), "latest")
+            .hexists(self.named("wf", id), "doc")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(latest.map(|latest| WorkflowHead { latest, live }))
+    }
+
     async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = match version {
-            Some(v) => conn.get(self.key(&format!("wf:{id}:v:{v}"))).await,
-            None => conn.hget(self.key(&format!("wf:{id}")), "doc").await,
+            Some(v) => conn.get(format!("{}:v:{v}", self.named("wf", id))).await,
+            None => conn.hget(self.named("wf", id), "doc").await,
         }
         .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
-    async fn workflow_list(&self, page: &PageRequest) -> StoreResult<Page<Workflow>> {
+    async fn workflow_list(
+        &self,
+        org: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Workflow>> {
+        // By id, lexicographically; an org's ids (`org~…`) are one range of it, so its page
+        // and its cursor hold only its own.
         let mut conn = self.conn.clone();
-        let min = page
-            .cursor
-            .as_ref()
-            .map_or("-".to_string(), |c| format!("({}", c.id));
+        let (from, to) = match org {
+            Some(o) => (
+                format!("[{}", crate::ids::qualify(o, "")),
+                format!("({o}\x7f"),
+            ),
+            None => ("-".to_string(), "+".to_string()),
+        };
+        let min = page.cursor.as_ref().map_or(from, |c| format!("({}", c.id));
         let ids: Vec<String> = conn
-            .zrangebylex_limit(self.key("wfs"), min, "+", 0, page.limit as isize)
+            .zrangebylex_limit(self.key("wfs"), min, to, 0, page.limit as isize)
             .await
             .map_err(unavailable)?;
-        if ids.is_empty() {
+        let Some(last) = ids.last().cloned() else {
             return Ok(Page {
                 items: Vec::new(),
                 next_cursor: None,
             });
-        }
+        };
         let mut pipe = ::redis::pipe();
         for id in &ids {
-            pipe.hget(self.key(&format!("wf:{id}")), "doc");
+            pipe.hget(self.named("wf", id), "doc");
         }
         let raws: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let items = raws
@@ -1426,7 +1488,7 @@ impl Store for RedisStore {
             .flatten()
             .map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<StoreResult<Vec<Workflow>>>()?;
-        let next = (ids.len() == page.limit).then(|| workflow_cursor(&ids[ids.len() - 1]));
+        let next = (ids.len() == page.limit).then(|| workflow_cursor(&last));
         Ok(Page {
             items,
             next_cursor: next,
@@ -1434,10 +1496,12 @@ impl Store for RedisStore {
     }
 
     async fn workflow_delete(&self, id: &str) -> StoreResult<bool> {
+        // The hash keeps `latest`, so a workflow created again under this id continues its
+        // versions and never writes over one a run still follows.
         let mut conn = self.conn.clone();
         let (deleted, _): (u64, u64) = ::redis::pipe()
             .atomic()
-            .del(self.key(&format!("wf:{id}")))
+            .hdel(self.named("wf", id), "doc")
             .zrem(self.key("wfs"), id)
             .query_async(&mut conn)
             .await
@@ -1453,11 +1517,12 @@ impl Store for RedisStore {
         let (status, revision): (String, u64) = self
             .scripts
             .run_put
-            .key(self.key(&format!("run:{}", run.id)))
-            .key(self.key(&format!("runs:wf:{}", run.workflow_id)))
-            .key(self.key("runs:all"))
-            .key(self.key(&format!("runs:status:{}", run.status)))
+            .key(self.named("run", &run.id))
+            .key(self.run_index(&RunIndex::Workflow(&run.workflow_id)))
+            .key(self.run_index(&RunIndex::All))
+            .key(self.run_index(&RunIndex::Status(run.status)))
             .key(self.key("runs:names"))
+            .key(self.run_index(&RunIndex::Org(&run.org_id)))
             .arg(run.revision)
             .arg(doc)
             .arg(run.status.as_str())
@@ -1483,14 +1548,14 @@ impl Store for RedisStore {
         let names_key = self.key("runs:names");
         let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
         let by_workflow = keys.len();
-        keys.push(self.key("runs:all"));
+        keys.push(self.run_index(&RunIndex::All));
         keys.extend(
             Status::RUN_ENDS
                 .iter()
-                .map(|s| self.key(&format!("runs:status:{s}"))),
+                .map(|s| self.run_index(&RunIndex::Status(*s))),
         );
         let before = now_ms() - self.opts.job_ttl_ms as Millis;
-        let (removed, empty) = self.prune(&keys, by_workflow, "run:", before).await?;
+        let (removed, empty) = self.prune(&keys, by_workflow, "run:{", before).await?;
         if !empty.is_empty() {
             let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
         }
@@ -1500,7 +1565,7 @@ impl Store for RedisStore {
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn
-            .hget(self.key(&format!("run:{id}")), "doc")
+            .hget(self.named("run", id), "doc")
             .await
             .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -1511,7 +1576,7 @@ impl Store for RedisStore {
         // One chunk of the index after the cursor (the same tie order as the job lists), then
         // the documents in one pipeline; filtered here.
         let mut conn = self.conn.clone();
-        let index = self.key(&format!("runs:{}", run_index_name(filter)));
+        let index = self.run_index(&RunIndex::of(filter));
         let want = scan_budget(page.limit).min(page.limit * 4);
         let entries = self.index_after(&index, page.cursor.as_ref(), want).await?;
         if entries.is_empty() {
@@ -1522,7 +1587,7 @@ impl Store for RedisStore {
         }
         let mut pipe = ::redis::pipe();
         for (id, _) in &entries {
-            pipe.hget(self.key(&format!("run:{id}")), "doc");
+            pipe.hget(self.named("run", id), "doc");
         }
         let raws: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let mut items = Vec::new();

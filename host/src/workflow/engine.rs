@@ -39,7 +39,8 @@ use super::definition::{
 };
 use crate::bus::{Feed, job_events};
 use crate::configsvc::ConfigTarget;
-use crate::job::{FieldError, Job, JobRequest, JobState};
+use crate::ids;
+use crate::job::{DEFAULT_TENANT, FieldError, Job, JobRequest, JobState, StepJobIds};
 use crate::plugins::{ConditionEvaluator, PluginRegistry};
 use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
@@ -101,10 +102,18 @@ pub struct Engine {
     last_prune: Mutex<Option<std::time::Instant>>,
 }
 
+/// A step's job as an advance submits it: the request (rendered input, env, labels) and the
+/// ids the engine gives it.
+#[derive(Debug)]
+struct StepJob {
+    req: JobRequest,
+    ids: StepJobIds,
+}
+
 /// What an advance does outside the run document.
 #[derive(Debug)]
 enum Effect {
-    Submit(Box<JobRequest>),
+    Submit(Box<StepJob>),
     Cancel { job_id: String, reason: String },
 }
 
@@ -150,7 +159,10 @@ impl Engine {
     // ---- definitions ----
 
     async fn checked(&self, spec: WorkflowSpec, id: String, version: u64) -> Result<Workflow> {
-        let org_id = spec.org_id.clone().unwrap_or_else(|| "default".into());
+        let org_id = spec
+            .org_id
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TENANT.to_string());
         let team_id = spec.team_id.clone().unwrap_or_default();
         let conditions = self.conditions(&org_id, &team_id, Some(&id)).await?;
         let mut errors = definition::validate(&spec, &conditions);
@@ -182,37 +194,60 @@ impl Engine {
         })
     }
 
-    /// Validates and stores version 1 of a new workflow.
-    pub async fn create(&self, spec: WorkflowSpec) -> Result<Workflow> {
-        let id = spec
+    /// Validates and stores a new workflow, `{org}~{id}` (see [`ids`]). Its first version is 1,
+    /// or — for an id deleted before — the one after the last stored under it, so a run still
+    /// following an old version never sees it change.
+    pub async fn create(&self, mut spec: WorkflowSpec) -> Result<Workflow> {
+        let org = spec
+            .org_id
+            .get_or_insert_with(|| DEFAULT_TENANT.to_string())
+            .clone();
+        let local = spec
             .id
-            .clone()
-            .unwrap_or_else(|| format!("wf-{}", uuid::Uuid::now_v7()));
-        let wf = self.checked(spec, id, 1).await?;
-        match self.store.workflow_put(&wf).await {
-            Err(StoreError::Conflict { .. }) => Err(WorkflowError::Conflict(format!(
-                "workflow `{}` exists; update it with PUT",
-                wf.id
-            ))),
+            .get_or_insert_with(|| format!("wf-{}", uuid::Uuid::now_v7()))
+            .clone();
+        let id = ids::qualify(&org, &local);
+        let exists =
+            || WorkflowError::Conflict(format!("workflow `{id}` exists; update it with PUT"));
+        let head = self.store.workflow_head(&id).await?;
+        if head.is_some_and(|h| h.live) {
+            return Err(exists());
+        }
+        let version = head.map_or(0, |h| h.latest) + 1;
+        let wf = self.checked(spec, id.clone(), version).await?;
+        match self.store.workflow_put(&wf, true).await {
+            Err(StoreError::Conflict { .. }) => Err(exists()),
             other => other.map(|()| wf).map_err(Into::into),
         }
     }
 
-    /// Stores a new version; runs already started keep theirs.
+    /// Stores a new version; runs already started keep theirs. The workflow stays in its org.
     pub async fn update(&self, id: &str, mut spec: WorkflowSpec) -> Result<Workflow> {
         let current = self.get(id, None).await?;
-        if spec.id.as_deref().is_some_and(|s| s != id) {
-            return Err(WorkflowError::Invalid(vec![FieldError::new(
-                "id",
-                "does not match the path",
-            )]));
+        let local = id
+            .strip_prefix(&ids::qualify(&current.org_id, ""))
+            .unwrap_or(id)
+            .to_string();
+        let mut errors = Vec::new();
+        if spec.id.as_deref().is_some_and(|s| s != local && s != id) {
+            errors.push(FieldError::new("id", "does not match the path"));
         }
-        spec.id = Some(id.to_string());
+        if spec.org_id.as_deref().is_some_and(|o| o != current.org_id) {
+            errors.push(FieldError::new(
+                "org_id",
+                format!("the workflow belongs to org `{}`", current.org_id),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(WorkflowError::Invalid(errors));
+        }
+        spec.id = Some(local);
+        spec.org_id = Some(current.org_id.clone());
         let mut wf = self
             .checked(spec, id.to_string(), current.version + 1)
             .await?;
         wf.created_at = current.created_at;
-        match self.store.workflow_put(&wf).await {
+        match self.store.workflow_put(&wf, false).await {
             Err(StoreError::Conflict { current }) => Err(WorkflowError::Conflict(format!(
                 "workflow `{id}` changed meanwhile (now version {current}); try again"
             ))),
@@ -227,8 +262,9 @@ impl Engine {
             .ok_or_else(|| WorkflowError::NotFound(format!("no such workflow `{id}`")))
     }
 
-    pub async fn list(&self, page: &PageRequest) -> Result<Page<Workflow>> {
-        Ok(self.store.workflow_list(page).await?)
+    /// The live workflows (of one org), by id.
+    pub async fn list(&self, org: Option<&str>, page: &PageRequest) -> Result<Page<Workflow>> {
+        Ok(self.store.workflow_list(org, page).await?)
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool> {
@@ -247,7 +283,7 @@ impl Engine {
             }
         }
         let run = Run {
-            id: format!("run-{}", uuid::Uuid::now_v7()),
+            id: ids::qualify(&wf.org_id, &format!("run-{}", uuid::Uuid::now_v7())),
             workflow_id: wf.id.clone(),
             workflow_version: wf.version,
             org_id: wf.org_id.clone(),
@@ -481,7 +517,7 @@ impl Engine {
         // same advance submits nothing), and every job whose step ended without it is cancelled.
         let still: HashSet<&str> = running_jobs(&run).map(|(j, _)| j).collect();
         effects.retain(|e| match e {
-            Effect::Submit(req) => req.id.as_deref().is_some_and(|id| still.contains(id)),
+            Effect::Submit(job) => still.contains(job.ids.job_id.as_str()),
             Effect::Cancel { .. } => true,
         });
         effects.extend(
@@ -499,9 +535,10 @@ impl Engine {
         }
         for e in effects {
             match e {
-                Effect::Submit(req) => {
-                    let id = req.id.clone().unwrap_or_default();
-                    if let Err(e) = self.scheduler.submit(*req, None).await {
+                Effect::Submit(job) => {
+                    let StepJob { req, ids } = *job;
+                    let id = ids.job_id.clone();
+                    if let Err(e) = self.scheduler.submit_step(req, ids).await {
                         // The step stays running with its job id; the next advance sees the job
                         // missing and submits it again.
                         tracing::warn!(run_id, job_id = %id, error = %e, "could not submit a step job");
@@ -607,8 +644,8 @@ impl Engine {
         let mut advanced = 0;
         for status in [Status::Pending, Status::Running, Status::Waiting] {
             let filter = RunFilter {
-                workflow_id: None,
                 status: Some(status),
+                ..RunFilter::default()
             };
             let mut page = PageRequest {
                 limit: 200,
@@ -1039,10 +1076,10 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         s.attempts += 1;
         s.next_attempt_at = None;
         match self.job_request(run, id, def, s, index, scope) {
-            Ok(req) => {
-                s.job_id = req.id.clone();
+            Ok(job) => {
+                s.job_id = Some(job.ids.job_id.clone());
                 s.status = Status::Running;
-                self.effects.push(Effect::Submit(Box::new(req)));
+                self.effects.push(Effect::Submit(Box::new(job)));
             }
             Err(e) => end_step(s, Status::Failed, &e, self.now),
         }
@@ -1056,7 +1093,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         s: &StepRun,
         index: Option<usize>,
         scope: &Value,
-    ) -> std::result::Result<JobRequest, String> {
+    ) -> std::result::Result<StepJob, String> {
         let mut scope = scope.clone();
         let mut env: BTreeMap<String, String> = [
             ("workflow_id", run.workflow_id.clone()),
@@ -1081,13 +1118,12 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                 );
                 scope["item"] = item;
                 scope["index"] = json!(i);
-                format!("{}.{id}.{i}.{}", run.id, s.attempts)
+                ids::derive(&ids::derive(&ids::derive(&run.id, id), i), s.attempts)
             }
-            None => format!("{}.{id}.{}", run.id, s.attempts),
+            None => ids::derive(&ids::derive(&run.id, id), s.attempts),
         };
         let payload = definition::render(&def.input, &scope)?;
-        Ok(JobRequest {
-            id: Some(job_id),
+        let req = JobRequest {
             topic: def.topic.clone().unwrap_or_default(),
             payload,
             tenant_id: Some(run.org_id.clone()),
@@ -1095,12 +1131,15 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             labels: def.route_labels.clone(),
             env,
             deadline_ms: None,
-            trace_id: Some(run.id.clone()),
-            workflow_id: Some(run.workflow_id.clone()),
-            run_id: Some(run.id.clone()),
-            step_id: Some(id.to_string()),
             ..Default::default()
-        })
+        };
+        let ids = StepJobIds {
+            job_id,
+            workflow_id: run.workflow_id.clone(),
+            run_id: run.id.clone(),
+            step_id: id.to_string(),
+        };
+        Ok(StepJob { req, ids })
     }
 
     /// The run's status from its steps.
