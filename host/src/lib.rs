@@ -19,6 +19,7 @@ pub mod reconciler;
 pub mod scheduler;
 pub mod serve;
 pub mod store;
+pub mod supervisor;
 pub mod time;
 pub mod worker;
 pub mod workflow;

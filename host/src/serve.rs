@@ -31,6 +31,7 @@ use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreOptions};
+use crate::supervisor::Supervisor;
 use crate::worker::{Mode, Worker, WorkerOptions};
 use crate::workflow::engine::{Engine, EngineSettings};
 
@@ -118,6 +119,25 @@ async fn start_plugins(
     Ok(plugins)
 }
 
+/// Loads the plugins of `dir` now, then follows the directory in a supervised loop (a restart
+/// scans it afresh).
+async fn watch_plugin_dir(
+    loops: &Supervisor,
+    plugins: &Arc<PluginRegistry>,
+    dir: PathBuf,
+    every: Duration,
+) {
+    plugins.watch_dir(dir.clone()).scan().await;
+    let plugins = plugins.clone();
+    loops.spawn("plugins.dir", move || {
+        let mut watcher = plugins.watch_dir(dir.clone());
+        async move {
+            watcher.scan().await;
+            watcher.run(every).await;
+        }
+    });
+}
+
 /// The echo pool of `--demo-workers`.
 pub const DEMO_POOL: &str = "echo";
 pub const DEMO_TOPIC: &str = "job.echo";
@@ -189,47 +209,73 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
     let workflows = Engine::new(scheduler.clone(), opts.workflows.clone());
 
-    let mut tasks: Vec<JoinHandle<()>> = vec![
-        tokio::spawn(plugins.clone().follow_store(store.clone(), bus.clone())),
-        tokio::spawn(config.clone().listen_for_changes()),
-        tokio::spawn(scheduler.clone().run_heartbeats()),
-        tokio::spawn(scheduler.clone().run_submissions()),
-        tokio::spawn(scheduler.clone().run_wait_queue()),
-        tokio::spawn(scheduler.clone().run_results()),
-        tokio::spawn(scheduler.clone().run_dispatch_records()),
-        tokio::spawn(scheduler.clone().run_remote_events()),
-        tokio::spawn(reconciler.clone().run()),
-        tokio::spawn(workflows.clone().run_events()),
-        tokio::spawn(workflows.clone().run_reconciler()),
+    let loops = Supervisor::new(stop.clone());
+    {
+        let (plugins, store, bus) = (plugins.clone(), store.clone(), bus.clone());
+        loops.spawn("plugins.follow_store", move || {
+            plugins.clone().follow_store(store.clone(), bus.clone())
+        });
+    }
+    {
+        let config = config.clone();
+        loops.spawn("config.changes", move || {
+            config.clone().listen_for_changes()
+        });
+    }
+    type SchedulerLoop = fn(Arc<Scheduler>) -> futures::future::BoxFuture<'static, ()>;
+    let scheduler_loops: [(&'static str, SchedulerLoop); 6] = [
+        ("scheduler.heartbeats", |s| Box::pin(s.run_heartbeats())),
+        ("scheduler.submissions", |s| Box::pin(s.run_submissions())),
+        ("scheduler.wait_queue", |s| Box::pin(s.run_wait_queue())),
+        ("scheduler.results", |s| Box::pin(s.run_results())),
+        ("scheduler.dispatch_records", |s| {
+            Box::pin(s.run_dispatch_records())
+        }),
+        ("scheduler.remote_events", |s| {
+            Box::pin(s.run_remote_events())
+        }),
     ];
+    for (name, run) in scheduler_loops {
+        let s = scheduler.clone();
+        loops.spawn(name, move || run(s.clone()));
+    }
+    {
+        let r = reconciler.clone();
+        loops.spawn("reconciler", move || r.clone().run());
+        let w = workflows.clone();
+        loops.spawn("workflows.events", move || w.clone().run_events());
+        let w = workflows.clone();
+        loops.spawn("workflows.reconciler", move || w.clone().run_reconciler());
+    }
     if let Some(dir) = &opts.plugin_dir {
-        let mut watcher = plugins.watch_dir(dir.clone());
-        watcher.scan().await;
-        tasks.push(tokio::spawn(watcher.run(opts.plugins.poll_interval)));
+        watch_plugin_dir(&loops, &plugins, dir.clone(), opts.plugins.poll_interval).await;
         tracing::info!(dir = %dir.display(), "watching the plugin dir");
     }
     if opts.demo_workers {
-        for i in 1..=2 {
-            let w = Worker::new(
-                bus.clone(),
-                WorkerOptions {
-                    id: format!("demo-echo-{i}"),
-                    pool: DEMO_POOL.into(),
-                    topics: vec![DEMO_TOPIC.into()],
-                    max_parallel: 50,
-                    labels: BTreeMap::new(),
-                    mode: Mode::Echo,
-                    heartbeat_interval: Duration::from_secs(1),
-                    report_cpu: false,
-                    started_delay: crate::worker::STARTED_DELAY,
-                },
-            );
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = w.run(stop).await {
-                    tracing::error!(error = %e, "demo worker stopped");
+        for (i, name) in [(1, "demo.echo-1"), (2, "demo.echo-2")] {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            loops.spawn(name, move || {
+                let w = Worker::new(
+                    bus.clone(),
+                    WorkerOptions {
+                        id: format!("demo-echo-{i}"),
+                        pool: DEMO_POOL.into(),
+                        topics: vec![DEMO_TOPIC.into()],
+                        max_parallel: 50,
+                        labels: BTreeMap::new(),
+                        mode: Mode::Echo,
+                        heartbeat_interval: Duration::from_secs(1),
+                        report_cpu: false,
+                        started_delay: crate::worker::STARTED_DELAY,
+                    },
+                );
+                let stop = stop.clone();
+                async move {
+                    if let Err(e) = w.run(stop).await {
+                        tracing::error!(error = %e, "demo worker stopped");
+                    }
                 }
-            }));
+            });
         }
         tracing::info!(
             pool = DEMO_POOL,
@@ -249,6 +295,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         stop: stop.clone(),
         started: Instant::now(),
         max_body_bytes: opts.max_body_bytes,
+        loops: loops.clone(),
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -275,10 +322,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             .await
             .context("HTTP server")?;
         reconciler.release().await;
-        for t in tasks {
-            t.abort();
-        }
-        // After the abort, so the engine's reconciler cannot take the lock again.
+        loops.shutdown().await;
+        // After its loops have ended, so the engine's reconciler cannot take the lock again.
         engine.release().await;
         Ok(())
     });

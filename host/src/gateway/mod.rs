@@ -70,6 +70,8 @@ pub struct AppState {
     pub stop: tokio_util::sync::CancellationToken,
     pub started: Instant,
     pub max_body_bytes: usize,
+    /// The host's background loops, for the status page.
+    pub loops: crate::supervisor::Supervisor,
 }
 
 /// The largest page a list answers.
@@ -156,8 +158,11 @@ async fn openapi() -> Response {
 async fn status(State(s): State<AppState>) -> Response {
     let store_ok = s.scheduler.store.ping().await.is_ok();
     let bus_ok = s.scheduler.bus.is_connected();
+    // A loop restarted lately makes the host degraded, but still able to serve (200); a
+    // backend it cannot reach makes it unable to (503).
+    let healthy = store_ok && bus_ok && !s.loops.degraded();
     let body = json!({
-        "status": if store_ok && bus_ok { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
         "uptime_s": s.started.elapsed().as_secs(),
         "store": {"backend": s.scheduler.store.backend(), "ok": store_ok},
         "bus": {"backend": s.scheduler.bus.backend(), "connected": bus_ok},
@@ -166,6 +171,7 @@ async fn status(State(s): State<AppState>) -> Response {
         "safety_breaker": s.scheduler.safety().breaker().state(),
         "reconciler_skipped": s.reconciler.skipped(),
         "plugins": s.scheduler.plugins.list(),
+        "loops": s.loops.status(),
     });
     let code = if store_ok && bus_ok {
         StatusCode::OK
