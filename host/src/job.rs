@@ -11,6 +11,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::{
+    JsonMeasure, MAX_DEADLINE_MS, MAX_ENV_BYTES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_ID_LEN,
+    MAX_JSON_DEPTH, MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_PAYLOAD_BYTES,
+};
 use crate::time::{self, Millis};
 
 /// The life of a job. The last five are terminal.
@@ -156,7 +160,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_payload_bytes: 1 << 20,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -175,16 +179,19 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// Errors as one line: `field: message; field: message`.
+    pub fn describe(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// The env key the scheduler fills with the effective config; clients may not set it.
 pub const EFFECTIVE_CONFIG_ENV: &str = "CORETEX_EFFECTIVE_CONFIG";
-const MAX_ID_LEN: usize = 128;
-const MAX_LABELS: usize = 64;
-const MAX_LABEL_VALUE: usize = 1024;
-const MAX_ENV: usize = 128;
-const MAX_ENV_VALUE: usize = 16 * 1024;
-const MAX_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// An identifier a job, tenant, topic or trace may carry: 1–128 of `[A-Za-z0-9._:-]`. Kept
 /// narrow because ids become parts of Redis keys and NATS-safe tokens.
@@ -213,6 +220,31 @@ fn check_opt_ident(field: &str, value: &Option<String>, errors: &mut Vec<FieldEr
     }
 }
 
+/// Labels (a job's, or a step's `route_labels`): at most [`MAX_LABELS`], keys 1–128
+/// characters, values at most [`MAX_LABEL_VALUE_BYTES`].
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    if labels.len() > MAX_LABELS {
+        errors.push(FieldError::new(
+            field,
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_ID_LEN {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("label keys are 1–{MAX_ID_LEN} characters"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("label values are at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+}
+
 impl JobRequest {
     /// Every problem with the request, each naming its field. Empty means valid.
     pub fn validate(&self, limits: &Limits) -> Vec<FieldError> {
@@ -226,46 +258,37 @@ impl JobRequest {
         check_opt_ident("workflow_id", &self.workflow_id, &mut errors);
         check_opt_ident("run_id", &self.run_id, &mut errors);
         check_opt_ident("step_id", &self.step_id, &mut errors);
-        let payload_len = serde_json::to_vec(&self.payload).map_or(0, |v| v.len());
-        if payload_len > limits.max_payload_bytes {
+        // Over the bus a payload can be deeper than a body allows (a workflow template builds
+        // it): the same depth limit, so its records read back.
+        let payload = JsonMeasure::of_value(&self.payload);
+        if payload.bytes > limits.max_payload_bytes {
             errors.push(FieldError::new(
                 "payload",
                 format!(
-                    "is {payload_len} bytes; the limit is {}",
-                    limits.max_payload_bytes
+                    "is {} bytes; the limit is {}",
+                    payload.bytes, limits.max_payload_bytes
                 ),
             ));
         }
-        if self.labels.len() > MAX_LABELS {
+        if payload.depth > MAX_JSON_DEPTH {
             errors.push(FieldError::new(
-                "labels",
-                format!("at most {MAX_LABELS} labels"),
+                "payload",
+                crate::limits::too_deep(payload.depth),
             ));
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > MAX_ID_LEN {
-                errors.push(FieldError::new(
-                    format!("labels.{k}"),
-                    "label keys are 1–128 characters",
-                ));
-            }
-            if v.len() > MAX_LABEL_VALUE {
-                errors.push(FieldError::new(
-                    format!("labels.{k}"),
-                    format!("label values are at most {MAX_LABEL_VALUE} characters"),
-                ));
-            }
-        }
-        if self.env.len() > MAX_ENV {
+        check_labels("labels", &self.labels, &mut errors);
+        if self.env.len() > MAX_ENV_VARS {
             errors.push(FieldError::new(
                 "env",
-                format!("at most {MAX_ENV} variables"),
+                format!("at most {MAX_ENV_VARS} variables"),
             ));
         }
+        let mut env_bytes = 0;
         for (k, v) in &self.env {
+            env_bytes += k.len() + v.len();
             let valid_name = !k.is_empty()
                 && k.len() <= MAX_ID_LEN
-                && !k.as_bytes()[0].is_ascii_digit()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid_name {
                 errors.push(FieldError::new(
@@ -278,12 +301,18 @@ impl JobRequest {
                     "is set by the scheduler and may not be submitted",
                 ));
             }
-            if v.len() > MAX_ENV_VALUE {
+            if v.len() > MAX_ENV_VALUE_BYTES {
                 errors.push(FieldError::new(
                     format!("env.{k}"),
-                    format!("values are at most {MAX_ENV_VALUE} bytes"),
+                    format!("values are at most {MAX_ENV_VALUE_BYTES} bytes"),
                 ));
             }
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            errors.push(FieldError::new(
+                "env",
+                format!("names and values are {env_bytes} bytes; the limit is {MAX_ENV_BYTES}"),
+            ));
         }
         if let Some(d) = self.deadline_ms
             && (d == 0 || d > MAX_DEADLINE_MS)

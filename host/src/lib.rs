@@ -11,6 +11,7 @@ pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
 pub mod job;
+pub mod limits;
 pub mod loadgen;
 pub mod plugins;
 pub mod protocol;
