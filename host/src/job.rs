@@ -139,7 +139,11 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Time budget in milliseconds from acceptance; the job fails or times out past it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -435,6 +439,34 @@ impl JobSpec {
 
 pub const DEFAULT_TENANT: &str = "default";
 
+/// `#[serde(deserialize_with = "whole::opt")]` (or `whole::num`) for a count or a duration: a
+/// whole number, written `5` or `5.0` — JSON Schema's `integer` admits both, and so do the
+/// clients that write every number with a fraction. A fraction or a number out of the type's
+/// range is an error naming the field.
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    pub fn num<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        });
+        whole
+            .and_then(|w| T::try_from(w).ok())
+            .ok_or_else(|| D::Error::custom(format!("`{n}` is not a whole number in range")))
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Num(#[serde(deserialize_with = "num")] u64);
+        Option::<Num>::deserialize(d)?
+            .map(|Num(w)| T::try_from(w).map_err(|_| D::Error::custom("out of range")))
+            .transpose()
+    }
+}
+
 /// A fresh, time-ordered identifier (UUID v7).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -606,6 +638,18 @@ mod tests {
     fn unknown_request_fields_are_rejected() {
         let err = serde_json::from_str::<JobRequest>(r#"{"topic":"a","topci":"b"}"#).unwrap_err();
         assert!(err.to_string().contains("topci"));
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_fraction() {
+        let req: JobRequest = serde_json::from_str(r#"{"topic":"t","deadline_ms":421.0}"#).unwrap();
+        assert_eq!(req.deadline_ms, Some(421));
+        for bad in ["421.5", "-1", "1e30", "\"5\""] {
+            let text = format!(r#"{{"topic":"t","deadline_ms":{bad}}}"#);
+            assert!(serde_json::from_str::<JobRequest>(&text).is_err(), "{bad}");
+        }
+        let req: JobRequest = serde_json::from_str(r#"{"topic":"t","deadline_ms":null}"#).unwrap();
+        assert_eq!(req.deadline_ms, None);
     }
 
     #[test]

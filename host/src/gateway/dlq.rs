@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Path, Query, RawBody, page_request};
+use super::{AppState, Path, Query, RawBody, check_idents, page_request};
 use crate::job::JobState;
 use crate::limits::MAX_BULK_RETRY;
 use crate::store::DlqFilter;
@@ -28,6 +28,7 @@ fn filter(
     topic: Option<String>,
     status: Option<String>,
 ) -> Result<DlqFilter, ApiError> {
+    check_idents(&[("tenant", tenant.as_deref()), ("topic", topic.as_deref())])?;
     Ok(DlqFilter {
         tenant,
         topic,
@@ -109,6 +110,7 @@ pub struct BulkRequest {
     tenant: Option<String>,
     topic: Option<String>,
     status: Option<String>,
+    #[serde(default, deserialize_with = "crate::job::whole::opt")]
     max: Option<usize>,
 }
 

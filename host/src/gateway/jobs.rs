@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Body, Path, Query, RawBody, check_reason, page_request, time_param};
+use super::{
+    AppState, Body, Path, Query, RawBody, check_idents, check_reason, page_request, time_param,
+};
 use crate::job::{JobRequest, JobState, check_ident};
 use crate::limits::{MAX_BATCH_JOBS, MAX_IDEMPOTENCY_KEY_LEN};
 use crate::store::JobFilter;
@@ -159,6 +161,12 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
+    check_idents(&[
+        ("topic", q.topic.as_deref()),
+        ("tenant", q.tenant.as_deref()),
+        ("team", q.team.as_deref()),
+        ("trace_id", q.trace_id.as_deref()),
+    ])?;
     let state = q
         .state
         .as_deref()

@@ -185,6 +185,22 @@ pub fn page_request(
     Ok(crate::store::PageRequest { limit, cursor })
 }
 
+/// Ids given as filters or parameters, each when present: 422 naming every one that is not an
+/// id (`[A-Za-z0-9._:-]{1,128}`).
+pub fn check_idents(ids: &[(&str, Option<&str>)]) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for (field, id) in ids {
+        if let Some(id) = id {
+            crate::job::check_ident(field, id, &mut errors);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
 /// A cancel reason or an approval comment, when given, within [`MAX_REASON_BYTES`].
 ///
 /// [`MAX_REASON_BYTES`]: crate::limits::MAX_REASON_BYTES

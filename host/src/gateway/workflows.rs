@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{
-    AppState, Body, Path, Query, RawBody, check_reason, extract, optional_body, page_request,
+    AppState, Body, Path, Query, RawBody, check_idents, check_reason, extract, optional_body,
+    page_request,
 };
 use crate::store::RunFilter;
 use crate::workflow::definition::{Run, Status, Workflow, WorkflowSpec};
@@ -184,6 +185,7 @@ pub async fn list_runs(
     Path(id): Path<String>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, ApiError> {
+    check_idents(&[("id", Some(&id))])?;
     check_visible(&s, &caller, &id).await?;
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let status = q

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::expr;
-use crate::job::{FieldError, check_ident, check_labels};
+use crate::job::{FieldError, check_ident, check_labels, whole};
 use crate::limits::{
     MAX_BACKOFF_MULTIPLIER, MAX_BACKOFF_SEC, MAX_DEPENDENCIES, MAX_EXPRESSION_BYTES,
     MAX_FOR_EACH_ITEMS, MAX_NAME_BYTES, MAX_OUTPUT_PATH_SEGMENTS, MAX_RETRIES, MAX_STEP_ID_LEN,
@@ -45,7 +45,7 @@ pub enum OnError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::num")]
     pub max_retries: u32,
     #[serde(default = "one")]
     pub initial_backoff_sec: f64,
@@ -135,7 +135,11 @@ pub struct StepDef {
     pub condition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub max_parallel: Option<u32>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
@@ -143,7 +147,11 @@ pub struct StepDef {
     pub output_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_labels: BTreeMap<String, String>,
@@ -164,9 +172,17 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// Ignored on input: the store numbers versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub version: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
@@ -181,7 +197,11 @@ pub struct Workflow {
     pub org_id: String,
     pub team_id: String,
     pub version: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
