@@ -84,7 +84,12 @@ impl ApiError {
             (p, Some(name)) if p.rsplit('.').next() != Some(name) => format!("{p}.{name}"),
             (p, _) => p.to_string(),
         };
-        ApiError::malformed_text(&field, message)
+        // A field named by the empty string (`{"": 1}`) is named by where it is.
+        let field = match field.trim_end_matches('.') {
+            "" => "body",
+            f => f,
+        };
+        ApiError::malformed_text(field, message)
     }
 
     /// 413: a body, or what it expands to, past a size limit.
