@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Api, Backend, options, start};
 use coretex::limits::MAX_JSON_DEPTH;
 use proptest::prelude::*;
@@ -222,31 +220,12 @@ impl Host {
     /// Posts `body` and checks the answer: no 5xx, and a 4xx is problem+json naming a field
     /// (a batch none of whose items was stored answers its items, each naming its fields).
     fn check(&self, path: &str, body: &Value) -> Result<(), TestCaseError> {
-        let (status, ctype, answer) = self.rt.block_on(async {
-            let resp = self
-                .api
-                .http
-                .post(format!("{}{path}", self.api.base))
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(body).expect("serializable"))
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await
-                .map_err(|e| TestCaseError::fail(format!("no answer (a panic?): {e}")))?;
-            let status = resp.status().as_u16();
-            let ctype = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let text = resp.text().await.unwrap_or_default();
-            Ok::<_, TestCaseError>((
-                status,
-                ctype,
-                serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
-            ))
-        })?;
+        let (status, ctype, answer) = self.rt.block_on(self.api.send(
+            "POST",
+            path,
+            Some("application/json"),
+            serde_json::to_vec(body).expect("serializable"),
+        ));
         prop_assert!(status < 500, "{status} for {body}: {answer}");
         if status < 400 {
             return Ok(());

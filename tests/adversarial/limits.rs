@@ -92,35 +92,15 @@ impl Host {
         }
     }
 
-    /// Sends raw bytes with a content type; the answer's status, content type and JSON.
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> (u16, String, Value) {
-        let mut r = self.api.http.request(
-            method.parse().expect("a method"),
-            format!("{}{path}", self.api.base),
-        );
-        if let Some(ct) = content_type {
-            r = r.header("content-type", ct);
-        }
-        let resp = r.body(body).send().await.expect("the host answers");
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            ctype,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+    async fn post_yaml(&self, yaml: String) -> (u16, String, Value) {
+        self.api
+            .send(
+                "POST",
+                "/api/v1/workflows",
+                Some("application/yaml"),
+                yaml.into_bytes(),
+            )
+            .await
     }
 
     async fn create_workflow(&self, def: &Value) -> (u16, Value) {
@@ -188,13 +168,14 @@ fn assert_problem(answer: &(u16, String, Value), status: u16, field: &str, says:
 }
 
 async fn post_json(h: &Host, path: &str, body: &Value) -> (u16, String, Value) {
-    h.send(
-        "POST",
-        path,
-        Some("application/json"),
-        serde_json::to_vec(body).unwrap(),
-    )
-    .await
+    h.api
+        .send(
+            "POST",
+            path,
+            Some("application/json"),
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
 }
 
 // ---- case 1: a workflow the engine cannot hold ----
@@ -435,14 +416,7 @@ async fn json_past_the_depth_limit_is_refused_and_at_the_limit_reads_back(b: Bac
         "[".repeat(limit),
         "]".repeat(limit)
     );
-    let r = h
-        .send(
-            "POST",
-            "/api/v1/workflows",
-            Some("application/yaml"),
-            yaml.into_bytes(),
-        )
-        .await;
+    let r = h.post_yaml(yaml).await;
     assert_problem(&r, 422, "body", &limit.to_string());
 }
 
@@ -457,14 +431,7 @@ async fn yaml_aliases_cannot_expand_past_the_body_limit(b: Backend) {
     yaml.push_str(&vec!["*b"; 1000].join(", "));
     yaml.push_str("]\n");
     assert!(yaml.len() < 1 << 20);
-    let r = h
-        .send(
-            "POST",
-            "/api/v1/workflows",
-            Some("application/yaml"),
-            yaml.into_bytes(),
-        )
-        .await;
+    let r = h.post_yaml(yaml).await;
     assert_problem(&r, 413, "body", "alias");
     let (_, list) = h.api.get("/api/v1/workflows").await;
     assert_eq!(list["items"], json!([]), "nothing was stored: {list}");
@@ -514,7 +481,7 @@ async fn every_rejection_is_problem_json(b: Backend) {
             413,
         ),
     ] {
-        let (got, ctype, body) = h.send(method, path, ctype, body).await;
+        let (got, ctype, body) = h.api.send(method, path, ctype, body).await;
         assert_eq!(got, status, "{method} {path}: {body}");
         assert!(
             ctype.starts_with("application/problem+json"),

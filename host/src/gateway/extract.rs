@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(field(r#"{"topic": "#), "topic");
         assert_eq!(field("not json"), "body");
         assert_eq!(field(r#"{"topic": "t", "": 1}"#), "body");
-        assert_eq!(field(r#"{"topic": "t", "inner": {"n": 1, "": 2}}"#), "inner");
+        assert_eq!(
+            field(r#"{"topic": "t", "inner": {"n": 1, "": 2}}"#),
+            "inner"
+        );
         let yaml_field = |text: &str| {
             yaml::<Outer>(text.as_bytes(), 1 << 20).unwrap_err().errors[0]
                 .field
