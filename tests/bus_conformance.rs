@@ -181,6 +181,7 @@ macro_rules! conformance {
 
 conformance!(
     a_connected_bus_reports_connected_and_flushes,
+    a_message_up_to_max_payload_is_carried_and_a_larger_one_refused,
     every_subscriber_gets_every_message_in_publish_order,
     a_subscriber_gets_only_its_exact_subject,
     a_message_published_before_subscribing_is_not_received,
@@ -298,6 +299,35 @@ async fn a_connected_bus_reports_connected_and_flushes(d: Dep) {
     publish(&bus, &bus.subjects().heartbeat(), "beat").await;
     bus.flush().await.expect("flush after a publish");
     assert!(bus.subjects().prefix().starts_with('t'));
+}
+
+/// Both buses carry messages up to the same `max_payload` (NATS's default, 1 MiB; the embedded
+/// bus's is configured to match), and refuse a larger one at publish, saying so.
+async fn a_message_up_to_max_payload_is_carried_and_a_larger_one_refused(d: Dep) {
+    let bus = d.connect().await;
+    let max = bus.max_payload();
+    assert_eq!(
+        max,
+        coretex::limits::EMBEDDED_BUS_MAX_PAYLOAD,
+        "{}",
+        bus.backend()
+    );
+    let subject = bus.subjects().heartbeat();
+    let mut sub = subscribe(&bus, &subject).await;
+    flush(&bus).await;
+    let refused = bus
+        .publish(&subject, Bytes::from(vec![b'x'; max + 1]))
+        .await;
+    assert!(
+        matches!(refused, Err(coretex::bus::BusError::TooLarge { size, max: m }) if size == max + 1 && m == max),
+        "{}: {refused:?}",
+        bus.backend()
+    );
+    bus.publish(&subject, Bytes::from(vec![b'y'; max]))
+        .await
+        .expect("a message at max_payload");
+    let m = next(&mut sub, "the message at max_payload").await;
+    assert_eq!(m.payload.len(), max);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids;
+use crate::limits::{
+    JsonMeasure, MAX_DEADLINE_MS, MAX_ENV_BYTES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_ID_LEN,
+    MAX_JSON_DEPTH, MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_PAYLOAD_BYTES,
+};
 use crate::time::{self, Millis};
 
 /// The life of a job. The last five are terminal.
@@ -136,7 +140,11 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Time budget in milliseconds from acceptance; the job fails or times out past it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -157,7 +165,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_payload_bytes: 1 << 20,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -176,16 +184,19 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// Errors as one line: `field: message; field: message`.
+    pub fn describe(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// The env key the scheduler fills with the effective config; clients may not set it.
 pub const EFFECTIVE_CONFIG_ENV: &str = "CORETEX_EFFECTIVE_CONFIG";
-const MAX_ID_LEN: usize = 128;
-const MAX_LABELS: usize = 64;
-const MAX_LABEL_VALUE: usize = 1024;
-const MAX_ENV: usize = 128;
-const MAX_ENV_VALUE: usize = 16 * 1024;
-const MAX_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// An identifier a job, tenant, topic or trace may carry: 1–128 of `[A-Za-z0-9._:-]`. Kept
 /// narrow because ids become parts of Redis keys and NATS-safe tokens.
@@ -214,6 +225,31 @@ fn check_opt_ident(field: &str, value: &Option<String>, errors: &mut Vec<FieldEr
     }
 }
 
+/// Labels (a job's, or a step's `route_labels`): at most [`MAX_LABELS`], keys 1–128
+/// characters, values at most [`MAX_LABEL_VALUE_BYTES`].
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    if labels.len() > MAX_LABELS {
+        errors.push(FieldError::new(
+            field,
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_ID_LEN {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("label keys are 1–{MAX_ID_LEN} characters"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("label values are at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+}
+
 impl JobRequest {
     /// Every problem with the request, each naming its field. Empty means valid.
     pub fn validate(&self, limits: &Limits) -> Vec<FieldError> {
@@ -227,46 +263,37 @@ impl JobRequest {
         check_opt_ident("workflow_id", &self.workflow_id, &mut errors);
         check_opt_ident("run_id", &self.run_id, &mut errors);
         check_opt_ident("step_id", &self.step_id, &mut errors);
-        let payload_len = serde_json::to_vec(&self.payload).map_or(0, |v| v.len());
-        if payload_len > limits.max_payload_bytes {
+        // Over the bus a payload can be deeper than a body allows (a workflow template builds
+        // it): the same depth limit, so its records read back.
+        let payload = JsonMeasure::of_value(&self.payload);
+        if payload.bytes > limits.max_payload_bytes {
             errors.push(FieldError::new(
                 "payload",
                 format!(
-                    "is {payload_len} bytes; the limit is {}",
-                    limits.max_payload_bytes
+                    "is {} bytes; the limit is {}",
+                    payload.bytes, limits.max_payload_bytes
                 ),
             ));
         }
-        if self.labels.len() > MAX_LABELS {
+        if payload.depth > MAX_JSON_DEPTH {
             errors.push(FieldError::new(
-                "labels",
-                format!("at most {MAX_LABELS} labels"),
+                "payload",
+                crate::limits::too_deep(payload.depth),
             ));
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > MAX_ID_LEN {
-                errors.push(FieldError::new(
-                    format!("labels.{k}"),
-                    "label keys are 1–128 characters",
-                ));
-            }
-            if v.len() > MAX_LABEL_VALUE {
-                errors.push(FieldError::new(
-                    format!("labels.{k}"),
-                    format!("label values are at most {MAX_LABEL_VALUE} characters"),
-                ));
-            }
-        }
-        if self.env.len() > MAX_ENV {
+        check_labels("labels", &self.labels, &mut errors);
+        if self.env.len() > MAX_ENV_VARS {
             errors.push(FieldError::new(
                 "env",
-                format!("at most {MAX_ENV} variables"),
+                format!("at most {MAX_ENV_VARS} variables"),
             ));
         }
+        let mut env_bytes = 0;
         for (k, v) in &self.env {
+            env_bytes += k.len() + v.len();
             let valid_name = !k.is_empty()
                 && k.len() <= MAX_ID_LEN
-                && !k.as_bytes()[0].is_ascii_digit()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid_name {
                 errors.push(FieldError::new(
@@ -279,12 +306,18 @@ impl JobRequest {
                     "is set by the scheduler and may not be submitted",
                 ));
             }
-            if v.len() > MAX_ENV_VALUE {
+            if v.len() > MAX_ENV_VALUE_BYTES {
                 errors.push(FieldError::new(
                     format!("env.{k}"),
-                    format!("values are at most {MAX_ENV_VALUE} bytes"),
+                    format!("values are at most {MAX_ENV_VALUE_BYTES} bytes"),
                 ));
             }
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            errors.push(FieldError::new(
+                "env",
+                format!("names and values are {env_bytes} bytes; the limit is {MAX_ENV_BYTES}"),
+            ));
         }
         if let Some(d) = self.deadline_ms
             && (d == 0 || d > MAX_DEADLINE_MS)
@@ -434,6 +467,34 @@ pub struct StepJobIds {
 }
 
 pub const DEFAULT_TENANT: &str = "default";
+
+/// `#[serde(deserialize_with = "whole::opt")]` (or `whole::num`) for a count or a duration: a
+/// whole number, written `5` or `5.0` — JSON Schema's `integer` admits both, and so do the
+/// clients that write every number with a fraction. A fraction or a number out of the type's
+/// range is an error naming the field.
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    pub fn num<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        });
+        whole
+            .and_then(|w| T::try_from(w).ok())
+            .ok_or_else(|| D::Error::custom(format!("`{n}` is not a whole number in range")))
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Num(#[serde(deserialize_with = "num")] u64);
+        Option::<Num>::deserialize(d)?
+            .map(|Num(w)| T::try_from(w).map_err(|_| D::Error::custom("out of range")))
+            .transpose()
+    }
+}
 
 /// A fresh, time-ordered identifier (UUID v7).
 pub fn new_id() -> String {
@@ -606,6 +667,18 @@ mod tests {
     fn unknown_request_fields_are_rejected() {
         let err = serde_json::from_str::<JobRequest>(r#"{"topic":"a","topci":"b"}"#).unwrap_err();
         assert!(err.to_string().contains("topci"));
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_fraction() {
+        let req: JobRequest = serde_json::from_str(r#"{"topic":"t","deadline_ms":421.0}"#).unwrap();
+        assert_eq!(req.deadline_ms, Some(421));
+        for bad in ["421.5", "-1", "1e30", "\"5\""] {
+            let text = format!(r#"{{"topic":"t","deadline_ms":{bad}}}"#);
+            assert!(serde_json::from_str::<JobRequest>(&text).is_err(), "{bad}");
+        }
+        let req: JobRequest = serde_json::from_str(r#"{"topic":"t","deadline_ms":null}"#).unwrap();
+        assert_eq!(req.deadline_ms, None);
     }
 
     #[test]

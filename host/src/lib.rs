@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod gateway;
 pub mod ids;
 pub mod job;
+pub mod limits;
 pub mod loadgen;
 pub mod plugins;
 pub mod protocol;

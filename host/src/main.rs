@@ -701,6 +701,8 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         worker_ttl: a.worker_ttl,
         max_body_bytes: a.max_body_bytes,
+        header_read_timeout: coretex::limits::HEADER_READ_TIMEOUT,
+        embedded_bus_max_payload: coretex::limits::EMBEDDED_BUS_MAX_PAYLOAD,
         plugin_dir: a.plugin_dir,
         plugins: PluginSettings {
             cache_dir: a

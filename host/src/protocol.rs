@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{JobError, JobSpec, Priority};
+use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, JobSpec, Priority};
+use crate::limits::JsonMeasure;
 use crate::time::{self, Millis};
 
 pub const VERSION: u8 = 1;
@@ -71,6 +72,32 @@ pub struct JobMsg {
         with = "time::rfc3339_opt"
     )]
     pub deadline_at: Option<Millis>,
+}
+
+impl JobMsg {
+    /// The message that hands `spec` to a worker, with its effective config (as JSON) in the
+    /// env, where SPEC §8 puts it.
+    pub fn new(spec: &JobSpec, effective_json: &str) -> JobMsg {
+        let mut env = spec.env.clone();
+        env.insert(EFFECTIVE_CONFIG_ENV.to_string(), effective_json.to_string());
+        JobMsg {
+            v: VERSION,
+            job_id: spec.id.clone(),
+            trace_id: spec.trace_id.clone(),
+            topic: spec.topic.clone(),
+            attempt: spec.attempt,
+            payload: spec.payload.clone(),
+            env,
+            labels: spec.labels.clone(),
+            priority: spec.priority,
+            deadline_at: spec.deadline,
+        }
+    }
+
+    /// Its size as JSON, in bytes, without keeping the text.
+    pub fn encoded_len(&self) -> usize {
+        JsonMeasure::of_value(self).bytes
+    }
 }
 
 /// `sys.job.started`: a worker began a job.
@@ -245,6 +272,17 @@ mod tests {
         assert_eq!(b.items.len(), 2);
         assert!(b.items[0].started_at.is_some());
         assert!(b.items[1].started_at.is_none());
+    }
+
+    #[test]
+    fn a_job_message_measures_what_it_serializes_to() {
+        let req: crate::job::JobRequest = serde_json::from_value(serde_json::json!({
+            "topic": "t", "payload": {"s": "é\"\u{1}", "n": [1, 2.5]},
+            "env": {"A": "a\nb"}, "labels": {"l": "v"}, "deadline_ms": 5}))
+        .unwrap();
+        let msg = JobMsg::new(&JobSpec::accept(req, 1_000), r#"{"k":"v"}"#);
+        assert_eq!(msg.encoded_len(), serde_json::to_vec(&msg).unwrap().len());
+        assert_eq!(msg.env[EFFECTIVE_CONFIG_ENV], r#"{"k":"v"}"#);
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct ServeOptions {
     pub reconciler: ReconcilerSettings,
     pub worker_ttl: Duration,
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers before its connection is closed.
+    pub header_read_timeout: Duration,
+    /// The largest message the embedded bus carries (NATS tells its own `max_payload`).
+    pub embedded_bus_max_payload: usize,
     /// `.wasm` plugins loaded from here, and watched for changes.
     pub plugin_dir: Option<PathBuf>,
     pub plugins: PluginSettings,
@@ -76,7 +80,9 @@ impl Default for ServeOptions {
             scheduler: SchedulerSettings::default(),
             reconciler: ReconcilerSettings::default(),
             worker_ttl: Duration::from_secs(30),
-            max_body_bytes: 16 << 20,
+            max_body_bytes: crate::limits::MAX_BODY_BYTES,
+            header_read_timeout: crate::limits::HEADER_READ_TIMEOUT,
+            embedded_bus_max_payload: crate::limits::EMBEDDED_BUS_MAX_PAYLOAD,
             plugin_dir: None,
             plugins: PluginSettings::default(),
             workflows: EngineSettings::default(),
@@ -185,7 +191,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             tracing::warn!(
                 "no --nats-url: using the in-process bus (only in-process workers can connect)"
             );
-            Arc::new(MemoryBus::new(subjects))
+            Arc::new(MemoryBus::new(subjects).with_max_payload(opts.embedded_bus_max_payload))
         }
     };
     let stop = CancellationToken::new();
@@ -301,14 +307,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    // TCP_NODELAY on every connection: with Nagle's algorithm a small write waits for the ACK
-    // of the one before, which a client may delay by up to 40 ms — the live stream writes one
-    // small event after another, so its completions would arrive late.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
     if keys.open() {
         tracing::warn!("no API key configured: the API is open, on loopback only");
     }
@@ -316,11 +314,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let app = gateway::router(state);
     let stop_http = stop.clone();
     let engine = workflows.clone();
+    let header_read_timeout = opts.header_read_timeout;
     let handle = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_http.cancelled().await })
-            .await
-            .context("HTTP server")?;
+        serve_http(listener, app, header_read_timeout, stop_http).await;
         reconciler.release().await;
         loops.shutdown().await;
         // After its loops have ended, so the engine's reconciler cannot take the lock again.
@@ -334,6 +330,52 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         scheduler,
         workflows,
     })
+}
+
+/// Serves HTTP/1 until `stop`, then lets the open connections finish (live streams end with
+/// `stop` too). axum's own `serve` is this loop without a timer, so hyper had no header-read
+/// timeout: a client that sent half a request held its connection for as long as it liked.
+/// Here a client has `header_read_timeout` to send each request's headers (an idle keep-alive
+/// connection is closed after as long).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut listener = listener;
+    loop {
+        // `accept` of axum's `Listener` retries what a failed accept (too many open files)
+        // throws, after a pause, instead of ending the server.
+        let (tcp, _) = tokio::select! {
+            accepted = Listener::accept(&mut listener) => accepted,
+            _ = stop.cancelled() => break,
+        };
+        // TCP_NODELAY: with Nagle's algorithm a small write waits for the ACK of the one
+        // before, which a client may delay by up to 40 ms — the live stream writes one small
+        // event after another, so its completions would arrive late.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 /// The scheduler's settings, with lazily written dispatches kept well inside the reconciler's

@@ -129,6 +129,35 @@ impl Api {
             .as_u16()
     }
 
+    /// Sends raw bytes (with a content type, when given): the answer's status, content type,
+    /// and body as JSON (as a JSON string when it is not JSON).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, String, Value) {
+        let mut r = self.http.request(
+            method.parse().expect("a method"),
+            format!("{}{path}", self.base),
+        );
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        let resp = r.body(body).send().await.expect("the host answers");
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, ctype, body)
+    }
+
     /// Submits a job and returns its id.
     pub async fn submit(&self, body: Value) -> String {
         let (status, v) = self.post("/api/v1/jobs", body).await;

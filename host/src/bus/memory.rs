@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::*;
+use crate::limits::EMBEDDED_BUS_MAX_PAYLOAD;
 
 struct Sub {
     tx: mpsc::UnboundedSender<Message>,
@@ -30,16 +31,26 @@ pub struct MemoryBus {
     round_robin: Mutex<HashMap<(String, String), usize>>,
     events: Arc<Events>,
     subjects: Subjects,
+    max_payload: usize,
 }
 
 impl MemoryBus {
+    /// A bus that carries messages of up to [`EMBEDDED_BUS_MAX_PAYLOAD`] bytes, as NATS does by
+    /// default.
     pub fn new(subjects: Subjects) -> Self {
         MemoryBus {
             subs: Mutex::new(HashMap::new()),
             round_robin: Mutex::new(HashMap::new()),
             events: Arc::new(Events::default()),
             subjects,
+            max_payload: EMBEDDED_BUS_MAX_PAYLOAD,
         }
+    }
+
+    /// Sets the largest message the bus carries (its `max_payload`).
+    pub fn with_max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 
     fn add_sub(&self, subject: &str, group: Option<&str>) -> MessageStream {
@@ -102,7 +113,17 @@ impl Bus for MemoryBus {
         true
     }
 
+    fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
     async fn publish(&self, subject: &str, payload: Bytes) -> BusResult<()> {
+        if payload.len() > self.max_payload {
+            return Err(BusError::TooLarge {
+                size: payload.len(),
+                max: self.max_payload,
+            });
+        }
         // A worker event is kept for the durable consumers and, as on NATS (where the stream
         // captures a plain publish), still reaches the subject's subscribers.
         if self.is_worker_event(subject) {

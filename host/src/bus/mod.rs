@@ -26,6 +26,9 @@ pub type SharedBus = Arc<dyn Bus>;
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The bus carries no message this large (NATS's `max_payload`, or the embedded bus's).
+    #[error("a message of {size} bytes is over the bus's max_payload of {max} bytes")]
+    TooLarge { size: usize, max: usize },
 }
 
 pub type BusResult<T> = Result<T, BusError>;
@@ -85,6 +88,10 @@ pub trait Bus: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn subjects(&self) -> &Subjects;
     fn is_connected(&self) -> bool;
+    /// The largest message the bus carries, in bytes: the NATS server's `max_payload`, or the
+    /// embedded bus's configured equivalent. A larger publish fails with
+    /// [`BusError::TooLarge`].
+    fn max_payload(&self) -> usize;
     /// Fire-and-forget publish: queued to the connection, not awaited on the server.
     async fn publish(&self, subject: &str, payload: Bytes) -> BusResult<()>;
     /// Every subscriber of the subject gets every message.
@@ -136,12 +143,16 @@ impl Outbox {
                 while let Ok(next) = rx.try_recv() {
                     queued.push(next);
                 }
+                let max_bytes = bus.max_payload();
                 for (single, batch, items) in group_by_destination(&mut queued) {
                     // One batch message per chunk, or each item alone on its single subject.
                     let messages: Vec<(&str, Bytes)> = match &batch {
-                        Some(subject) if items.len() > 1 => items
-                            .chunks(MAX_OUTBOX_BATCH)
-                            .map(|chunk| (&**subject, batch_envelope(kind, chunk)))
+                        Some(subject) if items.len() > 1 => chunks_within(&items, kind, max_bytes)
+                            .into_iter()
+                            .map(|chunk| match chunk {
+                                [one] => (&*single, one.clone()),
+                                chunk => (&**subject, batch_envelope(kind, chunk)),
+                            })
                             .collect(),
                         _ => items.into_iter().map(|item| (&*single, item)).collect(),
                     };
@@ -184,6 +195,35 @@ fn group_by_destination(queued: &mut Vec<Outgoing>) -> Vec<Group> {
         }
     }
     groups
+}
+
+/// Splits items into runs of at most [`MAX_OUTBOX_BATCH`] whose batch envelope fits in
+/// `max_bytes`; an item too large to share a message is a run of its own (sent alone, where the
+/// bus refuses it if it is over the limit by itself).
+fn chunks_within<'a>(items: &'a [Bytes], kind: &str, max_bytes: usize) -> Vec<&'a [Bytes]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut size = envelope_overhead(kind);
+    for (i, item) in items.iter().enumerate() {
+        // Every item but a chunk's first comes after a comma.
+        let grown = size + item.len() + usize::from(i > start);
+        if i > start && (grown > max_bytes || i - start == MAX_OUTBOX_BATCH) {
+            chunks.push(&items[start..i]);
+            start = i;
+            size = envelope_overhead(kind) + item.len();
+        } else {
+            size = grown;
+        }
+    }
+    if start < items.len() {
+        chunks.push(&items[start..]);
+    }
+    chunks
+}
+
+/// The bytes of an empty batch envelope of `kind`.
+fn envelope_overhead(kind: &str) -> usize {
+    batch_envelope(kind, &[]).len()
 }
 
 /// `{"v":1,"kind":K,"K":[items]}`, from the items' bytes.
@@ -401,6 +441,45 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"v": 1, "kind": "jobs", "jobs": [{"a": 1}, {}]})
+        );
+    }
+
+    #[test]
+    fn batches_are_split_to_fit_the_bus() {
+        let items: Vec<Bytes> = (0..10)
+            .map(|i| Bytes::from(format!("{{\"i\":{i}}}")))
+            .collect();
+        let all = batch_envelope("jobs", &items).len();
+        assert_eq!(chunks_within(&items, "jobs", all), vec![&items[..]]);
+        let chunks = chunks_within(&items, "jobs", all - 1);
+        assert_eq!(chunks.len(), 2);
+        for chunk in &chunks {
+            assert!(batch_envelope("jobs", chunk).len() < all);
+        }
+        assert_eq!(chunks.concat(), items);
+        // An item over the limit by itself goes alone; its neighbours are not held back.
+        let big = vec![
+            items[0].clone(),
+            Bytes::from(vec![b'x'; 100]),
+            items[1].clone(),
+        ];
+        let chunks = chunks_within(&big, "jobs", 60);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        let many: Vec<Bytes> = (0..600).map(|_| Bytes::from_static(b"{}")).collect();
+        let lens: Vec<usize> = chunks_within(&many, "jobs", usize::MAX)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(
+            lens,
+            [
+                MAX_OUTBOX_BATCH,
+                MAX_OUTBOX_BATCH,
+                600 - 2 * MAX_OUTBOX_BATCH
+            ]
         );
     }
 

@@ -156,7 +156,19 @@ impl Bus for NatsBus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// As the server said when the client connected (`INFO`).
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     async fn publish(&self, subject: &str, payload: Bytes) -> BusResult<()> {
+        let max = self.max_payload();
+        if payload.len() > max {
+            return Err(BusError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         self.client
             .publish(subject.to_string(), payload)
             .await

@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Body, Query};
+use super::{AppState, Body, Query, check_idents};
 use crate::configsvc::{ConfigTarget, Scope, ScopeRef};
-use crate::job::check_ident;
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
@@ -29,6 +28,18 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// The scope a request names, if the caller may touch it: a tenant key only its own tenant's
 /// `org` scope (another tenant's answers 404, the system, team, workflow and step scopes 403).
 fn scope_of(caller: &Caller, r: &ScopeRef) -> Result<Scope, ApiError> {
+    // Every id given is checked, also those the scope does not take (a workflow's may be
+    // qualified by its org, so the scope's `id` may be too: `Scope::parse` narrows it).
+    let mut errors = Vec::new();
+    for (field, id) in [("id", &r.id), ("workflow_id", &r.workflow_id)] {
+        if let Some(id) = id {
+            crate::ids::check_id(field, id, &mut errors);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    check_idents(&[("step_id", r.step_id.as_deref())])?;
     let scope = Scope::parse(r).map_err(ApiError::invalid)?;
     match (caller.tenant(), &scope) {
         (None, _) => Ok(scope),
@@ -129,24 +140,16 @@ pub async fn effective(
         .workflow_id
         .map(|w| caller.resolve("workflow_id", "workflow", &w))
         .transpose()?;
-    let mut errors = Vec::new();
-    for (field, v) in [
-        ("org_id", &t.org_id),
-        ("team_id", &t.team_id),
-        ("step_id", &t.step_id),
-    ] {
-        if let Some(v) = v {
-            check_ident(field, v, &mut errors);
-        }
-    }
+    check_idents(&[
+        ("org_id", t.org_id.as_deref()),
+        ("team_id", t.team_id.as_deref()),
+        ("step_id", t.step_id.as_deref()),
+    ])?;
     if t.step_id.is_some() && t.workflow_id.is_none() {
-        errors.push(crate::job::FieldError::new(
+        return Err(ApiError::field(
             "workflow_id",
             "is required with step_id (step config is keyed by workflow and step)",
         ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
     }
     let eff = s.config.effective(&t).await?;
     Ok(Json(eff.value.clone()).into_response())

@@ -1,15 +1,16 @@
 //! Dead-letter routes.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Query, RawBody, page_request};
+use super::{AppState, Path, Query, RawBody, check_idents, page_request};
 use crate::job::JobState;
+use crate::limits::MAX_BULK_RETRY;
 use crate::store::DlqFilter;
 
 #[derive(Deserialize, Default)]
@@ -27,6 +28,7 @@ fn filter(
     topic: Option<String>,
     status: Option<String>,
 ) -> Result<DlqFilter, ApiError> {
+    check_idents(&[("tenant", tenant.as_deref()), ("topic", topic.as_deref())])?;
     Ok(DlqFilter {
         tenant,
         topic,
@@ -100,11 +102,9 @@ pub struct BulkRequest {
     tenant: Option<String>,
     topic: Option<String>,
     status: Option<String>,
+    #[serde(default, deserialize_with = "crate::job::whole::opt")]
     max: Option<usize>,
 }
-
-/// The most entries one bulk retry replays.
-const MAX_BULK: usize = 10_000;
 
 pub async fn retry_matching(
     State(s): State<AppState>,
@@ -113,10 +113,10 @@ pub async fn retry_matching(
 ) -> Result<Response, ApiError> {
     let req: BulkRequest = super::optional_body(&body)?;
     let max = req.max.unwrap_or(1000);
-    if max == 0 || max > MAX_BULK {
+    if max == 0 || max > MAX_BULK_RETRY {
         return Err(ApiError::field(
             "max",
-            format!("must be between 1 and {MAX_BULK}"),
+            format!("must be between 1 and {MAX_BULK_RETRY}"),
         ));
     }
     let f = filter(caller.narrow("tenant", req.tenant)?, req.topic, req.status)?;

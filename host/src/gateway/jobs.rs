@@ -1,7 +1,7 @@
 //! Job, trace and worker routes.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -9,8 +9,11 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Body, Query, RawBody, page_request, time_param};
+use super::{
+    AppState, Body, Path, Query, RawBody, check_idents, check_reason, page_request, time_param,
+};
 use crate::job::{JobRequest, JobState};
+use crate::limits::{MAX_BATCH_JOBS, MAX_IDEMPOTENCY_KEY_LEN};
 use crate::store::JobFilter;
 
 pub async fn submit(
@@ -26,10 +29,10 @@ pub async fn submit(
             let k = v
                 .to_str()
                 .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
-            if k.is_empty() || k.len() > 200 {
+            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN {
                 return Err(ApiError::field(
                     "Idempotency-Key",
-                    "must be 1–200 characters",
+                    format!("must be 1–{MAX_IDEMPOTENCY_KEY_LEN} characters"),
                 ));
             }
             Some(k.to_string())
@@ -54,18 +57,15 @@ pub struct BatchRequest {
     jobs: Vec<serde_json::Value>,
 }
 
-/// The most jobs one batch may carry.
-pub const MAX_BATCH: usize = 1000;
-
 pub async fn submit_batch(
     State(s): State<AppState>,
     caller: Caller,
     Body(batch): Body<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH_JOBS {
         return Err(ApiError::field(
             "jobs",
-            format!("must hold 1 to {MAX_BATCH} jobs"),
+            format!("must hold 1 to {MAX_BATCH_JOBS} jobs"),
         ));
     }
     // Each item is parsed on its own, so one malformed item is reported in its place.
@@ -139,6 +139,11 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
+    check_idents(&[
+        ("topic", q.topic.as_deref()),
+        ("tenant", q.tenant.as_deref()),
+        ("team", q.team.as_deref()),
+    ])?;
     let state = q
         .state
         .as_deref()
@@ -193,9 +198,7 @@ pub async fn cancel(
     let reason = req
         .reason
         .unwrap_or_else(|| "cancelled through the API".into());
-    if reason.len() > 1000 {
-        return Err(ApiError::field("reason", "must be at most 1000 characters"));
-    }
+    check_reason("reason", Some(&reason))?;
     let job = s.scheduler.cancel(&id, &reason).await?;
     Ok(Json(job).into_response())
 }
@@ -214,12 +217,7 @@ pub async fn approve(
     Body(req): Body<ApproveRequest>,
 ) -> Result<Response, ApiError> {
     let id = caller.resolve("id", "job", &id)?;
-    if req.comment.as_ref().is_some_and(|c| c.len() > 1000) {
-        return Err(ApiError::field(
-            "comment",
-            "must be at most 1000 characters",
-        ));
-    }
+    check_reason("comment", req.comment.as_deref())?;
     let job = s.scheduler.approve(&id, req.approved, req.comment).await?;
     Ok(Json(job).into_response())
 }

@@ -10,6 +10,7 @@ pub mod auth;
 mod config;
 mod dlq;
 pub mod error;
+mod extract;
 mod jobs;
 mod plugins;
 mod stream;
@@ -18,7 +19,7 @@ mod workflows;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -33,28 +34,7 @@ use crate::reconciler::Reconciler;
 use crate::scheduler::Scheduler;
 use crate::workflow::engine::Engine;
 use error::ApiError;
-
-/// A JSON body whose rejection is a problem+json naming the field.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Body<T>(pub T);
-
-/// A raw body (for routes whose body is optional) whose rejection, e.g. one over the size limit,
-/// is a problem+json.
-pub struct RawBody(pub axum::body::Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
-    }
-}
-
-/// A query string whose rejection is a problem+json naming the parameter.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);
+pub use extract::{Body, Path, Query, RawBody, optional_body};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -75,7 +55,7 @@ pub struct AppState {
 }
 
 /// The largest page a list answers.
-pub const MAX_LIMIT: usize = 500;
+pub const MAX_LIMIT: usize = crate::limits::MAX_PAGE_ITEMS;
 pub const DEFAULT_LIMIT: usize = 50;
 
 pub fn router(state: AppState) -> Router {
@@ -138,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::map_response(error::as_problem))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
@@ -210,26 +191,34 @@ pub fn page_request(
     Ok(crate::store::PageRequest { limit, cursor })
 }
 
-/// A body that may be absent (an empty body means the defaults).
-pub fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    bytes: &[u8],
-) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+/// Ids given as filters or parameters, each when present: 422 naming every one that is not an
+/// id (`[A-Za-z0-9._:-]{1,128}`).
+pub fn check_idents(ids: &[(&str, Option<&str>)]) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for (field, id) in ids {
+        if let Some(id) = id {
+            crate::job::check_ident(field, id, &mut errors);
+        }
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
-        let mut err = ApiError::field(&field, e.inner().to_string());
-        err.status = StatusCode::BAD_REQUEST;
-        err.title = "malformed body";
-        err
-    })
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// A cancel reason or an approval comment, when given, within [`MAX_REASON_BYTES`].
+///
+/// [`MAX_REASON_BYTES`]: crate::limits::MAX_REASON_BYTES
+pub fn check_reason(field: &str, text: Option<&str>) -> Result<(), ApiError> {
+    use crate::limits::MAX_REASON_BYTES;
+    match text {
+        Some(t) if t.len() > MAX_REASON_BYTES => Err(ApiError::field(
+            field,
+            format!("must be at most {MAX_REASON_BYTES} bytes"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Parses an optional RFC 3339 time parameter.

@@ -1,14 +1,14 @@
 //! Plugin routes: the listing, and upload and delete of plugins kept in the store (admin).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, RawBody};
+use super::{AppState, Path, RawBody};
 use crate::plugins::Source;
 
 pub async fn list(State(s): State<AppState>) -> Response {

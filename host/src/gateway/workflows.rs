@@ -2,7 +2,7 @@
 //! [`Engine`](crate::workflow::engine::Engine).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{AppState, Body, Query, RawBody, optional_body, page_request};
-use crate::job::FieldError;
+use super::{
+    AppState, Body, Path, Query, RawBody, check_reason, extract, optional_body, page_request,
+};
 use crate::store::RunFilter;
 use crate::workflow::definition::{Status, WorkflowSpec};
 
@@ -70,28 +71,22 @@ pub struct CancelBody {
 }
 
 /// A definition in JSON, or in YAML when the content type says so (`application/yaml`,
-/// `text/yaml`, `application/x-yaml`). Errors name the field, in either syntax.
-fn definition_body(headers: &HeaderMap, bytes: &[u8]) -> Result<WorkflowSpec, ApiError> {
+/// `text/yaml`, `application/x-yaml`), within the body's limits (`budget` bounds what YAML
+/// aliases expand to). Errors name the field, in either syntax.
+fn definition_body(
+    headers: &HeaderMap,
+    bytes: &[u8],
+    budget: usize,
+) -> Result<WorkflowSpec, ApiError> {
     let yaml = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.contains("yaml"));
-    let malformed = |field: &str, message: String| {
-        let mut e = ApiError::invalid(vec![FieldError::new(field, message)]);
-        e.status = StatusCode::BAD_REQUEST;
-        e.title = "malformed body";
-        e
-    };
-    let value: Value = if yaml {
-        serde_norway::from_slice(bytes).map_err(|e| malformed("body", e.to_string()))?
+    if yaml {
+        extract::yaml(bytes, budget)
     } else {
-        serde_json::from_slice(bytes).map_err(|e| malformed("body", e.to_string()))?
-    };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".into() } else { path };
-        ApiError::field(&field, e.inner().to_string())
-    })
+        extract::json(bytes)
+    }
 }
 
 pub async fn create(
@@ -100,7 +95,7 @@ pub async fn create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let mut spec = definition_body(&headers, &body)?;
+    let mut spec = definition_body(&headers, &body, s.max_body_bytes)?;
     spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     let wf = s.workflows.create(spec).await?;
     Ok((StatusCode::CREATED, Json(wf)).into_response())
@@ -135,7 +130,7 @@ pub async fn update(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let id = qualified_workflow_id(&caller, &id)?;
-    let mut spec = definition_body(&headers, &body)?;
+    let mut spec = definition_body(&headers, &body, s.max_body_bytes)?;
     spec.org_id = caller.narrow("org_id", spec.org_id.take())?;
     Ok(Json(s.workflows.update(&id, spec).await?).into_response())
 }
@@ -226,6 +221,7 @@ pub async fn cancel_run(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
+    check_reason("reason", req.reason.as_deref())?;
     let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_run(&run_id, &reason).await?).into_response())
@@ -238,6 +234,7 @@ pub async fn cancel_step(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CancelBody = optional_body(&body)?;
+    check_reason("reason", req.reason.as_deref())?;
     let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(Json(s.workflows.cancel_step(&run_id, &step_id, &reason).await?).into_response())
@@ -249,6 +246,7 @@ pub async fn approve(
     Path((id, run_id, step_id)): Path<(String, String, String)>,
     Body(req): Body<ApproveBody>,
 ) -> Result<Response, ApiError> {
+    check_reason("comment", req.comment.as_deref())?;
     let run_id = run_of(&s, &caller, &id, &run_id).await?;
     let run = s
         .workflows

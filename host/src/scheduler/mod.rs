@@ -91,10 +91,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
-use crate::job::{
-    EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
-    StepJobIds,
-};
+use crate::job::{FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits, StepJobIds};
 use crate::plugins::PluginRegistry;
 use crate::protocol::{
     CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
@@ -373,7 +370,11 @@ impl Scheduler {
         req: JobRequest,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, SchedulerError> {
-        self.accept(req, idempotency_key, JobSpec::accept).await
+        self.create(
+            self.accept(req, now_ms(), JobSpec::accept)?,
+            idempotency_key,
+        )
+        .await
     }
 
     /// Stores and announces a workflow step's job, whose ids the engine chose (see
@@ -383,22 +384,19 @@ impl Scheduler {
         req: JobRequest,
         ids: StepJobIds,
     ) -> Result<Accepted, SchedulerError> {
-        self.accept(req, None, |req, now| JobSpec::accept_step(req, ids, now))
-            .await
+        let spec = self.accept(req, now_ms(), |req, now| {
+            JobSpec::accept_step(req, ids, now)
+        })?;
+        self.create(spec, None).await
     }
 
-    async fn accept(
+    async fn create(
         &self,
-        req: JobRequest,
+        spec: JobSpec,
         idempotency_key: Option<String>,
-        spec_of: impl FnOnce(JobRequest, Millis) -> JobSpec,
     ) -> Result<Accepted, SchedulerError> {
-        let errors = req.validate(&self.settings.limits);
-        if !errors.is_empty() {
-            return Err(SchedulerError::Invalid(errors));
-        }
         let new = NewJob {
-            spec: spec_of(req, now_ms()),
+            spec,
             idempotency_key,
             note: None,
         };
@@ -416,16 +414,16 @@ impl Scheduler {
         let mut answers: Vec<Option<Result<Accepted, SchedulerError>>> = Vec::new();
         let mut valid = Vec::new();
         for req in reqs {
-            let errors = req.validate(&self.settings.limits);
-            if errors.is_empty() {
-                valid.push(NewJob {
-                    spec: JobSpec::accept(req, now),
-                    idempotency_key: None,
-                    note: None,
-                });
-                answers.push(None);
-            } else {
-                answers.push(Some(Err(SchedulerError::Invalid(errors))));
+            match self.accept(req, now, JobSpec::accept) {
+                Ok(spec) => {
+                    valid.push(NewJob {
+                        spec,
+                        idempotency_key: None,
+                        note: None,
+                    });
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
             }
         }
         let outcomes = self.store.create_jobs(&valid).await?;
@@ -438,6 +436,34 @@ impl Scheduler {
             });
         }
         Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// The spec of a valid request whose message to a worker fits the bus. The message is
+    /// measured with an empty effective config: the config is added at dispatch, where a
+    /// message it makes too large fails its job (see [`Scheduler::send_to_worker`]).
+    fn accept(
+        &self,
+        req: JobRequest,
+        now: Millis,
+        spec_of: impl FnOnce(JobRequest, Millis) -> JobSpec,
+    ) -> Result<JobSpec, SchedulerError> {
+        let errors = req.validate(&self.settings.limits);
+        if !errors.is_empty() {
+            return Err(SchedulerError::Invalid(errors));
+        }
+        let spec = spec_of(req, now);
+        let size = JobMsg::new(&spec, "{}").encoded_len();
+        let max = self.bus.max_payload();
+        if size > max {
+            return Err(SchedulerError::Invalid(vec![FieldError::new(
+                "payload",
+                format!(
+                    "with its env and labels the job's message to a worker is {size} bytes; \
+                     the bus carries at most {max} (its max_payload)"
+                ),
+            )]));
+        }
+        Ok(spec)
     }
 
     async fn after_create(
@@ -942,28 +968,32 @@ impl Scheduler {
         })
     }
 
-    /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver).
+    /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver). A job
+    /// whose message the bus cannot carry (its effective config made it too large) fails with
+    /// the reason: sent anyway, it would wait DISPATCHED for a worker that never gets it.
     pub async fn send_to_worker(&self, worker: &str, spec: &JobSpec, effective_json: &str) {
-        let mut env = spec.env.clone();
-        env.insert(EFFECTIVE_CONFIG_ENV.to_string(), effective_json.to_string());
-        let msg = JobMsg {
-            v: VERSION,
-            job_id: spec.id.clone(),
-            trace_id: spec.trace_id.clone(),
-            topic: spec.topic.clone(),
-            attempt: spec.attempt,
-            payload: spec.payload.clone(),
-            env,
-            labels: spec.labels.clone(),
-            priority: spec.priority,
-            deadline_at: spec.deadline,
-        };
+        let msg = JobMsg::new(spec, effective_json);
         // Jobs for one worker that leave together go as one batch, to workers that take them.
         let batch = self
             .registry
             .accepts_batches(worker)
             .then(|| self.bus.subjects().worker_batch(worker).into());
         match serde_json::to_vec(&msg) {
+            Ok(body) if body.len() > self.bus.max_payload() => {
+                self.take_unrecorded(&spec.id);
+                let err = JobError::new(
+                    "message_too_large",
+                    format!(
+                        "with its effective config the job's message to its worker is {} bytes; \
+                         the bus carries at most {} (its max_payload)",
+                        body.len(),
+                        self.bus.max_payload()
+                    ),
+                );
+                if let Err(e) = self.fail_now(spec, err).await {
+                    tracing::warn!(job_id = %spec.id, error = %e, "could not fail a job too large for the bus");
+                }
+            }
             Ok(body) => self.dispatches.send(
                 self.bus.subjects().worker_jobs(worker).into(),
                 batch,

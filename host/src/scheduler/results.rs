@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 
 use super::{Scheduler, SchedulerError};
 use crate::bus::Ack;
-use crate::job::JobState;
+use crate::job::{JobError, JobState};
+use crate::limits::{JsonMeasure, MAX_JSON_DEPTH, too_deep};
 use crate::protocol::{Batch, ResultMsg, ResultStatus, StartedMsg};
 use crate::store::{JobUpdate, Transition};
 use crate::time::now_ms;
@@ -161,14 +162,27 @@ impl Scheduler {
         start: Option<&StartedMsg>,
     ) -> Result<(), SchedulerError> {
         let now = now_ms();
+        // A result nested deeper than a body may be could not be read back from the run that
+        // wraps it (serde_json stops at 128 levels): the job fails instead, saying why.
+        let depth = r
+            .result
+            .as_ref()
+            .map_or(0, |v| JsonMeasure::of_value(v).depth);
+        let too_deep = (depth > MAX_JSON_DEPTH)
+            .then(|| JobError::new("result_too_deep", format!("the result {}", too_deep(depth))));
         let update = JobUpdate {
             worker_id: Some(r.worker_id.clone()),
-            result: r.result.clone(),
-            error: r.error.clone(),
+            result: if too_deep.is_some() {
+                None
+            } else {
+                r.result.clone()
+            },
+            error: too_deep.clone().or_else(|| r.error.clone()),
             execution_ms: Some(r.execution_ms),
             ..Default::default()
         };
         let outcome = match r.status {
+            _ if too_deep.is_some() => JobState::Failed,
             ResultStatus::Succeeded => JobState::Succeeded,
             ResultStatus::Failed => JobState::Failed,
             ResultStatus::Cancelled => JobState::Cancelled,
@@ -203,7 +217,7 @@ impl Scheduler {
         if job.state.is_terminal() {
             return Ok(());
         }
-        let note = match &r.error {
+        let note = match update.error.as_ref() {
             Some(e) => format!(
                 "worker {} reported {}: {}: {}",
                 r.worker_id, outcome, e.code, e.message

@@ -14,7 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::expr;
-use crate::job::{FieldError, check_ident};
+use crate::job::{FieldError, check_ident, check_labels, whole};
+use crate::limits::{
+    MAX_BACKOFF_MULTIPLIER, MAX_BACKOFF_SEC, MAX_DEPENDENCIES, MAX_EXPRESSION_BYTES,
+    MAX_FOR_EACH_ITEMS, MAX_NAME_BYTES, MAX_OUTPUT_PATH_SEGMENTS, MAX_RETRIES, MAX_STEP_ID_LEN,
+    MAX_STEPS, MAX_TIMEOUT_SEC,
+};
 use crate::plugins::ConditionEvaluator;
 use crate::time::{self, Millis};
 
@@ -40,7 +45,7 @@ pub enum OnError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::num")]
     pub max_retries: u32,
     #[serde(default = "one")]
     pub initial_backoff_sec: f64,
@@ -63,6 +68,36 @@ fn sixty() -> f64 {
 }
 
 impl RetrySettings {
+    /// Every setting within its range (see [`crate::limits`]): the engine multiplies them.
+    fn check(&self, field: &str, errors: &mut Vec<FieldError>) {
+        if self.max_retries > MAX_RETRIES {
+            errors.push(FieldError::new(
+                format!("{field}.max_retries"),
+                format!("must be at most {MAX_RETRIES}"),
+            ));
+        }
+        for (name, sec) in [
+            ("initial_backoff_sec", self.initial_backoff_sec),
+            ("max_backoff_sec", self.max_backoff_sec),
+        ] {
+            if !(0.0..=MAX_BACKOFF_SEC).contains(&sec) {
+                errors.push(FieldError::new(
+                    format!("{field}.{name}"),
+                    format!("must be between 0 and {MAX_BACKOFF_SEC} seconds"),
+                ));
+            }
+        }
+        if !(1.0..=MAX_BACKOFF_MULTIPLIER).contains(&self.multiplier) {
+            errors.push(FieldError::new(
+                format!("{field}.multiplier"),
+                format!("must be between 1 and {MAX_BACKOFF_MULTIPLIER}"),
+            ));
+        }
+        if let Some(policy) = &self.policy {
+            check_ident(&format!("{field}.policy"), policy, errors);
+        }
+    }
+
     /// The config that selects `policy` (when set) and hands it these settings in the units
     /// retry policies read (SPEC §9): `max_attempts` counts the first attempt, backoffs are in ms.
     pub fn policy_config(&self) -> Option<Value> {
@@ -100,7 +135,11 @@ pub struct StepDef {
     pub condition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub max_parallel: Option<u32>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
@@ -108,7 +147,11 @@ pub struct StepDef {
     pub output_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_labels: BTreeMap<String, String>,
@@ -129,9 +172,17 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// Ignored on input: the store numbers versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub version: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
@@ -146,7 +197,11 @@ pub struct Workflow {
     pub org_id: String,
     pub team_id: String,
     pub version: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
     pub timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
@@ -297,12 +352,30 @@ impl Run {
 }
 
 /// Checks a definition: identifiers, topics, dependencies, cycles, conditions, templates,
-/// `for_each` and `output_path`. Every error names the step (`steps.<id>.<field>`).
+/// `for_each`, `output_path`, and every count, length and duration against its limit (see
+/// [`crate::limits`]). Every error names the step (`steps.<id>.<field>`).
 pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec<FieldError> {
+    // Before anything that costs per step (compiling conditions, walking the graph).
+    if spec.steps.len() > MAX_STEPS {
+        return vec![FieldError::new(
+            "steps",
+            format!(
+                "{} steps; the limit is {MAX_STEPS} steps per workflow",
+                spec.steps.len()
+            ),
+        )];
+    }
     let mut errors = Vec::new();
     if let Some(id) = &spec.id {
         check_ident("id", id, &mut errors);
     }
+    if spec.name.len() > MAX_NAME_BYTES {
+        errors.push(FieldError::new(
+            "name",
+            format!("must be at most {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    check_timeout("timeout_sec", spec.timeout_sec, &mut errors);
     if spec.steps.is_empty() {
         errors.push(FieldError::new(
             "steps",
@@ -314,7 +387,32 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
     }
     for (id, step) in &spec.steps {
         let field = |f: &str| format!("steps.{id}.{f}");
-        check_ident(&format!("steps.{id}"), id, &mut errors);
+        check_step_id(&format!("steps.{id}"), id, &mut errors);
+        check_timeout(&field("timeout_sec"), step.timeout_sec, &mut errors);
+        check_labels(&field("route_labels"), &step.route_labels, &mut errors);
+        if let Some(retry) = &step.retry {
+            retry.check(&field("retry"), &mut errors);
+        }
+        if step.depends_on.len() > MAX_DEPENDENCIES {
+            errors.push(FieldError::new(
+                field("depends_on"),
+                format!(
+                    "{} dependencies; the limit is {MAX_DEPENDENCIES} per step",
+                    step.depends_on.len()
+                ),
+            ));
+        }
+        for (name, source) in [("condition", &step.condition), ("for_each", &step.for_each)] {
+            if source
+                .as_ref()
+                .is_some_and(|e| e.len() > MAX_EXPRESSION_BYTES)
+            {
+                errors.push(FieldError::new(
+                    field(name),
+                    format!("step `{id}`: expressions are at most {MAX_EXPRESSION_BYTES} bytes"),
+                ));
+            }
+        }
         match step.kind {
             StepType::Job => match &step.topic {
                 Some(t) => check_ident(&field("topic"), t, &mut errors),
@@ -335,6 +433,7 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
             }
         }
         if let Some(c) = &step.condition
+            && c.len() <= MAX_EXPRESSION_BYTES
             && let Err(e) = conditions.compile(c)
         {
             errors.push(FieldError::new(
@@ -343,6 +442,7 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
             ));
         }
         if let Some(fe) = &step.for_each
+            && fe.len() <= MAX_EXPRESSION_BYTES
             && let Err(e) = expr::check(expr::bare(fe))
         {
             errors.push(FieldError::new(
@@ -350,19 +450,30 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
                 format!("step `{id}`: {e}"),
             ));
         }
-        if step.max_parallel == Some(0) {
-            errors.push(FieldError::new(field("max_parallel"), "must be at least 1"));
+        if step
+            .max_parallel
+            .is_some_and(|m| m == 0 || m as usize > MAX_FOR_EACH_ITEMS)
+        {
+            errors.push(FieldError::new(
+                field("max_parallel"),
+                format!("must be between 1 and {MAX_FOR_EACH_ITEMS}"),
+            ));
         }
         if let Err((at, e)) = check_templates(&step.input, &field("input")) {
             errors.push(FieldError::new(at, format!("step `{id}`: {e}")));
         }
-        if let Some(p) = &step.output_path
-            && (p.is_empty() || p.split('.').any(str::is_empty))
-        {
-            errors.push(FieldError::new(
-                field("output_path"),
-                format!("step `{id}`: `{p}` is not a dotted path"),
-            ));
+        if let Some(p) = &step.output_path {
+            if p.is_empty() || p.split('.').any(str::is_empty) {
+                errors.push(FieldError::new(
+                    field("output_path"),
+                    format!("step `{id}`: `{p}` is not a dotted path"),
+                ));
+            } else if p.split('.').count() > MAX_OUTPUT_PATH_SEGMENTS {
+                errors.push(FieldError::new(
+                    field("output_path"),
+                    format!("step `{id}`: at most {MAX_OUTPUT_PATH_SEGMENTS} segments"),
+                ));
+            }
         }
     }
     if let Some(cycle) = find_cycle(&spec.steps) {
@@ -374,51 +485,85 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
     errors
 }
 
-/// A cycle through `depends_on` (first step repeated at the end), if there is one.
+/// A step id: 1–[`MAX_STEP_ID_LEN`] of `[A-Za-z0-9_-]`. Narrower than other ids because it is
+/// spliced into its jobs' ids, `<run>.<step>[.<item>].<attempt>`: without `.` no two steps'
+/// jobs can share an id (step `a.0` attempt 1 and item 0 of step `a` would), and at this length
+/// the longest such id is still a valid job id.
+pub fn check_step_id(field: &str, id: &str, errors: &mut Vec<FieldError>) {
+    if id.is_empty() || id.len() > MAX_STEP_ID_LEN {
+        errors.push(FieldError::new(
+            field,
+            format!("step ids are 1–{MAX_STEP_ID_LEN} characters"),
+        ));
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        errors.push(FieldError::new(
+            field,
+            "step ids hold only letters, digits, '_' and '-'",
+        ));
+    }
+}
+
+/// A `timeout_sec`, when set: 1 s to [`MAX_TIMEOUT_SEC`] (the engine works in milliseconds, so
+/// an unbounded count of seconds would overflow).
+fn check_timeout(field: &str, timeout_sec: Option<u64>, errors: &mut Vec<FieldError>) {
+    if timeout_sec.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_SEC) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_SEC} seconds"),
+        ));
+    }
+}
+
+/// A cycle through `depends_on` (first step repeated at the end), if there is one. A depth-first
+/// walk with a stack of its own, not recursion: a chain as long as the input is walked in a
+/// heap-allocated stack, never the thread's.
 fn find_cycle(steps: &BTreeMap<String, StepDef>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
-        New,
         Open,
         Done,
     }
-    fn visit<'a>(
-        id: &'a str,
-        steps: &'a BTreeMap<String, StepDef>,
-        marks: &mut BTreeMap<&'a str, Mark>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match marks.get(id).copied().unwrap_or(Mark::New) {
-            Mark::Done => return None,
-            Mark::Open => {
-                let start = path.iter().position(|p| *p == id).unwrap_or(0);
-                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(id.to_string());
-                return Some(cycle);
-            }
-            Mark::New => {}
+    let deps_of = |id: &str| steps.get(id).map_or(&[][..], |s| s.depends_on.as_slice());
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    for root in steps.keys() {
+        if marks.contains_key(root.as_str()) {
+            continue;
         }
-        marks.insert(id, Mark::Open);
-        path.push(id);
-        for dep in steps
-            .get(id)
-            .map(|s| s.depends_on.as_slice())
-            .unwrap_or(&[])
-        {
-            if steps.contains_key(dep)
-                && let Some(c) = visit(dep, steps, marks, path)
-            {
-                return Some(c);
+        // The open path from `root`, each step with the index of its next dependency to visit.
+        let mut path: Vec<(&str, usize)> = vec![(root, 0)];
+        marks.insert(root, Mark::Open);
+        while let Some(&(id, next)) = path.last() {
+            let Some(dep) = deps_of(id).get(next).map(String::as_str) else {
+                marks.insert(id, Mark::Done);
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 += 1;
             }
-        }
-        path.pop();
-        marks.insert(id, Mark::Done);
-        None
-    }
-    let mut marks = BTreeMap::new();
-    for id in steps.keys() {
-        if let Some(c) = visit(id, steps, &mut marks, &mut Vec::new()) {
-            return Some(c);
+            if !steps.contains_key(dep) {
+                continue;
+            }
+            match marks.get(dep) {
+                Some(Mark::Done) => {}
+                Some(Mark::Open) => {
+                    let start = path.iter().position(|(p, _)| *p == dep).unwrap_or(0);
+                    let mut cycle: Vec<String> = path
+                        .iter()
+                        .skip(start)
+                        .map(|(p, _)| p.to_string())
+                        .collect();
+                    cycle.push(dep.to_string());
+                    return Some(cycle);
+                }
+                None => {
+                    marks.insert(dep, Mark::Open);
+                    path.push((dep, 0));
+                }
+            }
         }
     }
     None
@@ -627,6 +772,95 @@ mod tests {
             &Fake,
         );
         assert!(e.is_empty(), "{e:?}");
+    }
+
+    /// `n` steps, each depending on the one before; the first on the last when `closed`.
+    fn chain(n: usize, closed: bool) -> BTreeMap<String, StepDef> {
+        (0..n)
+            .map(|i| {
+                let dep = match i {
+                    0 if closed => Some(n - 1),
+                    0 => None,
+                    i => Some(i - 1),
+                };
+                let step = StepDef {
+                    topic: Some("t".into()),
+                    depends_on: dep.map(|d| format!("s{d}")).into_iter().collect(),
+                    ..Default::default()
+                };
+                (format!("s{i}"), step)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_cycle_check_walks_a_chain_of_any_length_without_recursion() {
+        assert_eq!(find_cycle(&chain(200_000, false)), None);
+        let cycle = find_cycle(&chain(200_000, true)).expect("the closed chain is a cycle");
+        assert_eq!(cycle.len(), 200_001);
+        assert_eq!(cycle.first(), cycle.last());
+    }
+
+    #[test]
+    fn a_workflow_past_the_step_limit_is_refused_before_its_steps_are_checked() {
+        let spec = WorkflowSpec {
+            id: None,
+            name: "w".into(),
+            org_id: None,
+            team_id: None,
+            version: None,
+            timeout_sec: None,
+            input_schema: None,
+            steps: chain(MAX_STEPS + 1, true),
+        };
+        let e = validate(&spec, &Fake);
+        assert_eq!(fields(&e), ["steps"]);
+        assert!(e[0].message.contains(&MAX_STEPS.to_string()), "{e:?}");
+        let at_limit = WorkflowSpec {
+            steps: chain(MAX_STEPS, false),
+            ..spec
+        };
+        assert!(validate(&at_limit, &Fake).is_empty());
+    }
+
+    #[test]
+    fn step_ids_that_could_not_be_part_of_a_job_id_are_refused() {
+        let long = "s".repeat(MAX_STEP_ID_LEN + 1);
+        let e = validate(
+            &spec(
+                json!({"a.0": {"topic": "t"}, "b:c": {"topic": "t"}, &long: {"topic": "t"},
+                         "ok_-9": {"topic": "t"}}),
+            ),
+            &Fake,
+        );
+        assert_eq!(
+            fields(&e),
+            ["steps.a.0", "steps.b:c", format!("steps.{long}").as_str()]
+        );
+    }
+
+    #[test]
+    fn numbers_the_engine_multiplies_are_bounded() {
+        let e = validate(
+            &spec(
+                json!({"a": {"topic": "t", "timeout_sec": u64::MAX, "max_parallel": 0,
+                "retry": {"max_retries": 1000, "initial_backoff_sec": -1, "max_backoff_sec": 1e300,
+                          "multiplier": 0.5, "policy": "no good"}}}),
+            ),
+            &Fake,
+        );
+        assert_eq!(
+            fields(&e),
+            [
+                "steps.a.timeout_sec",
+                "steps.a.retry.max_retries",
+                "steps.a.retry.initial_backoff_sec",
+                "steps.a.retry.max_backoff_sec",
+                "steps.a.retry.multiplier",
+                "steps.a.retry.policy",
+                "steps.a.max_parallel"
+            ]
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::bus::{Feed, job_events};
 use crate::configsvc::ConfigTarget;
 use crate::ids;
 use crate::job::{DEFAULT_TENANT, FieldError, Job, JobRequest, JobState, StepJobIds};
+use crate::limits::{MAX_FOR_EACH_ITEMS, MAX_TIMEOUT_SEC};
 use crate::plugins::{ConditionEvaluator, PluginRegistry};
 use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
@@ -533,15 +534,24 @@ impl Engine {
         if run != before {
             run.revision = self.store.run_put(&run).await?;
         }
+        let mut refused = Vec::new();
         for e in effects {
             match e {
                 Effect::Submit(job) => {
                     let StepJob { req, ids } = *job;
                     let id = ids.job_id.clone();
-                    if let Err(e) = self.scheduler.submit_step(req, ids).await {
+                    match self.scheduler.submit_step(req, ids).await {
+                        Ok(_) => {}
+                        // Refused, it would be refused again: its step fails with the reason
+                        // rather than wait for a job that will never exist.
+                        Err(SchedulerError::Invalid(errors)) => {
+                            refused.push((id, FieldError::describe(&errors)));
+                        }
                         // The step stays running with its job id; the next advance sees the job
                         // missing and submits it again.
-                        tracing::warn!(run_id, job_id = %id, error = %e, "could not submit a step job");
+                        Err(e) => {
+                            tracing::warn!(run_id, job_id = %id, error = %e, "could not submit a step job")
+                        }
                     }
                 }
                 Effect::Cancel { job_id, reason } => {
@@ -550,6 +560,20 @@ impl Engine {
                     }
                 }
             }
+        }
+        if !refused.is_empty() {
+            let now = now_ms();
+            for (job_id, why) in &refused {
+                if let Some(s) = step_of_job(&mut run, job_id) {
+                    end_step(
+                        s,
+                        Status::Failed,
+                        &format!("its job was refused: {why}"),
+                        now,
+                    );
+                }
+            }
+            run.revision = self.store.run_put(&run).await?;
         }
         Ok(run)
     }
@@ -708,6 +732,20 @@ fn running_jobs(run: &Run) -> impl Iterator<Item = (&str, &StepRun)> {
     })
 }
 
+/// The step (or child) whose job is `job_id`.
+fn step_of_job<'r>(run: &'r mut Run, job_id: &str) -> Option<&'r mut StepRun> {
+    run.steps.values_mut().find_map(|s| {
+        if s.job_id.as_deref() == Some(job_id) {
+            Some(s)
+        } else {
+            s.children
+                .iter_mut()
+                .flatten()
+                .find(|c| c.job_id.as_deref() == Some(job_id))
+        }
+    })
+}
+
 /// Ends a step that is not finished (and its unfinished children) with `status`.
 fn end_step(s: &mut StepRun, status: Status, why: &str, now: Millis) {
     for c in s.children.iter_mut().flatten() {
@@ -746,7 +784,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             return;
         }
         if let Some(t) = self.wf.timeout_sec
-            && self.now - run.started_at > (t * 1000) as i64
+            && self.now - run.started_at > t.min(MAX_TIMEOUT_SEC) as i64 * 1000
         {
             for s in run.steps.values_mut() {
                 end_step(s, Status::Cancelled, "the run timed out", self.now);
@@ -856,6 +894,15 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             s.status = Status::Waiting;
         } else if let Some(expr) = &def.for_each {
             match definition::resolve(expr, &scope) {
+                Ok(Value::Array(items)) if items.len() > MAX_FOR_EACH_ITEMS => end_step(
+                    &mut s,
+                    Status::Failed,
+                    &format!(
+                        "for_each `{expr}` gave {} items; the limit is {MAX_FOR_EACH_ITEMS}",
+                        items.len()
+                    ),
+                    now,
+                ),
                 Ok(Value::Array(items)) => {
                     s.status = Status::Running;
                     s.children = Some(
@@ -961,13 +1008,12 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         };
         match self.outcome(&job_id, def, s) {
             JobOutcome::Running => {}
-            JobOutcome::Missing => {
-                // Saved as running but never stored (a crash between the save and the submit):
-                // the same attempt again, with the same id.
-                if let Ok(req) = self.job_request(run, id, def, s, index, scope) {
-                    self.effects.push(Effect::Submit(Box::new(req)));
-                }
-            }
+            // Saved as running but never stored (a crash between the save and the submit): the
+            // same attempt again, with the same id.
+            JobOutcome::Missing => match self.job_request(run, id, def, s, index, scope) {
+                Ok(req) => self.effects.push(Effect::Submit(Box::new(req))),
+                Err(e) => end_step(s, Status::Failed, &e, self.now),
+            },
             JobOutcome::Succeeded(out) => {
                 s.status = Status::Succeeded;
                 s.output = Some(out);
@@ -979,7 +1025,10 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                     s.error = Some(why);
                     s.status = Status::Pending;
                     s.job_id = None;
-                    s.next_attempt_at = Some(self.now + wait as i64);
+                    s.next_attempt_at = Some(
+                        self.now
+                            .saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)),
+                    );
                 }
                 Err(no_retry) => {
                     s.error = Some(match no_retry {
@@ -1055,7 +1104,9 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                 },
             ),
             _ => match (def.timeout_sec, s.started_at) {
-                (Some(t), Some(started)) if self.now - started > (t * 1000) as i64 => {
+                (Some(t), Some(started))
+                    if self.now - started > t.min(MAX_TIMEOUT_SEC) as i64 * 1000 =>
+                {
                     JobOutcome::Failed(format!("step timed out after {t} s"), Status::TimedOut)
                 }
                 _ => JobOutcome::Running,
