@@ -93,6 +93,7 @@ use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_j
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
+    env_refusal,
 };
 use crate::plugins::PluginRegistry;
 use crate::protocol::{
@@ -603,6 +604,13 @@ impl Scheduler {
         }
         if spec.deadline.is_some_and(|d| d <= now) {
             let err = JobError::new("deadline_exceeded", "the deadline passed before dispatch");
+            return self.fail_now(&spec, err).await;
+        }
+        if let Some(name) = spec.env.keys().find(|k| env_refusal(k).is_some()) {
+            let err = JobError::new(
+                "invalid_job",
+                format!("the job's env sets `{name}`, which is on the env deny list"),
+            );
             return self.fail_now(&spec, err).await;
         }
         // 2. Effective config for (tenant, team, workflow, step).
