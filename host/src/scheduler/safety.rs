@@ -1,6 +1,7 @@
 //! The safety check (SPEC §5 step 2): a policy decides ALLOW, DENY, REQUIRE_HUMAN or THROTTLE for
 //! a job against its *effective* config (resolved first, unlike the original). The evaluator sits
-//! behind a circuit breaker: when it keeps failing or timing out, the gate fails closed.
+//! behind a circuit breaker per tenant: when it keeps failing or timing out for a tenant (its
+//! `safety` config is malformed, say), the gate fails closed for that tenant only.
 //!
 //! The built-in policy reads the effective config's `safety` object:
 //!
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, TenantBreakers, TenantLimits};
 use crate::job::JobSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,14 +77,16 @@ fn patterns(safety: &Value, key: &str) -> Result<Vec<glob::Pattern>, PolicyError
         Some(Value::Array(items)) => items
             .iter()
             .map(|p| {
-                let s = p
-                    .as_str()
-                    .ok_or_else(|| PolicyError(format!("safety.{key} holds a non-string")))?;
+                let s = p.as_str().ok_or_else(|| {
+                    PolicyError(format!("safety.{key} must hold glob strings only"))
+                })?;
                 glob::Pattern::new(s)
                     .map_err(|e| PolicyError(format!("safety.{key}: bad pattern `{s}`: {e}")))
             })
             .collect(),
-        Some(_) => Err(PolicyError(format!("safety.{key} must be an array"))),
+        Some(_) => Err(PolicyError(format!(
+            "safety.{key} must be an array of glob strings"
+        ))),
     }
 }
 
@@ -143,42 +146,55 @@ impl SafetyPolicy for BuiltinPolicy {
     }
 }
 
-/// The policy behind its breaker and a per-call time limit.
+/// The policy behind a breaker per tenant and a per-call time limit.
 pub struct SafetyGate {
     policy: Arc<dyn SafetyPolicy>,
-    breaker: CircuitBreaker,
+    breakers: TenantBreakers,
     timeout: Duration,
 }
 
 impl SafetyGate {
-    pub fn new(policy: Arc<dyn SafetyPolicy>, cfg: BreakerConfig, timeout: Duration) -> Self {
+    pub fn new(
+        policy: Arc<dyn SafetyPolicy>,
+        cfg: BreakerConfig,
+        limits: TenantLimits,
+        timeout: Duration,
+    ) -> Self {
         SafetyGate {
             policy,
-            breaker: CircuitBreaker::new("safety", cfg),
+            breakers: TenantBreakers::new("safety", cfg, limits),
             timeout,
         }
     }
 
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+    pub fn breakers(&self) -> &TenantBreakers {
+        &self.breakers
     }
 
-    /// Always answers: a failing, slow or shut-off evaluator yields DENY (fail closed).
+    /// Always answers: a failing, slow or shut-off evaluator yields DENY (fail closed), for the
+    /// job's tenant alone.
     pub async fn check(&self, job: &JobSpec, config: &Value) -> Verdict {
-        if self.breaker.try_acquire(Instant::now()).is_err() {
-            return Verdict::new(Decision::Deny, "circuit open");
+        let tenant = job.tenant_id.as_str();
+        if self.breakers.try_acquire(tenant, Instant::now).is_err() {
+            return Verdict::new(
+                Decision::Deny,
+                format!(
+                    "circuit open: the safety policy of tenant `{tenant}` failed repeatedly, so \
+                     its jobs are denied until a check succeeds again (fix its `safety` config)"
+                ),
+            );
         }
         match tokio::time::timeout(self.timeout, self.policy.evaluate(job, config)).await {
             Ok(Ok(v)) => {
-                self.breaker.record_success();
+                self.breakers.record_success(tenant, Instant::now);
                 v
             }
             Ok(Err(e)) => {
-                self.breaker.record_failure(Instant::now());
+                self.breakers.record_failure(tenant, Instant::now());
                 Verdict::new(Decision::Deny, format!("safety policy failed: {e}"))
             }
             Err(_) => {
-                self.breaker.record_failure(Instant::now());
+                self.breakers.record_failure(tenant, Instant::now());
                 Verdict::new(
                     Decision::Deny,
                     format!("safety policy timed out after {:?}", self.timeout),
@@ -254,22 +270,46 @@ mod tests {
         assert!(BuiltinPolicy::decide(&job("a"), &json!({"safety": 3})).is_err());
     }
 
-    #[tokio::test]
-    async fn failing_policy_fails_closed_and_opens_the_breaker() {
-        let gate = SafetyGate::new(
-            Arc::new(BuiltinPolicy),
+    fn tenant_job(tenant: &str, topic: &str) -> JobSpec {
+        JobSpec::accept(
+            JobRequest {
+                topic: topic.into(),
+                tenant_id: Some(tenant.into()),
+                ..Default::default()
+            },
+            0,
+        )
+    }
+
+    fn gate(policy: Arc<dyn SafetyPolicy>, timeout: Duration) -> SafetyGate {
+        SafetyGate::new(
+            policy,
             BreakerConfig::default(),
-            Duration::from_millis(100),
-        );
+            TenantLimits::default(),
+            timeout,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failing_policy_fails_closed_for_its_tenant_only() {
+        let gate = gate(Arc::new(BuiltinPolicy), Duration::from_millis(100));
         let bad = json!({"safety": {"denied_topics": 1}});
         for _ in 0..3 {
-            let v = gate.check(&job("a"), &bad).await;
+            let v = gate.check(&tenant_job("acme", "a"), &bad).await;
             assert_eq!(v.decision, Decision::Deny);
-            assert!(v.reason.starts_with("safety policy failed"));
+            assert!(v.reason.starts_with("safety policy failed"), "{}", v.reason);
         }
-        assert_eq!(gate.breaker().state(), BreakerState::Open);
-        let v = gate.check(&job("a"), &json!({})).await;
-        assert_eq!(v, Verdict::new(Decision::Deny, "circuit open"));
+        assert_eq!(gate.breakers().state("acme"), BreakerState::Open);
+        let v = gate.check(&tenant_job("acme", "a"), &json!({})).await;
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(v.reason.starts_with("circuit open"), "{}", v.reason);
+        assert!(v.reason.contains("`acme`"), "{}", v.reason);
+        let v = gate.check(&tenant_job("beta", "a"), &json!({})).await;
+        assert_eq!(
+            v.decision,
+            Decision::Allow,
+            "another tenant is not affected"
+        );
     }
 
     struct Slow;
@@ -283,11 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_policy_times_out_and_counts_as_failure() {
-        let gate = SafetyGate::new(
-            Arc::new(Slow),
-            BreakerConfig::default(),
-            Duration::from_millis(20),
-        );
+        let gate = gate(Arc::new(Slow), Duration::from_millis(20));
         let v = gate.check(&job("a"), &json!({})).await;
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.reason.contains("timed out"));
