@@ -1,4 +1,7 @@
-//! Config routes: one scope at a time, with `If-Match` revisions, and the effective merge.
+//! Config routes: one scope at a time, with `If-Match` revisions (each write checked against
+//! the schema of the keys the host reads), and the effective merge — for a tenant key, only of
+//! what is its org's: the system and org scopes, a team not bound to another org, and its own
+//! workflows and their steps.
 
 use axum::Json;
 use axum::extract::State;
@@ -79,7 +82,12 @@ pub async fn set(
     let data = req
         .data
         .ok_or_else(|| ApiError::field("data", "is required"))?;
-    let doc = s.config.set(&scope, &data, if_match(&headers)?).await?;
+    let plugins = &s.scheduler.plugins;
+    let plugin_kind = |name: &str| plugins.get(name).map(|p| p.kind());
+    let doc = s
+        .config
+        .set(&scope, &data, if_match(&headers)?, &plugin_kind)
+        .await?;
     Ok(with_etag(
         &doc,
         json!({"scope": req.scope, "id": req.id, "workflow_id": req.workflow_id,
@@ -145,6 +153,32 @@ pub async fn effective(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
+    if let Some(tenant) = caller.tenant() {
+        visible_to_tenant(&s, &caller, tenant, &t).await?;
+    }
     let eff = s.config.effective(&t).await?;
     Ok(Json(eff.value.clone()).into_response())
+}
+
+/// 404 unless every scope a tenant key's target names is its org's: a team bound to another org
+/// (`tenancy.teams`), or a workflow (and so its steps) of another org or of none, answers as if
+/// it did not exist.
+async fn visible_to_tenant(
+    s: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    t: &ConfigTarget,
+) -> Result<(), ApiError> {
+    if let Some(team) = &t.team_id
+        && s.config
+            .tenancy()
+            .await?
+            .team_belongs_elsewhere(tenant, team)
+    {
+        return Err(ApiError::not_found(format!("no such team `{team}`")));
+    }
+    if let Some(wf) = &t.workflow_id {
+        super::workflows::visible(s, caller, wf, None).await?;
+    }
+    Ok(())
 }

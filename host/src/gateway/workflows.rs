@@ -16,7 +16,7 @@ use crate::store::RunFilter;
 use crate::workflow::definition::{Run, Status, Workflow, WorkflowSpec};
 
 /// The workflow, when the caller sees its org (else 404, as if it did not exist).
-async fn visible(
+pub(super) async fn visible(
     s: &AppState,
     caller: &Caller,
     id: &str,

@@ -90,6 +90,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
+use crate::configsvc::schema::{PREFERRED_POOL_LABEL, Tenancy};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
 use crate::job::{
     EFFECTIVE_CONFIG_ENV, FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits,
@@ -159,6 +160,15 @@ pub enum SchedulerError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+}
+
+impl From<crate::configsvc::ConfigError> for SchedulerError {
+    fn from(e: crate::configsvc::ConfigError) -> Self {
+        match e {
+            crate::configsvc::ConfigError::Store(s) => SchedulerError::Store(s),
+            other => SchedulerError::Conflict(other.to_string()),
+        }
+    }
 }
 
 /// The answer to a submission.
@@ -373,7 +383,10 @@ impl Scheduler {
         req: JobRequest,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, SchedulerError> {
-        let errors = req.validate(&self.settings.limits);
+        let mut errors = req.validate(&self.settings.limits);
+        if errors.is_empty() && Tenancy::concerns(&req) {
+            errors = self.tenancy().await?.refusals(&req);
+        }
         if !errors.is_empty() {
             return Err(SchedulerError::Invalid(errors));
         }
@@ -395,8 +408,16 @@ impl Scheduler {
         let now = now_ms();
         let mut answers: Vec<Option<Result<Accepted, SchedulerError>>> = Vec::new();
         let mut valid = Vec::new();
+        let mut tenancy = None;
         for req in reqs {
-            let errors = req.validate(&self.settings.limits);
+            let mut errors = req.validate(&self.settings.limits);
+            if errors.is_empty() && Tenancy::concerns(&req) {
+                let policy = match &tenancy {
+                    Some(t) => t,
+                    None => tenancy.insert(self.tenancy().await?),
+                };
+                errors = policy.refusals(&req);
+            }
             if errors.is_empty() {
                 valid.push(NewJob {
                     spec: JobSpec::accept(req, now),
@@ -624,7 +645,10 @@ impl Scheduler {
                 "released after its throttle delay".to_string(),
             )
         } else {
-            let verdict = self.safety.check(&spec, &effective.value).await;
+            let verdict = self
+                .safety
+                .check(&spec, &effective.value, effective.system_policy.as_ref())
+                .await;
             match verdict.decision {
                 Decision::Allow => {}
                 Decision::Deny => {
@@ -672,19 +696,30 @@ impl Scheduler {
             }
             ("ALLOW".to_string(), verdict.reason)
         };
-        // 4. The strategy picks among the eligible workers.
+        // 4. The strategy picks among the eligible workers — of the pools the tenant is granted
+        // (checked at submit and at config writes too; the grants may have changed since).
         let pool = spec
             .labels
-            .get("preferred_pool")
+            .get(PREFERRED_POOL_LABEL)
             .map(String::as_str)
             .or_else(|| {
                 effective.value["pools"]
                     .get(spec.topic.as_str())
                     .and_then(|p| p.as_str())
             });
+        let allowed_pools = effective.tenancy.allowed_pools(&spec.tenant_id);
+        if let Some(p) = pool
+            && !effective.tenancy.may_use_pool(&spec.tenant_id, p)
+        {
+            let refusal = effective.tenancy.pool_refusal(&spec.tenant_id, p);
+            return self
+                .fail_now(&spec, JobError::new("pool_not_allowed", refusal))
+                .await;
+        }
         let placement = Placement {
             topic: &spec.topic,
             pool,
+            allowed_pools,
             required_labels: spec
                 .labels
                 .iter()
@@ -722,9 +757,17 @@ impl Scheduler {
                     .await;
             }
             Pick::NoWorker(reason) => {
-                let reason = match pool {
-                    Some(p) => format!("waiting for capacity in pool `{p}`: {reason}"),
-                    None => format!("waiting for capacity for topic `{}`: {reason}", spec.topic),
+                let reason = match (pool, allowed_pools) {
+                    (Some(p), _) => format!("waiting for capacity in pool `{p}`: {reason}"),
+                    (None, Some(granted)) => format!(
+                        "waiting for capacity for topic `{}` in the pools granted to `{}` ({}): {reason}",
+                        spec.topic,
+                        spec.tenant_id,
+                        granted.join(", ")
+                    ),
+                    (None, None) => {
+                        format!("waiting for capacity for topic `{}`: {reason}", spec.topic)
+                    }
                 };
                 let busy = !candidates.is_empty();
                 return self.wait_for_capacity(spec, clearance, reason, busy).await;
@@ -915,6 +958,11 @@ impl Scheduler {
         }
     }
 
+    /// The tenancy policy in force (system config `tenancy`).
+    async fn tenancy(&self) -> Result<Arc<Tenancy>, SchedulerError> {
+        Ok(self.config.tenancy().await?)
+    }
+
     /// The effective config (SPEC §8) of a job's (tenant, team, workflow, step).
     async fn effective_config(&self, spec: &JobSpec) -> Result<Arc<Effective>, SchedulerError> {
         let target = ConfigTarget {
@@ -923,10 +971,7 @@ impl Scheduler {
             workflow_id: spec.workflow_id.clone(),
             step_id: spec.step_id.clone(),
         };
-        self.config.effective(&target).await.map_err(|e| match e {
-            crate::configsvc::ConfigError::Store(s) => SchedulerError::Store(s),
-            other => SchedulerError::Conflict(other.to_string()),
-        })
+        Ok(self.config.effective(&target).await?)
     }
 
     /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver).

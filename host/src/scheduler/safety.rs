@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Patterns are globs. Deny wins over everything; a non-empty `allowed_topics` denies what it
-//! does not match. Tenant-specific policy is the `org` scope's `safety` key.
+//! does not match. Tenant-specific policy is the `org` scope's `safety` key — which cannot weaken
+//! the system's: when a later scope replaced the system scope's `safety`, the system's policy is
+//! checked too and the stricter answer stands (see [`SafetyGate::check`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,8 +174,9 @@ impl SafetyGate {
     }
 
     /// Always answers: a failing, slow or shut-off evaluator yields DENY (fail closed), for the
-    /// job's tenant alone.
-    pub async fn check(&self, job: &JobSpec, config: &Value) -> Verdict {
+    /// job's tenant alone. `system` is the system scope's policy when a later scope replaced
+    /// it: it is evaluated first, and the stricter of the two answers stands.
+    pub async fn check(&self, job: &JobSpec, config: &Value, system: Option<&Value>) -> Verdict {
         let tenant = job.tenant_id.as_str();
         if self.breakers.try_acquire(tenant, Instant::now).is_err() {
             return Verdict::new(
@@ -184,7 +187,24 @@ impl SafetyGate {
                 ),
             );
         }
-        match tokio::time::timeout(self.timeout, self.policy.evaluate(job, config)).await {
+        let both = async {
+            let first = match system {
+                Some(s) => {
+                    let v = self.policy.evaluate(job, s).await?;
+                    if v.decision == Decision::Deny {
+                        return Ok(v);
+                    }
+                    Some(v)
+                }
+                None => None,
+            };
+            let own = self.policy.evaluate(job, config).await?;
+            Ok::<_, PolicyError>(match first {
+                Some(f) => stricter(f, own),
+                None => own,
+            })
+        };
+        match tokio::time::timeout(self.timeout, both).await {
             Ok(Ok(v)) => {
                 self.breakers.record_success(tenant, Instant::now);
                 v
@@ -201,6 +221,24 @@ impl SafetyGate {
                 )
             }
         }
+    }
+}
+
+/// The stricter of two verdicts: DENY, then REQUIRE_HUMAN, then the longer THROTTLE, then ALLOW
+/// (on a tie, the first).
+fn stricter(a: Verdict, b: Verdict) -> Verdict {
+    fn rank(d: &Decision) -> (u8, u64) {
+        match d {
+            Decision::Deny => (3, 0),
+            Decision::RequireHuman => (2, 0),
+            Decision::Throttle { delay_ms } => (1, *delay_ms),
+            Decision::Allow => (0, 0),
+        }
+    }
+    if rank(&b.decision) > rank(&a.decision) {
+        b
+    } else {
+        a
     }
 }
 
@@ -295,21 +333,40 @@ mod tests {
         let gate = gate(Arc::new(BuiltinPolicy), Duration::from_millis(100));
         let bad = json!({"safety": {"denied_topics": 1}});
         for _ in 0..3 {
-            let v = gate.check(&tenant_job("acme", "a"), &bad).await;
+            let v = gate.check(&tenant_job("acme", "a"), &bad, None).await;
             assert_eq!(v.decision, Decision::Deny);
             assert!(v.reason.starts_with("safety policy failed"), "{}", v.reason);
         }
         assert_eq!(gate.breakers().state("acme"), BreakerState::Open);
-        let v = gate.check(&tenant_job("acme", "a"), &json!({})).await;
+        let v = gate.check(&tenant_job("acme", "a"), &json!({}), None).await;
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.reason.starts_with("circuit open"), "{}", v.reason);
         assert!(v.reason.contains("`acme`"), "{}", v.reason);
-        let v = gate.check(&tenant_job("beta", "a"), &json!({})).await;
+        let v = gate.check(&tenant_job("beta", "a"), &json!({}), None).await;
         assert_eq!(
             v.decision,
             Decision::Allow,
             "another tenant is not affected"
         );
+    }
+
+    #[tokio::test]
+    async fn the_system_policy_stands_under_a_tenants_own() {
+        let gate = gate(Arc::new(BuiltinPolicy), Duration::from_millis(100));
+        let system =
+            json!({"safety": {"denied_topics": ["rm.*"], "require_human_topics": ["pay"]}});
+        let tenant = json!({"safety": {"allowed_topics": ["*"], "throttle_topics": ["pay"]}});
+        let check = |topic: &'static str| {
+            let (gate, system, tenant) = (&gate, &system, &tenant);
+            async move {
+                gate.check(&tenant_job("acme", topic), tenant, Some(system))
+                    .await
+                    .decision
+            }
+        };
+        assert_eq!(check("rm.all").await, Decision::Deny);
+        assert_eq!(check("pay").await, Decision::RequireHuman);
+        assert_eq!(check("other").await, Decision::Allow);
     }
 
     struct Slow;
@@ -324,7 +381,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_policy_times_out_and_counts_as_failure() {
         let gate = gate(Arc::new(Slow), Duration::from_millis(20));
-        let v = gate.check(&job("a"), &json!({})).await;
+        let v = gate.check(&job("a"), &json!({}), None).await;
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.reason.contains("timed out"));
     }
