@@ -139,7 +139,11 @@ fn assert_contained(stem: &str, reasons: &[FailureReason]) {
         );
     }
     let plugin = registry.get(&name).unwrap();
-    assert_eq!(plugin.breaker_state(), BreakerState::Open, "{stem}");
+    assert_eq!(
+        plugin.breaker_state(&job(&[]).tenant_id),
+        BreakerState::Open,
+        "{stem}"
+    );
     let info = listed(&registry, &name);
     assert_eq!(info["calls"], 3, "{stem}: {info}");
     assert_eq!(info["failures"], 3, "{stem}: {info}");
@@ -607,7 +611,7 @@ fn a_failing_retry_policy_dead_letters_instead() {
 fn cel_checks_and_evaluates_step_conditions() {
     let cache = tempfile::tempdir().unwrap();
     let registry = registry_with(settings(cache.path()), &[("cel", "cel")]);
-    let cel = registry.conditions_for(&json!({}));
+    let cel = registry.conditions_for("default", &json!({}));
     cel.compile("input.count > 1 && steps.build.status == 'succeeded'")
         .unwrap();
     assert!(cel.compile("input.count >").is_err());

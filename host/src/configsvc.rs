@@ -7,6 +7,15 @@
 //! config per job; answers are cached for a second and dropped at once when any replica changes a
 //! scope (`sys.config.changed`), so the hot path reads Redis at most once a second per
 //! (tenant, team, workflow, step) and never waits for it on a hit.
+//!
+//! Writes are checked against the schema of the keys the host reads ([`schema`]); the merge
+//! follows the tenancy policy: the system scope's `tenancy` (what each org may use) is the
+//! host's and never part of an effective config, a team bound to another org is left out of an
+//! org's merge, and when a later scope replaces the system's `safety` the system's policy is
+//! handed on beside the merge ([`Effective::system_policy`]) so the safety check still applies
+//! it.
+
+pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +31,7 @@ use crate::job::{FieldError, check_ident};
 use crate::protocol::{ConfigChangedMsg, VERSION};
 use crate::store::{ConfigDoc, SharedStore, StoreError};
 use crate::time::now_ms;
+use schema::Tenancy;
 
 /// One config scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -158,6 +168,51 @@ pub fn merge<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Value {
 pub struct Effective {
     pub value: Value,
     pub json: String,
+    /// `{"safety": …}` of the system scope when a later scope replaced its `safety`: a tenant's
+    /// own policy adds to the system's, never weakens it.
+    pub system_policy: Option<Value>,
+    /// The system scope's tenancy policy.
+    pub tenancy: Arc<Tenancy>,
+}
+
+/// The key of the system scope that holds the tenancy policy (see [`Tenancy`]).
+const TENANCY_KEY: &str = "tenancy";
+
+impl Effective {
+    /// Merges the documents of `scopes` (in order, `None` where a scope has none) for `target`.
+    fn resolve(target: &ConfigTarget, scopes: &[Scope], docs: &[Option<ConfigDoc>]) -> Effective {
+        let system = scopes
+            .iter()
+            .zip(docs)
+            .find(|(s, _)| **s == Scope::System)
+            .and_then(|(_, d)| d.as_ref())
+            .map(|d| &d.data);
+        let tenancy = Tenancy::from_system(system);
+        let org = target.org_id.as_deref();
+        let applied = scopes.iter().zip(docs).filter_map(|(scope, doc)| {
+            let doc = doc.as_ref()?;
+            match (scope, org) {
+                (Scope::Team(team), Some(org)) if tenancy.team_belongs_elsewhere(org, team) => None,
+                _ => Some(&doc.data),
+            }
+        });
+        let mut value = merge(applied);
+        if let Value::Object(m) = &mut value {
+            m.remove(TENANCY_KEY);
+        }
+        let system_safety = system
+            .and_then(|s| s.get("safety"))
+            .filter(|s| !s.is_null());
+        let system_policy = system_safety
+            .filter(|s| value.get("safety") != Some(*s))
+            .map(|s| serde_json::json!({ "safety": s }));
+        Effective {
+            json: value.to_string(),
+            value,
+            system_policy,
+            tenancy: Arc::new(tenancy),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,17 +244,26 @@ impl ConfigService {
         Ok(self.store.config_get(&[scope.key()]).await?.pop().flatten())
     }
 
+    /// Stores a scope's document once it passes the schema ([`schema::validate`]);
+    /// `plugin_kind` tells which plugins are loaded.
     pub async fn set(
         &self,
         scope: &Scope,
         data: &Value,
         if_match: Option<u64>,
+        plugin_kind: &(dyn Fn(&str) -> Option<crate::plugins::PluginKind> + Sync),
     ) -> Result<ConfigDoc, ConfigError> {
-        if !data.is_object() {
-            return Err(ConfigError::Invalid(vec![FieldError::new(
-                "data",
-                "must be a JSON object",
-            )]));
+        let tenancy = self.tenancy().await?;
+        let errors = schema::validate(
+            scope,
+            data,
+            &schema::Context {
+                plugin_kind,
+                tenancy: &tenancy,
+            },
+        );
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
         }
         let doc = self
             .store
@@ -222,19 +286,25 @@ impl ConfigService {
         {
             return Ok(eff.clone());
         }
-        let keys: Vec<String> = target.scopes().iter().map(Scope::key).collect();
+        let scopes = target.scopes();
+        let keys: Vec<String> = scopes.iter().map(Scope::key).collect();
         let docs = self.store.config_get(&keys).await?;
-        let value = merge(docs.iter().flatten().map(|d| &d.data));
-        let eff = Arc::new(Effective {
-            json: value.to_string(),
-            value,
-        });
+        let eff = Arc::new(Effective::resolve(target, &scopes, &docs));
         let mut cache = self.cache.lock();
         if cache.len() > 10_000 {
             cache.clear();
         }
         cache.insert(target.clone(), (Instant::now(), eff.clone()));
         Ok(eff)
+    }
+
+    /// The tenancy policy in force (the system scope's, through the cache).
+    pub async fn tenancy(&self) -> Result<Arc<Tenancy>, ConfigError> {
+        Ok(self
+            .effective(&ConfigTarget::default())
+            .await?
+            .tenancy
+            .clone())
     }
 
     async fn changed(&self, scope: &Scope) {
@@ -313,6 +383,64 @@ mod tests {
                 "step:w~s"
             ]
         );
+    }
+
+    fn docs(target: &ConfigTarget, data: &[Value]) -> Effective {
+        let scopes = target.scopes();
+        let docs: Vec<Option<ConfigDoc>> = data
+            .iter()
+            .map(|d| {
+                (!d.is_null()).then(|| ConfigDoc {
+                    data: d.clone(),
+                    revision: 1,
+                    updated_at: 0,
+                })
+            })
+            .collect();
+        Effective::resolve(target, &scopes, &docs)
+    }
+
+    fn org_team(org: &str, team: &str) -> ConfigTarget {
+        ConfigTarget {
+            org_id: Some(org.into()),
+            team_id: Some(team.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_team_bound_to_another_org_is_left_out_and_tenancy_is_never_merged() {
+        let system = json!({"tenancy": {"teams": {"payments": "acme"}}, "s": 1});
+        let team = json!({"secret": "acme's"});
+        let acme = docs(
+            &org_team("acme", "payments"),
+            &[system.clone(), Value::Null, team.clone()],
+        );
+        assert_eq!(acme.value, json!({"s": 1, "secret": "acme's"}));
+        let beta = docs(&org_team("beta", "payments"), &[system, Value::Null, team]);
+        assert_eq!(beta.value, json!({"s": 1}), "{}", beta.value);
+        assert!(!beta.json.contains("tenancy"));
+        assert!(beta.tenancy.team_belongs_elsewhere("beta", "payments"));
+    }
+
+    #[test]
+    fn the_system_policy_is_kept_when_a_later_scope_replaces_safety() {
+        let target = ConfigTarget {
+            org_id: Some("acme".into()),
+            ..Default::default()
+        };
+        let system = json!({"safety": {"denied_topics": ["rm.*"]}});
+        let same = docs(&target, &[system.clone(), json!({"x": 1})]);
+        assert_eq!(same.system_policy, None, "nothing replaced it");
+        let replaced = docs(
+            &target,
+            &[system, json!({"safety": {"allowed_topics": ["*"]}})],
+        );
+        assert_eq!(
+            replaced.system_policy,
+            Some(json!({"safety": {"denied_topics": ["rm.*"]}}))
+        );
+        assert_eq!(replaced.value["safety"], json!({"allowed_topics": ["*"]}));
     }
 
     #[test]

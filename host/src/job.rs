@@ -198,6 +198,66 @@ impl FieldError {
 /// The env key the scheduler fills with the effective config; clients may not set it.
 pub const EFFECTIVE_CONFIG_ENV: &str = "CORETEX_EFFECTIVE_CONFIG";
 
+/// Env names a job may not set (compared ignoring case), because they change what the worker's
+/// `sh -c` and the programs it starts load or run, rather than passing data: the dynamic loader
+/// (`LD_*`, `DYLD_*`), the search path, shell start-up and parsing, glibc's module and tunable
+/// paths, and the code-injection hooks of common interpreters. `CORETEX_*` is the host's and
+/// the worker's own. Refused at submit (422 naming `env.<NAME>`) and again by the `--exec`
+/// worker, which trusts no message on the bus.
+pub const DENIED_ENV_PREFIXES: &[&str] = &["LD_", "DYLD_", "CORETEX_", "BASH_FUNC_", "MALLOC_"];
+pub const DENIED_ENV_NAMES: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "CDPATH",
+    "GLOBIGNORE",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "LOCPATH",
+    "NLSPATH",
+    "HOSTALIASES",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PERL5LIB",
+    "PERL5OPT",
+    "PERLLIB",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+];
+
+/// Why a job's env may not set `name`; `None` when it may.
+pub fn env_refusal(name: &str) -> Option<&'static str> {
+    let starts_with = |prefix: &str| {
+        name.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    if starts_with("CORETEX_") {
+        Some("is set by the scheduler or the worker and may not be submitted")
+    } else if DENIED_ENV_NAMES
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(name))
+        || DENIED_ENV_PREFIXES.iter().any(|p| starts_with(p))
+    {
+        Some("changes what the worker's shell loads or runs; it is on the env deny list")
+    } else {
+        None
+    }
+}
+
 /// An identifier a job, tenant, topic or trace may carry: 1–128 of `[A-Za-z0-9._:-]`. Kept
 /// narrow because ids become parts of Redis keys and NATS-safe tokens.
 pub fn check_ident(field: &str, value: &str, errors: &mut Vec<FieldError>) {
@@ -300,11 +360,8 @@ impl JobRequest {
                     format!("env.{k}"),
                     "names are letters, digits and '_', not starting with a digit",
                 ));
-            } else if k == EFFECTIVE_CONFIG_ENV {
-                errors.push(FieldError::new(
-                    format!("env.{k}"),
-                    "is set by the scheduler and may not be submitted",
-                ));
+            } else if let Some(why) = env_refusal(k) {
+                errors.push(FieldError::new(format!("env.{k}"), why));
             }
             if v.len() > MAX_ENV_VALUE_BYTES {
                 errors.push(FieldError::new(
@@ -651,6 +708,32 @@ mod tests {
                 "deadline_ms"
             ]
         );
+    }
+
+    #[test]
+    fn env_that_changes_what_the_shell_runs_is_refused() {
+        for name in [
+            "LD_PRELOAD",
+            "ld_library_path",
+            "PATH",
+            "DYLD_INSERT_LIBRARIES",
+            "BASH_ENV",
+            "GCONV_PATH",
+            "NODE_OPTIONS",
+            "CORETEX_JOB_ID",
+        ] {
+            let req = JobRequest {
+                topic: "t".into(),
+                env: [(name.to_string(), "x".to_string())].into(),
+                ..Default::default()
+            };
+            let errs = req.validate(&Limits::default());
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert_eq!(errs[0].field, format!("env.{name}"));
+        }
+        for name in ["MY_PATH", "LOG_LEVEL", "workflow_id", "PATHS"] {
+            assert_eq!(env_refusal(name), None, "{name}");
+        }
     }
 
     #[test]

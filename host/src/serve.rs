@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::BreakerConfig;
+use crate::breaker::{BreakerConfig, TenantLimits};
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::bus::{SharedBus, Subjects};
@@ -207,6 +207,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         SafetyGate::new(
             Arc::new(BuiltinPolicy),
             BreakerConfig::default(),
+            TenantLimits::default(),
             Duration::from_secs(1),
         ),
         scheduler_settings(&opts),

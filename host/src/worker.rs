@@ -5,7 +5,9 @@
 //! Two ways to run a job: `--exec CMD` runs `sh -c CMD` per job (payload JSON on stdin, the job's
 //! env plus `CORETEX_JOB_ID`, `CORETEX_TOPIC`, `CORETEX_ATTEMPT`, `CORETEX_TRACE_ID` in the
 //! environment; stdout is the result — JSON if it parses, else a string — and a non-zero exit is
-//! a failure), and `--echo` answers with the payload.
+//! a failure), and `--echo` answers with the payload. A job whose env sets a name on the deny
+//! list ([`crate::job::env_refusal`]: `LD_PRELOAD`, `PATH`, …) is failed without running: the
+//! host refuses such jobs at submit, but a worker trusts no message on the bus.
 //!
 //! Delivery is at-least-once: the host re-sends a job it has not heard `started` for. A worker
 //! therefore ignores a job it is already running, and answers a job it finished recently by
@@ -30,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Outbox, SharedBus, publish_json};
-use crate::job::JobError;
+use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, env_refusal};
 use crate::protocol::{
     Batch, CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
 };
@@ -318,6 +320,23 @@ async fn run_command(
     job: &JobMsg,
     token: &CancellationToken,
 ) -> (ResultStatus, Option<serde_json::Value>, Option<JobError>) {
+    let refused = job
+        .env
+        .keys()
+        .find(|k| *k != EFFECTIVE_CONFIG_ENV && env_refusal(k).is_some());
+    if let Some(name) = refused {
+        tracing::warn!(job_id = %job.job_id, env = %name, "refusing a job whose env is on the deny list");
+        return (
+            ResultStatus::Failed,
+            None,
+            Some(JobError::new(
+                "env_refused",
+                format!(
+                    "the job's env sets `{name}`, which this worker does not apply (env deny list)"
+                ),
+            )),
+        );
+    }
     let mut command = tokio::process::Command::new("sh");
     command
         .arg("-c")
@@ -396,5 +415,43 @@ fn kill_group(pid: Option<u32>) {
         unsafe {
             libc::kill(-pid, libc::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(env: &[(&str, &str)]) -> JobMsg {
+        serde_json::from_value(serde_json::json!({
+            "job_id": "j1", "trace_id": "j1", "topic": "t", "attempt": 1,
+            "env": env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_exec_worker_refuses_env_on_the_deny_list() {
+        let token = CancellationToken::new();
+        let (status, _, error) =
+            run_command("echo ran", &job(&[("LD_PRELOAD", "/tmp/evil.so")]), &token).await;
+        assert_eq!(status, ResultStatus::Failed);
+        let error = error.unwrap();
+        assert_eq!(error.code, "env_refused");
+        assert!(error.message.contains("LD_PRELOAD"), "{}", error.message);
+    }
+
+    #[tokio::test]
+    async fn an_exec_worker_applies_ordinary_env_and_the_effective_config() {
+        let token = CancellationToken::new();
+        let env = [("GREETING", "hi"), (EFFECTIVE_CONFIG_ENV, "{\"a\":1}")];
+        let (status, result, error) = run_command(
+            "printf '%s %s' \"$GREETING\" \"$CORETEX_EFFECTIVE_CONFIG\"",
+            &job(&env),
+            &token,
+        )
+        .await;
+        assert_eq!(status, ResultStatus::Succeeded, "{error:?}");
+        assert_eq!(result, Some(serde_json::json!("hi {\"a\":1}")));
     }
 }

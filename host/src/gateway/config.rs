@@ -1,4 +1,7 @@
-//! Config routes: one scope at a time, with `If-Match` revisions, and the effective merge.
+//! Config routes: one scope at a time, with `If-Match` revisions (each write checked against
+//! the schema of the keys the host reads), and the effective merge — for a tenant key, only of
+//! what is its org's: the system and org scopes, a team not bound to another org, and its own
+//! workflows and their steps.
 
 use axum::Json;
 use axum::extract::State;
@@ -90,7 +93,12 @@ pub async fn set(
     let data = req
         .data
         .ok_or_else(|| ApiError::field("data", "is required"))?;
-    let doc = s.config.set(&scope, &data, if_match(&headers)?).await?;
+    let plugins = &s.scheduler.plugins;
+    let plugin_kind = |name: &str| plugins.get(name).map(|p| p.kind());
+    let doc = s
+        .config
+        .set(&scope, &data, if_match(&headers)?, &plugin_kind)
+        .await?;
     Ok(with_etag(
         &doc,
         json!({"scope": req.scope, "id": req.id, "workflow_id": req.workflow_id,
@@ -151,6 +159,28 @@ pub async fn effective(
             "is required with step_id (step config is keyed by workflow and step)",
         ));
     }
+    if let Some(tenant) = caller.tenant() {
+        team_visible_to_tenant(&s, tenant, &t).await?;
+    }
     let eff = s.config.effective(&t).await?;
     Ok(Json(eff.value.clone()).into_response())
+}
+
+/// 404 unless the team a tenant key's target names may be its org's: one bound to another org
+/// (`tenancy.teams`) answers as if it did not exist. (A workflow, and so its steps, is the
+/// tenant's by its id: [`Caller::resolve`] answered 404 for another org's.)
+async fn team_visible_to_tenant(
+    s: &AppState,
+    tenant: &str,
+    t: &ConfigTarget,
+) -> Result<(), ApiError> {
+    if let Some(team) = &t.team_id
+        && s.config
+            .tenancy()
+            .await?
+            .team_belongs_elsewhere(tenant, team)
+    {
+        return Err(ApiError::not_found(format!("no such team `{team}`")));
+    }
+    Ok(())
 }

@@ -136,7 +136,27 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn status(State(s): State<AppState>) -> Response {
+/// How many open breakers the status lists by tenant (it counts them all).
+const LISTED_BREAKERS: usize = 100;
+
+/// The status; a tenant's key sees its own tenant's open breakers only, an admin's every
+/// tenant's (at most [`LISTED_BREAKERS`] named).
+async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
+    let (open_count, open) = match caller.tenant() {
+        None => {
+            let (safety, mut open) = s.scheduler.safety().breakers().not_closed(LISTED_BREAKERS);
+            let (plugins, more) = s
+                .scheduler
+                .plugins
+                .open_breakers(LISTED_BREAKERS - open.len());
+            open.extend(more);
+            (safety + plugins, open)
+        }
+        Some(t) => {
+            let own = open_own(&s, t);
+            (own.len(), own)
+        }
+    };
     let store_ok = s.scheduler.store.ping().await.is_ok();
     let bus_ok = s.scheduler.bus.is_connected();
     // A loop restarted lately makes the host degraded, but still able to serve (200); a
@@ -149,9 +169,9 @@ async fn status(State(s): State<AppState>) -> Response {
         "bus": {"backend": s.scheduler.bus.backend(), "connected": bus_ok},
         "workers": s.scheduler.registry.list().len(),
         "waiting_jobs": s.scheduler.waiting_jobs(),
-        "safety_breaker": s.scheduler.safety().breaker().state(),
+        "breakers": {"open": open_count, "tenants": open},
         "reconciler_skipped": s.reconciler.skipped(),
-        "plugins": s.scheduler.plugins.list(),
+        "plugins": s.scheduler.plugins.list_for(caller.tenant()),
         "loops": s.loops.status(),
     });
     let code = if store_ok && bus_ok {
@@ -160,6 +180,24 @@ async fn status(State(s): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// `tenant`'s breakers that are not closed: the safety gate's and each plugin's.
+fn open_own(s: &AppState, tenant: &str) -> Vec<crate::breaker::TenantBreaker> {
+    let plugins = s.scheduler.plugins.list_for(Some(tenant));
+    let safety = s.scheduler.safety().breakers();
+    let own = std::iter::once((safety.name().to_string(), safety.state(tenant))).chain(
+        plugins
+            .into_iter()
+            .filter_map(|p| Some((format!("plugin:{}", p.name), p.breaker?))),
+    );
+    own.filter(|(_, state)| *state != crate::breaker::BreakerState::Closed)
+        .map(|(breaker, state)| crate::breaker::TenantBreaker {
+            breaker,
+            tenant: tenant.to_string(),
+            state,
+        })
+        .collect()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -11,8 +11,9 @@ use super::error::ApiError;
 use super::{AppState, Path, RawBody};
 use crate::plugins::Source;
 
-pub async fn list(State(s): State<AppState>) -> Response {
-    Json(json!({"items": s.scheduler.plugins.list(), "next_cursor": null})).into_response()
+pub async fn list(State(s): State<AppState>, caller: Caller) -> Response {
+    let items = s.scheduler.plugins.list_for(caller.tenant());
+    Json(json!({"items": items, "next_cursor": null})).into_response()
 }
 
 /// `PUT /api/v1/plugins/{name}` with the component as the body: 201 when the name is new to the

@@ -1,6 +1,7 @@
 //! Plugins behind the host's traits. Each adapter is resolved per job from the effective config
-//! and borrows it for the one decision; every call goes through the plugin's breaker
-//! ([`Plugin::call`]) and, when it fails for any reason, the native default decides instead:
+//! and borrows it for the one decision; every call goes through the plugin's breaker for the
+//! job's tenant ([`Plugin::call`]: one tenant's settings that make a plugin fail open only that
+//! tenant's breaker) and, when it fails for any reason, the native default decides instead:
 //! [`LeastLoaded`](crate::scheduler::strategy::LeastLoaded) for dispatch, dead-lettering (the job
 //! waits in the DLQ, whole and retryable) for retry. Nothing a plugin does stops a job.
 
@@ -93,13 +94,15 @@ impl PluginRegistry {
         }
     }
 
-    /// The condition evaluator `effective.workflow.condition_evaluator` names (`cel` if none).
-    pub fn conditions_for(&self, effective: &Value) -> PluginConditions {
+    /// The condition evaluator `effective.workflow.condition_evaluator` names (`cel` if none),
+    /// for the workflows of `tenant`.
+    pub fn conditions_for(&self, tenant: &str, effective: &Value) -> PluginConditions {
         let name = effective
             .get("workflow")
             .and_then(|w| w.get("condition_evaluator")?.as_str())
             .unwrap_or(DEFAULT_CONDITION_EVALUATOR);
         PluginConditions {
+            tenant: tenant.to_string(),
             name: name.to_string(),
             plugin: self.get(name).ok_or_else(|| self.not_loaded(name)),
         }
@@ -128,7 +131,7 @@ impl DispatchStrategy for StrategyChoice<'_> {
         };
         let failed = self.configured.map(|name| {
             self.registry
-                .with_plugin(name, |p| p.call(|c| c.pick(&call)))
+                .with_plugin(name, |p| p.call(&job.tenant_id, |c| c.pick(&call)))
                 .unwrap_or_else(|| Err(self.registry.not_loaded(name)))
         });
         let failed = match failed {
@@ -195,7 +198,7 @@ impl RetryPolicy for RetryChoice<'_> {
             max_backoff_ms: self.setting_u64("max_backoff_ms"),
             multiplier: self.settings.and_then(|s| s.get("multiplier")?.as_f64()),
         };
-        match plugin.call(|c| c.decide(&call)) {
+        match plugin.call(&spec.tenant_id, |c| c.decide(&call)) {
             Ok(d) => d,
             Err(e) => dead_letter_after(plugin.name(), &e, failure),
         }
@@ -213,8 +216,9 @@ fn dead_letter_after(policy: &str, e: &CallError, failure: &Failure<'_>) -> Retr
     }
 }
 
-/// The condition evaluator of one workflow, through its plugin.
+/// The condition evaluator of one workflow, through its plugin, under its tenant's breaker.
 pub struct PluginConditions {
+    tenant: String,
     name: String,
     plugin: Result<Arc<Plugin>, CallError>,
 }
@@ -239,8 +243,8 @@ impl PluginConditions {
         f: impl Fn(&super::runtime::PluginComponent) -> Result<R, CallError>,
     ) -> Result<R, String> {
         let plugin = self.plugin()?;
-        match plugin.call(&f) {
-            Err(e) if e.reason == FailureReason::Deadline => plugin.call(&f),
+        match plugin.call(&self.tenant, &f) {
+            Err(e) if e.reason == FailureReason::Deadline => plugin.call(&self.tenant, &f),
             other => other,
         }
         .map_err(|e| self.failed(e))

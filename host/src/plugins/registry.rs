@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::runtime::{PluginComponent, PluginRuntime, sha256_hex};
 use super::{CallError, FailureReason, LoadError, PluginKind, check_name, name_from_stem};
-use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerState, TenantBreaker, TenantBreakers, TenantLimits};
 use crate::bus::{SharedBus, publish_json};
 use crate::protocol::{PluginsChangedMsg, VERSION};
 use crate::scheduler::strategy::LeastLoaded;
@@ -45,13 +45,14 @@ pub enum Source {
     Api,
 }
 
-/// A loaded plugin with its circuit breaker and its counts. A new version of a plugin is a new
-/// `Plugin`: it starts with a closed breaker and fresh counts.
+/// A loaded plugin with its circuit breakers (one per tenant: settings one tenant's config hands
+/// it can make it fail for that tenant alone) and its counts. A new version of a plugin is a new
+/// `Plugin`: it starts with closed breakers and fresh counts.
 pub struct Plugin {
     name: String,
     source: Source,
     component: Arc<PluginComponent>,
-    breaker: CircuitBreaker,
+    breakers: TenantBreakers,
     calls: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
@@ -88,40 +89,49 @@ impl Plugin {
         &self.component
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+    /// The state of `tenant`'s breaker for this plugin.
+    pub fn breaker_state(&self, tenant: &str) -> BreakerState {
+        self.breakers.state(tenant)
     }
 
-    /// Makes one call through the breaker, and counts, logs and remembers how it went.
+    pub fn breakers(&self) -> &TenantBreakers {
+        &self.breakers
+    }
+
+    /// Makes one call for `tenant` through its breaker, and counts, logs and remembers how it
+    /// went.
     pub fn call<R>(
         &self,
+        tenant: &str,
         f: impl FnOnce(&PluginComponent) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        // A closed breaker answers without a lock or a clock reading: the common case costs two
-        // atomic loads (here and in `record_success`).
-        if self.breaker.try_acquire_with(Instant::now).is_err() {
+        // While no tenant's breaker has a failure, it answers without a lock or a clock
+        // reading: the common case costs two atomic loads (here and in `record_success`).
+        if self.breakers.try_acquire(tenant, Instant::now).is_err() {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
                 "reason" => FailureReason::BreakerOpen.as_str())
             .increment(1);
             return Err(CallError::new(
                 FailureReason::BreakerOpen,
-                "the plugin's circuit breaker is open after repeated failures",
+                format!(
+                    "the plugin's circuit breaker for tenant `{tenant}` is open after repeated failures"
+                ),
             ));
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.calls_total.increment(1);
         let out = f(&self.component);
         match &out {
-            Ok(_) => self.breaker.record_success(),
+            Ok(_) => self.breakers.record_success(tenant, Instant::now),
             Err(e) => {
-                self.breaker.record_failure(Instant::now());
+                self.breakers.record_failure(tenant, Instant::now());
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
                     "reason" => e.reason.as_str())
                 .increment(1);
-                tracing::warn!(plugin = %self.name, reason = e.reason.as_str(), error = %e.message,
-                    "plugin call failed; the built-in default decides instead");
+                tracing::warn!(plugin = %self.name, tenant, reason = e.reason.as_str(),
+                    error = %e.message, "plugin call failed; the built-in default decides instead");
                 *self.last_failure.lock() = Some(FailureInfo {
                     reason: e.reason,
                     message: e.message.clone(),
@@ -132,7 +142,31 @@ impl Plugin {
         out
     }
 
-    fn info(&self) -> PluginInfo {
+    /// Its row in the listing; for a tenant's key, only what concerns that tenant (other
+    /// tenants' names and failures are theirs).
+    fn info(&self, seen_by: Option<&str>) -> PluginInfo {
+        let (breaker, breakers_open, breaker_open_for, last_failure) = match seen_by {
+            None => {
+                let (n, open) = self.breakers.not_closed(LISTED_TENANTS);
+                let tenants = open.into_iter().map(|b| b.tenant).collect();
+                (
+                    self.breakers.worst(),
+                    n,
+                    tenants,
+                    self.last_failure.lock().clone(),
+                )
+            }
+            Some(t) => {
+                let state = self.breakers.state(t);
+                let open = state != BreakerState::Closed;
+                let tenants = if open {
+                    vec![t.to_string()]
+                } else {
+                    Vec::new()
+                };
+                (state, usize::from(open), tenants, None)
+            }
+        };
         PluginInfo {
             name: self.name.clone(),
             status: "loaded",
@@ -144,12 +178,17 @@ impl Plugin {
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
-            breaker: Some(self.breaker.state()),
-            last_failure: self.last_failure.lock().clone(),
+            breaker: Some(breaker),
+            breakers_open,
+            breaker_open_for,
+            last_failure,
             load_error: None,
         }
     }
 }
+
+/// How many tenants a plugin's listing names, of those whose breaker is not closed.
+const LISTED_TENANTS: usize = 20;
 
 /// One row of `GET /api/v1/plugins`.
 #[derive(Debug, Clone, Serialize)]
@@ -169,7 +208,11 @@ pub struct PluginInfo {
     pub failures: u64,
     /// Calls refused by the open breaker (the built-in default decided them).
     pub rejected: u64,
+    /// The worst state of its breakers (one per tenant): `open` while any tenant's is.
     pub breaker: Option<BreakerState>,
+    /// How many tenants' breakers are not closed, and the first of them.
+    pub breakers_open: usize,
+    pub breaker_open_for: Vec<String>,
     pub last_failure: Option<FailureInfo>,
     /// Why the latest version offered under this name did not load (the listed one, if any,
     /// is the previous version, still in service).
@@ -335,13 +378,33 @@ impl PluginRegistry {
         self.active.load().get(name).map(|p| f(p))
     }
 
+    /// The tenants' breakers that are not closed, across the plugins in service (at most
+    /// `limit` listed), and how many there are in all.
+    pub fn open_breakers(&self, limit: usize) -> (usize, Vec<TenantBreaker>) {
+        let mut total = 0;
+        let mut listed = Vec::new();
+        for plugin in self.active.load().values() {
+            let (n, some) = plugin
+                .breakers
+                .not_closed(limit.saturating_sub(listed.len()));
+            total += n;
+            listed.extend(some);
+        }
+        (total, listed)
+    }
+
     /// Every plugin in service, and every name whose latest version failed to load.
     pub fn list(&self) -> Vec<PluginInfo> {
+        self.list_for(None)
+    }
+
+    /// [`Self::list`] as the key of `tenant` sees it (`None`: an admin).
+    pub fn list_for(&self, tenant: Option<&str>) -> Vec<PluginInfo> {
         let active = self.active.load();
         let problems = self.problems.lock();
         let mut out: BTreeMap<String, PluginInfo> = active
             .iter()
-            .map(|(name, p)| (name.clone(), p.info()))
+            .map(|(name, p)| (name.clone(), p.info(tenant)))
             .collect();
         for (name, problem) in problems.iter() {
             match out.get_mut(name) {
@@ -361,6 +424,8 @@ impl PluginRegistry {
                             failures: 0,
                             rejected: 0,
                             breaker: None,
+                            breakers_open: 0,
+                            breaker_open_for: Vec::new(),
                             last_failure: None,
                             load_error: Some(problem.clone()),
                         },
@@ -420,7 +485,11 @@ impl PluginRegistry {
         let plugin = Arc::new(Plugin {
             name: name.to_string(),
             source,
-            breaker: CircuitBreaker::new(format!("plugin:{name}"), self.breaker),
+            breakers: TenantBreakers::new(
+                format!("plugin:{name}"),
+                self.breaker,
+                TenantLimits::default(),
+            ),
             component,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -520,7 +589,7 @@ impl PluginRegistry {
             .await?;
         let plugin = self.put_in_service(name, Source::Api, component);
         announce(bus, name).await;
-        Ok(plugin.info())
+        Ok(plugin.info(None))
     }
 
     /// Deletes an uploaded plugin everywhere. `Ok(false)`: there was none by that name.

@@ -90,8 +90,11 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
+use crate::configsvc::schema::{PREFERRED_POOL_LABEL, Tenancy};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
-use crate::job::{FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits, StepJobIds};
+use crate::job::{
+    FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits, StepJobIds, env_refusal,
+};
 use crate::plugins::PluginRegistry;
 use crate::protocol::{
     CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
@@ -156,6 +159,15 @@ pub enum SchedulerError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+}
+
+impl From<crate::configsvc::ConfigError> for SchedulerError {
+    fn from(e: crate::configsvc::ConfigError) -> Self {
+        match e {
+            crate::configsvc::ConfigError::Store(s) => SchedulerError::Store(s),
+            other => SchedulerError::Conflict(other.to_string()),
+        }
+    }
 }
 
 /// The answer to a submission.
@@ -371,7 +383,8 @@ impl Scheduler {
         idempotency_key: Option<String>,
     ) -> Result<Accepted, SchedulerError> {
         self.create(
-            self.accept(req, now_ms(), JobSpec::accept)?,
+            self.accept(req, now_ms(), &mut None, JobSpec::accept)
+                .await?,
             idempotency_key,
         )
         .await
@@ -384,9 +397,11 @@ impl Scheduler {
         req: JobRequest,
         ids: StepJobIds,
     ) -> Result<Accepted, SchedulerError> {
-        let spec = self.accept(req, now_ms(), |req, now| {
-            JobSpec::accept_step(req, ids, now)
-        })?;
+        let spec = self
+            .accept(req, now_ms(), &mut None, |req, now| {
+                JobSpec::accept_step(req, ids, now)
+            })
+            .await?;
         self.create(spec, None).await
     }
 
@@ -413,8 +428,9 @@ impl Scheduler {
         let now = now_ms();
         let mut answers: Vec<Option<Result<Accepted, SchedulerError>>> = Vec::new();
         let mut valid = Vec::new();
+        let mut tenancy = None;
         for req in reqs {
-            match self.accept(req, now, JobSpec::accept) {
+            match self.accept(req, now, &mut tenancy, JobSpec::accept).await {
                 Ok(spec) => {
                     valid.push(NewJob {
                         spec,
@@ -441,13 +457,22 @@ impl Scheduler {
     /// The spec of a valid request whose message to a worker fits the bus. The message is
     /// measured with an empty effective config: the config is added at dispatch, where a
     /// message it makes too large fails its job (see [`Scheduler::send_to_worker`]).
-    fn accept(
+    /// `tenancy` caches the tenancy policy over a batch (read the first time a request needs it).
+    async fn accept(
         &self,
         req: JobRequest,
         now: Millis,
+        tenancy: &mut Option<Arc<Tenancy>>,
         spec_of: impl FnOnce(JobRequest, Millis) -> JobSpec,
     ) -> Result<JobSpec, SchedulerError> {
-        let errors = req.validate(&self.settings.limits);
+        let mut errors = req.validate(&self.settings.limits);
+        if errors.is_empty() && Tenancy::concerns(&req) {
+            let policy = match tenancy {
+                Some(t) => t,
+                None => tenancy.insert(self.tenancy().await?),
+            };
+            errors = policy.refusals(&req);
+        }
         if !errors.is_empty() {
             return Err(SchedulerError::Invalid(errors));
         }
@@ -652,6 +677,13 @@ impl Scheduler {
             let err = JobError::new("deadline_exceeded", "the deadline passed before dispatch");
             return self.fail_now(&spec, err).await;
         }
+        if let Some(name) = spec.env.keys().find(|k| env_refusal(k).is_some()) {
+            let err = JobError::new(
+                "invalid_job",
+                format!("the job's env sets `{name}`, which is on the env deny list"),
+            );
+            return self.fail_now(&spec, err).await;
+        }
         // 2. Effective config for (tenant, team, workflow, step).
         let effective = self.effective_config(&spec).await?;
         // 3. Safety, against the effective config.
@@ -663,7 +695,10 @@ impl Scheduler {
                 "released after its throttle delay".to_string(),
             )
         } else {
-            let verdict = self.safety.check(&spec, &effective.value).await;
+            let verdict = self
+                .safety
+                .check(&spec, &effective.value, effective.system_policy.as_ref())
+                .await;
             match verdict.decision {
                 Decision::Allow => {}
                 Decision::Deny => {
@@ -711,19 +746,30 @@ impl Scheduler {
             }
             ("ALLOW".to_string(), verdict.reason)
         };
-        // 4. The strategy picks among the eligible workers.
+        // 4. The strategy picks among the eligible workers — of the pools the tenant is granted
+        // (checked at submit and at config writes too; the grants may have changed since).
         let pool = spec
             .labels
-            .get("preferred_pool")
+            .get(PREFERRED_POOL_LABEL)
             .map(String::as_str)
             .or_else(|| {
                 effective.value["pools"]
                     .get(spec.topic.as_str())
                     .and_then(|p| p.as_str())
             });
+        let allowed_pools = effective.tenancy.allowed_pools(&spec.tenant_id);
+        if let Some(p) = pool
+            && !effective.tenancy.may_use_pool(&spec.tenant_id, p)
+        {
+            let refusal = effective.tenancy.pool_refusal(&spec.tenant_id, p);
+            return self
+                .fail_now(&spec, JobError::new("pool_not_allowed", refusal))
+                .await;
+        }
         let placement = Placement {
             topic: &spec.topic,
             pool,
+            allowed_pools,
             required_labels: spec
                 .labels
                 .iter()
@@ -761,9 +807,17 @@ impl Scheduler {
                     .await;
             }
             Pick::NoWorker(reason) => {
-                let reason = match pool {
-                    Some(p) => format!("waiting for capacity in pool `{p}`: {reason}"),
-                    None => format!("waiting for capacity for topic `{}`: {reason}", spec.topic),
+                let reason = match (pool, allowed_pools) {
+                    (Some(p), _) => format!("waiting for capacity in pool `{p}`: {reason}"),
+                    (None, Some(granted)) => format!(
+                        "waiting for capacity for topic `{}` in the pools granted to `{}` ({}): {reason}",
+                        spec.topic,
+                        spec.tenant_id,
+                        granted.join(", ")
+                    ),
+                    (None, None) => {
+                        format!("waiting for capacity for topic `{}`: {reason}", spec.topic)
+                    }
                 };
                 let busy = !candidates.is_empty();
                 return self.wait_for_capacity(spec, clearance, reason, busy).await;
@@ -954,6 +1008,11 @@ impl Scheduler {
         }
     }
 
+    /// The tenancy policy in force (system config `tenancy`).
+    async fn tenancy(&self) -> Result<Arc<Tenancy>, SchedulerError> {
+        Ok(self.config.tenancy().await?)
+    }
+
     /// The effective config (SPEC §8) of a job's (tenant, team, workflow, step).
     async fn effective_config(&self, spec: &JobSpec) -> Result<Arc<Effective>, SchedulerError> {
         let target = ConfigTarget {
@@ -962,10 +1021,7 @@ impl Scheduler {
             workflow_id: spec.workflow_id.clone(),
             step_id: spec.step_id.clone(),
         };
-        self.config.effective(&target).await.map_err(|e| match e {
-            crate::configsvc::ConfigError::Store(s) => SchedulerError::Store(s),
-            other => SchedulerError::Conflict(other.to_string()),
-        })
+        Ok(self.config.effective(&target).await?)
     }
 
     /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver). A job

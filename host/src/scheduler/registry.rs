@@ -66,6 +66,8 @@ pub struct Placement<'a> {
     pub topic: &'a str,
     /// When set, the workers of this pool; otherwise the workers that list the topic.
     pub pool: Option<&'a str>,
+    /// When set, only workers of these pools: the ones the job's tenant is granted.
+    pub allowed_pools: Option<&'a [String]>,
     /// `placement.*` labels the worker must carry with equal values.
     pub required_labels: Vec<(&'a str, &'a str)>,
     pub preferred_worker: Option<&'a str>,
@@ -182,6 +184,10 @@ impl Registry {
                 None => e.hb.topics.iter().any(|t| t == p.topic),
             })
             .filter(|e| {
+                p.allowed_pools
+                    .is_none_or(|allowed| allowed.contains(&e.hb.pool))
+            })
+            .filter(|e| {
                 p.required_labels
                     .iter()
                     .all(|(k, v)| e.hb.labels.get(*k).is_some_and(|have| have == v))
@@ -274,6 +280,17 @@ mod tests {
             ..Default::default()
         };
         assert!(ids(&zone).is_empty());
+        r.observe(hb("c", "gpu", &["t"], 0, 4));
+        let granted = ["cpu".to_string()];
+        assert_eq!(
+            ids(&Placement {
+                topic: "t",
+                allowed_pools: Some(&granted),
+                ..Default::default()
+            }),
+            ["b"],
+            "a worker of a pool the tenant is not granted is not a candidate"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The safety check (SPEC §5 step 2): a policy decides ALLOW, DENY, REQUIRE_HUMAN or THROTTLE for
 //! a job against its *effective* config (resolved first, unlike the original). The evaluator sits
-//! behind a circuit breaker: when it keeps failing or timing out, the gate fails closed.
+//! behind a circuit breaker per tenant: when it keeps failing or timing out for a tenant (its
+//! `safety` config is malformed, say), the gate fails closed for that tenant only.
 //!
 //! The built-in policy reads the effective config's `safety` object:
 //!
@@ -11,7 +12,9 @@
 //! ```
 //!
 //! Patterns are globs. Deny wins over everything; a non-empty `allowed_topics` denies what it
-//! does not match. Tenant-specific policy is the `org` scope's `safety` key.
+//! does not match. Tenant-specific policy is the `org` scope's `safety` key — which cannot weaken
+//! the system's: when a later scope replaced the system scope's `safety`, the system's policy is
+//! checked too and the stricter answer stands (see [`SafetyGate::check`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, TenantBreakers, TenantLimits};
 use crate::job::JobSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,14 +79,16 @@ fn patterns(safety: &Value, key: &str) -> Result<Vec<glob::Pattern>, PolicyError
         Some(Value::Array(items)) => items
             .iter()
             .map(|p| {
-                let s = p
-                    .as_str()
-                    .ok_or_else(|| PolicyError(format!("safety.{key} holds a non-string")))?;
+                let s = p.as_str().ok_or_else(|| {
+                    PolicyError(format!("safety.{key} must hold glob strings only"))
+                })?;
                 glob::Pattern::new(s)
                     .map_err(|e| PolicyError(format!("safety.{key}: bad pattern `{s}`: {e}")))
             })
             .collect(),
-        Some(_) => Err(PolicyError(format!("safety.{key} must be an array"))),
+        Some(_) => Err(PolicyError(format!(
+            "safety.{key} must be an array of glob strings"
+        ))),
     }
 }
 
@@ -143,48 +148,97 @@ impl SafetyPolicy for BuiltinPolicy {
     }
 }
 
-/// The policy behind its breaker and a per-call time limit.
+/// The policy behind a breaker per tenant and a per-call time limit.
 pub struct SafetyGate {
     policy: Arc<dyn SafetyPolicy>,
-    breaker: CircuitBreaker,
+    breakers: TenantBreakers,
     timeout: Duration,
 }
 
 impl SafetyGate {
-    pub fn new(policy: Arc<dyn SafetyPolicy>, cfg: BreakerConfig, timeout: Duration) -> Self {
+    pub fn new(
+        policy: Arc<dyn SafetyPolicy>,
+        cfg: BreakerConfig,
+        limits: TenantLimits,
+        timeout: Duration,
+    ) -> Self {
         SafetyGate {
             policy,
-            breaker: CircuitBreaker::new("safety", cfg),
+            breakers: TenantBreakers::new("safety", cfg, limits),
             timeout,
         }
     }
 
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+    pub fn breakers(&self) -> &TenantBreakers {
+        &self.breakers
     }
 
-    /// Always answers: a failing, slow or shut-off evaluator yields DENY (fail closed).
-    pub async fn check(&self, job: &JobSpec, config: &Value) -> Verdict {
-        if self.breaker.try_acquire(Instant::now()).is_err() {
-            return Verdict::new(Decision::Deny, "circuit open");
+    /// Always answers: a failing, slow or shut-off evaluator yields DENY (fail closed), for the
+    /// job's tenant alone. `system` is the system scope's policy when a later scope replaced
+    /// it: it is evaluated first, and the stricter of the two answers stands.
+    pub async fn check(&self, job: &JobSpec, config: &Value, system: Option<&Value>) -> Verdict {
+        let tenant = job.tenant_id.as_str();
+        if self.breakers.try_acquire(tenant, Instant::now).is_err() {
+            return Verdict::new(
+                Decision::Deny,
+                format!(
+                    "circuit open: the safety policy of tenant `{tenant}` failed repeatedly, so \
+                     its jobs are denied until a check succeeds again (fix its `safety` config)"
+                ),
+            );
         }
-        match tokio::time::timeout(self.timeout, self.policy.evaluate(job, config)).await {
+        let both = async {
+            let first = match system {
+                Some(s) => {
+                    let v = self.policy.evaluate(job, s).await?;
+                    if v.decision == Decision::Deny {
+                        return Ok(v);
+                    }
+                    Some(v)
+                }
+                None => None,
+            };
+            let own = self.policy.evaluate(job, config).await?;
+            Ok::<_, PolicyError>(match first {
+                Some(f) => stricter(f, own),
+                None => own,
+            })
+        };
+        match tokio::time::timeout(self.timeout, both).await {
             Ok(Ok(v)) => {
-                self.breaker.record_success();
+                self.breakers.record_success(tenant, Instant::now);
                 v
             }
             Ok(Err(e)) => {
-                self.breaker.record_failure(Instant::now());
+                self.breakers.record_failure(tenant, Instant::now());
                 Verdict::new(Decision::Deny, format!("safety policy failed: {e}"))
             }
             Err(_) => {
-                self.breaker.record_failure(Instant::now());
+                self.breakers.record_failure(tenant, Instant::now());
                 Verdict::new(
                     Decision::Deny,
                     format!("safety policy timed out after {:?}", self.timeout),
                 )
             }
         }
+    }
+}
+
+/// The stricter of two verdicts: DENY, then REQUIRE_HUMAN, then the longer THROTTLE, then ALLOW
+/// (on a tie, the first).
+fn stricter(a: Verdict, b: Verdict) -> Verdict {
+    fn rank(d: &Decision) -> (u8, u64) {
+        match d {
+            Decision::Deny => (3, 0),
+            Decision::RequireHuman => (2, 0),
+            Decision::Throttle { delay_ms } => (1, *delay_ms),
+            Decision::Allow => (0, 0),
+        }
+    }
+    if rank(&b.decision) > rank(&a.decision) {
+        b
+    } else {
+        a
     }
 }
 
@@ -254,22 +308,65 @@ mod tests {
         assert!(BuiltinPolicy::decide(&job("a"), &json!({"safety": 3})).is_err());
     }
 
-    #[tokio::test]
-    async fn failing_policy_fails_closed_and_opens_the_breaker() {
-        let gate = SafetyGate::new(
-            Arc::new(BuiltinPolicy),
+    fn tenant_job(tenant: &str, topic: &str) -> JobSpec {
+        JobSpec::accept(
+            JobRequest {
+                topic: topic.into(),
+                tenant_id: Some(tenant.into()),
+                ..Default::default()
+            },
+            0,
+        )
+    }
+
+    fn gate(policy: Arc<dyn SafetyPolicy>, timeout: Duration) -> SafetyGate {
+        SafetyGate::new(
+            policy,
             BreakerConfig::default(),
-            Duration::from_millis(100),
-        );
+            TenantLimits::default(),
+            timeout,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failing_policy_fails_closed_for_its_tenant_only() {
+        let gate = gate(Arc::new(BuiltinPolicy), Duration::from_millis(100));
         let bad = json!({"safety": {"denied_topics": 1}});
         for _ in 0..3 {
-            let v = gate.check(&job("a"), &bad).await;
+            let v = gate.check(&tenant_job("acme", "a"), &bad, None).await;
             assert_eq!(v.decision, Decision::Deny);
-            assert!(v.reason.starts_with("safety policy failed"));
+            assert!(v.reason.starts_with("safety policy failed"), "{}", v.reason);
         }
-        assert_eq!(gate.breaker().state(), BreakerState::Open);
-        let v = gate.check(&job("a"), &json!({})).await;
-        assert_eq!(v, Verdict::new(Decision::Deny, "circuit open"));
+        assert_eq!(gate.breakers().state("acme"), BreakerState::Open);
+        let v = gate.check(&tenant_job("acme", "a"), &json!({}), None).await;
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(v.reason.starts_with("circuit open"), "{}", v.reason);
+        assert!(v.reason.contains("`acme`"), "{}", v.reason);
+        let v = gate.check(&tenant_job("beta", "a"), &json!({}), None).await;
+        assert_eq!(
+            v.decision,
+            Decision::Allow,
+            "another tenant is not affected"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_system_policy_stands_under_a_tenants_own() {
+        let gate = gate(Arc::new(BuiltinPolicy), Duration::from_millis(100));
+        let system =
+            json!({"safety": {"denied_topics": ["rm.*"], "require_human_topics": ["pay"]}});
+        let tenant = json!({"safety": {"allowed_topics": ["*"], "throttle_topics": ["pay"]}});
+        let check = |topic: &'static str| {
+            let (gate, system, tenant) = (&gate, &system, &tenant);
+            async move {
+                gate.check(&tenant_job("acme", topic), tenant, Some(system))
+                    .await
+                    .decision
+            }
+        };
+        assert_eq!(check("rm.all").await, Decision::Deny);
+        assert_eq!(check("pay").await, Decision::RequireHuman);
+        assert_eq!(check("other").await, Decision::Allow);
     }
 
     struct Slow;
@@ -283,12 +380,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_policy_times_out_and_counts_as_failure() {
-        let gate = SafetyGate::new(
-            Arc::new(Slow),
-            BreakerConfig::default(),
-            Duration::from_millis(20),
-        );
-        let v = gate.check(&job("a"), &json!({})).await;
+        let gate = gate(Arc::new(Slow), Duration::from_millis(20));
+        let v = gate.check(&job("a"), &json!({}), None).await;
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.reason.contains("timed out"));
     }

@@ -154,7 +154,10 @@ impl Engine {
                 crate::configsvc::ConfigError::Store(s) => WorkflowError::Store(s),
                 other => WorkflowError::Conflict(other.to_string()),
             })?;
-        Ok(self.scheduler.plugins.conditions_for(&effective.value))
+        Ok(self
+            .scheduler
+            .plugins
+            .conditions_for(org_id, &effective.value))
     }
 
     // ---- definitions ----
