@@ -50,7 +50,7 @@ fn bytes(stem: &str) -> Vec<u8> {
 
 fn settings(cache: &tempfile::TempDir) -> PluginSettings {
     PluginSettings {
-        cache_dir: cache.path().into(),
+        cache_dir: Some(cache.path().into()),
         ..Default::default()
     }
 }

@@ -126,8 +126,6 @@ pub enum LoadError {
     Link(String),
     #[error("cannot be instantiated: {0}")]
     Instantiate(String),
-    #[error("plugin cache: {0}")]
-    Cache(String),
     #[error("invalid plugin name `{0}`: use lowercase letters, digits and '-' (at most 64)")]
     Name(String),
 }
@@ -146,8 +144,9 @@ pub trait ConditionEvaluator: Send + Sync {
 /// How plugins run: parsed once by `coretex serve`.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// Compiled components, by content hash.
-    pub cache_dir: PathBuf,
+    /// Compiled components, by content hash; `None` compiles every load in memory. Used only
+    /// while it is private to this user (`plugins::runtime`, "The cache").
+    pub cache_dir: Option<PathBuf>,
     /// How long one call may run before it is interrupted (dispatch and retry calls: the
     /// scheduler's hot path).
     pub call_deadline: Duration,
@@ -176,20 +175,17 @@ impl Default for PluginSettings {
     }
 }
 
-/// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`, else under the system's
-/// temporary directory: never inside a build's `target`, so a `cargo clean` costs no recompile
-/// and a restart finds its compiled plugins.
-pub fn default_cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`: the user's own, never
+/// inside a build's `target` (a `cargo clean` costs no recompile, a restart finds its compiled
+/// plugins) and never a shared temporary directory, where another user could plant native code
+/// for the host to load. `None` without a home (every load is compiled in memory).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    // Relative paths are to be ignored (XDG Base Directory Specification).
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("coretex").join("plugins")
+        .and_then(absolute)
+        .or_else(|| Some(absolute(std::env::var_os("HOME")?)?.join(".cache")))?;
+    Some(base.join("coretex").join("plugins"))
 }
 
 /// Plugin names are file stems with `_` read as `-`: `round_robin.wasm` is `round-robin`.

@@ -80,9 +80,16 @@
 //! bytes and a hash of everything that decides whether wasmtime can load the artifact (its
 //! version, the compiler's target and flags, the engine's settings), and are loaded with
 //! `Component::deserialize_file`, which maps the file instead of reading it. A restart, a second
-//! replica on the same machine or a second load of the same bytes compiles nothing. The
-//! directory is created private to the user (0700): whoever can write into it can make the host
-//! run native code.
+//! replica on the same machine or a second load of the same bytes compiles nothing.
+//!
+//! Loading an artifact is `unsafe`: it is native code, run as it is, so whoever can write into
+//! the directory can make the host run anything. The directory is per user
+//! ([`default_cache_dir`](super::default_cache_dir): `$XDG_CACHE_HOME` or `~/.cache`, never a
+//! shared temporary directory) and created private (0700); and before each load the host checks
+//! that the directory and the file belong to its own user and that no one else may write them
+//! (no group or other write bit). A directory or file that fails the check — made by another
+//! user first, or opened up since — is not read: the component is compiled in memory, and the
+//! refusal logged. No cache directory at all (no home) compiles every load.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -155,7 +162,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<Sandbox>,
     limits: SandboxLimits,
-    cache_dir: PathBuf,
+    /// `None`: compile every load in memory.
+    cache_dir: Option<PathBuf>,
     /// The hash of what makes a compiled artifact loadable by this engine, in cache file names.
     engine_tag: String,
     compiles: AtomicU64,
@@ -196,8 +204,15 @@ impl PluginRuntime {
         )
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
-        create_private_dir(&settings.cache_dir)
-            .map_err(|e| LoadError::Cache(format!("{}: {e}", settings.cache_dir.display())))?;
+        let cache_dir = settings.cache_dir.as_deref().and_then(|dir| {
+            create_private_dir(dir)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "cannot create the plugin cache dir; every plugin is compiled in memory");
+                })
+                .ok()
+                .map(|()| dir.to_path_buf())
+        });
         let mut tag = Sha256Hasher::default();
         engine.precompile_compatibility_hash().hash(&mut tag);
         let tick_ms = EPOCH_TICK.as_millis().max(1);
@@ -215,7 +230,7 @@ impl PluginRuntime {
             },
             engine,
             linker,
-            cache_dir: settings.cache_dir.clone(),
+            cache_dir,
             engine_tag: format!("{:016x}", tag.finish()),
             compiles: AtomicU64::new(0),
             ticker,
@@ -232,14 +247,33 @@ impl PluginRuntime {
         self.compiles.load(Ordering::Relaxed)
     }
 
-    /// Where the compiled form of `bytes` is cached.
-    pub fn cache_path(&self, bytes: &[u8]) -> PathBuf {
+    /// Where the compiled form of `bytes` is cached (none without a cache dir).
+    pub fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
         self.cache_file(&sha256_hex(bytes))
     }
 
-    fn cache_file(&self, hash: &str) -> PathBuf {
-        self.cache_dir
-            .join(format!("{hash}-{}.cwasm", self.engine_tag))
+    fn cache_file(&self, hash: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{hash}-{}.cwasm", self.engine_tag)))
+    }
+
+    /// The cache file for `hash` when the cache dir may be trusted now: it is checked at each
+    /// load, not only at start, so one opened up meanwhile is not read either.
+    fn trusted_cache_file(&self, hash: &str) -> Option<PathBuf> {
+        let path = self.cache_file(hash)?;
+        let dir = path.parent()?;
+        match std::fs::metadata(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|meta| private_to_this_user(&meta))
+        {
+            Ok(()) => Some(path),
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), why,
+                    "the plugin cache dir is not private to this user; compiled plugins are \
+                     neither read from it nor written to it (compiling in memory)");
+                None
+            }
+        }
     }
 
     /// Compiles (or loads from the cache), checks the kind, resolves the imports and
@@ -247,8 +281,9 @@ impl PluginRuntime {
     /// Compiling can take seconds: call this off the async threads.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<PluginComponent>, LoadError> {
         let hash = sha256_hex(bytes);
-        let path = self.cache_file(&hash);
-        let (component, from_cache) = match self.deserialize(&path) {
+        let path = self.trusted_cache_file(&hash);
+        let cached = || path.as_deref().and_then(|p| self.deserialize(p));
+        let (component, from_cache) = match cached() {
             Some(c) => (c, true),
             None => {
                 // One compile at a time in the process: each uses every core already, and a
@@ -256,9 +291,9 @@ impl PluginRuntime {
                 // artifact in the cache instead of compiling the same bytes again.
                 static COMPILING: Mutex<()> = Mutex::new(());
                 let _one_at_a_time = COMPILING.lock();
-                match self.deserialize(&path) {
+                match cached() {
                     Some(c) => (c, true),
-                    None => (self.compile(bytes, &path)?, false),
+                    None => (self.compile(bytes, path.as_deref())?, false),
                 }
             }
         };
@@ -298,13 +333,25 @@ impl PluginRuntime {
         Ok(loaded)
     }
 
+    /// The compiled component at `path` (in a directory found private to this user), if the
+    /// file is there, is a regular file, and is this user's and writable by no one else.
     fn deserialize(&self, path: &Path) -> Option<Component> {
-        if !path.exists() {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let trusted = if meta.is_file() {
+            private_to_this_user(&meta)
+        } else {
+            Err("not a regular file".into())
+        };
+        if let Err(why) = trusted {
+            tracing::warn!(path = %path.display(), why,
+                "a compiled plugin in the cache is not private to this user; compiling again");
             return None;
         }
-        // SAFETY: the file was written by `compile` below from `Component::serialize` of an
-        // engine with the same compatibility hash (it is in the file name), into a directory
-        // only this user can write; wasmtime checks the header again and refuses a mismatch.
+        // SAFETY: the file is this user's own and no one else may write it, in a directory
+        // of which the same holds (so no one else can have put it there or swapped it since),
+        // written by `compile` below from `Component::serialize` of an engine with the same
+        // compatibility hash (it is in the file name); wasmtime checks the header again and
+        // refuses a mismatch.
         match unsafe { Component::deserialize_file(&self.engine, path) } {
             Ok(c) => Some(c),
             Err(e) => {
@@ -316,10 +363,14 @@ impl PluginRuntime {
         }
     }
 
-    fn compile(&self, bytes: &[u8], path: &Path) -> Result<Component, LoadError> {
+    /// Compiles `bytes`, and caches the result at `path` (if any).
+    fn compile(&self, bytes: &[u8], path: Option<&Path>) -> Result<Component, LoadError> {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
+        let Some(path) = path else {
+            return Ok(component);
+        };
         match component.serialize() {
             Ok(artifact) => {
                 if let Err(e) = write_atomically(path, &artifact) {
@@ -1088,6 +1139,30 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Whether a cache directory or file may be trusted: owned by the user this process runs as, and
+/// writable by no one else (no group or other write bit).
+fn private_to_this_user(meta: &std::fs::Metadata) -> Result<(), String> {
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    private_to(meta, unsafe { libc::geteuid() })
+}
+
+fn private_to(meta: &std::fs::Metadata, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != uid {
+        return Err(format!(
+            "owned by uid {}, not by this user ({uid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -1104,4 +1179,36 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_cache_entry_is_trusted_only_when_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = || std::fs::metadata(dir.path()).unwrap();
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(private_to(&meta(), me), Ok(()));
+        let foreign = private_to(&meta(), me.wrapping_add(1)).unwrap_err();
+        assert!(foreign.contains("owned by uid"), "{foreign}");
+        for mode in [0o777, 0o770, 0o702] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let open = private_to(&meta(), me).unwrap_err();
+            assert!(
+                open.contains("writable by group or others"),
+                "{mode:o}: {open}"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            private_to(&meta(), me),
+            Ok(()),
+            "readable by others is fine"
+        );
+    }
 }
