@@ -16,9 +16,10 @@
 //! be any value JSON can hold.
 //!
 //! An instance keeps what it can reuse across calls: compiled programs by source (a workflow's
-//! expressions are evaluated over and over), and the variables of the last template call by their
-//! JSON text (a step's templates, and each child of a fan-out, share most of theirs), so that a
-//! large `steps` is parsed once, not once per template and per child.
+//! expressions are evaluated over and over), and the variables of the last template call,
+//! converted, with the JSON text each came from (a step's templates, and each child of a
+//! fan-out, share most of theirs), so that a large `steps` is converted once, not once per
+//! template and per child.
 //!
 //! [CEL]: https://github.com/google/cel-spec
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use cel_interpreter::extractors::This;
 use cel_interpreter::objects::Key;
-use cel_interpreter::{Env, ExecutionError, Program, Value};
+use cel_interpreter::{Context, Env, ExecutionError, Program, Value};
 use coretex_plugin_sdk::condition::StepCondition;
 use coretex_plugin_sdk::expression::{ExpressionLanguage, Variable};
 use coretex_plugin_sdk::serde_json::Value as Json;
@@ -37,11 +38,17 @@ use coretex_plugin_sdk::serde_json::Value as Json;
 /// memory.
 const CACHED_PROGRAMS: usize = 256;
 
+/// A context of its own, its variables bound `'static`: owned by the instance.
+type OwnedContext = Context<'static, 'static>;
+
 pub struct Cel {
     env: Arc<Env>,
     programs: RefCell<HashMap<String, Program>>,
-    /// The variables of the last `evaluate_json`: name → (JSON text, value).
-    variables: RefCell<HashMap<String, (String, Value)>>,
+    /// The context of the last template call, kept for the next, and the JSON text each of its
+    /// variables was made from. Binding a variable converts the whole value into the
+    /// interpreter's own form, which for a large `steps` costs as much as parsing it; a variable
+    /// sent again with the same text is left bound.
+    kept: RefCell<Option<(OwnedContext, HashMap<String, String>)>>,
 }
 
 impl Default for Cel {
@@ -49,7 +56,7 @@ impl Default for Cel {
         Cel {
             env: Arc::new(Env::stdlib()),
             programs: RefCell::default(),
-            variables: RefCell::default(),
+            kept: RefCell::default(),
         }
     }
 }
@@ -61,12 +68,18 @@ impl Cel {
             .map_err(|e| format!("invalid CEL expression: {e}"))
     }
 
-    /// Runs the program of `expression` (compiled on its first use) with `variables` in scope.
-    fn run<'v>(
-        &self,
-        expression: &str,
-        variables: impl IntoIterator<Item = (&'v str, Value)>,
-    ) -> Result<Value, String> {
+    /// A context with the standard library and the two extensions, and no variables.
+    fn context(&self) -> Result<OwnedContext, String> {
+        let mut context = Context::with_env(Arc::clone(&self.env));
+        context
+            .add_function("length", length)
+            .and_then(|()| context.add_function("first", first))
+            .map_err(|e| format!("declaring the CEL extensions: {e}"))?;
+        Ok(context)
+    }
+
+    /// Runs the program of `expression` (compiled on its first use) in `context`.
+    fn execute(&self, expression: &str, context: &OwnedContext) -> Result<Value, String> {
         let mut programs = self.programs.borrow_mut();
         if !programs.contains_key(expression) {
             let program = self.compile_program(expression)?;
@@ -75,16 +88,8 @@ impl Cel {
             }
             programs.insert(expression.to_owned(), program);
         }
-        let mut context = cel_interpreter::Context::with_env(Arc::clone(&self.env));
-        context
-            .add_function("length", length)
-            .and_then(|()| context.add_function("first", first))
-            .map_err(|e| format!("declaring the CEL extensions: {e}"))?;
-        for (name, value) in variables {
-            context.add_variable_from_value(name, value);
-        }
         programs[expression]
-            .execute(&context)
+            .execute(context)
             .map_err(|e| e.to_string())
     }
 }
@@ -98,8 +103,11 @@ impl StepCondition for Cel {
         let Json::Object(variables) = scope else {
             return Err("the scope is not a JSON object".into());
         };
-        let variables = variables.iter().map(|(name, v)| (name.as_str(), to_cel(v)));
-        match self.run(expression, variables)? {
+        let mut context = self.context()?;
+        for (name, value) in variables {
+            context.add_variable_from_value(name.as_str(), to_cel(value));
+        }
+        match self.execute(expression, &context)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!(
                 "a condition must be a bool, not {}: {other:?}",
@@ -111,18 +119,25 @@ impl StepCondition for Cel {
 
 impl ExpressionLanguage for Cel {
     fn evaluate_json(&self, expression: &str, scope: &[Variable<'_>]) -> Result<Json, String> {
-        let mut kept = self.variables.borrow_mut();
-        let mut current = HashMap::with_capacity(scope.len());
-        for v in scope {
-            let entry = match kept.remove(v.name) {
-                Some((text, value)) if text == v.json => (text, value),
-                _ => (v.json.to_owned(), to_cel(&v.value()?)),
-            };
-            current.insert(v.name.to_owned(), entry);
+        let mut kept = self.kept.borrow_mut();
+        let (context, texts) = match &mut *kept {
+            Some(kept) => kept,
+            None => kept.insert((self.context()?, HashMap::new())),
+        };
+        // Exactly this scope's variables are bound: the `item` of an earlier fan-out, say, must
+        // not be in scope of a later template.
+        texts.retain(|name, _| scope.iter().any(|v| v.name == name));
+        if let Context::Root { variables, .. } = context {
+            variables.retain(|name, _| texts.contains_key(name));
         }
-        *kept = current;
-        let variables = kept.iter().map(|(name, (_, v))| (name.as_str(), v.clone()));
-        let value = self.run(expression, variables)?;
+        for v in scope {
+            if texts.get(v.name).is_some_and(|text| text == v.json) {
+                continue;
+            }
+            context.add_variable_from_value(v.name, to_cel(&v.value()?));
+            texts.insert(v.name.to_owned(), v.json.to_owned());
+        }
+        let value = self.execute(expression, context)?;
         value
             .json()
             .map_err(|e| format!("the value cannot be JSON: {e}"))
@@ -309,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn a_variable_sent_again_is_reused_and_a_changed_one_is_read_afresh() {
+    fn a_variable_sent_again_stays_bound_and_only_the_scope_sent_is_in_scope() {
         let cel = Cel::default();
         let steps = json!({"a": {"output": [1, 2, 3]}});
         for (i, item) in [json!("x"), json!("y")].into_iter().enumerate() {
@@ -319,9 +334,19 @@ mod tests {
                 Ok(json!([item, i, 3]))
             );
         }
-        let kept = cel.variables.borrow();
-        assert_eq!(kept.len(), 3, "only the last call's variables are kept");
-        assert_eq!(kept["item"].0, "\"y\"");
+        let texts = |cel: &Cel| {
+            let kept = cel.kept.borrow();
+            let mut names: Vec<String> = kept.as_ref().unwrap().1.keys().cloned().collect();
+            names.sort();
+            names
+        };
+        assert_eq!(texts(&cel), ["index", "item", "steps"]);
+        let later = json!({"steps": steps});
+        assert!(
+            evaluate_json(&cel, "item", &later).is_err(),
+            "the item of the fan-out is gone"
+        );
+        assert_eq!(texts(&cel), ["steps"]);
     }
 
     #[test]
