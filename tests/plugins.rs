@@ -332,6 +332,32 @@ fn the_kind_and_version_come_from_the_exported_world() {
     }
 }
 
+/// The built-in `cel` is a step condition that evaluates templates too; a condition plugin
+/// built against `coretex:plugin@0.2.0`, before 0.2.1 added `expression`, still loads and answers
+/// on this host (wit/README.md: the versions), and is not asked for templates.
+#[test]
+fn conditions_built_against_0_2_0_load_beside_the_expression_language() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let cel = runtime.load(&wasm("cel")).unwrap();
+    assert_eq!(cel.kind(), PluginKind::StepCondition);
+    assert!(cel.evaluates_expressions());
+    let scope = [("input", r#"{"n": 2}"#)];
+    assert_eq!(
+        cel.evaluate_expression("input.n * 2", &scope).unwrap(),
+        Ok("4".into())
+    );
+
+    let legacy = runtime.load(&wasm("legacy_condition")).unwrap();
+    assert_eq!(legacy.kind(), PluginKind::StepCondition);
+    assert_eq!(legacy.version(), "0.2.0");
+    assert!(!legacy.evaluates_expressions());
+    assert_eq!(legacy.evaluate_condition("true", "{}").unwrap(), Ok(true));
+    assert_eq!(legacy.compile_condition("anything").unwrap(), Ok(()));
+    let e = legacy.evaluate_expression("true", &scope).unwrap_err();
+    assert_eq!(e.reason, FailureReason::WrongKind, "{e}");
+}
+
 #[test]
 fn bytes_that_are_not_a_component_are_refused_with_the_reason() {
     let cache = tempfile::tempdir().unwrap();

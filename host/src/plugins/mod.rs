@@ -11,6 +11,8 @@
 //!   [`RetryPolicy`](crate::scheduler::retry::RetryPolicy), [`ConditionEvaluator`]): every call is
 //!   guarded by the plugin's circuit breaker, counted, and falls back to the native default when
 //!   the plugin fails, so a plugin can slow one decision down by its deadline but never stop a job.
+//!   And the built-in `cel` behind [`ExpressionEvaluator`], for the templates and `for_each` of
+//!   every workflow (no breaker there: a failing expression fails its own step).
 //!
 //! Which plugin decides is config (any scope): `{"dispatch": {"strategy": "round-robin"}}`,
 //! `{"retry": {"policy": "exponential-jitter"}}`, `{"workflow": {"condition_evaluator": "cel"}}`.
@@ -26,7 +28,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use adapters::{PluginConditions, RetryChoice, StrategyChoice};
+use crate::workflow::expr::Scope;
+pub use adapters::{PluginConditions, PluginExpressions, RetryChoice, StrategyChoice};
 pub use registry::{PluginInfo, PluginRegistry, Source};
 
 /// The three kinds of plugin, one per WIT world; a component's kind is read from what it exports.
@@ -141,6 +144,17 @@ pub trait ConditionEvaluator: Send + Sync {
     fn evaluate(&self, expression: &str, scope: &serde_json::Value) -> Result<bool, String>;
 }
 
+/// Evaluates the expressions of workflow steps that yield values — `${…}` templates and
+/// `for_each` — and checks their syntax when a workflow is saved. [`PluginExpressions`] answers
+/// through the built-in `cel` component, in its sandbox.
+pub trait ExpressionEvaluator: Send + Sync {
+    /// Whether `expression` is well formed (an error names it and what is wrong).
+    fn check(&self, expression: &str) -> Result<(), String>;
+    /// The value of `expression` with the variables of `scope`; an error names the expression,
+    /// and the limit it ran into if it did.
+    fn evaluate(&self, expression: &str, scope: &Scope) -> Result<serde_json::Value, String>;
+}
+
 /// How plugins run: parsed once by `coretex serve`.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
@@ -150,10 +164,11 @@ pub struct PluginSettings {
     /// How long one call may run before it is interrupted (dispatch and retry calls: the
     /// scheduler's hot path).
     pub call_deadline: Duration,
-    /// The same for step conditions, which are evaluated per step rather than per job and
-    /// parse an expression each time: a CEL program's first parse alone can take a few
-    /// milliseconds on a busy machine.
-    pub condition_deadline: Duration,
+    /// The same for a workflow's expressions — a step condition, a template, a `for_each` — which
+    /// are evaluated per step rather than per job, and are tenants' code: a CEL program's first
+    /// parse alone can take a few milliseconds on a busy machine, and an expression that runs
+    /// past this fails its step naming the limit.
+    pub expression_deadline: Duration,
     /// The most linear memory one instance may have.
     pub memory_cap: usize,
     /// An instance is recycled after this many calls.
@@ -167,7 +182,7 @@ impl Default for PluginSettings {
         PluginSettings {
             cache_dir: default_cache_dir(),
             call_deadline: Duration::from_millis(10),
-            condition_deadline: Duration::from_millis(100),
+            expression_deadline: Duration::from_millis(100),
             memory_cap: 32 << 20,
             recycle_after: 10_000,
             poll_interval: Duration::from_millis(500),
@@ -205,6 +220,34 @@ pub fn check_name(name: &str) -> Result<(), LoadError> {
         Ok(())
     } else {
         Err(LoadError::Name(name.to_string()))
+    }
+}
+
+/// For the host's unit tests: the real built-in expression language, loaded once per test
+/// binary (compiled components come from the per-user cache after the first run).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, OnceLock};
+
+    use super::adapters::EXPRESSION_LANGUAGE;
+    use super::runtime::PluginRuntime;
+    use super::{PluginExpressions, PluginRegistry, PluginSettings, Source, builtin};
+    use crate::breaker::BreakerConfig;
+
+    pub fn builtin_expressions() -> PluginExpressions {
+        static REGISTRY: OnceLock<Arc<PluginRegistry>> = OnceLock::new();
+        REGISTRY
+            .get_or_init(|| {
+                let runtime = PluginRuntime::new(&PluginSettings::default()).unwrap();
+                let registry = PluginRegistry::new(runtime, BreakerConfig::default());
+                let (name, bytes) = builtin::BUILTINS
+                    .iter()
+                    .find(|(name, _)| *name == EXPRESSION_LANGUAGE)
+                    .unwrap();
+                registry.install(name, Source::Builtin, bytes).unwrap();
+                registry
+            })
+            .expressions()
     }
 }
 

@@ -100,7 +100,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
@@ -113,7 +113,8 @@ use crate::scheduler::registry::Candidate;
 use crate::scheduler::retry::RetryDecision;
 use crate::scheduler::strategy::Pick;
 
-/// The generated bindings of the three worlds; nothing outside this module sees them.
+/// The generated bindings of the three worlds, and of `expression-evaluator` (which the built-in
+/// `cel` exports beside `step-condition`); nothing outside this module sees them.
 mod wit {
     pub mod dispatch {
         wasmtime::component::bindgen!({
@@ -135,10 +136,20 @@ mod wit {
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
+    pub mod expression {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "expression-evaluator",
+            with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
+            // A scope's variables go in as borrowed text: no copy of `steps` per call.
+            ownership: Borrowing { duplicate_if_necessary: false },
+        });
+    }
 }
 
 use wit::dispatch::coretex::plugin::types::PluginError;
 use wit::dispatch::exports::coretex::plugin::dispatch as wire_dispatch;
+use wit::expression::exports::coretex::plugin::expression as wire_expression;
 use wit::retry::exports::coretex::plugin::retry as wire_retry;
 
 /// How often the engine's epoch advances: the resolution of every call deadline.
@@ -151,7 +162,8 @@ const MAX_MESSAGE: usize = 512;
 #[derive(Debug, Clone, Copy)]
 struct SandboxLimits {
     deadline_ticks: u64,
-    condition_deadline_ticks: u64,
+    /// For step conditions, templates and `for_each`.
+    expression_deadline_ticks: u64,
     memory_cap: usize,
     recycle_after: u64,
     max_idle: usize,
@@ -222,8 +234,8 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             limits: SandboxLimits {
                 deadline_ticks: (settings.call_deadline.as_millis() / tick_ms).max(1) as u64,
-                condition_deadline_ticks: (settings.condition_deadline.as_millis() / tick_ms).max(1)
-                    as u64,
+                expression_deadline_ticks: (settings.expression_deadline.as_millis() / tick_ms)
+                    .max(1) as u64,
                 memory_cap: settings.memory_cap,
                 recycle_after: settings.recycle_after.max(1),
                 max_idle,
@@ -297,7 +309,11 @@ impl PluginRuntime {
                 }
             }
         };
-        let (kind, version) = plugin_kind(&self.engine, &component)?;
+        let Exported {
+            kind,
+            version,
+            expression,
+        } = exported(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
         let mut linker = self.linker.clone();
         wasi_shim::link(&mut linker, &self.engine, &component).map_err(link)?;
@@ -306,9 +322,14 @@ impl PluginRuntime {
             PluginKind::DispatchStrategy => {
                 Pre::Dispatch(wit::dispatch::DispatchStrategyPre::new(pre).map_err(link)?)
             }
-            PluginKind::StepCondition => {
-                Pre::Condition(wit::condition::StepConditionPre::new(pre).map_err(link)?)
-            }
+            PluginKind::StepCondition => Pre::Condition {
+                condition: wit::condition::StepConditionIndices::new(&pre).map_err(link)?,
+                expression: expression
+                    .then(|| wit::expression::ExpressionEvaluatorIndices::new(&pre))
+                    .transpose()
+                    .map_err(link)?,
+                pre,
+            },
             PluginKind::RetryPolicy => {
                 Pre::Retry(wit::retry::RetryPolicyPre::new(pre).map_err(link)?)
             }
@@ -489,19 +510,31 @@ impl EpochTicker {
 /// The `coretex:plugin` versions this host speaks (the WIT in `wit/`).
 const WIT_VERSIONS: &str = "0.2.";
 
-/// Reads the kind from the one `coretex:plugin/…@0.2.x` interface the component exports.
-fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, String), LoadError> {
+/// What a component exports, as far as the host cares.
+struct Exported {
+    kind: PluginKind,
+    /// The `coretex:plugin` version of the interface that gives the kind.
+    version: String,
+    /// Whether it exports `coretex:plugin/expression` too (it evaluates templates).
+    expression: bool,
+}
+
+/// Reads the kind from the one `coretex:plugin/…@0.2.x` plugin interface the component exports
+/// (`dispatch`, `condition` or `retry`), and whether it exports `expression` beside it.
+fn exported(engine: &Engine, component: &Component) -> Result<Exported, LoadError> {
     let ty = component.component_type();
     let mut found = Vec::new();
+    let mut expression = false;
     for (name, _) in ty.exports(engine) {
         let Some(rest) = name.strip_prefix("coretex:plugin/") else {
             continue;
         };
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
         let kind = match interface {
-            "dispatch" => PluginKind::DispatchStrategy,
-            "condition" => PluginKind::StepCondition,
-            "retry" => PluginKind::RetryPolicy,
+            "dispatch" => Some(PluginKind::DispatchStrategy),
+            "condition" => Some(PluginKind::StepCondition),
+            "retry" => Some(PluginKind::RetryPolicy),
+            "expression" => None,
             _ => continue,
         };
         if !version.starts_with(WIT_VERSIONS) {
@@ -510,36 +543,60 @@ fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, St
                  (rebuild the plugin against this host's SDK)"
             )));
         }
-        found.push((kind, version.to_string()));
+        match kind {
+            Some(kind) => found.push((kind, version.to_string())),
+            None => expression = true,
+        }
     }
-    match found.len() {
-        1 => Ok(found.remove(0)),
+    let (kind, version) = match found.len() {
+        1 => found.remove(0),
         0 => {
             let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
-            Err(LoadError::NotAPlugin(format!(
+            return Err(LoadError::NotAPlugin(format!(
                 "it exports none of coretex:plugin/dispatch, condition or retry (it exports: {})",
                 if exports.is_empty() {
                     "nothing".to_string()
                 } else {
                     exports.join(", ")
                 }
-            )))
+            )));
         }
-        _ => Err(LoadError::NotAPlugin(
-            "it exports more than one plugin interface".into(),
-        )),
+        _ => {
+            return Err(LoadError::NotAPlugin(
+                "it exports more than one plugin interface".into(),
+            ));
+        }
+    };
+    if expression && kind != PluginKind::StepCondition {
+        return Err(LoadError::NotAPlugin(
+            "it exports coretex:plugin/expression beside another interface than condition".into(),
+        ));
     }
+    Ok(Exported {
+        kind,
+        version,
+        expression,
+    })
 }
 
 enum Pre {
     Dispatch(wit::dispatch::DispatchStrategyPre<Sandbox>),
-    Condition(wit::condition::StepConditionPre<Sandbox>),
+    /// A step condition, and its `expression` exports if it has them: looked up by hand on one
+    /// instance, the generated `…Pre` of a world instantiating one of its own.
+    Condition {
+        pre: InstancePre<Sandbox>,
+        condition: wit::condition::StepConditionIndices,
+        expression: Option<wit::expression::ExpressionEvaluatorIndices>,
+    },
     Retry(wit::retry::RetryPolicyPre<Sandbox>),
 }
 
 enum Exports {
     Dispatch(wit::dispatch::DispatchStrategy),
-    Condition(wit::condition::StepCondition),
+    Condition {
+        condition: wit::condition::StepCondition,
+        expression: Option<wit::expression::ExpressionEvaluator>,
+    },
     Retry(wit::retry::RetryPolicy),
 }
 
@@ -637,6 +694,30 @@ impl PluginComponent {
         self.from_cache
     }
 
+    /// Whether it evaluates workflow templates and `for_each` (it exports
+    /// `coretex:plugin/expression`).
+    pub fn evaluates_expressions(&self) -> bool {
+        matches!(
+            self.pre,
+            Pre::Condition {
+                expression: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// How long one condition, template or `for_each` evaluation may run.
+    pub fn expression_deadline(&self) -> Duration {
+        EPOCH_TICK.saturating_mul(
+            u32::try_from(self.limits.expression_deadline_ticks).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// The most linear memory one instance may have, in bytes.
+    pub fn memory_cap(&self) -> usize {
+        self.limits.memory_cap
+    }
+
     /// How many instances were made so far (warm reuse keeps this low).
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
@@ -657,9 +738,21 @@ impl PluginComponent {
                 let out = pre.instantiate(&mut store);
                 Exports::Dispatch(settle(&store, out)?)
             }
-            Pre::Condition(pre) => {
-                let out = pre.instantiate(&mut store);
-                Exports::Condition(settle(&store, out)?)
+            Pre::Condition {
+                pre,
+                condition,
+                expression,
+            } => {
+                let out = pre.instantiate(&mut store).and_then(|instance| {
+                    Ok(Exports::Condition {
+                        condition: condition.load(&mut store, &instance)?,
+                        expression: expression
+                            .as_ref()
+                            .map(|e| e.load(&mut store, &instance))
+                            .transpose()?,
+                    })
+                });
+                settle(&store, out)?
             }
             Pre::Retry(pre) => {
                 let out = pre.instantiate(&mut store);
@@ -698,7 +791,7 @@ impl PluginComponent {
         instance.calls += 1;
         let _running = self.ticker.running();
         let ticks = match wanted {
-            PluginKind::StepCondition => self.limits.condition_deadline_ticks,
+            PluginKind::StepCondition => self.limits.expression_deadline_ticks,
             _ => self.limits.deadline_ticks,
         };
         let out = f(&mut instance, ticks);
@@ -853,12 +946,52 @@ impl PluginComponent {
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
 
+    /// Asks an expression language for the value of `expression` with the variables of `scope`
+    /// (name and JSON text each), as JSON text: the outer error is the call failing (its
+    /// deadline, the memory cap, a trap), the inner one the expression's fault.
+    pub fn evaluate_expression(
+        &self,
+        expression: &str,
+        scope: &[(&str, &str)],
+    ) -> Result<Result<String, String>, CallError> {
+        if !self.evaluates_expressions() {
+            return Err(CallError::new(
+                FailureReason::WrongKind,
+                "this plugin does not evaluate expressions (it exports no coretex:plugin/expression)",
+            ));
+        }
+        self.with_instance(PluginKind::StepCondition, |inst, ticks| {
+            let Exports::Condition {
+                expression: Some(bindings),
+                ..
+            } = &inst.exports
+            else {
+                unreachable!("the instances of an expression language export expression");
+            };
+            let variables: Vec<wire_expression::Variable<'_>> = scope
+                .iter()
+                .map(|&(name, value_json)| wire_expression::Variable { name, value_json })
+                .collect();
+            inst.store.set_epoch_deadline(ticks);
+            let out = bindings.coretex_plugin_expression().call_evaluate(
+                &mut inst.store,
+                expression,
+                &variables,
+            );
+            settle(&inst.store, out).map(|r| r.map_err(|e| bounded(e.message)))
+        })
+    }
+
     fn condition<R>(
         &self,
         call: impl FnOnce(&wit::condition::StepCondition, &mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.with_instance(PluginKind::StepCondition, |inst, ticks| {
-            let Exports::Condition(bindings) = &inst.exports else {
+            let Exports::Condition {
+                condition: bindings,
+                ..
+            } = &inst.exports
+            else {
                 unreachable!("a condition plugin's instances export condition");
             };
             inst.store.set_epoch_deadline(ticks);
