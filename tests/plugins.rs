@@ -35,7 +35,7 @@ fn wasm(stem: &str) -> Vec<u8> {
 /// two cores and a plugin's first call on a fresh instance pays for its lazy start-up.
 fn settings(cache: &Path) -> PluginSettings {
     PluginSettings {
-        cache_dir: cache.into(),
+        cache_dir: Some(cache.into()),
         call_deadline: Duration::from_secs(1),
         ..Default::default()
     }
@@ -336,6 +336,32 @@ fn the_kind_and_version_come_from_the_exported_world() {
     }
 }
 
+/// The built-in `cel` is a step condition that evaluates templates too; a condition plugin
+/// built against `coretex:plugin@0.2.0`, before 0.2.1 added `expression`, still loads and answers
+/// on this host (wit/README.md: the versions), and is not asked for templates.
+#[test]
+fn conditions_built_against_0_2_0_load_beside_the_expression_language() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let cel = runtime.load(&wasm("cel")).unwrap();
+    assert_eq!(cel.kind(), PluginKind::StepCondition);
+    assert!(cel.evaluates_expressions());
+    let scope = [("input", r#"{"n": 2}"#)];
+    assert_eq!(
+        cel.evaluate_expression("input.n * 2", &scope).unwrap(),
+        Ok("4".into())
+    );
+
+    let legacy = runtime.load(&wasm("legacy_condition")).unwrap();
+    assert_eq!(legacy.kind(), PluginKind::StepCondition);
+    assert_eq!(legacy.version(), "0.2.0");
+    assert!(!legacy.evaluates_expressions());
+    assert_eq!(legacy.evaluate_condition("true", "{}").unwrap(), Ok(true));
+    assert_eq!(legacy.compile_condition("anything").unwrap(), Ok(()));
+    let e = legacy.evaluate_expression("true", &scope).unwrap_err();
+    assert_eq!(e.reason, FailureReason::WrongKind, "{e}");
+}
+
 #[test]
 fn bytes_that_are_not_a_component_are_refused_with_the_reason() {
     let cache = tempfile::tempdir().unwrap();
@@ -352,13 +378,68 @@ fn a_second_load_of_the_same_bytes_comes_from_the_cache() {
     let loaded = first.load(&bytes).unwrap();
     assert!(!loaded.from_cache());
     assert_eq!(first.compiles(), 1);
-    assert!(first.cache_path(&bytes).exists());
+    assert!(first.cache_path(&bytes).unwrap().exists());
     // A restart: a new engine over the same cache dir compiles nothing.
     let second = PluginRuntime::new(&settings(cache.path())).unwrap();
     let again = second.load(&bytes).unwrap();
     assert!(again.from_cache());
     assert_eq!(second.compiles(), 0);
     assert_eq!(again.hash(), loaded.hash());
+}
+
+/// Loading a cached artifact runs native code: one from a directory or file that someone else
+/// could have written is never loaded, the component is compiled in memory instead.
+#[test]
+fn a_cache_that_others_can_write_is_not_loaded_from() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = wasm("round_robin");
+    let first = PluginRuntime::new(&settings(cache.path())).unwrap();
+    first.load(&bytes).unwrap();
+    let artifact = first.cache_path(&bytes).unwrap();
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+
+    chmod(cache.path(), 0o777);
+    let open_dir = PluginRuntime::new(&settings(cache.path())).unwrap();
+    let loaded = open_dir.load(&bytes).unwrap();
+    assert!(
+        !loaded.from_cache(),
+        "a world-writable cache dir is not read"
+    );
+    assert_eq!(open_dir.compiles(), 1);
+
+    chmod(cache.path(), 0o700);
+    chmod(&artifact, 0o666);
+    let open_file = PluginRuntime::new(&settings(cache.path())).unwrap();
+    assert!(
+        !open_file.load(&bytes).unwrap().from_cache(),
+        "nor a world-writable artifact"
+    );
+    assert_eq!(open_file.compiles(), 1);
+
+    // Compiled again into the private dir, the artifact is the runtime's own again.
+    let private = PluginRuntime::new(&settings(cache.path())).unwrap();
+    assert!(private.load(&bytes).unwrap().from_cache());
+}
+
+/// The default cache dir is the user's own, never the shared temporary directory.
+#[test]
+fn a_fresh_cache_dir_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("coretex").join("plugins");
+    PluginRuntime::new(&settings(&dir)).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    if let Some(default) = coretex::plugins::default_cache_dir() {
+        assert!(
+            !default.starts_with(std::env::temp_dir()),
+            "{}",
+            default.display()
+        );
+    }
 }
 
 #[test]

@@ -224,7 +224,8 @@ struct ServeArgs {
     /// Load `.wasm` plugins from this directory, and pick up changes while running.
     #[arg(long, env = "CORETEX_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
-    /// Where compiled plugins are cached (default `$XDG_CACHE_HOME/coretex/plugins`).
+    /// Where compiled plugins are cached (default `$XDG_CACHE_HOME/coretex/plugins`, else
+    /// `~/.cache/coretex/plugins`); read only while owned by this user and writable by no one else.
     #[arg(long, env = "CORETEX_PLUGIN_CACHE_DIR")]
     plugin_cache_dir: Option<PathBuf>,
     /// How long one plugin call may run before it is interrupted.
@@ -707,7 +708,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         plugins: PluginSettings {
             cache_dir: a
                 .plugin_cache_dir
-                .unwrap_or_else(coretex::plugins::default_cache_dir),
+                .or_else(coretex::plugins::default_cache_dir),
             call_deadline: a.plugin_deadline,
             memory_cap: a.plugin_memory_mib << 20,
             recycle_after: a.plugin_recycle_after,

@@ -8,3 +8,5 @@ mod common;
 mod isolation;
 mod keys;
 mod limits;
+
+mod expressions;

@@ -233,9 +233,6 @@ impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
         match e {
             UploadError::Load(e @ LoadError::Name(_)) => ApiError::field("name", e.to_string()),
-            UploadError::Load(LoadError::Cache(d)) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin cache", d)
-            }
             UploadError::Load(load) => ApiError::field("body", load.to_string()),
             UploadError::Store(s) => s.into(),
             e @ UploadError::NotUploaded { .. } => ApiError::new(

@@ -4,18 +4,23 @@
 //! tenant's breaker) and, when it fails for any reason, the native default decides instead:
 //! [`LeastLoaded`](crate::scheduler::strategy::LeastLoaded) for dispatch, dead-lettering (the job
 //! waits in the DLQ, whole and retryable) for retry. Nothing a plugin does stops a job.
+//!
+//! The one exception is [`PluginExpressions`], the built-in `cel` evaluating workflow templates and
+//! `for_each`: it is the workflow language rather than a pluggable decision, so it has no
+//! default to fall back to and no breaker — a template that fails, fails its own step.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::registry::{Plugin, PluginRegistry};
-use super::runtime::{DispatchCall, RetryCall};
-use super::{CallError, ConditionEvaluator, FailureReason};
+use super::registry::{Plugin, PluginRegistry, Source};
+use super::runtime::{DispatchCall, PluginComponent, RetryCall};
+use super::{CallError, ConditionEvaluator, ExpressionEvaluator, FailureReason};
 use crate::job::JobSpec;
 use crate::scheduler::registry::Candidate;
 use crate::scheduler::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::strategy::{DispatchStrategy, Pick, StrategyError};
+use crate::workflow::expr::Scope;
 
 /// The retry policy when the config names none: backoff with jitter, from the `retry` object's
 /// `initial_backoff_ms`, `multiplier`, `max_backoff_ms` and `max_attempts` (the plugin's own
@@ -259,5 +264,104 @@ impl ConditionEvaluator for PluginConditions {
     fn evaluate(&self, expression: &str, scope: &Value) -> Result<bool, String> {
         let scope = scope.to_string();
         self.call_pure(|c| c.evaluate_condition(expression, &scope))?
+    }
+}
+
+/// The plugin that evaluates every workflow's templates and `for_each`: the built-in `cel`,
+/// whatever the config names for conditions — templates are the workflow's own language, not a
+/// decision to plug, and an upload under the name does not change them.
+pub const EXPRESSION_LANGUAGE: &str = "cel";
+
+impl PluginRegistry {
+    /// The evaluator of templates and `for_each`: the built-in [`EXPRESSION_LANGUAGE`].
+    pub fn expressions(&self) -> PluginExpressions {
+        PluginExpressions {
+            plugin: self
+                .loaded_from(EXPRESSION_LANGUAGE, Source::Builtin)
+                .ok_or_else(|| {
+                    CallError::new(
+                        FailureReason::NotLoaded,
+                        format!("the built-in `{EXPRESSION_LANGUAGE}` is not loaded"),
+                    )
+                }),
+        }
+    }
+}
+
+/// Templates and `for_each`, through the built-in expression language in its sandbox.
+pub struct PluginExpressions {
+    plugin: Result<Arc<Plugin>, CallError>,
+}
+
+/// How much of an expression an error quotes.
+const QUOTED: usize = 200;
+
+impl PluginExpressions {
+    /// Calls the component directly, not through the plugin's breaker: an expression that fails
+    /// is its workflow's fault, not the plugin's, and with no default to fall back to, an open
+    /// breaker would only fail every other workflow's templates with it. Once more on a fresh
+    /// instance when the first call ran past its deadline, as for conditions
+    /// ([`PluginConditions`]): the deadline is wall-clock time, which a busy machine eats.
+    fn call<R>(
+        &self,
+        source: &str,
+        f: impl Fn(&PluginComponent) -> Result<Result<R, String>, CallError>,
+    ) -> Result<R, String> {
+        let source = quoted(source);
+        let component = match &self.plugin {
+            Ok(p) => p.component(),
+            Err(e) => return Err(format!("{source} was not evaluated: {e}")),
+        };
+        let out = match f(component) {
+            Err(e) if e.reason == FailureReason::Deadline => f(component),
+            other => other,
+        };
+        match out {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("{source}: {e}")),
+            Err(e) => Err(format!("{source} {}", stopped(component, &e))),
+        }
+    }
+}
+
+/// `expression` in backquotes, cut short when it is long (an error message carries it).
+fn quoted(expression: &str) -> String {
+    match expression.char_indices().nth(QUOTED) {
+        Some((cut, _)) => format!("`{}…`", &expression[..cut]),
+        None => format!("`{expression}`"),
+    }
+}
+
+/// What stopped an evaluation in the sandbox, naming the limit it ran into.
+fn stopped(component: &PluginComponent, e: &CallError) -> String {
+    match e.reason {
+        FailureReason::Deadline => format!(
+            "ran past the time budget of an expression ({} ms) and was stopped",
+            component.expression_deadline().as_millis()
+        ),
+        FailureReason::Memory => format!(
+            "needed more than the memory cap of an expression ({} MiB) and was stopped",
+            component.memory_cap() >> 20
+        ),
+        _ => format!("failed in the sandbox: {e}"),
+    }
+}
+
+impl ExpressionEvaluator for PluginExpressions {
+    fn check(&self, expression: &str) -> Result<(), String> {
+        self.call(expression, |c| c.compile_condition(expression))
+    }
+
+    fn evaluate(&self, expression: &str, scope: &Scope) -> Result<Value, String> {
+        let variables: Vec<(&str, &str)> = scope.variables().collect();
+        let json = self.call(expression, |c| {
+            c.evaluate_expression(expression, &variables)
+        })?;
+        serde_json::from_str(&json).map_err(|e| {
+            format!(
+                "{} gave a value the host cannot read: {e}",
+                quoted(expression)
+            )
+        })
     }
 }

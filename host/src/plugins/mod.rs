@@ -11,6 +11,8 @@
 //!   [`RetryPolicy`](crate::scheduler::retry::RetryPolicy), [`ConditionEvaluator`]): every call is
 //!   guarded by the plugin's circuit breaker, counted, and falls back to the native default when
 //!   the plugin fails, so a plugin can slow one decision down by its deadline but never stop a job.
+//!   And the built-in `cel` behind [`ExpressionEvaluator`], for the templates and `for_each` of
+//!   every workflow (no breaker there: a failing expression fails its own step).
 //!
 //! Which plugin decides is config (any scope): `{"dispatch": {"strategy": "round-robin"}}`,
 //! `{"retry": {"policy": "exponential-jitter"}}`, `{"workflow": {"condition_evaluator": "cel"}}`.
@@ -26,7 +28,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use adapters::{PluginConditions, RetryChoice, StrategyChoice};
+use crate::workflow::expr::Scope;
+pub use adapters::{PluginConditions, PluginExpressions, RetryChoice, StrategyChoice};
 pub use registry::{PluginInfo, PluginRegistry, Source};
 
 /// The three kinds of plugin, one per WIT world; a component's kind is read from what it exports.
@@ -126,8 +129,6 @@ pub enum LoadError {
     Link(String),
     #[error("cannot be instantiated: {0}")]
     Instantiate(String),
-    #[error("plugin cache: {0}")]
-    Cache(String),
     #[error("invalid plugin name `{0}`: use lowercase letters, digits and '-' (at most 64)")]
     Name(String),
 }
@@ -143,18 +144,31 @@ pub trait ConditionEvaluator: Send + Sync {
     fn evaluate(&self, expression: &str, scope: &serde_json::Value) -> Result<bool, String>;
 }
 
+/// Evaluates the expressions of workflow steps that yield values — `${…}` templates and
+/// `for_each` — and checks their syntax when a workflow is saved. [`PluginExpressions`] answers
+/// through the built-in `cel` component, in its sandbox.
+pub trait ExpressionEvaluator: Send + Sync {
+    /// Whether `expression` is well formed (an error names it and what is wrong).
+    fn check(&self, expression: &str) -> Result<(), String>;
+    /// The value of `expression` with the variables of `scope`; an error names the expression,
+    /// and the limit it ran into if it did.
+    fn evaluate(&self, expression: &str, scope: &Scope) -> Result<serde_json::Value, String>;
+}
+
 /// How plugins run: parsed once by `coretex serve`.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// Compiled components, by content hash.
-    pub cache_dir: PathBuf,
+    /// Compiled components, by content hash; `None` compiles every load in memory. Used only
+    /// while it is private to this user (`plugins::runtime`, "The cache").
+    pub cache_dir: Option<PathBuf>,
     /// How long one call may run before it is interrupted (dispatch and retry calls: the
     /// scheduler's hot path).
     pub call_deadline: Duration,
-    /// The same for step conditions, which are evaluated per step rather than per job and
-    /// parse an expression each time: a CEL program's first parse alone can take a few
-    /// milliseconds on a busy machine.
-    pub condition_deadline: Duration,
+    /// The same for a workflow's expressions — a step condition, a template, a `for_each` — which
+    /// are evaluated per step rather than per job, and are tenants' code: a CEL program's first
+    /// parse alone can take a few milliseconds on a busy machine, and an expression that runs
+    /// past this fails its step naming the limit.
+    pub expression_deadline: Duration,
     /// The most linear memory one instance may have.
     pub memory_cap: usize,
     /// An instance is recycled after this many calls.
@@ -168,7 +182,7 @@ impl Default for PluginSettings {
         PluginSettings {
             cache_dir: default_cache_dir(),
             call_deadline: Duration::from_millis(10),
-            condition_deadline: Duration::from_millis(100),
+            expression_deadline: Duration::from_millis(100),
             memory_cap: 32 << 20,
             recycle_after: 10_000,
             poll_interval: Duration::from_millis(500),
@@ -176,20 +190,17 @@ impl Default for PluginSettings {
     }
 }
 
-/// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`, else under the system's
-/// temporary directory: never inside a build's `target`, so a `cargo clean` costs no recompile
-/// and a restart finds its compiled plugins.
-pub fn default_cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`: the user's own, never
+/// inside a build's `target` (a `cargo clean` costs no recompile, a restart finds its compiled
+/// plugins) and never a shared temporary directory, where another user could plant native code
+/// for the host to load. `None` without a home (every load is compiled in memory).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    // Relative paths are to be ignored (XDG Base Directory Specification).
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("coretex").join("plugins")
+        .and_then(absolute)
+        .or_else(|| Some(absolute(std::env::var_os("HOME")?)?.join(".cache")))?;
+    Some(base.join("coretex").join("plugins"))
 }
 
 /// Plugin names are file stems with `_` read as `-`: `round_robin.wasm` is `round-robin`.
@@ -209,6 +220,34 @@ pub fn check_name(name: &str) -> Result<(), LoadError> {
         Ok(())
     } else {
         Err(LoadError::Name(name.to_string()))
+    }
+}
+
+/// For the host's unit tests: the real built-in expression language, loaded once per test
+/// binary (compiled components come from the per-user cache after the first run).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, OnceLock};
+
+    use super::adapters::EXPRESSION_LANGUAGE;
+    use super::runtime::PluginRuntime;
+    use super::{PluginExpressions, PluginRegistry, PluginSettings, Source, builtin};
+    use crate::breaker::BreakerConfig;
+
+    pub fn builtin_expressions() -> PluginExpressions {
+        static REGISTRY: OnceLock<Arc<PluginRegistry>> = OnceLock::new();
+        REGISTRY
+            .get_or_init(|| {
+                let runtime = PluginRuntime::new(&PluginSettings::default()).unwrap();
+                let registry = PluginRegistry::new(runtime, BreakerConfig::default());
+                let (name, bytes) = builtin::BUILTINS
+                    .iter()
+                    .find(|(name, _)| *name == EXPRESSION_LANGUAGE)
+                    .unwrap();
+                registry.install(name, Source::Builtin, bytes).unwrap();
+                registry
+            })
+            .expressions()
     }
 }
 

@@ -547,7 +547,7 @@ impl PluginRegistry {
         self.active.store(Arc::new(winners));
     }
 
-    fn loaded_from(&self, name: &str, source: Source) -> Option<Arc<Plugin>> {
+    pub(super) fn loaded_from(&self, name: &str, source: Source) -> Option<Arc<Plugin>> {
         self.loaded.lock().get(name)?.get(&source).cloned()
     }
 

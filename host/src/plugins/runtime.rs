@@ -80,9 +80,16 @@
 //! bytes and a hash of everything that decides whether wasmtime can load the artifact (its
 //! version, the compiler's target and flags, the engine's settings), and are loaded with
 //! `Component::deserialize_file`, which maps the file instead of reading it. A restart, a second
-//! replica on the same machine or a second load of the same bytes compiles nothing. The
-//! directory is created private to the user (0700): whoever can write into it can make the host
-//! run native code.
+//! replica on the same machine or a second load of the same bytes compiles nothing.
+//!
+//! Loading an artifact is `unsafe`: it is native code, run as it is, so whoever can write into
+//! the directory can make the host run anything. The directory is per user
+//! ([`default_cache_dir`](super::default_cache_dir): `$XDG_CACHE_HOME` or `~/.cache`, never a
+//! shared temporary directory) and created private (0700); and before each load the host checks
+//! that the directory and the file belong to its own user and that no one else may write them
+//! (no group or other write bit). A directory or file that fails the check — made by another
+//! user first, or opened up since — is not read: the component is compiled in memory, and the
+//! refusal logged. No cache directory at all (no home) compiles every load.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -93,7 +100,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
@@ -106,7 +113,8 @@ use crate::scheduler::registry::Candidate;
 use crate::scheduler::retry::RetryDecision;
 use crate::scheduler::strategy::Pick;
 
-/// The generated bindings of the three worlds; nothing outside this module sees them.
+/// The generated bindings of the three worlds, and of `expression-evaluator` (which the built-in
+/// `cel` exports beside `step-condition`); nothing outside this module sees them.
 mod wit {
     pub mod dispatch {
         wasmtime::component::bindgen!({
@@ -128,10 +136,20 @@ mod wit {
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
+    pub mod expression {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "expression-evaluator",
+            with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
+            // A scope's variables go in as borrowed text: no copy of `steps` per call.
+            ownership: Borrowing { duplicate_if_necessary: false },
+        });
+    }
 }
 
 use wit::dispatch::coretex::plugin::types::PluginError;
 use wit::dispatch::exports::coretex::plugin::dispatch as wire_dispatch;
+use wit::expression::exports::coretex::plugin::expression as wire_expression;
 use wit::retry::exports::coretex::plugin::retry as wire_retry;
 
 /// How often the engine's epoch advances: the resolution of every call deadline.
@@ -144,7 +162,8 @@ const MAX_MESSAGE: usize = 512;
 #[derive(Debug, Clone, Copy)]
 struct SandboxLimits {
     deadline_ticks: u64,
-    condition_deadline_ticks: u64,
+    /// For step conditions, templates and `for_each`.
+    expression_deadline_ticks: u64,
     memory_cap: usize,
     recycle_after: u64,
     max_idle: usize,
@@ -155,7 +174,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<Sandbox>,
     limits: SandboxLimits,
-    cache_dir: PathBuf,
+    /// `None`: compile every load in memory.
+    cache_dir: Option<PathBuf>,
     /// The hash of what makes a compiled artifact loadable by this engine, in cache file names.
     engine_tag: String,
     compiles: AtomicU64,
@@ -196,8 +216,15 @@ impl PluginRuntime {
         )
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
-        create_private_dir(&settings.cache_dir)
-            .map_err(|e| LoadError::Cache(format!("{}: {e}", settings.cache_dir.display())))?;
+        let cache_dir = settings.cache_dir.as_deref().and_then(|dir| {
+            create_private_dir(dir)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "cannot create the plugin cache dir; every plugin is compiled in memory");
+                })
+                .ok()
+                .map(|()| dir.to_path_buf())
+        });
         let mut tag = Sha256Hasher::default();
         engine.precompile_compatibility_hash().hash(&mut tag);
         let tick_ms = EPOCH_TICK.as_millis().max(1);
@@ -207,15 +234,15 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             limits: SandboxLimits {
                 deadline_ticks: (settings.call_deadline.as_millis() / tick_ms).max(1) as u64,
-                condition_deadline_ticks: (settings.condition_deadline.as_millis() / tick_ms).max(1)
-                    as u64,
+                expression_deadline_ticks: (settings.expression_deadline.as_millis() / tick_ms)
+                    .max(1) as u64,
                 memory_cap: settings.memory_cap,
                 recycle_after: settings.recycle_after.max(1),
                 max_idle,
             },
             engine,
             linker,
-            cache_dir: settings.cache_dir.clone(),
+            cache_dir,
             engine_tag: format!("{:016x}", tag.finish()),
             compiles: AtomicU64::new(0),
             ticker,
@@ -232,14 +259,33 @@ impl PluginRuntime {
         self.compiles.load(Ordering::Relaxed)
     }
 
-    /// Where the compiled form of `bytes` is cached.
-    pub fn cache_path(&self, bytes: &[u8]) -> PathBuf {
+    /// Where the compiled form of `bytes` is cached (none without a cache dir).
+    pub fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
         self.cache_file(&sha256_hex(bytes))
     }
 
-    fn cache_file(&self, hash: &str) -> PathBuf {
-        self.cache_dir
-            .join(format!("{hash}-{}.cwasm", self.engine_tag))
+    fn cache_file(&self, hash: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{hash}-{}.cwasm", self.engine_tag)))
+    }
+
+    /// The cache file for `hash` when the cache dir may be trusted now: it is checked at each
+    /// load, not only at start, so one opened up meanwhile is not read either.
+    fn trusted_cache_file(&self, hash: &str) -> Option<PathBuf> {
+        let path = self.cache_file(hash)?;
+        let dir = path.parent()?;
+        match std::fs::metadata(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|meta| private_to_this_user(&meta))
+        {
+            Ok(()) => Some(path),
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), why,
+                    "the plugin cache dir is not private to this user; compiled plugins are \
+                     neither read from it nor written to it (compiling in memory)");
+                None
+            }
+        }
     }
 
     /// Compiles (or loads from the cache), checks the kind, resolves the imports and
@@ -247,8 +293,9 @@ impl PluginRuntime {
     /// Compiling can take seconds: call this off the async threads.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<PluginComponent>, LoadError> {
         let hash = sha256_hex(bytes);
-        let path = self.cache_file(&hash);
-        let (component, from_cache) = match self.deserialize(&path) {
+        let path = self.trusted_cache_file(&hash);
+        let cached = || path.as_deref().and_then(|p| self.deserialize(p));
+        let (component, from_cache) = match cached() {
             Some(c) => (c, true),
             None => {
                 // One compile at a time in the process: each uses every core already, and a
@@ -256,13 +303,17 @@ impl PluginRuntime {
                 // artifact in the cache instead of compiling the same bytes again.
                 static COMPILING: Mutex<()> = Mutex::new(());
                 let _one_at_a_time = COMPILING.lock();
-                match self.deserialize(&path) {
+                match cached() {
                     Some(c) => (c, true),
-                    None => (self.compile(bytes, &path)?, false),
+                    None => (self.compile(bytes, path.as_deref())?, false),
                 }
             }
         };
-        let (kind, version) = plugin_kind(&self.engine, &component)?;
+        let Exported {
+            kind,
+            version,
+            expression,
+        } = exported(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
         let mut linker = self.linker.clone();
         wasi_shim::link(&mut linker, &self.engine, &component).map_err(link)?;
@@ -271,9 +322,14 @@ impl PluginRuntime {
             PluginKind::DispatchStrategy => {
                 Pre::Dispatch(wit::dispatch::DispatchStrategyPre::new(pre).map_err(link)?)
             }
-            PluginKind::StepCondition => {
-                Pre::Condition(wit::condition::StepConditionPre::new(pre).map_err(link)?)
-            }
+            PluginKind::StepCondition => Pre::Condition {
+                condition: wit::condition::StepConditionIndices::new(&pre).map_err(link)?,
+                expression: expression
+                    .then(|| wit::expression::ExpressionEvaluatorIndices::new(&pre))
+                    .transpose()
+                    .map_err(link)?,
+                pre,
+            },
             PluginKind::RetryPolicy => {
                 Pre::Retry(wit::retry::RetryPolicyPre::new(pre).map_err(link)?)
             }
@@ -298,13 +354,25 @@ impl PluginRuntime {
         Ok(loaded)
     }
 
+    /// The compiled component at `path` (in a directory found private to this user), if the
+    /// file is there, is a regular file, and is this user's and writable by no one else.
     fn deserialize(&self, path: &Path) -> Option<Component> {
-        if !path.exists() {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let trusted = if meta.is_file() {
+            private_to_this_user(&meta)
+        } else {
+            Err("not a regular file".into())
+        };
+        if let Err(why) = trusted {
+            tracing::warn!(path = %path.display(), why,
+                "a compiled plugin in the cache is not private to this user; compiling again");
             return None;
         }
-        // SAFETY: the file was written by `compile` below from `Component::serialize` of an
-        // engine with the same compatibility hash (it is in the file name), into a directory
-        // only this user can write; wasmtime checks the header again and refuses a mismatch.
+        // SAFETY: the file is this user's own and no one else may write it, in a directory
+        // of which the same holds (so no one else can have put it there or swapped it since),
+        // written by `compile` below from `Component::serialize` of an engine with the same
+        // compatibility hash (it is in the file name); wasmtime checks the header again and
+        // refuses a mismatch.
         match unsafe { Component::deserialize_file(&self.engine, path) } {
             Ok(c) => Some(c),
             Err(e) => {
@@ -316,10 +384,14 @@ impl PluginRuntime {
         }
     }
 
-    fn compile(&self, bytes: &[u8], path: &Path) -> Result<Component, LoadError> {
+    /// Compiles `bytes`, and caches the result at `path` (if any).
+    fn compile(&self, bytes: &[u8], path: Option<&Path>) -> Result<Component, LoadError> {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
+        let Some(path) = path else {
+            return Ok(component);
+        };
         match component.serialize() {
             Ok(artifact) => {
                 if let Err(e) = write_atomically(path, &artifact) {
@@ -438,19 +510,31 @@ impl EpochTicker {
 /// The `coretex:plugin` versions this host speaks (the WIT in `wit/`).
 const WIT_VERSIONS: &str = "0.2.";
 
-/// Reads the kind from the one `coretex:plugin/…@0.2.x` interface the component exports.
-fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, String), LoadError> {
+/// What a component exports, as far as the host cares.
+struct Exported {
+    kind: PluginKind,
+    /// The `coretex:plugin` version of the interface that gives the kind.
+    version: String,
+    /// Whether it exports `coretex:plugin/expression` too (it evaluates templates).
+    expression: bool,
+}
+
+/// Reads the kind from the one `coretex:plugin/…@0.2.x` plugin interface the component exports
+/// (`dispatch`, `condition` or `retry`), and whether it exports `expression` beside it.
+fn exported(engine: &Engine, component: &Component) -> Result<Exported, LoadError> {
     let ty = component.component_type();
     let mut found = Vec::new();
+    let mut expression = false;
     for (name, _) in ty.exports(engine) {
         let Some(rest) = name.strip_prefix("coretex:plugin/") else {
             continue;
         };
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
         let kind = match interface {
-            "dispatch" => PluginKind::DispatchStrategy,
-            "condition" => PluginKind::StepCondition,
-            "retry" => PluginKind::RetryPolicy,
+            "dispatch" => Some(PluginKind::DispatchStrategy),
+            "condition" => Some(PluginKind::StepCondition),
+            "retry" => Some(PluginKind::RetryPolicy),
+            "expression" => None,
             _ => continue,
         };
         if !version.starts_with(WIT_VERSIONS) {
@@ -459,36 +543,60 @@ fn plugin_kind(engine: &Engine, component: &Component) -> Result<(PluginKind, St
                  (rebuild the plugin against this host's SDK)"
             )));
         }
-        found.push((kind, version.to_string()));
+        match kind {
+            Some(kind) => found.push((kind, version.to_string())),
+            None => expression = true,
+        }
     }
-    match found.len() {
-        1 => Ok(found.remove(0)),
+    let (kind, version) = match found.len() {
+        1 => found.remove(0),
         0 => {
             let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
-            Err(LoadError::NotAPlugin(format!(
+            return Err(LoadError::NotAPlugin(format!(
                 "it exports none of coretex:plugin/dispatch, condition or retry (it exports: {})",
                 if exports.is_empty() {
                     "nothing".to_string()
                 } else {
                     exports.join(", ")
                 }
-            )))
+            )));
         }
-        _ => Err(LoadError::NotAPlugin(
-            "it exports more than one plugin interface".into(),
-        )),
+        _ => {
+            return Err(LoadError::NotAPlugin(
+                "it exports more than one plugin interface".into(),
+            ));
+        }
+    };
+    if expression && kind != PluginKind::StepCondition {
+        return Err(LoadError::NotAPlugin(
+            "it exports coretex:plugin/expression beside another interface than condition".into(),
+        ));
     }
+    Ok(Exported {
+        kind,
+        version,
+        expression,
+    })
 }
 
 enum Pre {
     Dispatch(wit::dispatch::DispatchStrategyPre<Sandbox>),
-    Condition(wit::condition::StepConditionPre<Sandbox>),
+    /// A step condition, and its `expression` exports if it has them: looked up by hand on one
+    /// instance, the generated `…Pre` of a world instantiating one of its own.
+    Condition {
+        pre: InstancePre<Sandbox>,
+        condition: wit::condition::StepConditionIndices,
+        expression: Option<wit::expression::ExpressionEvaluatorIndices>,
+    },
     Retry(wit::retry::RetryPolicyPre<Sandbox>),
 }
 
 enum Exports {
     Dispatch(wit::dispatch::DispatchStrategy),
-    Condition(wit::condition::StepCondition),
+    Condition {
+        condition: wit::condition::StepCondition,
+        expression: Option<wit::expression::ExpressionEvaluator>,
+    },
     Retry(wit::retry::RetryPolicy),
 }
 
@@ -586,6 +694,30 @@ impl PluginComponent {
         self.from_cache
     }
 
+    /// Whether it evaluates workflow templates and `for_each` (it exports
+    /// `coretex:plugin/expression`).
+    pub fn evaluates_expressions(&self) -> bool {
+        matches!(
+            self.pre,
+            Pre::Condition {
+                expression: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// How long one condition, template or `for_each` evaluation may run.
+    pub fn expression_deadline(&self) -> Duration {
+        EPOCH_TICK.saturating_mul(
+            u32::try_from(self.limits.expression_deadline_ticks).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// The most linear memory one instance may have, in bytes.
+    pub fn memory_cap(&self) -> usize {
+        self.limits.memory_cap
+    }
+
     /// How many instances were made so far (warm reuse keeps this low).
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
@@ -606,9 +738,21 @@ impl PluginComponent {
                 let out = pre.instantiate(&mut store);
                 Exports::Dispatch(settle(&store, out)?)
             }
-            Pre::Condition(pre) => {
-                let out = pre.instantiate(&mut store);
-                Exports::Condition(settle(&store, out)?)
+            Pre::Condition {
+                pre,
+                condition,
+                expression,
+            } => {
+                let out = pre.instantiate(&mut store).and_then(|instance| {
+                    Ok(Exports::Condition {
+                        condition: condition.load(&mut store, &instance)?,
+                        expression: expression
+                            .as_ref()
+                            .map(|e| e.load(&mut store, &instance))
+                            .transpose()?,
+                    })
+                });
+                settle(&store, out)?
             }
             Pre::Retry(pre) => {
                 let out = pre.instantiate(&mut store);
@@ -647,7 +791,7 @@ impl PluginComponent {
         instance.calls += 1;
         let _running = self.ticker.running();
         let ticks = match wanted {
-            PluginKind::StepCondition => self.limits.condition_deadline_ticks,
+            PluginKind::StepCondition => self.limits.expression_deadline_ticks,
             _ => self.limits.deadline_ticks,
         };
         let out = f(&mut instance, ticks);
@@ -802,12 +946,52 @@ impl PluginComponent {
         .map(|r| r.map_err(|e| bounded(e.message)))
     }
 
+    /// Asks an expression language for the value of `expression` with the variables of `scope`
+    /// (name and JSON text each), as JSON text: the outer error is the call failing (its
+    /// deadline, the memory cap, a trap), the inner one the expression's fault.
+    pub fn evaluate_expression(
+        &self,
+        expression: &str,
+        scope: &[(&str, &str)],
+    ) -> Result<Result<String, String>, CallError> {
+        if !self.evaluates_expressions() {
+            return Err(CallError::new(
+                FailureReason::WrongKind,
+                "this plugin does not evaluate expressions (it exports no coretex:plugin/expression)",
+            ));
+        }
+        self.with_instance(PluginKind::StepCondition, |inst, ticks| {
+            let Exports::Condition {
+                expression: Some(bindings),
+                ..
+            } = &inst.exports
+            else {
+                unreachable!("the instances of an expression language export expression");
+            };
+            let variables: Vec<wire_expression::Variable<'_>> = scope
+                .iter()
+                .map(|&(name, value_json)| wire_expression::Variable { name, value_json })
+                .collect();
+            inst.store.set_epoch_deadline(ticks);
+            let out = bindings.coretex_plugin_expression().call_evaluate(
+                &mut inst.store,
+                expression,
+                &variables,
+            );
+            settle(&inst.store, out).map(|r| r.map_err(|e| bounded(e.message)))
+        })
+    }
+
     fn condition<R>(
         &self,
         call: impl FnOnce(&wit::condition::StepCondition, &mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.with_instance(PluginKind::StepCondition, |inst, ticks| {
-            let Exports::Condition(bindings) = &inst.exports else {
+            let Exports::Condition {
+                condition: bindings,
+                ..
+            } = &inst.exports
+            else {
                 unreachable!("a condition plugin's instances export condition");
             };
             inst.store.set_epoch_deadline(ticks);
@@ -1088,6 +1272,30 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Whether a cache directory or file may be trusted: owned by the user this process runs as, and
+/// writable by no one else (no group or other write bit).
+fn private_to_this_user(meta: &std::fs::Metadata) -> Result<(), String> {
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    private_to(meta, unsafe { libc::geteuid() })
+}
+
+fn private_to(meta: &std::fs::Metadata, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != uid {
+        return Err(format!(
+            "owned by uid {}, not by this user ({uid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -1104,4 +1312,36 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_cache_entry_is_trusted_only_when_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = || std::fs::metadata(dir.path()).unwrap();
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(private_to(&meta(), me), Ok(()));
+        let foreign = private_to(&meta(), me.wrapping_add(1)).unwrap_err();
+        assert!(foreign.contains("owned by uid"), "{foreign}");
+        for mode in [0o777, 0o770, 0o702] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let open = private_to(&meta(), me).unwrap_err();
+            assert!(
+                open.contains("writable by group or others"),
+                "{mode:o}: {open}"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            private_to(&meta(), me),
+            Ok(()),
+            "readable by others is fine"
+        );
+    }
 }

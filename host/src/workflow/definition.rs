@@ -4,23 +4,24 @@
 //!
 //! Every expression of a definition is CEL: a step `condition` goes to the configured condition
 //! evaluator (a plugin, CEL by default) and is checked through [`ConditionEvaluator::compile`] on
-//! save; `${…}` templates and `for_each` are evaluated natively by [`super::expr`], with the same
-//! language. `input_schema` is JSON Schema, checked by the `jsonschema` crate: the schema itself
-//! on save, a run's input when the run starts.
+//! save; `${…}` templates and `for_each` (their syntax in [`super::expr`]) go to an
+//! [`ExpressionEvaluator`], the built-in `cel` component, checked there on save too.
+//! `input_schema` is JSON Schema, checked by the `jsonschema` crate: the schema itself on save, a
+//! run's input when the run starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::expr;
+use super::expr::{self, Scope};
 use crate::job::{FieldError, check_ident, check_labels, whole};
 use crate::limits::{
     MAX_BACKOFF_MULTIPLIER, MAX_BACKOFF_SEC, MAX_DEPENDENCIES, MAX_EXPRESSION_BYTES,
     MAX_FOR_EACH_ITEMS, MAX_NAME_BYTES, MAX_OUTPUT_PATH_SEGMENTS, MAX_RETRIES, MAX_STEP_ID_LEN,
     MAX_STEPS, MAX_TIMEOUT_SEC,
 };
-use crate::plugins::ConditionEvaluator;
+use crate::plugins::{ConditionEvaluator, ExpressionEvaluator};
 use crate::time::{self, Millis};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,7 +355,11 @@ impl Run {
 /// Checks a definition: identifiers, topics, dependencies, cycles, conditions, templates,
 /// `for_each`, `output_path`, and every count, length and duration against its limit (see
 /// [`crate::limits`]). Every error names the step (`steps.<id>.<field>`).
-pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec<FieldError> {
+pub fn validate(
+    spec: &WorkflowSpec,
+    conditions: &dyn ConditionEvaluator,
+    expressions: &dyn ExpressionEvaluator,
+) -> Vec<FieldError> {
     // Before anything that costs per step (compiling conditions, walking the graph).
     if spec.steps.len() > MAX_STEPS {
         return vec![FieldError::new(
@@ -443,7 +448,7 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
         }
         if let Some(fe) = &step.for_each
             && fe.len() <= MAX_EXPRESSION_BYTES
-            && let Err(e) = expr::check(expr::bare(fe))
+            && let Err(e) = expressions.check(expr::bare(fe))
         {
             errors.push(FieldError::new(
                 field("for_each"),
@@ -459,7 +464,7 @@ pub fn validate(spec: &WorkflowSpec, conditions: &dyn ConditionEvaluator) -> Vec
                 format!("must be between 1 and {MAX_FOR_EACH_ITEMS}"),
             ));
         }
-        if let Err((at, e)) = check_templates(&step.input, &field("input")) {
+        if let Err((at, e)) = check_templates(&step.input, &field("input"), expressions) {
             errors.push(FieldError::new(at, format!("step `{id}`: {e}")));
         }
         if let Some(p) = &step.output_path {
@@ -570,38 +575,68 @@ fn find_cycle(steps: &BTreeMap<String, StepDef>) -> Option<Vec<String>> {
 }
 
 /// The value of a `for_each` expression (bare or one template) in `scope`.
-pub fn resolve(source: &str, scope: &Value) -> Result<Value, String> {
-    expr::evaluate(expr::bare(source), scope)
+pub fn resolve(
+    source: &str,
+    scope: &Scope,
+    expressions: &dyn ExpressionEvaluator,
+) -> Result<Value, String> {
+    expressions.evaluate(expr::bare(source), scope)
 }
 
-/// Compiles the templates of a step input; an error names where (`steps.a.input.x[1]`).
-fn check_templates(v: &Value, at: &str) -> Result<(), (String, String)> {
+/// Checks the templates of a step input; an error names where (`steps.a.input.x[1]`).
+fn check_templates(
+    v: &Value,
+    at: &str,
+    expressions: &dyn ExpressionEvaluator,
+) -> Result<(), (String, String)> {
     match v {
-        Value::String(s) => expr::check_template(s).map_err(|e| (at.to_string(), e)),
+        Value::String(s) => expr::check_template(s, expressions).map_err(|e| (at.to_string(), e)),
         Value::Array(a) => a
             .iter()
             .enumerate()
-            .try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"))),
+            .try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"), expressions)),
         Value::Object(o) => o
             .iter()
-            .try_for_each(|(k, x)| check_templates(x, &format!("{at}.{k}"))),
+            .try_for_each(|(k, x)| check_templates(x, &format!("{at}.{k}"), expressions)),
         _ => Ok(()),
     }
 }
 
-/// Fills the `${expr}` templates of `v` from `scope`. A string that is exactly one template takes
-/// the value's type; templates inside longer strings are spliced in as text.
-pub fn render(v: &Value, scope: &Value) -> Result<Value, String> {
+/// Fills the `${expr}` templates of a step's `input` from `scope`. A string that is exactly one
+/// template takes the value's type; templates inside longer strings are spliced in as text. An
+/// error names where (`input.x[1]`) and the expression.
+pub fn render(
+    input: &Value,
+    scope: &Scope,
+    expressions: &dyn ExpressionEvaluator,
+) -> Result<Value, String> {
+    render_at(input, "input", scope, expressions)
+}
+
+fn render_at(
+    v: &Value,
+    at: &str,
+    scope: &Scope,
+    expressions: &dyn ExpressionEvaluator,
+) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) => expr::render_string(s, scope)?,
+        Value::String(s) => {
+            expr::render_string(s, scope, expressions).map_err(|e| format!("{at}: {e}"))?
+        }
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|x| render(x, scope))
+                .enumerate()
+                .map(|(i, x)| render_at(x, &format!("{at}[{i}]"), scope, expressions))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, x)| Ok((k.clone(), render(x, scope)?)))
+                .map(|(k, x)| {
+                    Ok((
+                        k.clone(),
+                        render_at(x, &format!("{at}.{k}"), scope, expressions)?,
+                    ))
+                })
                 .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
@@ -690,6 +725,13 @@ pub fn leaf_steps(steps: &BTreeMap<String, StepDef>) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::PluginExpressions;
+    use crate::plugins::testing::builtin_expressions;
+
+    /// Templates and `for_each` are checked by the real built-in language.
+    fn cel() -> PluginExpressions {
+        builtin_expressions()
+    }
 
     /// Accepts `true`, `false` and comparisons of paths; rejects anything with `??`.
     struct Fake;
@@ -719,6 +761,7 @@ mod tests {
         let e = validate(
             &spec(json!({"a": {"topic": "t", "depends_on": ["nope"]}})),
             &Fake,
+            &cel(),
         );
         assert_eq!(fields(&e), ["steps.a.depends_on"]);
         assert!(e[0].message.contains("nope"));
@@ -733,6 +776,7 @@ mod tests {
                 "c": {"topic": "t", "depends_on": ["b"]},
             })),
             &Fake,
+            &cel(),
         );
         assert_eq!(e.len(), 1);
         assert!(e[0].message.contains("cycle"), "{e:?}");
@@ -748,6 +792,7 @@ mod tests {
                 "d": {"topic": "t", "for_each": "input.xs.map(x,"},
             })),
             &Fake,
+            &cel(),
         );
         assert_eq!(
             fields(&e),
@@ -770,6 +815,7 @@ mod tests {
                                 "label": "${size(input.xs) > 2 ? 'many' : 'few'} items"}},
             })),
             &Fake,
+            &cel(),
         );
         assert!(e.is_empty(), "{e:?}");
     }
@@ -813,14 +859,14 @@ mod tests {
             input_schema: None,
             steps: chain(MAX_STEPS + 1, true),
         };
-        let e = validate(&spec, &Fake);
+        let e = validate(&spec, &Fake, &cel());
         assert_eq!(fields(&e), ["steps"]);
         assert!(e[0].message.contains(&MAX_STEPS.to_string()), "{e:?}");
         let at_limit = WorkflowSpec {
             steps: chain(MAX_STEPS, false),
             ..spec
         };
-        assert!(validate(&at_limit, &Fake).is_empty());
+        assert!(validate(&at_limit, &Fake, &cel()).is_empty());
     }
 
     #[test]
@@ -832,6 +878,7 @@ mod tests {
                          "ok_-9": {"topic": "t"}}),
             ),
             &Fake,
+            &cel(),
         );
         assert_eq!(
             fields(&e),
@@ -848,6 +895,7 @@ mod tests {
                           "multiplier": 0.5, "policy": "no good"}}}),
             ),
             &Fake,
+            &cel(),
         );
         assert_eq!(
             fields(&e),
@@ -865,19 +913,20 @@ mod tests {
 
     #[test]
     fn a_job_step_needs_a_topic() {
-        let e = validate(&spec(json!({"a": {}})), &Fake);
+        let e = validate(&spec(json!({"a": {}})), &Fake, &cel());
         assert_eq!(fields(&e), ["steps.a.topic"]);
-        assert!(validate(&spec(json!({"a": {"type": "approval"}})), &Fake).is_empty());
+        assert!(validate(&spec(json!({"a": {"type": "approval"}})), &Fake, &cel()).is_empty());
     }
 
     #[test]
     fn whole_string_template_keeps_the_type() {
-        let scope = json!({"input": {"n": 3, "xs": [1, 2], "s": "hi"}});
+        let scope = Scope::of(json!({"input": {"n": 3, "xs": [1, 2], "s": "hi"}}));
         let out = render(
             &json!({"n": "${input.n}", "xs": "${input.xs}", "msg": "${input.s} x${input.n}",
                     "second": "${input.xs[1]}", "deep": [{"sum": "${input.xs[0] + input.xs[1]}"}],
                     "plain": 7}),
             &scope,
+            &cel(),
         )
         .unwrap();
         assert_eq!(
@@ -885,8 +934,8 @@ mod tests {
             json!({"n": 3, "xs": [1, 2], "msg": "hi x3", "second": 2, "deep": [{"sum": 3}],
                    "plain": 7})
         );
-        let e = render(&json!({"x": "${input.none}"}), &scope).unwrap_err();
-        assert!(e.contains("input.none"), "{e}");
+        let e = render(&json!({"x": ["${input.none}"]}), &scope, &cel()).unwrap_err();
+        assert!(e.starts_with("input.x[0]: `input.none`"), "{e}");
     }
 
     #[test]
@@ -940,6 +989,7 @@ mod tests {
                 "steps": {"a": {"topic": "t"}}}))
             .unwrap(),
             &Fake,
+            &cel(),
         );
         assert_eq!(fields(&e), ["input_schema.minimum"]);
     }

@@ -37,12 +37,13 @@ use serde_json::{Value, json};
 use super::definition::{
     self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
 };
+use super::expr::Scope;
 use crate::bus::{Feed, job_events};
 use crate::configsvc::ConfigTarget;
 use crate::ids;
 use crate::job::{DEFAULT_TENANT, FieldError, Job, JobRequest, JobState, StepJobIds};
 use crate::limits::{MAX_FOR_EACH_ITEMS, MAX_TIMEOUT_SEC};
-use crate::plugins::{ConditionEvaluator, PluginRegistry};
+use crate::plugins::{ConditionEvaluator, ExpressionEvaluator, PluginRegistry};
 use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
@@ -101,6 +102,8 @@ pub struct Engine {
     owner: String,
     /// When this replica last pruned the run indexes.
     last_prune: Mutex<Option<std::time::Instant>>,
+    /// Permits to evaluate off the async threads ([`Engine::off_thread`]): one per core.
+    evaluating: tokio::sync::Semaphore,
 }
 
 /// A step's job as an advance submits it: the request (rendered input, env, labels) and the
@@ -130,7 +133,29 @@ impl Engine {
             busy: Mutex::new(HashMap::new()),
             owner: format!("workflows-{}", uuid::Uuid::new_v4()),
             last_prune: Mutex::new(None),
+            evaluating: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         })
+    }
+
+    /// Runs the synchronous part of a save or an advance — conditions, templates and `for_each`,
+    /// each a call into the sandbox that may take up to its deadline — on Tokio's blocking pool,
+    /// so the async threads (one, in `serve` on a small machine) go on answering whatever a
+    /// workflow's expressions cost. At most one evaluation per core at once: a burst of costly
+    /// ones waits its turn here, asynchronously, instead of crowding the cores with threads that
+    /// leave the async threads a sliver of CPU. The hop costs about 16 µs (`benches/plugins.rs`).
+    async fn off_thread<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R> {
+        let stopped = || WorkflowError::Conflict("the host is shutting down; try again".into());
+        let _permit = self.evaluating.acquire().await.map_err(|_| stopped())?;
+        match tokio::task::spawn_blocking(work).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(stopped()),
+        }
     }
 
     async fn conditions(
@@ -169,7 +194,13 @@ impl Engine {
             .unwrap_or_else(|| DEFAULT_TENANT.to_string());
         let team_id = spec.team_id.clone().unwrap_or_default();
         let conditions = self.conditions(&org_id, &team_id, Some(&id)).await?;
-        let mut errors = definition::validate(&spec, &conditions);
+        let expressions = self.scheduler.plugins.expressions();
+        let (spec, mut errors) = self
+            .off_thread(move || {
+                let errors = definition::validate(&spec, &conditions, &expressions);
+                (spec, errors)
+            })
+            .await?;
         errors.extend(
             [("org_id", &spec.org_id), ("team_id", &spec.team_id)]
                 .into_iter()
@@ -507,16 +538,24 @@ impl Engine {
         let conditions = self
             .conditions(&run.org_id, &run.team_id, Some(&run.workflow_id))
             .await?;
-        let mut plan = Plan {
-            wf: &wf,
-            now,
-            jobs: &jobs,
-            conditions: &conditions,
-            plugins: &self.scheduler.plugins,
-            effects: Vec::new(),
-        };
-        plan.advance(&mut run);
-        let mut effects = plan.effects;
+        let expressions = self.scheduler.plugins.expressions();
+        let plugins = self.scheduler.plugins.clone();
+        let (mut run, mut effects, jobs) = self
+            .off_thread(move || {
+                let mut plan = Plan {
+                    wf: &wf,
+                    now,
+                    jobs: &jobs,
+                    conditions: &conditions,
+                    expressions: &expressions,
+                    plugins: &plugins,
+                    effects: Vec::new(),
+                };
+                plan.advance(&mut run);
+                let effects = plan.effects;
+                (run, effects, jobs)
+            })
+            .await?;
         // A job is submitted only for a step still running at the end (a run that failed in the
         // same advance submits nothing), and every job whose step ended without it is cancelled.
         let still: HashSet<&str> = running_jobs(&run).map(|(j, _)| j).collect();
@@ -768,6 +807,8 @@ struct Plan<'a, C: ConditionEvaluator> {
     now: Millis,
     jobs: &'a HashMap<String, Job>,
     conditions: &'a C,
+    /// Templates and `for_each`.
+    expressions: &'a dyn ExpressionEvaluator,
     /// For the retry policies steps name.
     plugins: &'a PluginRegistry,
     effects: Vec<Effect>,
@@ -830,7 +871,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         match status {
             Status::Pending if run.steps[id].attempts == 0 => self.maybe_start(run, id, &def),
             Status::Pending | Status::Running => {
-                let scope = run.scope();
+                let scope = Scope::of(run.scope());
                 let mut s = run.steps.remove(id).expect("every step has a run");
                 if s.children.is_some() {
                     self.for_each(run, id, &def, &mut s, &scope);
@@ -891,12 +932,13 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                 }
             }
         }
+        let scope = Scope::of(scope);
         let mut s = run.steps.remove(id).expect("step");
         s.started_at = Some(now);
         if def.kind == StepType::Approval {
             s.status = Status::Waiting;
         } else if let Some(expr) = &def.for_each {
-            match definition::resolve(expr, &scope) {
+            match definition::resolve(expr, &scope, self.expressions) {
                 Ok(Value::Array(items)) if items.len() > MAX_FOR_EACH_ITEMS => end_step(
                     &mut s,
                     Status::Failed,
@@ -935,7 +977,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
 
     /// The children of a fan-out: settles the running ones, starts pending ones up to
     /// `max_parallel`, and ends the parent when all succeeded or one failed.
-    fn for_each(&mut self, run: &Run, id: &str, def: &StepDef, s: &mut StepRun, scope: &Value) {
+    fn for_each(&mut self, run: &Run, id: &str, def: &StepDef, s: &mut StepRun, scope: &Scope) {
         let mut children = s.children.take().unwrap_or_default();
         let limit = def.max_parallel.map_or(usize::MAX, |m| m as usize);
         for (i, c) in children.iter_mut().enumerate() {
@@ -998,7 +1040,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         def: &StepDef,
         s: &mut StepRun,
         index: Option<usize>,
-        scope: &Value,
+        scope: &Scope,
     ) {
         if s.status == Status::Pending {
             if s.next_attempt_at.is_none_or(|t| t <= self.now) {
@@ -1125,7 +1167,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         def: &StepDef,
         s: &mut StepRun,
         index: Option<usize>,
-        scope: &Value,
+        scope: &Scope,
     ) {
         s.attempts += 1;
         s.next_attempt_at = None;
@@ -1146,9 +1188,8 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         def: &StepDef,
         s: &StepRun,
         index: Option<usize>,
-        scope: &Value,
+        scope: &Scope,
     ) -> std::result::Result<StepJob, String> {
-        let mut scope = scope.clone();
         let mut env: BTreeMap<String, String> = [
             ("workflow_id", run.workflow_id.clone()),
             ("run_id", run.id.clone()),
@@ -1159,7 +1200,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let job_id = match index {
+        let (job_id, scope) = match index {
             Some(i) => {
                 let item = s.item.clone().unwrap_or(Value::Null);
                 env.insert("foreach_index".into(), i.to_string());
@@ -1170,13 +1211,16 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
                         other => other.to_string(),
                     },
                 );
-                scope["item"] = item;
-                scope["index"] = json!(i);
-                ids::derive(&ids::derive(&ids::derive(&run.id, id), i), s.attempts)
+                let scope = scope.with("item", &item).with("index", &json!(i));
+                let job_id = ids::derive(&ids::derive(&ids::derive(&run.id, id), i), s.attempts);
+                (job_id, scope)
             }
-            None => ids::derive(&ids::derive(&run.id, id), s.attempts),
+            None => (
+                ids::derive(&ids::derive(&run.id, id), s.attempts),
+                scope.clone(),
+            ),
         };
-        let payload = definition::render(&def.input, &scope)?;
+        let payload = definition::render(&def.input, &scope, self.expressions)?;
         let req = JobRequest {
             topic: def.topic.clone().unwrap_or_default(),
             payload,

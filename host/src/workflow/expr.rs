@@ -1,112 +1,88 @@
 //! Workflow expressions (SPEC §10): the `${…}` templates of step inputs and the `for_each`
-//! expressions, evaluated as [CEL] on the host. The one module that names the `cel` crate.
+//! expressions — their syntax, the scope they see, and how a template's value fills its string.
+//! Evaluating them is an [`ExpressionEvaluator`]'s: the built-in `cel` component, in its sandbox.
 //!
-//! # One language for conditions, templates and fan-outs
+//! # One language, evaluated in the sandbox
 //!
-//! Step conditions go to the configured evaluator plugin, whose built-in is CEL (the `cel`
-//! plugin, built on the same crate and version as this module). Templates and `for_each` are
-//! evaluated here, natively, with the same standard library and the same two extensions
-//! (`length()` and `first()`), so `steps.fetch.output.items.first().id` means the same thing in a
-//! condition and in a template. They do not go through the plugin for two reasons: the plugin
-//! interface answers a boolean, while a template yields any value (the list a step fans out over,
-//! an object passed on whole); and templates are rendered for every job a step submits, where a
-//! sandboxed call per string would cost more than the evaluation.
+//! Step conditions, templates and `for_each` are all [CEL]: `steps.fetch.output.items.first().id`
+//! means the same thing in each. Conditions go to the configured evaluator plugin; templates and
+//! `for_each` to the built-in `cel` component, through the `expression` interface it exports
+//! besides `condition` (`wit/expression.wit`), because a template yields any value where a
+//! condition answers a boolean. They run there rather than natively for what the sandbox bounds:
+//! a template is a tenant's code, and `${input.n.map(a, input.n.map(b, a*b)).size()}` over 3,000
+//! items ran for seconds on the host's runtime thread (a nested expression a few dozen levels
+//! deep overflowed its stack). In the component each evaluation has the expression deadline and
+//! the memory cap of a plugin call, and the engine evaluates off the async threads
+//! ([`super::engine`]); an expression past either limit fails its step naming the expression and
+//! the limit. The component compiles each source once and keeps the program.
+//!
+//! A [`Scope`] is made once per step and holds each variable as JSON text, which the sandbox
+//! takes as is: a step's templates and the children of a fan-out share the text of `input`,
+//! `ctx` and `steps`, and the component parses a text it saw in the previous call only once.
 //!
 //! Evaluation is CEL's: a missing key or an unknown variable is an error (the step fails naming
 //! the template), not a silent `null` — `has(input.x) ? input.x : 'default'` says what to do
-//! instead. Saving a definition compiles every template, so a syntax error is a 4xx naming the
-//! step and field, never a failed run.
+//! instead. Saving a definition checks every template's syntax in the component, so a syntax
+//! error is a 4xx naming the step and field, never a failed run.
 //!
 //! [CEL]: https://github.com/google/cel-spec
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::cell::OnceCell;
+use std::sync::Arc;
 
-use cel::extractors::This;
-use cel::objects::Key;
-use cel::{Context, Env, ExecutionError, Program, Value as Cel};
 use serde_json::Value;
 
-/// The standard library, built once.
-static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+use crate::plugins::ExpressionEvaluator;
 
-fn compile(source: &str) -> Result<Program, String> {
-    if source.trim().is_empty() {
-        return Err("empty expression".into());
-    }
-    ENV.compile(source)
-        .map_err(|e| format!("invalid CEL expression `{source}`: {e}"))
+/// The variables an expression sees — `input`, `ctx`, `steps`, and inside a `for_each` `item`
+/// and `index` — each as JSON text: serialized on first use (a step that renders nothing pays
+/// nothing), once, and shared by the scopes made from it with [`Scope::with`].
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// A JSON object, a variable per key, until the texts are made.
+    value: Value,
+    /// (name, JSON text)
+    texts: OnceCell<Vec<(Arc<str>, Arc<str>)>>,
 }
 
-/// Whether `source` is a well-formed expression (syntax only: the scope is known at run time).
-pub fn check(source: &str) -> Result<(), String> {
-    compile(source).map(drop)
-}
-
-/// Evaluates `source` with every top-level key of the JSON object `scope` as a variable
-/// (`input`, `ctx`, `steps`, and `item`/`index` inside a `for_each`).
-pub fn evaluate(source: &str, scope: &Value) -> Result<Value, String> {
-    let program = compile(source)?;
-    let mut context = Context::with_env(Arc::clone(&ENV));
-    context
-        .add_function("length", length)
-        .and_then(|()| context.add_function("first", first))
-        .map_err(|e| format!("declaring the CEL extensions: {e}"))?;
-    for (name, value) in scope.as_object().into_iter().flatten() {
-        context.add_variable_from_value(name.as_str(), to_cel(value));
-    }
-    let out = program
-        .execute(&context)
-        .map_err(|e| format!("`{source}`: {e}"))?;
-    out.json()
-        .map_err(|e| format!("`{source}` gave a value JSON cannot hold: {e}"))
-}
-
-/// A JSON value as a CEL value, as the `cel` plugin converts its scope: whole numbers are `int`
-/// when they fit (`uint` past that), others `double`. (Serde would make every non-negative
-/// number a `uint`, and CEL does not mix `uint` and `int` in arithmetic: `input.n * 2` would
-/// fail.)
-fn to_cel(json: &Value) -> Cel {
-    match json {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Cel::Int(i),
-            (None, Some(u)) => Cel::UInt(u),
-            (None, None) => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Cel::String(Arc::new(s.clone())),
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
-        Value::Object(fields) => Cel::from(
-            fields
-                .iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
-                .collect::<HashMap<Key, Cel>>(),
-        ),
-    }
-}
-
-/// `length()`: the size of a string (in code points), a list, a map or bytes — as in the `cel`
-/// condition plugin.
-fn length(This(value): This<Cel>) -> Result<Cel, ExecutionError> {
-    let n = match &value {
-        Cel::String(s) => s.chars().count(),
-        Cel::List(items) => items.len(),
-        Cel::Map(map) => map.map.len(),
-        Cel::Bytes(bytes) => bytes.len(),
-        other => {
-            return Err(ExecutionError::function_error(
-                "length",
-                format!("no length for a {}", other.type_of()),
-            ));
+impl Scope {
+    /// A variable for each top-level key of `object` (none for another value).
+    pub fn of(object: Value) -> Scope {
+        Scope {
+            value: object,
+            texts: OnceCell::new(),
         }
-    };
-    Ok(Cel::Int(i64::try_from(n).unwrap_or(i64::MAX)))
-}
+    }
 
-/// `first()`: the first element of a list, `null` when it is empty — as in the `cel` plugin.
-fn first(This(list): This<Arc<Vec<Cel>>>) -> Cel {
-    list.first().cloned().unwrap_or(Cel::Null)
+    fn texts(&self) -> &[(Arc<str>, Arc<str>)] {
+        self.texts.get_or_init(|| {
+            self.value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (Arc::from(name.as_str()), Arc::from(value.to_string())))
+                .collect()
+        })
+    }
+
+    /// This scope with `name` set to `value` (replacing the variable of that name, if any).
+    pub fn with(&self, name: &str, value: &Value) -> Scope {
+        let json: Arc<str> = Arc::from(value.to_string());
+        let mut texts = self.texts().to_vec();
+        match texts.iter_mut().find(|(n, _)| &**n == name) {
+            Some((_, v)) => *v = json,
+            None => texts.push((Arc::from(name), json)),
+        }
+        Scope {
+            value: Value::Null,
+            texts: OnceCell::from(texts),
+        }
+    }
+
+    /// Each variable's name and JSON text.
+    pub fn variables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.texts().iter().map(|(n, v)| (&**n, &**v))
+    }
 }
 
 /// A piece of a string that may hold templates.
@@ -174,10 +150,10 @@ pub fn bare(source: &str) -> &str {
     }
 }
 
-/// Compiles every template in `s`.
-pub fn check_template(s: &str) -> Result<(), String> {
+/// Checks the syntax of every template in `s`.
+pub fn check_template(s: &str, expressions: &dyn ExpressionEvaluator) -> Result<(), String> {
     pieces(s)?.into_iter().try_for_each(|p| match p {
-        Piece::Expr(e) => check(e),
+        Piece::Expr(e) => expressions.check(e),
         Piece::Text(_) => Ok(()),
     })
 }
@@ -185,16 +161,20 @@ pub fn check_template(s: &str) -> Result<(), String> {
 /// Fills the templates of one string. A string that is exactly one template takes the value's
 /// type; templates inside longer text are spliced in (a string as is, `null` as nothing, other
 /// values as JSON).
-pub fn render_string(s: &str, scope: &Value) -> Result<Value, String> {
+pub fn render_string(
+    s: &str,
+    scope: &Scope,
+    expressions: &dyn ExpressionEvaluator,
+) -> Result<Value, String> {
     let ps = pieces(s)?;
     if let [Piece::Expr(e)] = ps.as_slice() {
-        return evaluate(e, scope);
+        return expressions.evaluate(e, scope);
     }
     let mut out = String::new();
     for p in ps {
         match p {
             Piece::Text(t) => out.push_str(t),
-            Piece::Expr(e) => match evaluate(e, scope)? {
+            Piece::Expr(e) => match expressions.evaluate(e, scope)? {
                 Value::String(s) => out.push_str(&s),
                 Value::Null => {}
                 other => out.push_str(&other.to_string()),
@@ -209,69 +189,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn scope() -> Value {
-        json!({
-            "input": {"n": 3, "ratio": 0.5, "xs": [1, 2, 3], "name": "ada", "big": 18446744073709551615u64},
-            "ctx": {},
-            "steps": {"fetch": {"status": "succeeded", "output": {"items": [{"id": "a"}, {"id": "b"}]}}},
-        })
-    }
-
-    #[test]
-    fn expressions_yield_json_of_any_type() {
-        let s = scope();
-        assert_eq!(evaluate("input.n * 2 + 1", &s), Ok(json!(7)));
-        assert_eq!(evaluate("input.ratio", &s), Ok(json!(0.5)));
-        assert_eq!(
-            evaluate("input.xs.map(x, x * 10)", &s),
-            Ok(json!([10, 20, 30]))
-        );
-        assert_eq!(
-            evaluate("input.xs.filter(x, x > 1).size()", &s),
-            Ok(json!(2))
-        );
-        assert_eq!(
-            evaluate("{'who': input.name, 'ok': input.n > 2}", &s),
-            Ok(json!({"who": "ada", "ok": true}))
-        );
-        assert_eq!(
-            evaluate("input.n > 5 ? 'big' : 'small'", &s),
-            Ok(json!("small"))
-        );
-        assert_eq!(evaluate("input.big", &s), Ok(json!(u64::MAX)));
-    }
-
-    #[test]
-    fn the_condition_plugin_extensions_work_here_too() {
-        let s = scope();
-        assert_eq!(
-            evaluate("steps.fetch.output.items.first().id", &s),
-            Ok(json!("a"))
-        );
-        assert_eq!(evaluate("length(input.name)", &s), Ok(json!(3)));
-        assert_eq!(evaluate("input.xs.length()", &s), Ok(json!(3)));
-        assert_eq!(evaluate("[].first()", &s), Ok(Value::Null));
-    }
-
-    #[test]
-    fn a_missing_key_is_an_error_that_has_can_avoid() {
-        let s = scope();
-        let e = evaluate("input.nope", &s).unwrap_err();
-        assert!(e.contains("input.nope"), "{e}");
-        assert_eq!(
-            evaluate("has(input.nope) ? input.nope : 'fallback'", &s),
-            Ok(json!("fallback"))
-        );
-    }
-
-    #[test]
-    fn syntax_errors_are_found_without_a_scope() {
-        assert!(check("input.n > 1 && size(input.xs) == 3").is_ok());
-        assert!(check("input.n >").unwrap_err().contains("invalid CEL"));
-        assert!(check("input..x").is_err());
-        assert!(check("  ").is_err());
-    }
+    use crate::plugins::testing::builtin_expressions;
 
     #[test]
     fn templates_end_at_their_own_brace() {
@@ -293,18 +211,59 @@ mod tests {
 
     #[test]
     fn one_template_keeps_the_type_and_mixed_text_interpolates() {
-        let s = scope();
-        assert_eq!(render_string("${input.xs}", &s), Ok(json!([1, 2, 3])));
-        assert_eq!(render_string("${input.n + 1}", &s), Ok(json!(4)));
+        let cel = builtin_expressions();
+        let s = Scope::of(json!({"input": {"n": 3, "xs": [1, 2, 3], "name": "ada"}}));
+        assert_eq!(render_string("${input.xs}", &s, &cel), Ok(json!([1, 2, 3])));
+        assert_eq!(render_string("${input.n + 1}", &s, &cel), Ok(json!(4)));
         assert_eq!(
-            render_string("${input.name}: ${input.n * 2} ${null}${input.xs}", &s),
+            render_string("${input.name}: ${input.n * 2} ${null}${input.xs}", &s, &cel),
             Ok(json!("ada: 6 [1,2,3]"))
         );
         assert_eq!(
-            render_string("${ {'k': '}'}.k }", &s),
+            render_string("${ {'k': '}'}.k }", &s, &cel),
             Ok(json!("}")),
             "a brace in a string does not end the template"
         );
+        let e = render_string("${input.nope}", &s, &cel).unwrap_err();
+        assert!(
+            e.contains("`input.nope`"),
+            "the error names the expression: {e}"
+        );
+    }
+
+    #[test]
+    fn syntax_is_checked_in_the_sandbox() {
+        let cel = builtin_expressions();
+        assert_eq!(
+            check_template("n=${input.n > 1 && size(input.xs) == 3}", &cel),
+            Ok(())
+        );
+        let e = check_template("ok ${input.n >}", &cel).unwrap_err();
+        assert!(
+            e.contains("`input.n >`") && e.contains("invalid CEL"),
+            "{e}"
+        );
+        assert!(check_template("${input..x}", &cel).is_err());
+        assert!(check_template("${ }", &cel).is_err());
+    }
+
+    #[test]
+    fn a_scope_shares_its_texts_and_replaces_a_variable_by_name() {
+        let base = Scope::of(json!({"input": {"n": 1}, "steps": {}}));
+        let child = base.with("item", &json!("a")).with("index", &json!(0));
+        let again = child.with("item", &json!("b"));
+        let vars: Vec<(&str, &str)> = again.variables().collect();
+        assert_eq!(
+            vars,
+            [
+                ("input", r#"{"n":1}"#),
+                ("steps", "{}"),
+                ("item", r#""b""#),
+                ("index", "0")
+            ]
+        );
+        assert!(Arc::ptr_eq(&base.texts()[0].1, &again.texts()[0].1));
+        assert_eq!(Scope::of(json!([1])).variables().count(), 0);
     }
 
     #[test]

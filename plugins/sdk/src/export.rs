@@ -8,20 +8,25 @@
 
 use crate::condition::StepCondition;
 use crate::dispatch::{self, Candidates, Context, DispatchStrategy, Job, Priority};
+use crate::expression::{ExpressionLanguage, Variable};
 use crate::retry::{self, Failure, Outcome, RetryPolicy};
 use crate::wit::dispatch_strategy::coretex::plugin::dispatch_context as host;
 use crate::wit::dispatch_strategy::exports::coretex::plugin::dispatch as wire_dispatch;
 use crate::wit::retry_policy::exports::coretex::plugin::retry as wire_retry;
 
 pub use crate::wit::dispatch_strategy::coretex::plugin::types::PluginError;
+pub use crate::wit::expression_evaluator::exports::coretex::plugin::expression::{
+    Guest as ExpressionGuest, Variable as WireVariable,
+};
 pub use crate::wit::step_condition::exports::coretex::plugin::condition::Guest as ConditionGuest;
-pub use crate::wit::{dispatch_strategy, retry_policy, step_condition};
+pub use crate::wit::{dispatch_strategy, expression_evaluator, retry_policy, step_condition};
 pub use wire_dispatch::{
     Candidates as WireCandidates, Decision as WireDispatchDecision, Few as WireFew,
     Guest as DispatchGuest, JobSummary as WireJob,
 };
 pub use wire_retry::{Decision as WireRetryDecision, Failure as WireFailure, Guest as RetryGuest};
-// The three worlds each generate the shared `types` interface; the error is the same record.
+// The worlds each generate the shared `types` interface; the error is the same record.
+pub use crate::wit::expression_evaluator::coretex::plugin::types::PluginError as ExpressionPluginError;
 pub use crate::wit::retry_policy::coretex::plugin::types::PluginError as RetryPluginError;
 pub use crate::wit::step_condition::coretex::plugin::types::PluginError as ConditionPluginError;
 
@@ -194,6 +199,27 @@ pub fn evaluate<C: StepCondition>(
         .map_err(|message| ConditionPluginError { message })
 }
 
+/// Runs `language` on one `expression.evaluate` call from the host: the value, as JSON text.
+pub fn evaluate_json<L: ExpressionLanguage>(
+    language: &L,
+    expression: String,
+    scope: Vec<WireVariable>,
+) -> Result<String, ExpressionPluginError> {
+    let scope: Vec<Variable<'_>> = scope
+        .iter()
+        .map(|v| Variable {
+            name: &v.name,
+            json: &v.value_json,
+        })
+        .collect();
+    language
+        .evaluate_json(&expression, &scope)
+        .and_then(|value| {
+            serde_json::to_string(&value).map_err(|e| format!("the value is not JSON: {e}"))
+        })
+        .map_err(|message| ExpressionPluginError { message })
+}
+
 /// Runs `policy` on one `decide` call from the host.
 pub fn decide<P: RetryPolicy>(
     policy: &P,
@@ -278,27 +304,72 @@ macro_rules! export_step_condition {
 
             struct Export;
 
-            impl $crate::export::ConditionGuest for Export {
-                fn compile(
-                    expression: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::export::ConditionPluginError> {
-                    CONDITION.with(|condition| $crate::export::compile(condition, expression))
-                }
+            $crate::__export_condition!(Export, CONDITION);
+        };
+    };
+}
 
+/// Makes this crate a `step-condition` component that also exports `expression` (world
+/// `expression-evaluator`): conditions, templates and `for_each` answered by a `Default` instance
+/// of the given [`ExpressionLanguage`](crate::expression::ExpressionLanguage). One per crate, as
+/// for [`export_dispatch_strategy!`].
+#[macro_export]
+macro_rules! export_expression_language {
+    ($language:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static LANGUAGE: $language = <$language as ::core::default::Default>::default();
+            }
+
+            struct Export;
+
+            $crate::__export_condition!(Export, LANGUAGE);
+
+            impl $crate::export::ExpressionGuest for Export {
                 fn evaluate(
                     expression: ::std::string::String,
-                    scope_json: ::std::string::String,
-                ) -> ::core::result::Result<bool, $crate::export::ConditionPluginError> {
-                    CONDITION.with(|condition| {
-                        $crate::export::evaluate(condition, expression, scope_json)
-                    })
+                    scope: ::std::vec::Vec<$crate::export::WireVariable>,
+                ) -> ::core::result::Result<
+                    ::std::string::String,
+                    $crate::export::ExpressionPluginError,
+                > {
+                    LANGUAGE
+                        .with(|language| $crate::export::evaluate_json(language, expression, scope))
                 }
             }
 
-            $crate::__export_step_condition_impl!(
-                Export with_types_in $crate::export::step_condition
+            $crate::__export_expression_evaluator_impl!(
+                Export with_types_in $crate::export::expression_evaluator
             );
         };
+    };
+}
+
+/// The `step-condition` world's exports on `$export`, answered by the instance in the
+/// thread-local `$instance`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_condition {
+    ($export:ident, $instance:ident) => {
+        impl $crate::export::ConditionGuest for $export {
+            fn compile(
+                expression: ::std::string::String,
+            ) -> ::core::result::Result<(), $crate::export::ConditionPluginError> {
+                $instance.with(|condition| $crate::export::compile(condition, expression))
+            }
+
+            fn evaluate(
+                expression: ::std::string::String,
+                scope_json: ::std::string::String,
+            ) -> ::core::result::Result<bool, $crate::export::ConditionPluginError> {
+                $instance
+                    .with(|condition| $crate::export::evaluate(condition, expression, scope_json))
+            }
+        }
+
+        $crate::__export_step_condition_impl!(
+            $export with_types_in $crate::export::step_condition
+        );
     };
 }
 

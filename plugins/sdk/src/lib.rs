@@ -5,7 +5,8 @@
 //! [`condition::StepCondition`]) and *is this failed job retried* (a [`retry::RetryPolicy`]).
 //! A plugin is a `cdylib` crate that implements one of the traits and exports it with the
 //! matching macro; `cargo build --release --target wasm32-wasip2` turns it into a WebAssembly
-//! component that the host loads into a sandbox.
+//! component that the host loads into a sandbox. (A fourth, [`expression::ExpressionLanguage`],
+//! is the language of workflow templates; the host asks only its built-in `cel`.)
 //!
 //! ```
 //! use coretex_plugin_sdk::dispatch::{Candidates, Context, Decision, DispatchStrategy, Job};
@@ -35,11 +36,12 @@ pub mod condition;
 pub mod dispatch;
 #[doc(hidden)]
 pub mod export;
+pub mod expression;
 mod random;
 pub mod retry;
 pub mod testing;
 mod wit;
 
 pub use random::Rng;
-/// The JSON library of [`condition::StepCondition`] scopes, so plugins use the same version.
+/// The JSON library of condition and expression scopes, so plugins use the same version.
 pub use serde_json;

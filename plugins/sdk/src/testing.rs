@@ -23,6 +23,9 @@
 //! The harness plays the host's part: a worker named by the job's `preferred_worker_id` label is
 //! the `preferred` candidate, settings are handed over as JSON text, and an answer outside the
 //! candidates fails the pick as the host would count it a failure of the plugin.
+//!
+//! [`evaluate_json`] does the same for an expression language: it sends a scope as the host
+//! does, a variable per key, each as JSON text.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,7 @@ use serde_json::Value;
 use crate::dispatch::{
     Candidate, CandidateList, Context, Decision, DispatchStrategy, Job, Priority,
 };
+use crate::expression::{ExpressionLanguage, Variable};
 
 /// A worker as the host's registry sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -230,6 +234,26 @@ impl Context for Fixture {
     fn setting(&self, key: &str) -> Option<String> {
         self.settings.get(key).map(Value::to_string)
     }
+}
+
+/// Evaluates `expression` with `language` as the host does: each top-level key of `scope` (a
+/// JSON object) is a variable, sent as JSON text.
+pub fn evaluate_json<L: ExpressionLanguage>(
+    language: &L,
+    expression: &str,
+    scope: &Value,
+) -> Result<Value, String> {
+    let texts: Vec<(&str, String)> = scope
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| (name.as_str(), value.to_string()))
+        .collect();
+    let variables: Vec<Variable<'_>> = texts
+        .iter()
+        .map(|(name, json)| Variable { name, json })
+        .collect();
+    language.evaluate_json(expression, &variables)
 }
 
 #[cfg(test)]

@@ -1,13 +1,25 @@
-//! `cel`, the default step-condition evaluator: conditions are [CEL] expressions, the language
-//! Kubernetes, Hatchet and Inngest use for the same job.
+//! `cel`, the language of workflows: step conditions (the default condition evaluator), and the
+//! `${…}` templates and `for_each` expressions of every workflow's steps, evaluated here, in the
+//! sandbox, under its deadline and memory cap. [CEL] is the language Kubernetes, Hatchet and
+//! Inngest use for the same job.
 //!
 //! Every top-level key of the scope is a variable: `input`, `ctx`, `steps` and, inside a
 //! `for_each`, `item` and `index`. On top of CEL's standard library (comparisons, `&&`, `||`,
-//! `!`, `in`, `size()`, `has()`, `all()`, `exists()`, `matches()`, …) two functions that the
-//! home-grown condition languages of other orchestrators taught users to expect:
-//! `length()`, another name for `size()`, and `first()`, the first element of a list (`null`
-//! for an empty one). Both work as methods (`steps.fetch.output.items.first()`) and as
+//! `!`, `in`, `size()`, `has()`, `all()`, `exists()`, `map()`, `filter()`, `matches()`, …) two
+//! functions that the home-grown condition languages of other orchestrators taught users to
+//! expect: `length()`, another name for `size()`, and `first()`, the first element of a list
+//! (`null` for an empty one). Both work as methods (`steps.fetch.output.items.first()`) and as
 //! functions (`length(input.name)`).
+//!
+//! Whole numbers of the scope are `int` when they fit (`uint` past that), others `double`, so
+//! `input.n * 2` works on a JSON `3`. A condition must be a `bool`; a template or `for_each` may
+//! be any value JSON can hold.
+//!
+//! An instance keeps what it can reuse across calls: compiled programs by source (a workflow's
+//! expressions are evaluated over and over), and the variables of the last template call,
+//! converted, with the JSON text each came from (a step's templates, and each child of a
+//! fan-out, share most of theirs), so that a large `steps` is converted once, not once per
+//! template and per child.
 //!
 //! [CEL]: https://github.com/google/cel-spec
 
@@ -17,17 +29,26 @@ use std::sync::Arc;
 
 use cel_interpreter::extractors::This;
 use cel_interpreter::objects::Key;
-use cel_interpreter::{Env, ExecutionError, Program, Value};
+use cel_interpreter::{Context, Env, ExecutionError, Program, Value};
 use coretex_plugin_sdk::condition::StepCondition;
+use coretex_plugin_sdk::expression::{ExpressionLanguage, Variable};
 use coretex_plugin_sdk::serde_json::Value as Json;
 
-/// Compiled programs kept per instance: a workflow's conditions are evaluated over and over.
-/// Past this many the cache starts afresh, which bounds its memory.
+/// Compiled programs kept per instance. Past this many the cache starts afresh, which bounds its
+/// memory.
 const CACHED_PROGRAMS: usize = 256;
+
+/// A context of its own, its variables bound `'static`: owned by the instance.
+type OwnedContext = Context<'static, 'static>;
 
 pub struct Cel {
     env: Arc<Env>,
     programs: RefCell<HashMap<String, Program>>,
+    /// The context of the last template call, kept for the next, and the JSON text each of its
+    /// variables was made from. Binding a variable converts the whole value into the
+    /// interpreter's own form, which for a large `steps` costs as much as parsing it; a variable
+    /// sent again with the same text is left bound.
+    kept: RefCell<Option<(OwnedContext, HashMap<String, String>)>>,
 }
 
 impl Default for Cel {
@@ -35,6 +56,7 @@ impl Default for Cel {
         Cel {
             env: Arc::new(Env::stdlib()),
             programs: RefCell::default(),
+            kept: RefCell::default(),
         }
     }
 }
@@ -46,19 +68,29 @@ impl Cel {
             .map_err(|e| format!("invalid CEL expression: {e}"))
     }
 
-    fn run(&self, program: &Program, scope: &Json) -> Result<Value, String> {
-        let Json::Object(variables) = scope else {
-            return Err("the scope is not a JSON object".into());
-        };
-        let mut context = cel_interpreter::Context::with_env(Arc::clone(&self.env));
+    /// A context with the standard library and the two extensions, and no variables.
+    fn context(&self) -> Result<OwnedContext, String> {
+        let mut context = Context::with_env(Arc::clone(&self.env));
         context
             .add_function("length", length)
             .and_then(|()| context.add_function("first", first))
             .map_err(|e| format!("declaring the CEL extensions: {e}"))?;
-        for (name, value) in variables {
-            context.add_variable_from_value(name.as_str(), to_cel(value));
+        Ok(context)
+    }
+
+    /// Runs the program of `expression` (compiled on its first use) in `context`.
+    fn execute(&self, expression: &str, context: &OwnedContext) -> Result<Value, String> {
+        let mut programs = self.programs.borrow_mut();
+        if !programs.contains_key(expression) {
+            let program = self.compile_program(expression)?;
+            if programs.len() >= CACHED_PROGRAMS {
+                programs.clear();
+            }
+            programs.insert(expression.to_owned(), program);
         }
-        program.execute(&context).map_err(|e| e.to_string())
+        programs[expression]
+            .execute(context)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -68,21 +100,47 @@ impl StepCondition for Cel {
     }
 
     fn evaluate(&self, expression: &str, scope: &Json) -> Result<bool, String> {
-        let mut programs = self.programs.borrow_mut();
-        if !programs.contains_key(expression) {
-            let program = self.compile_program(expression)?;
-            if programs.len() >= CACHED_PROGRAMS {
-                programs.clear();
-            }
-            programs.insert(expression.to_owned(), program);
+        let Json::Object(variables) = scope else {
+            return Err("the scope is not a JSON object".into());
+        };
+        let mut context = self.context()?;
+        for (name, value) in variables {
+            context.add_variable_from_value(name.as_str(), to_cel(value));
         }
-        match self.run(&programs[expression], scope)? {
+        match self.execute(expression, &context)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!(
                 "a condition must be a bool, not {}: {other:?}",
                 other.type_of()
             )),
         }
+    }
+}
+
+impl ExpressionLanguage for Cel {
+    fn evaluate_json(&self, expression: &str, scope: &[Variable<'_>]) -> Result<Json, String> {
+        let mut kept = self.kept.borrow_mut();
+        let (context, texts) = match &mut *kept {
+            Some(kept) => kept,
+            None => kept.insert((self.context()?, HashMap::new())),
+        };
+        // Exactly this scope's variables are bound: the `item` of an earlier fan-out, say, must
+        // not be in scope of a later template.
+        texts.retain(|name, _| scope.iter().any(|v| v.name == name));
+        if let Context::Root { variables, .. } = context {
+            variables.retain(|name, _| texts.contains_key(name));
+        }
+        for v in scope {
+            if texts.get(v.name).is_some_and(|text| text == v.json) {
+                continue;
+            }
+            context.add_variable_from_value(v.name, to_cel(&v.value()?));
+            texts.insert(v.name.to_owned(), v.json.to_owned());
+        }
+        let value = self.execute(expression, context)?;
+        value
+            .json()
+            .map_err(|e| format!("the value cannot be JSON: {e}"))
     }
 }
 
@@ -130,11 +188,12 @@ fn first(This(list): This<Arc<Vec<Value>>>) -> Value {
     list.first().cloned().unwrap_or(Value::Null)
 }
 
-coretex_plugin_sdk::export_step_condition!(Cel);
+coretex_plugin_sdk::export_expression_language!(Cel);
 
 #[cfg(test)]
 mod tests {
     use coretex_plugin_sdk::serde_json::json;
+    use coretex_plugin_sdk::testing::evaluate_json;
 
     use super::*;
 
@@ -218,6 +277,76 @@ mod tests {
         assert_eq!(cel.compile("whatever.we.like == 1"), Ok(()));
         let error = cel.compile("input.amount >").unwrap_err();
         assert!(error.starts_with("invalid CEL expression"), "{error}");
+    }
+
+    fn value(expression: &str) -> Result<Json, String> {
+        let scope = json!({
+            "input": {"n": 3, "ratio": 0.5, "xs": [1, 2, 3], "name": "ada",
+                      "big": 18446744073709551615u64},
+            "ctx": {},
+            "steps": {"fetch": {"status": "succeeded",
+                                "output": {"items": [{"id": "a"}, {"id": "b"}]}}},
+        });
+        evaluate_json(&Cel::default(), expression, &scope)
+    }
+
+    #[test]
+    fn templates_yield_json_of_any_type() {
+        assert_eq!(value("input.n * 2 + 1"), Ok(json!(7)));
+        assert_eq!(value("input.ratio"), Ok(json!(0.5)));
+        assert_eq!(value("input.xs.map(x, x * 10)"), Ok(json!([10, 20, 30])));
+        assert_eq!(value("input.xs.filter(x, x > 1).size()"), Ok(json!(2)));
+        assert_eq!(
+            value("{'who': input.name, 'ok': input.n > 2}"),
+            Ok(json!({"who": "ada", "ok": true}))
+        );
+        assert_eq!(value("input.n > 5 ? 'big' : 'small'"), Ok(json!("small")));
+        assert_eq!(value("input.big"), Ok(json!(u64::MAX)));
+        assert_eq!(value("null"), Ok(Json::Null));
+    }
+
+    #[test]
+    fn the_extensions_work_in_templates_too() {
+        assert_eq!(value("steps.fetch.output.items.first().id"), Ok(json!("a")));
+        assert_eq!(value("length(input.name)"), Ok(json!(3)));
+        assert_eq!(value("input.xs.length()"), Ok(json!(3)));
+        assert_eq!(value("[].first()"), Ok(Json::Null));
+    }
+
+    #[test]
+    fn a_missing_key_in_a_template_is_an_error_that_has_can_avoid() {
+        assert!(value("input.nope").is_err());
+        assert_eq!(
+            value("has(input.nope) ? input.nope : 'fallback'"),
+            Ok(json!("fallback"))
+        );
+        assert!(value("input.n >").unwrap_err().starts_with("invalid CEL"));
+    }
+
+    #[test]
+    fn a_variable_sent_again_stays_bound_and_only_the_scope_sent_is_in_scope() {
+        let cel = Cel::default();
+        let steps = json!({"a": {"output": [1, 2, 3]}});
+        for (i, item) in [json!("x"), json!("y")].into_iter().enumerate() {
+            let scope = json!({"steps": steps, "item": item, "index": i});
+            assert_eq!(
+                evaluate_json(&cel, "[item, index, steps.a.output.size()]", &scope),
+                Ok(json!([item, i, 3]))
+            );
+        }
+        let texts = |cel: &Cel| {
+            let kept = cel.kept.borrow();
+            let mut names: Vec<String> = kept.as_ref().unwrap().1.keys().cloned().collect();
+            names.sort();
+            names
+        };
+        assert_eq!(texts(&cel), ["index", "item", "steps"]);
+        let later = json!({"steps": steps});
+        assert!(
+            evaluate_json(&cel, "item", &later).is_err(),
+            "the item of the fan-out is gone"
+        );
+        assert_eq!(texts(&cel), ["steps"]);
     }
 
     #[test]
