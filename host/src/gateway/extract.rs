@@ -199,6 +199,15 @@ impl<'de> Visitor<'de> for Bounded<'_> {
         Ok(Value::from(v))
     }
 
+    // Whole numbers past 64 bits become floats, as they do in a JSON body.
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        self.visit_f64(v as f64)
+    }
+
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         self.spend(1)?;
         // As serde_json reads them: a number JSON cannot hold (NaN, ±∞) is null.
