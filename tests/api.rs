@@ -1226,6 +1226,7 @@ async fn reconciler_times_out_a_job_its_worker_never_started(backend: Backend) {
             cpu_load: 0.0,
             labels: BTreeMap::new(),
             capabilities: vec![],
+            instance: None,
         };
         tokio::spawn(async move {
             let subject = bus.subjects().heartbeat();

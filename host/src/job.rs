@@ -564,6 +564,10 @@ pub struct JobError {
     pub message: String,
 }
 
+/// The error code of a job whose worker was lost (silent past its TTL, or restarted) while it
+/// held the job.
+pub const WORKER_LOST: &str = "worker_lost";
+
 impl JobError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         JobError {
@@ -591,6 +595,9 @@ pub struct Job {
     pub state: JobState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// The run of the worker process the job was given to (see `HeartbeatMsg::instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_instance: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_decision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

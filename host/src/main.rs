@@ -36,6 +36,7 @@ use coretex::job::Limits;
 use coretex::plugins::PluginSettings;
 use coretex::reconciler::ReconcilerSettings;
 use coretex::scheduler::SchedulerSettings;
+use coretex::scheduler::retry::RetryBounds;
 use coretex::serve::{self, ServeOptions};
 use coretex::store::StoreOptions;
 use coretex::worker::{Mode, Worker, WorkerOptions};
@@ -56,7 +57,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: gateway, scheduler, reconciler, config service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a worker that takes jobs over NATS.
     Worker(WorkerArgs),
     /// Submit one job.
@@ -212,9 +213,19 @@ struct ServeArgs {
     /// How often the reconciler scans.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     reconcile_interval: Duration,
-    /// A worker unseen for this long is gone.
+    /// A worker unseen for this long is gone, and the jobs it held fail (`worker_lost`) and go
+    /// through the retry policy.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     worker_ttl: Duration,
+    /// The most attempts of a job any retry policy may make (the config's `retry.max_attempts`
+    /// may lower it); past it a failure is dead-lettered.
+    #[arg(long, env = "CORETEX_RETRY_MAX_ATTEMPTS", default_value_t = 25,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    retry_max_attempts: u32,
+    /// The shortest back-off any retry policy may ask for; a shorter one is raised to it.
+    #[arg(long, env = "CORETEX_RETRY_MIN_BACKOFF", value_parser = humantime::parse_duration,
+          default_value = "100ms")]
+    retry_min_backoff: Duration,
     /// Largest request body.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
@@ -419,7 +430,7 @@ fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(a) => run_serve(a).await,
+        Command::Serve(a) => run_serve(*a).await,
         Command::Worker(a) => run_worker(a).await,
         Command::Submit(a) => {
             let payload: Value =
@@ -688,6 +699,10 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         scheduler: SchedulerSettings {
             limits: Limits {
                 max_payload_bytes: a.max_payload_bytes,
+            },
+            retry_bounds: RetryBounds {
+                max_attempts: a.retry_max_attempts,
+                min_backoff_ms: a.retry_min_backoff.as_millis() as u64,
             },
             ..Default::default()
         },

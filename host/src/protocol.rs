@@ -179,6 +179,10 @@ pub struct HeartbeatMsg {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// This run of the worker process (a fresh id at each start): a worker restarted under the
+    /// same `worker_id` announces a new instance, and the jobs the old one held are lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 fn one() -> u32 {

@@ -7,6 +7,10 @@
 //!   worker again (it drops duplicates and re-sends results it already has) — this is what
 //!   recovers a job whose dispatch message died with a replica;
 //! * RUNNING jobs older than `running_timeout` → TIMEOUT;
+//! * DISPATCHED and RUNNING jobs whose worker is lost — silent past its heartbeat TTL, or
+//!   restarted under the same id (a new instance in its heartbeats) — → FAILED `worker_lost`,
+//!   through the retry policy, so they run again elsewhere (a page of each state per tick, the
+//!   walk going on where the last tick left it);
 //! * jobs past their deadline → TIMEOUT (FAILED when they never reached a worker);
 //! * PENDING jobs nobody scheduled within `pending_grace` are published again;
 //! * index entries of expired records are pruned (every minute).
@@ -20,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::job::{Job, JobError, JobState};
+use crate::job::{Job, JobError, JobState, WORKER_LOST};
 use crate::protocol::Clearance;
+use crate::scheduler::registry::Holder;
 use crate::scheduler::{Scheduler, SchedulerError};
-use crate::store::{Annotation, JobUpdate, StoreError};
+use crate::store::{Annotation, Cursor, JobUpdate, StoreError};
 use crate::time::{Millis, now_ms};
 
 #[derive(Debug, Clone)]
@@ -62,6 +67,8 @@ pub struct Reconciler {
     owner: String,
     failures: Mutex<HashMap<String, u32>>,
     skipped: Mutex<Vec<String>>,
+    /// Where the walk for lost workers goes on, per state.
+    walks: Mutex<HashMap<JobState, Cursor>>,
 }
 
 fn ms(d: Duration) -> Millis {
@@ -80,6 +87,7 @@ impl Reconciler {
             owner,
             failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(Vec::new()),
+            walks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -154,6 +162,10 @@ impl Reconciler {
         })
         .await?;
 
+        for state in [JobState::Dispatched, JobState::Running] {
+            self.find_lost(state).await?;
+        }
+
         let due = store.deadlines_due(now, s.page).await?;
         self.each(due, |job| async move {
             if job.state.is_terminal() {
@@ -199,6 +211,51 @@ impl Reconciler {
         })
         .await?;
         Ok(())
+    }
+
+    /// One page of the `state` index: each job whose worker is lost fails (`worker_lost`) and
+    /// goes through the retry policy.
+    async fn find_lost(&self, state: JobState) -> Result<(), SchedulerError> {
+        let after = self.walks.lock().remove(&state);
+        let (held, next) = self
+            .scheduler
+            .store
+            .holdings(state, after.as_ref(), self.settings.page)
+            .await?;
+        if let Some(next) = next {
+            self.walks.lock().insert(state, next);
+        }
+        let registry = &self.scheduler.registry;
+        let lost: HashMap<String, String> = held
+            .into_iter()
+            .filter_map(|h| {
+                let worker = h.worker_id?;
+                let why = match registry.holder(&worker, h.worker_instance.as_deref()) {
+                    Holder::Alive => return None,
+                    Holder::Silent => format!(
+                        "worker {worker} lost: no heartbeat within its TTL ({:?})",
+                        registry.ttl()
+                    ),
+                    Holder::Restarted { now } => format!(
+                        "worker {worker} lost: it restarted (instance {now}) while holding the job"
+                    ),
+                };
+                Some((h.job_id, why))
+            })
+            .collect();
+        let ids = lost.keys().cloned().collect();
+        self.each(ids, |job| {
+            let why = lost.get(&job.spec.id).cloned().unwrap_or_default();
+            async move {
+                if job.state != state {
+                    return Ok(());
+                }
+                tracing::warn!(job_id = %job.spec.id, reason = %why, "job lost with its worker");
+                metrics::counter!("coretex_jobs_worker_lost_total").increment(1);
+                self.time_out(job, JobState::Failed, WORKER_LOST, why).await
+            }
+        })
+        .await
     }
 
     async fn check_dispatched(&self, job: Job, now: Millis) -> Result<(), SchedulerError> {

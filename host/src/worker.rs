@@ -136,7 +136,8 @@ impl Worker {
         let mut cancels = self.bus.subscribe(&subjects.cancel()).await?;
         tracing::info!(worker_id = %self.opts.id, pool = %self.opts.pool, topics = ?self.opts.topics,
             max_parallel = self.opts.max_parallel, "worker ready");
-        let beat = tokio::spawn(self.clone().heartbeat(stop.clone()));
+        let instance = uuid::Uuid::new_v4().to_string();
+        let beat = tokio::spawn(self.clone().heartbeat(instance, stop.clone()));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -234,7 +235,7 @@ impl Worker {
         }
     }
 
-    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+    async fn heartbeat(self: Arc<Self>, instance: String, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
         let subject = self.bus.subjects().heartbeat();
         let mut meter = CpuMeter { last: None };
@@ -260,6 +261,7 @@ impl Worker {
                     },
                     BATCH_CAPABILITY.into(),
                 ],
+                instance: Some(instance.clone()),
             };
             if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
                 tracing::warn!(error = %e, "heartbeat not sent");

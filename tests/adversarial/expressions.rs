@@ -53,23 +53,7 @@ async fn step_error(api: &Api, run_id: &str, step: &str) -> String {
     }
 }
 
-/// Runs one case on both backends, as two tests.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Embedded).await }
-            )*
-        }
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Real).await }
-            )*
-        }
-    };
-}
-
-on_both!(
+on_both_backends!(
     the_quadratic_template_fails_its_step_on_the_time_budget,
     a_memory_bomb_template_hits_the_memory_cap,
     a_for_each_over_a_huge_expression_fails_its_step_on_the_budget,

@@ -355,19 +355,6 @@ async fn recreating_a_workflow_leaves_its_live_runs_on_their_version(backend: Ba
     h.stop().await;
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(crate::common::Backend::Embedded).await })*
-        }
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(crate::common::Backend::Real).await })*
-        }
-    };
-}
-
 on_both_backends!(
     a_job_named_like_an_index_leaves_the_dead_letter_queue_readable,
     workflow_ids_that_spell_a_version_key_stay_apart,

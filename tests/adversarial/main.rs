@@ -3,10 +3,25 @@
 //! module per trust boundary; the hosts are the same as the other end-to-end tests start (both
 //! backends where the case applies, each with prefixes of its own).
 
+/// Runs each named case (`async fn case(Backend)`) on both backends, as the tests
+/// `<module>::embedded::<case>` and `<module>::real::<case>`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(crate::common::Backend::Embedded).await })*
+        }
+        mod real {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(crate::common::Backend::Real).await })*
+        }
+    };
+}
+
 #[path = "../common/mod.rs"]
 mod common;
+mod expressions;
 mod isolation;
 mod keys;
 mod limits;
-
-mod expressions;
+mod workers;

@@ -135,6 +135,8 @@ pub struct SchedulerSettings {
     /// stay well inside the reconciler's `pending_grace`, after which a PENDING job may be
     /// announced again elsewhere (`serve` caps it at half the grace).
     pub lazy_dispatch_max_age: Duration,
+    /// The ceiling on attempts and the floor on back-off of every retry policy.
+    pub retry_bounds: retry::RetryBounds,
 }
 
 impl Default for SchedulerSettings {
@@ -145,6 +147,7 @@ impl Default for SchedulerSettings {
             max_in_flight: 4096,
             record_dispatch_after: Duration::from_millis(50),
             lazy_dispatch_max_age: Duration::from_millis(2_500),
+            retry_bounds: retry::RetryBounds::default(),
         }
     }
 }
@@ -366,6 +369,11 @@ impl Scheduler {
             unrecorded: Mutex::new(IdMap::default()),
             slots: Mutex::new(IdMap::default()),
         })
+    }
+
+    /// What the host allows any retry policy (the workflow engine's step retries too).
+    pub fn retry_bounds(&self) -> retry::RetryBounds {
+        self.settings.retry_bounds
     }
 
     pub fn safety(&self) -> &SafetyGate {
@@ -826,6 +834,7 @@ impl Scheduler {
         // 5. Record the dispatch, then hand the job to that worker.
         let update = JobUpdate {
             worker_id: Some(worker.to_string()),
+            worker_instance: self.registry.instance(&worker),
             safety_decision: Some(decision),
             safety_reason: Some(reason),
             effective_config: Some(effective.value.clone()),
@@ -1227,12 +1236,17 @@ impl Scheduler {
                     &resolved.value
                 }
             };
-            self.plugins.retry_for(effective).decide(&Failure {
+            let asked = self.plugins.retry_for(effective).decide(&Failure {
                 job,
                 outcome,
                 error: update.error.as_ref(),
                 elapsed_ms: (now - job.spec.created_at).max(0) as u64,
-            })
+            });
+            self.settings.retry_bounds.bound(
+                asked,
+                job.spec.attempt,
+                effective["retry"]["max_attempts"].as_u64(),
+            )
         };
         match decision {
             RetryDecision::Retry { after_ms } => {

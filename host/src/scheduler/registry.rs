@@ -1,5 +1,6 @@
 //! The live worker registry, built from heartbeats (every replica sees every heartbeat). A worker
-//! unseen for its TTL is gone.
+//! unseen for its TTL is gone; one that announces a new instance (it restarted under the same
+//! id) has lost what its old instance held ([`Registry::holder`]).
 //!
 //! Between two heartbeats a replica counts the jobs it dispatched to a worker itself, so a burst
 //! does not all land on whichever worker looked idlest a second ago; the next heartbeat replaces
@@ -76,6 +77,20 @@ pub struct Placement<'a> {
 pub struct Registry {
     workers: RwLock<HashMap<String, Entry>>,
     ttl: Duration,
+    /// When this registry began to listen: until a TTL has passed it has not heard from every
+    /// live worker yet, and cannot call any worker gone.
+    started: Instant,
+}
+
+/// What the registry knows of the worker a job was given to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// The worker (that instance of it) is alive, or the registry cannot tell yet.
+    Alive,
+    /// Unseen for its TTL.
+    Silent,
+    /// It restarted: this instance replaced the one the job was given to.
+    Restarted { now: String },
 }
 
 impl Registry {
@@ -83,6 +98,34 @@ impl Registry {
         Registry {
             workers: RwLock::new(HashMap::new()),
             ttl,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The run of the worker process its last heartbeat announced (recorded with a dispatch).
+    pub fn instance(&self, worker_id: &str) -> Option<String> {
+        self.workers.read().get(worker_id)?.hb.instance.clone()
+    }
+
+    /// Whether the worker `worker_id` (its run `instance`, when the dispatch recorded one) can
+    /// still be working on a job it was given.
+    pub fn holder(&self, worker_id: &str, instance: Option<&str>) -> Holder {
+        let workers = self.workers.read();
+        match workers.get(worker_id) {
+            Some(e) if e.last_seen.elapsed() < self.ttl => {
+                match (instance, e.hb.instance.as_deref()) {
+                    (Some(was), Some(now)) if was != now => Holder::Restarted {
+                        now: now.to_string(),
+                    },
+                    _ => Holder::Alive,
+                }
+            }
+            _ if self.started.elapsed() < self.ttl => Holder::Alive,
+            _ => Holder::Silent,
         }
     }
 
@@ -240,6 +283,7 @@ mod tests {
             cpu_load: 0.0,
             labels: BTreeMap::new(),
             capabilities: vec![],
+            instance: None,
         }
     }
 

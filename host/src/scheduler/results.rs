@@ -14,10 +14,10 @@ use parking_lot::Mutex;
 
 use super::{Scheduler, SchedulerError};
 use crate::bus::Ack;
-use crate::job::{JobError, JobState};
+use crate::job::{JobError, JobState, WORKER_LOST};
 use crate::limits::{JsonMeasure, MAX_JSON_DEPTH, too_deep};
 use crate::protocol::{Batch, ResultMsg, ResultStatus, StartedMsg};
-use crate::store::{JobUpdate, Transition};
+use crate::store::{Annotation, JobUpdate, Transition, TransitionOutcome};
 use crate::time::now_ms;
 
 struct HeldStart {
@@ -145,7 +145,7 @@ impl Scheduler {
                     t.update.worker_id = Some(h.msg.worker_id.clone());
                     t = with_dispatch(t, dispatch.as_ref(), h.msg.at);
                     match this.apply_keeping(id, &t, dispatch).await {
-                        Ok(()) => {
+                        Ok(_) => {
                             let _ = h.ack.ack().await;
                         }
                         Err(e) => tracing::warn!(job_id = %id, error = %e,
@@ -198,7 +198,10 @@ impl Scheduler {
             }
             t.update = update;
             let t = with_dispatch(t, dispatch.as_ref(), started.unwrap_or(now));
-            return self.apply_keeping(&r.job_id, &t, dispatch).await;
+            if self.apply_keeping(&r.job_id, &t, dispatch).await?.is_none() {
+                self.note_late_result(r).await?;
+            }
+            return Ok(());
         }
         // A failure goes through the retry policy from where the worker left the job.
         let step = match (started, dispatch.as_ref().map(|d| d.at)) {
@@ -215,7 +218,7 @@ impl Scheduler {
             return Ok(());
         };
         if job.state.is_terminal() {
-            return Ok(());
+            return self.note_late_result(r).await;
         }
         let note = match update.error.as_ref() {
             Some(e) => format!(
@@ -229,6 +232,33 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// A result for a job that ended without it: when its worker had been declared lost, the
+    /// result is written on the job's history (and nothing else changes); a duplicate of a
+    /// result already applied is dropped without a word.
+    async fn note_late_result(&self, r: &ResultMsg) -> Result<(), SchedulerError> {
+        let Some(job) = self.store.get_job(&r.job_id).await? else {
+            return Ok(());
+        };
+        let lost = job.error.as_ref().is_some_and(|e| e.code == WORKER_LOST);
+        if !job.state.is_terminal() || !lost {
+            return Ok(());
+        }
+        let note = Annotation {
+            expect: job.state,
+            at: now_ms(),
+            reason: Some(format!(
+                "late result from worker {} ({:?}), ignored: the job had ended {} when its worker \
+                 was declared lost",
+                r.worker_id, r.status, job.state
+            )),
+            update: JobUpdate::default(),
+            recheck_at: None,
+        };
+        self.store.annotate(&r.job_id, &note).await?;
+        metrics::counter!("coretex_late_results_total").increment(1);
+        Ok(())
+    }
+
     /// Applies a transition that carries a job's unwritten dispatch; should the store fail,
     /// the dispatch is kept to be written later.
     async fn apply_keeping(
@@ -236,9 +266,9 @@ impl Scheduler {
         id: &str,
         t: &Transition,
         dispatch: Option<super::Dispatch>,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<TransitionOutcome>, SchedulerError> {
         match self.apply(id, t).await {
-            Ok(_) => Ok(()),
+            Ok(o) => Ok(o),
             Err(e) => {
                 if let Some(d) = dispatch {
                     self.keep_unrecorded(id, d);

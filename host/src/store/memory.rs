@@ -235,6 +235,7 @@ impl Inner {
             spec: spec.clone(),
             state: JobState::Pending,
             worker_id: None,
+            worker_instance: None,
             safety_decision: None,
             safety_reason: None,
             reason: None,
@@ -274,6 +275,9 @@ fn apply_update(rec: &mut Record, u: &JobUpdate) {
     let job = &mut rec.job;
     if let Some(v) = &u.worker_id {
         job.worker_id = Some(v.clone());
+    }
+    if let Some(v) = &u.worker_instance {
+        job.worker_instance = Some(v.clone());
     }
     if let Some(v) = &u.result {
         job.result = Some(v.clone());
@@ -493,6 +497,42 @@ impl Store for MemoryStore {
             .get(&index_key(IndexName::State(state)))
             .map(|z| z.ascending_up_to(before, limit))
             .unwrap_or_default())
+    }
+
+    async fn holdings(
+        &self,
+        state: JobState,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Holding>, Option<Cursor>)> {
+        let mut inner = self.inner.lock();
+        let entries: Vec<(i64, String)> = inner
+            .index(IndexName::State(state))
+            .iter_desc_after(after)
+            .take(limit)
+            .cloned()
+            .collect();
+        let now = now_ms();
+        let next = (entries.len() == limit)
+            .then(|| {
+                entries.last().map(|(score, id)| Cursor {
+                    score: *score,
+                    id: id.clone(),
+                })
+            })
+            .flatten();
+        let held = entries
+            .into_iter()
+            .map(|(_, id)| {
+                let job = inner.live(&id, now).map(|r| &r.job);
+                Holding {
+                    worker_id: job.and_then(|j| j.worker_id.clone()),
+                    worker_instance: job.and_then(|j| j.worker_instance.clone()),
+                    job_id: id,
+                }
+            })
+            .collect();
+        Ok((held, next))
     }
 
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>> {

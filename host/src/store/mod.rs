@@ -65,6 +65,7 @@ pub enum CreateOutcome {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobUpdate {
     pub worker_id: Option<String>,
+    pub worker_instance: Option<String>,
     pub result: Option<Value>,
     pub error: Option<JobError>,
     pub safety_decision: Option<String>,
@@ -79,6 +80,7 @@ impl JobUpdate {
     /// same walk, such as the dispatch's worker and config under a result).
     pub fn or(mut self, earlier: JobUpdate) -> JobUpdate {
         self.worker_id = self.worker_id.or(earlier.worker_id);
+        self.worker_instance = self.worker_instance.or(earlier.worker_instance);
         self.result = self.result.or(earlier.result);
         self.error = self.error.or(earlier.error);
         self.safety_decision = self.safety_decision.or(earlier.safety_decision);
@@ -141,6 +143,14 @@ pub enum TransitionOutcome {
     },
     /// The job was already in the target state: nothing changed.
     Unchanged,
+}
+
+/// A job and the worker it was given to (see [`Store::holdings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub job_id: String,
+    pub worker_id: Option<String>,
+    pub worker_instance: Option<String>,
 }
 
 /// A change that keeps the state: a note on why a job waits, and when to look at it again.
@@ -282,6 +292,15 @@ pub trait Store: Send + Sync + 'static {
         before: Millis,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
+    /// Up to `limit` jobs of the `state` index after `after` (newest first), each with the
+    /// worker it was given to, and the position to go on from (`None` once the index is done):
+    /// how the reconciler walks every DISPATCHED and RUNNING job for lost workers.
+    async fn holdings(
+        &self,
+        state: JobState,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Holding>, Option<Cursor>)>;
     /// Non-terminal jobs whose deadline is ≤ `now`, earliest first.
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>>;
     /// Drops the index entries scored before `before` whose job expired (a job expires a TTL

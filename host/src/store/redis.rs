@@ -12,7 +12,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
+//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `worker_instance`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
 //! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
@@ -859,6 +859,9 @@ fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
     if let Some(v) = &u.worker_id {
         f.push(("worker_id", v.clone()));
     }
+    if let Some(v) = &u.worker_instance {
+        f.push(("worker_instance", v.clone()));
+    }
     if let Some(v) = &u.result {
         f.push(("result", v.to_string()));
     }
@@ -905,6 +908,7 @@ fn job_from_hash(mut h: std::collections::HashMap<String, String>) -> StoreResul
     Ok(Some(Job {
         state,
         worker_id: h.remove("worker_id"),
+        worker_instance: h.remove("worker_instance"),
         safety_decision: h.remove("safety_decision"),
         safety_reason: h.remove("safety_reason"),
         reason: h.remove("reason").filter(|r| !r.is_empty()),
@@ -1097,6 +1101,45 @@ impl Store for RedisStore {
         )
         .await
         .map_err(unavailable)
+    }
+
+    async fn holdings(
+        &self,
+        state: JobState,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Holding>, Option<Cursor>)> {
+        let entries = self
+            .index_after(&self.index_key(IndexName::State(state)), after, limit)
+            .await?;
+        let Some((last_id, last_score)) = entries.last().cloned() else {
+            return Ok((Vec::new(), None));
+        };
+        let mut pipe = ::redis::pipe();
+        for (id, _) in &entries {
+            pipe.cmd("HMGET")
+                .arg(self.named("job", id))
+                .arg("worker_id")
+                .arg("worker_instance");
+        }
+        let mut conn = self.conn.clone();
+        let workers: Vec<(Option<String>, Option<String>)> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let more = entries.len() == limit;
+        let held = entries
+            .into_iter()
+            .zip(workers)
+            .map(|((job_id, _), (worker_id, worker_instance))| Holding {
+                job_id,
+                worker_id,
+                worker_instance,
+            })
+            .collect();
+        let next = more.then_some(Cursor {
+            score: last_score,
+            id: last_id,
+        });
+        Ok((held, next))
     }
 
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>> {

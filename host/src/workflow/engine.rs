@@ -44,7 +44,7 @@ use crate::ids;
 use crate::job::{DEFAULT_TENANT, FieldError, Job, JobRequest, JobState, StepJobIds};
 use crate::limits::{MAX_FOR_EACH_ITEMS, MAX_TIMEOUT_SEC};
 use crate::plugins::{ConditionEvaluator, ExpressionEvaluator, PluginRegistry};
-use crate::scheduler::retry::{Failure, RetryDecision, RetryPolicy};
+use crate::scheduler::retry::{Failure, RetryBounds, RetryDecision, RetryPolicy};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
 use crate::time::{Millis, now_ms};
@@ -540,6 +540,7 @@ impl Engine {
             .await?;
         let expressions = self.scheduler.plugins.expressions();
         let plugins = self.scheduler.plugins.clone();
+        let retry_bounds = self.scheduler.retry_bounds();
         let (mut run, mut effects, jobs) = self
             .off_thread(move || {
                 let mut plan = Plan {
@@ -549,6 +550,7 @@ impl Engine {
                     conditions: &conditions,
                     expressions: &expressions,
                     plugins: &plugins,
+                    retry_bounds,
                     effects: Vec::new(),
                 };
                 plan.advance(&mut run);
@@ -811,6 +813,8 @@ struct Plan<'a, C: ConditionEvaluator> {
     expressions: &'a dyn ExpressionEvaluator,
     /// For the retry policies steps name.
     plugins: &'a PluginRegistry,
+    /// What the host allows any retry policy (see [`RetryBounds`]).
+    retry_bounds: RetryBounds,
     effects: Vec<Effect>,
 }
 
@@ -1103,7 +1107,16 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         };
         let Some(config) = retry.policy_config() else {
             return if s.attempts <= retry.max_retries {
-                Ok(retry.backoff_ms(s.attempts))
+                match self.retry_bounds.bound(
+                    RetryDecision::Retry {
+                        after_ms: retry.backoff_ms(s.attempts),
+                    },
+                    s.attempts,
+                    None,
+                ) {
+                    RetryDecision::Retry { after_ms } => Ok(after_ms),
+                    RetryDecision::DeadLetter { reason } => Err(Some(reason)),
+                }
             } else {
                 Err(None)
             };
@@ -1119,13 +1132,14 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             _ => JobState::Failed,
         };
         let elapsed_ms = s.started_at.map_or(0, |t| (self.now - t).max(0) as u64);
-        let decision = self.plugins.retry_for(&config).decide(&Failure {
+        let asked = self.plugins.retry_for(&config).decide(&Failure {
             job: &job,
             outcome,
             error: job.error.as_ref(),
             elapsed_ms,
         });
-        match decision {
+        let configured = config["retry"]["max_attempts"].as_u64();
+        match self.retry_bounds.bound(asked, s.attempts, configured) {
             RetryDecision::Retry { after_ms } => Ok(after_ms),
             RetryDecision::DeadLetter { reason } => Err(Some(reason)),
         }
