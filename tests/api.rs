@@ -2264,10 +2264,10 @@ async fn the_openapi_document_lists_every_route_and_only_routed_ones() {
 /// not wait on its clients (the reconciler's lock is released only after the HTTP server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_stops_promptly_with_a_live_stream_open() {
-    let h = Host::start(Backend::Embedded).await;
+    let mut h = Host::start(Backend::Embedded).await;
     let _events = watch_stream(&h.api).await;
     h.running.stop.cancel();
-    let done = tokio::time::timeout(Duration::from_secs(5), h.running.handle).await;
+    let done = tokio::time::timeout(Duration::from_secs(5), &mut h.running.handle).await;
     assert!(
         matches!(done, Ok(Ok(Ok(())))),
         "the host did not stop with a stream open: {done:?}"

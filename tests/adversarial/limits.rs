@@ -8,88 +8,31 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coretex::limits;
-use coretex::serve::Running;
-use coretex::worker::{Mode, Worker, WorkerOptions};
+use coretex::worker::Mode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{Api, Backend, options, start, unique};
+use crate::common::{Backend, Host, options, unique};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Host {
-    running: Running,
-    api: Api,
-    workers: CancellationToken,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.workers.cancel();
-        self.running.stop.cancel();
-    }
+/// A host whose workflows advance every 100 ms, with `adjust` applied to its options last.
+async fn host(backend: Backend, adjust: impl FnOnce(&mut coretex::serve::ServeOptions)) -> Host {
+    let mut o = options(backend);
+    o.workflows.tick = Duration::from_millis(100);
+    adjust(&mut o);
+    Host::start_with(o).await
 }
 
 impl Host {
-    async fn start(backend: Backend) -> Host {
-        Host::start_with(backend, |_| {}).await
-    }
-
-    async fn start_with(
-        backend: Backend,
-        adjust: impl FnOnce(&mut coretex::serve::ServeOptions),
-    ) -> Host {
-        let mut o = options(backend);
-        o.workflows.tick = Duration::from_millis(100);
-        adjust(&mut o);
-        let running = start(o).await;
-        let api = Api::new(running.addr);
-        Host {
-            running,
-            api,
-            workers: CancellationToken::new(),
-        }
-    }
-
     /// An in-process echo worker for `topic`, registered before this returns.
     async fn echo_worker(&self, topic: &str) {
-        self.worker(topic, Mode::Echo).await
+        self.topic_worker(topic, Mode::Echo).await
     }
 
-    async fn worker(&self, topic: &str, mode: Mode) {
-        let id = unique("w-");
-        let w = Worker::new(
-            self.running.scheduler.bus.clone(),
-            WorkerOptions {
-                id: id.clone(),
-                pool: unique("pool-"),
-                topics: vec![topic.to_string()],
-                max_parallel: 16,
-                labels: BTreeMap::new(),
-                mode,
-                heartbeat_interval: Duration::from_millis(100),
-                report_cpu: false,
-                started_delay: coretex::worker::STARTED_DELAY,
-            },
-        );
-        let stop = self.workers.child_token();
-        tokio::spawn(async move { w.run(stop).await.expect("worker runs") });
-        let until = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (_, v) = self.api.get("/api/v1/workers").await;
-            if v["items"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|w| w["worker_id"] == id))
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "worker never registered"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    async fn topic_worker(&self, topic: &str, mode: Mode) {
+        self.ready_worker(&unique("w-"), &unique("pool-"), &[topic], &[], mode)
+            .await;
     }
 
     async fn post_yaml(&self, yaml: String) -> (u16, String, Value) {
@@ -184,7 +127,7 @@ async fn post_json(h: &Host, path: &str, body: &Value) -> (u16, String, Value) {
 /// stack of the cycle check and aborted `serve`. Now the step count is refused first, and the
 /// check itself walks any graph without recursion (see the unit tests of `definition`).
 async fn a_workflow_of_150000_chained_steps_is_refused_and_the_host_lives(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let steps: serde_json::Map<String, Value> = (0..150_000)
         .map(|i| {
             let deps = if i == 0 {
@@ -210,7 +153,7 @@ async fn a_workflow_of_150000_chained_steps_is_refused_and_the_host_lives(b: Bac
 /// each naming its field: a step id that cannot be part of a job id, `timeout_sec` that
 /// overflowed `t * 1000`, retry and fan-out numbers the engine multiplies or loops over.
 async fn workflow_fields_past_their_limits_are_refused_naming_the_field(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let long_id = "s".repeat(limits::MAX_STEP_ID_LEN + 1);
     let many_deps: Vec<String> = (0..=limits::MAX_DEPENDENCIES).map(|_| "a".into()).collect();
     let deep_path = vec!["p"; limits::MAX_OUTPUT_PATH_SEGMENTS + 1].join(".");
@@ -292,7 +235,7 @@ async fn workflow_fields_past_their_limits_are_refused_naming_the_field(b: Backe
 /// A step id at its longest, fanned out, makes job ids and env a scheduler accepts: the run
 /// succeeds rather than waiting forever on a job that was refused.
 async fn the_longest_step_id_makes_valid_step_jobs(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("long.");
     h.echo_worker(&topic).await;
     let step = "s".repeat(limits::MAX_STEP_ID_LEN);
@@ -312,7 +255,7 @@ async fn the_longest_step_id_makes_valid_step_jobs(b: Backend) {
 /// A `for_each` that yields more items than the limit fails its step naming the limit, before
 /// a single child is made.
 async fn a_for_each_past_its_item_limit_fails_the_step(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let items = vec![0; limits::MAX_FOR_EACH_ITEMS + 1];
     let run = h
         .run_until(
@@ -335,7 +278,7 @@ async fn a_for_each_past_its_item_limit_fails_the_step(b: Backend) {
 /// A `for_each` item too long for the job env (`foreach_item`) makes a job the scheduler
 /// refuses: the step fails with the scheduler's reason instead of staying `running` forever.
 async fn a_step_job_the_scheduler_refuses_fails_the_step_with_the_reason(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let long = "x".repeat(limits::MAX_ENV_VALUE_BYTES + 1);
     let run = h
         .run_until(
@@ -357,7 +300,7 @@ async fn a_step_job_the_scheduler_refuses_fails_the_step_with_the_reason(b: Back
 /// could no longer be read back. Now one depth limit holds for every body; a body at the limit
 /// dead-letters and reads back, one past it is refused naming the limit.
 async fn json_past_the_depth_limit_is_refused_and_at_the_limit_reads_back(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("deep.");
     let limit = limits::MAX_JSON_DEPTH;
     for depth in [limit, 126] {
@@ -423,7 +366,7 @@ async fn json_past_the_depth_limit_is_refused_and_at_the_limit_reads_back(b: Bac
 /// A few kilobytes of YAML aliases expand to far more than the body limit: refused while it is
 /// read, naming the limit, instead of building the whole expansion in memory.
 async fn yaml_aliases_cannot_expand_past_the_body_limit(b: Backend) {
-    let h = Host::start_with(b, |o| o.max_body_bytes = 1 << 20).await;
+    let h = host(b, |o| o.max_body_bytes = 1 << 20).await;
     let mut yaml = format!(
         "name: bomb\nsteps:\n  a:\n    topic: t\n    input:\n      blob: &b \"{}\"\n      copies: [",
         "x".repeat(64 * 1024)
@@ -442,7 +385,7 @@ async fn yaml_aliases_cannot_expand_past_the_body_limit(b: Backend) {
 /// `GET /api/v1/jobs/%FF` answered plain text; so did a wrong method, a body that is not JSON
 /// by its content type, and a missing body. Every rejection is problem+json now.
 async fn every_rejection_is_problem_json(b: Backend) {
-    let h = Host::start_with(b, |o| o.max_body_bytes = 4096).await;
+    let h = host(b, |o| o.max_body_bytes = 4096).await;
     let no_body = Vec::new;
     for (method, path, ctype, body, status) in [
         ("GET", "/api/v1/jobs/%FF", None, no_body(), 400),
@@ -502,7 +445,7 @@ async fn every_rejection_is_problem_json(b: Backend) {
 /// 100 variables of 15 KiB each pass every per-variable check but make a 1.5 MB env that no
 /// worker message can carry: refused, naming the env limit.
 async fn an_env_past_its_total_size_is_refused(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let env: BTreeMap<String, String> = (0..100)
         .map(|i| (format!("V{i}"), "v".repeat(15 * 1024)))
         .collect();
@@ -519,7 +462,7 @@ async fn an_env_past_its_total_size_is_refused(b: Backend) {
 /// `max_payload` (NATS's, read from the server; the embedded bus's, configured): refused at
 /// submit naming the limit, where before it was accepted and stayed DISPATCHED forever.
 async fn a_job_too_large_for_the_bus_is_refused_at_submit(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("big.");
     let payload = "p".repeat(limits::MAX_PAYLOAD_BYTES - 100);
     let env: BTreeMap<String, String> = (0..3)
@@ -541,7 +484,7 @@ async fn a_job_too_large_for_the_bus_is_refused_at_submit(b: Backend) {
 /// A job that fits at submit but not once its effective config is added (the scheduler puts
 /// the whole of it in the job's env) fails with the reason instead of staying DISPATCHED.
 async fn a_job_its_config_pushes_past_the_bus_limit_fails(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("cfg.");
     let tenant = unique("tenant-");
     h.echo_worker(&topic).await;
@@ -579,7 +522,7 @@ async fn a_job_its_config_pushes_past_the_bus_limit_fails(b: Backend) {
 /// Jobs for one worker that leave together go as one batch message: a batch of large jobs is
 /// split so that each message fits the bus, instead of one message that the bus refuses.
 async fn batched_dispatches_stay_within_the_bus_limit(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("batch.");
     h.echo_worker(&topic).await;
     let jobs: Vec<Value> = (0..8)
@@ -600,10 +543,10 @@ async fn batched_dispatches_stay_within_the_bus_limit(b: Backend) {
 /// record, but a run wrapping it as a step's output could no longer be read back. Results are
 /// held to the same depth limit as bodies: the job fails, saying why, and its run reads back.
 async fn a_result_past_the_depth_limit_fails_its_job(b: Backend) {
-    let h = Host::start(b).await;
+    let h = host(b, |_| {}).await;
     let topic = unique("deepres.");
     let cmd = "printf '%0100d' 0 | tr 0 '['; printf '%0100d' 0 | tr 0 ']'";
-    h.worker(&topic, Mode::Exec(cmd.into())).await;
+    h.topic_worker(&topic, Mode::Exec(cmd.into())).await;
     let run = h
         .run_until(
             json!({"name": "deep", "steps": {"a": {"topic": topic, "for_each": "[1]"}}}),
@@ -621,7 +564,7 @@ async fn a_result_past_the_depth_limit_fails_its_job(b: Backend) {
 /// long as it liked (slowloris); now it is closed after the header-read timeout, while other
 /// clients are served.
 async fn a_connection_that_sends_half_a_header_is_closed(b: Backend) {
-    let h = Host::start_with(b, |o| o.header_read_timeout = Duration::from_millis(300)).await;
+    let h = host(b, |o| o.header_read_timeout = Duration::from_millis(300)).await;
     let mut slow = tokio::net::TcpStream::connect(h.running.addr)
         .await
         .unwrap();

@@ -339,9 +339,17 @@ impl Host {
         }
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.workers.cancel();
         self.running.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.running.handle).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.running.handle).await;
+    }
+}
+
+/// A test that fails midway still stops its host and workers.
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.workers.cancel();
+        self.running.stop.cancel();
     }
 }
