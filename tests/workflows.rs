@@ -89,21 +89,13 @@ impl Host {
 
     /// Polls a run until `done(run)`, or panics after 15 s.
     async fn wait_run(&self, run_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let until = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let (status, run) = self
-                .api
-                .get(&format!("/api/v1/workflow-runs/{run_id}"))
-                .await;
-            if status == 200 && done(&run) {
-                return run;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "run {run_id} did not get there: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.api
+            .wait_for(
+                &format!("/api/v1/workflow-runs/{run_id}"),
+                "the run gets there",
+                |status, run| status == 200 && done(run),
+            )
+            .await
     }
 
     async fn wait_status(&self, run_id: &str, status: &str) -> Value {

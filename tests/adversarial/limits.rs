@@ -64,21 +64,13 @@ impl Host {
             .await;
         assert_eq!(status, 201, "start: {v}");
         let run_id = v["run_id"].as_str().expect("a run id").to_string();
-        let until = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, run) = self
-                .api
-                .get(&format!("/api/v1/workflow-runs/{run_id}"))
-                .await;
-            if status == 200 && done(&run) {
-                return run;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "run {run_id} never got there: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.api
+            .wait_for(
+                &format!("/api/v1/workflow-runs/{run_id}"),
+                "the run gets there",
+                |status, run| status == 200 && done(run),
+            )
+            .await
     }
 }
 

@@ -185,14 +185,14 @@ impl Api {
         }
     }
 
-    /// Polls `path` until `done(status, body)` holds, or panics naming `what` after 10 s.
+    /// Polls `path` until `done(status, body)` holds, or panics naming `what` after 15 s.
     pub async fn wait_for(
         &self,
         path: &str,
         what: &str,
         done: impl Fn(u16, &Value) -> bool,
     ) -> Value {
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let (status, v) = self.get(path).await;
             if done(status, &v) {
