@@ -5,6 +5,17 @@
 //! services ([`scheduler`], [`reconciler`], [`configsvc`], [`dlq`], [`worker`]) use the
 //! backends through their traits; [`gateway`] serves them over HTTP and [`serve`] wires a process.
 
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod breaker;
 pub mod bus;
 pub mod configsvc;

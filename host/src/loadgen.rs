@@ -111,7 +111,11 @@ impl Client {
     }
 
     fn req_at(&self, i: usize, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let base = &self.bases[i % self.bases.len()];
+        // `run` refuses a `--gateway` that names none, so there is always a base to take.
+        let base = self
+            .bases
+            .get(i % self.bases.len().max(1))
+            .map_or("", String::as_str);
         let r = self.http.request(method, format!("{base}{path}"));
         match &self.key {
             Some(k) => r.bearer_auth(k),
@@ -196,7 +200,7 @@ pub async fn run(opts: LoadgenOptions) -> anyhow::Result<Summary> {
             .json::<Value>()
             .await
             .ok()
-            .and_then(|v| v["state"].as_str().map(str::to_string));
+            .and_then(|v| v.get("state")?.as_str().map(str::to_string));
         match state.as_deref() {
             Some("SUCCEEDED") => late_ok += 1,
             Some("FAILED" | "CANCELLED" | "TIMEOUT" | "DENIED") => late_failed += 1,
@@ -246,7 +250,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i]
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 /// The fields of a job event the ledger needs, borrowed from the feed's buffer.
@@ -261,10 +265,11 @@ struct FeedEvent<'a> {
 /// Reads the complete Server-Sent Events at the start of `buf`, calling `seen(job id,
 /// succeeded)` for each job event; answers how many bytes were read (a partial event stays).
 fn read_events(buf: &[u8], mut seen: impl FnMut(&str, bool)) -> usize {
-    let mut done = 0;
-    while let Some(end) = buf[done..].windows(2).position(|w| w == b"\n\n") {
-        let event = &buf[done..done + end];
-        done += end + 2;
+    let mut rest = buf;
+    while let Some(end) = rest.windows(2).position(|w| w == b"\n\n")
+        && let Some((event, tail)) = rest.split_at_checked(end)
+    {
+        rest = tail.strip_prefix(b"\n\n").unwrap_or(tail);
         for line in event.split(|b| *b == b'\n') {
             if let Some(data) = line.strip_prefix(b"data:")
                 && let Ok(ev) = serde_json::from_slice::<FeedEvent>(data)
@@ -273,7 +278,7 @@ fn read_events(buf: &[u8], mut seen: impl FnMut(&str, bool)) -> usize {
             }
         }
     }
-    done
+    buf.len() - rest.len()
 }
 
 #[derive(Serialize)]

@@ -24,4 +24,5 @@ mod expressions;
 mod isolation;
 mod keys;
 mod limits;
+mod records;
 mod workers;

@@ -154,10 +154,12 @@ impl Bus for MemoryBus {
                 .entry((subject.to_string(), group.to_string()))
                 .or_default();
             *next = next.wrapping_add(1);
-            let member = members[*next % members.len()];
-            let _ = member
-                .tx
-                .send(Message::new(subject.to_string(), payload.clone()));
+            // A group is made of at least one member, so there is always one to take.
+            if let Some(member) = members.get(*next % members.len()) {
+                let _ = member
+                    .tx
+                    .send(Message::new(subject.to_string(), payload.clone()));
+            }
         }
         Ok(())
     }

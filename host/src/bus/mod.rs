@@ -202,21 +202,21 @@ fn group_by_destination(queued: &mut Vec<Outgoing>) -> Vec<Group> {
 /// bus refuses it if it is over the limit by itself).
 fn chunks_within<'a>(items: &'a [Bytes], kind: &str, max_bytes: usize) -> Vec<&'a [Bytes]> {
     let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut size = envelope_overhead(kind);
-    for (i, item) in items.iter().enumerate() {
+    let mut rest = items;
+    while let Some((first, others)) = rest.split_first() {
+        let mut size = envelope_overhead(kind) + first.len();
         // Every item but a chunk's first comes after a comma.
-        let grown = size + item.len() + usize::from(i > start);
-        if i > start && (grown > max_bytes || i - start == MAX_OUTBOX_BATCH) {
-            chunks.push(&items[start..i]);
-            start = i;
-            size = envelope_overhead(kind) + item.len();
-        } else {
-            size = grown;
-        }
-    }
-    if start < items.len() {
-        chunks.push(&items[start..]);
+        let len = 1 + others
+            .iter()
+            .take(MAX_OUTBOX_BATCH - 1)
+            .take_while(|item| {
+                size += 1 + item.len();
+                size <= max_bytes
+            })
+            .count();
+        let (chunk, tail) = rest.split_at_checked(len).unwrap_or((rest, &[]));
+        chunks.push(chunk);
+        rest = tail;
     }
     chunks
 }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::job::{JobRequest, JobState};
 use crate::limits::{MAX_BATCH_JOBS, MAX_IDEMPOTENCY_KEY_LEN};
-use crate::store::JobFilter;
+use crate::store::{JobFilter, StoreError};
 
 pub async fn submit(
     State(s): State<AppState>,
@@ -94,7 +94,9 @@ pub async fn submit_batch(
         .enumerate()
         .map(|(i, slot)| match slot {
             Some(err) => err,
-            None => match answers.next().expect("one answer per parsed job") {
+            None => match answers.next().unwrap_or_else(|| {
+                Err(StoreError::Corrupt("the scheduler gave no answer for this job".into()).into())
+            }) {
                 Ok(a) => {
                     accepted += 1;
                     json!({"index": i, "job_id": a.job_id, "trace_id": a.trace_id})

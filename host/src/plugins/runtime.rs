@@ -206,7 +206,7 @@ impl PluginRuntime {
         // pages instead of copying data segments, which keeps recycling cheap.
         config.memory_init_cow(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(&engine);
+        let ticker = EpochTicker::start(&engine)?;
 
         // The host's own imports; WASI is added per component (`load`), under the names it imports.
         let mut linker = Linker::new(&engine);
@@ -437,7 +437,7 @@ impl Drop for Running<'_> {
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine) -> Arc<Self> {
+    fn start(engine: &Engine) -> Result<Arc<Self>, LoadError> {
         let ticker = Arc::new(EpochTicker {
             running: AtomicUsize::new(0),
             asleep: AtomicBool::new(false),
@@ -480,14 +480,12 @@ impl EpochTicker {
                     idle = 0;
                 }
             });
-        match spawned {
-            Ok(handle) => {
-                let _ = ticker.thread.set(handle.thread().clone());
-            }
-            // Without the ticker no deadline ever fires; refuse to run plugins at all instead.
-            Err(e) => panic!("cannot start the plugin epoch ticker: {e}"),
-        }
-        ticker
+        // Without the ticker no deadline ever fires; refuse to run plugins at all instead.
+        let handle = spawned.map_err(|e| {
+            LoadError::Invalid(format!("cannot start the plugin epoch ticker: {e}"))
+        })?;
+        let _ = ticker.thread.set(handle.thread().clone());
+        Ok(ticker)
     }
 
     /// Counts an instance as running until the guard drops, waking the ticker if it sleeps.
@@ -1010,10 +1008,13 @@ fn set_candidates(wire: &mut wire_dispatch::Candidates, candidates: &[Candidate]
     let (active_jobs, rest) = wire.fields.split_at_mut(n);
     let (max_parallel, cpu_load) = rest.split_at_mut(n);
     wire.preferred = None;
-    for (i, c) in candidates.iter().enumerate() {
-        active_jobs[i] = c.active_jobs;
-        max_parallel[i] = c.max_parallel;
-        cpu_load[i] = (c.cpu_load as f32).to_bits();
+    let slots = active_jobs.iter_mut().zip(max_parallel).zip(cpu_load);
+    for (i, (c, ((active_jobs, max_parallel), cpu_load))) in
+        candidates.iter().zip(slots).enumerate()
+    {
+        *active_jobs = c.active_jobs;
+        *max_parallel = c.max_parallel;
+        *cpu_load = (c.cpu_load as f32).to_bits();
         if c.preferred && wire.preferred.is_none() {
             wire.preferred = u32::try_from(i).ok();
         }
@@ -1253,12 +1254,12 @@ impl Hasher for Sha256Hasher {
     }
 
     fn finish(&self) -> u64 {
+        // The digest's first eight bytes, big-endian.
         let digest = self.0.clone().finalize();
-        u64::from_be_bytes(
-            digest[..8]
-                .try_into()
-                .expect("a SHA-256 digest has 32 bytes"),
-        )
+        digest
+            .iter()
+            .take(8)
+            .fold(0, |n, b| (n << 8) | u64::from(*b))
     }
 }
 

@@ -398,16 +398,20 @@ fn random_u64<T>(_: StoreContextMut<'_, T>, (): ()) -> Result<(u64,)> {
 fn subscribe(shim: &mut WasiShim, at: Option<Instant>) -> Result<Resource<Pollable>> {
     // Far off or not, a pollable that is never ready only traps when waited on.
     let at = at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
-    let slot = match shim.deadlines.iter().position(Option::is_none) {
-        Some(free) => free,
-        None if shim.deadlines.len() < MAX_POLLABLES => {
-            shim.deadlines.push(None);
-            shim.deadlines.len() - 1
-        }
-        None => wasmtime::bail!("the plugin holds more than {MAX_POLLABLES} clock pollables"),
-    };
-    shim.deadlines[slot] = Some(at);
-    Ok(Resource::new_own(slot as u32 + 1))
+    if let Some((free, deadline)) = shim
+        .deadlines
+        .iter_mut()
+        .enumerate()
+        .find(|(_, d)| d.is_none())
+    {
+        *deadline = Some(at);
+        return Ok(Resource::new_own(free as u32 + 1));
+    }
+    if shim.deadlines.len() >= MAX_POLLABLES {
+        wasmtime::bail!("the plugin holds more than {MAX_POLLABLES} clock pollables");
+    }
+    shim.deadlines.push(Some(at));
+    Ok(Resource::new_own(shim.deadlines.len() as u32))
 }
 
 fn is_ready(shim: &mut WasiShim, rep: u32) -> bool {

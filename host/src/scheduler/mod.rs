@@ -207,17 +207,18 @@ struct WaitQueue {
 const BACKLOG_NOTE_AFTER: Duration = Duration::from_secs(5);
 
 impl WaitQueue {
-    fn lane(p: crate::job::Priority) -> usize {
+    fn lane(&mut self, p: crate::job::Priority) -> &mut VecDeque<(JobSpec, Clearance)> {
+        let [critical, interactive, batch] = &mut self.lanes;
         match p {
-            crate::job::Priority::Critical => 0,
-            crate::job::Priority::Interactive => 1,
-            crate::job::Priority::Batch => 2,
+            crate::job::Priority::Critical => critical,
+            crate::job::Priority::Interactive => interactive,
+            crate::job::Priority::Batch => batch,
         }
     }
 
     fn push(&mut self, spec: JobSpec, clearance: Clearance) {
         if self.ids.insert(spec.id.clone()) {
-            self.lanes[Self::lane(spec.priority)].push_back((spec, clearance));
+            self.lane(spec.priority).push_back((spec, clearance));
         }
     }
 
@@ -451,9 +452,17 @@ impl Scheduler {
             }
         }
         let outcomes = self.store.create_jobs(&valid).await?;
-        let mut stored = valid.into_iter().zip(outcomes);
-        for slot in answers.iter_mut().filter(|a| a.is_none()) {
-            let (new, outcome) = stored.next().expect("one outcome per valid job");
+        if outcomes.len() != valid.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} outcomes for {} created jobs",
+                outcomes.len(),
+                valid.len()
+            ))
+            .into());
+        }
+        let stored = valid.into_iter().zip(outcomes);
+        let slots = answers.iter_mut().filter(|a| a.is_none());
+        for (slot, (new, outcome)) in slots.zip(stored) {
             *slot = Some(match outcome {
                 Ok(o) => self.after_create(new.spec, o).await,
                 Err(e) => Err(e.into()),
@@ -761,7 +770,9 @@ impl Scheduler {
             .get(PREFERRED_POOL_LABEL)
             .map(String::as_str)
             .or_else(|| {
-                effective.value["pools"]
+                effective
+                    .value
+                    .get("pools")?
                     .get(spec.topic.as_str())
                     .and_then(|p| p.as_str())
             });
@@ -796,10 +807,10 @@ impl Scheduler {
             }
         };
         let worker = match pick {
-            Pick::Worker(i) if i < candidates.len() => {
+            Pick::Worker(i) if let Some(picked) = candidates.get(i) => {
                 // Reserve the slot before awaiting the store, so the jobs being scheduled
                 // concurrently see it taken.
-                let w = candidates[i].worker_id.clone();
+                let w = picked.worker_id.clone();
                 self.hold_slot(&spec.id, &w);
                 w
             }
@@ -1245,7 +1256,9 @@ impl Scheduler {
             self.settings.retry_bounds.bound(
                 asked,
                 job.spec.attempt,
-                effective["retry"]["max_attempts"].as_u64(),
+                effective
+                    .pointer("/retry/max_attempts")
+                    .and_then(serde_json::Value::as_u64),
             )
         };
         match decision {

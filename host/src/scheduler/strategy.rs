@@ -57,9 +57,7 @@ impl DispatchStrategy for LeastLoaded {
         let n = candidates.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let mut best: Option<(usize, f64)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let c = &candidates[i];
+        for (i, c) in candidates.iter().enumerate().cycle().skip(start).take(n) {
             if is_overloaded(c) {
                 continue;
             }

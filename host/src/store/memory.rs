@@ -310,7 +310,7 @@ pub(crate) fn plan_path(
         .iter()
         .rposition(|(s, _)| *s == from)
         .map_or(0, |i| i + 1);
-    let mut path: Vec<(JobState, Millis)> = t.via[start..].to_vec();
+    let mut path: Vec<(JobState, Millis)> = t.via.iter().skip(start).cloned().collect();
     path.push((t.to, t.at));
     let mut prev = from;
     if path.iter().all(|(s, _)| {

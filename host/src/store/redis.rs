@@ -158,9 +158,9 @@ return out
 /// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
 /// letter JSON (or ''), dead letter time, the number of via states `v`, then `v` pairs of via
 /// state and its event JSON (the walk of `Transition::via`), the number of field pairs `n`,
-/// then `n` field/value pairs. Answers three per transition: `ok` (with the
+/// then `n` field/value pairs. Answers four per transition: `ok` (with the
 /// state it left), `same`, `illegal` (with the current state) or `missing`; then the job's run
-/// id (or '').
+/// id and its tenant (or '').
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
@@ -515,7 +515,10 @@ impl Args {
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter()).map(|(a, &b)| &self.data[a..b])
+        // Each end is pushed after its argument is written, so every range lies within `data`.
+        starts
+            .zip(self.ends.iter())
+            .map(|(a, &b)| self.data.get(a..b).unwrap_or_default())
     }
 }
 
@@ -996,13 +999,18 @@ impl Store for RedisStore {
             args.push(k).push(v);
         }
         let reply = self.transitions.call(args).await?;
-        let from = || -> StoreResult<JobState> { reply[1].parse().map_err(StoreError::Corrupt) };
-        let run_id = || Some(reply[2].clone()).filter(|r| !r.is_empty());
-        match reply[0].as_str() {
+        let [verdict, state, run_id, tenant_id] = reply.as_slice() else {
+            return Err(StoreError::Corrupt(format!(
+                "transition script answered {reply:?}"
+            )));
+        };
+        let from = || -> StoreResult<JobState> { state.parse().map_err(StoreError::Corrupt) };
+        let run_id = || Some(run_id.clone()).filter(|r| !r.is_empty());
+        match verdict.as_str() {
             "ok" => Ok(TransitionOutcome::Applied {
                 from: from()?,
                 run_id: run_id(),
-                tenant_id: reply[3].clone(),
+                tenant_id: tenant_id.clone(),
             }),
             "same" => Ok(TransitionOutcome::Unchanged),
             "illegal" => Err(StoreError::IllegalTransition {

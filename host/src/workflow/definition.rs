@@ -481,9 +481,11 @@ pub fn validate(
             }
         }
     }
-    if let Some(cycle) = find_cycle(&spec.steps) {
+    if let Some(cycle) = find_cycle(&spec.steps)
+        && let Some(first) = cycle.first()
+    {
         errors.push(FieldError::new(
-            format!("steps.{}.depends_on", cycle[0]),
+            format!("steps.{first}.depends_on"),
             format!("dependency cycle: {}", cycle.join(" -> ")),
         ));
     }
@@ -650,11 +652,9 @@ pub fn write_path(ctx: &mut Value, path: &str, value: Value) {
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
-        cur = cur
-            .as_object_mut()
-            .expect("made an object above")
-            .entry(key.to_string())
-            .or_insert(Value::Null);
+        // An object now: the `else` is never taken.
+        let Value::Object(map) = cur else { return };
+        cur = map.entry(key.to_string()).or_insert(Value::Null);
     }
     *cur = value;
 }

@@ -831,6 +831,13 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         if run.status.is_terminal() {
             return;
         }
+        // A run is created with a state per step of its version, and versions never change;
+        // a record that lacks one is corrupt, and fails rather than waiting forever.
+        if let Some(missing) = self.wf.steps.keys().find(|id| !run.steps.contains_key(*id)) {
+            let why = format!("the run has no state for step `{missing}` of its workflow");
+            self.finish(run, Status::Failed, Some(why));
+            return;
+        }
         if let Some(t) = self.wf.timeout_sec
             && self.now - run.started_at > t.min(MAX_TIMEOUT_SEC) as i64 * 1000
         {
@@ -865,18 +872,18 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         run.completed_at = Some(self.now);
     }
 
-    fn def(&self, id: &str) -> &StepDef {
-        &self.wf.steps[id]
-    }
-
     fn step(&mut self, run: &mut Run, id: &str) {
-        let def = self.def(id).clone();
-        let status = run.steps[id].status;
-        match status {
-            Status::Pending if run.steps[id].attempts == 0 => self.maybe_start(run, id, &def),
+        // `advance` checked that every step of the version has its state.
+        let (Some(def), Some(s)) = (self.wf.steps.get(id).cloned(), run.steps.get(id)) else {
+            return;
+        };
+        match s.status {
+            Status::Pending if s.attempts == 0 => self.maybe_start(run, id, &def),
             Status::Pending | Status::Running => {
                 let scope = Scope::of(run.scope());
-                let mut s = run.steps.remove(id).expect("every step has a run");
+                let Some(mut s) = run.steps.remove(id) else {
+                    return;
+                };
                 if s.children.is_some() {
                     self.for_each(run, id, &def, &mut s, &scope);
                 } else {
@@ -898,8 +905,13 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
     fn maybe_start(&mut self, run: &mut Run, id: &str, def: &StepDef) {
         let mut blocked = None;
         for dep in &def.depends_on {
-            let d = &run.steps[dep];
-            let dep_continues = self.def(dep).on_error == OnError::Continue;
+            // A definition names only its own steps, and `advance` checked each has its state.
+            let Some(d) = run.steps.get(dep) else { return };
+            let dep_continues = self
+                .wf
+                .steps
+                .get(dep)
+                .is_some_and(|d| d.on_error == OnError::Continue);
             match d.status {
                 Status::Succeeded | Status::Skipped => {}
                 Status::Failed | Status::TimedOut if dep_continues => {}
@@ -911,12 +923,9 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
         }
         let now = self.now;
         if let Some(why) = blocked {
-            end_step(
-                run.steps.get_mut(id).expect("step"),
-                Status::Cancelled,
-                &why,
-                now,
-            );
+            if let Some(s) = run.steps.get_mut(id) {
+                end_step(s, Status::Cancelled, &why, now);
+            }
             return;
         }
         let scope = run.scope();
@@ -924,20 +933,24 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             match self.conditions.evaluate(cond, &scope) {
                 Ok(true) => {}
                 Ok(false) => {
-                    let s = run.steps.get_mut(id).expect("step");
-                    s.status = Status::Skipped;
-                    s.completed_at = Some(now);
+                    if let Some(s) = run.steps.get_mut(id) {
+                        s.status = Status::Skipped;
+                        s.completed_at = Some(now);
+                    }
                     return;
                 }
                 Err(e) => {
-                    let s = run.steps.get_mut(id).expect("step");
-                    end_step(s, Status::Failed, &format!("condition: {e}"), now);
+                    if let Some(s) = run.steps.get_mut(id) {
+                        end_step(s, Status::Failed, &format!("condition: {e}"), now);
+                    }
                     return;
                 }
             }
         }
         let scope = Scope::of(scope);
-        let mut s = run.steps.remove(id).expect("step");
+        let Some(mut s) = run.steps.remove(id) else {
+            return;
+        };
         s.started_at = Some(now);
         if def.kind == StepType::Approval {
             s.status = Status::Waiting;
@@ -997,27 +1010,26 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             if active >= limit {
                 break;
             }
-            if children[i].status == Status::Pending && children[i].attempts == 0 {
-                let mut c = std::mem::take(&mut children[i]);
+            if let Some(c) = children.get_mut(i)
+                && c.status == Status::Pending
+                && c.attempts == 0
+            {
                 c.started_at = Some(self.now);
-                self.submit(run, id, def, &mut c, Some(i), scope);
-                children[i] = c;
+                self.submit(run, id, def, c, Some(i), scope);
             }
         }
-        let failed = children.iter().position(|c| {
+        let failed = children.iter().enumerate().find_map(|(i, c)| {
             matches!(
                 c.status,
                 Status::Failed | Status::TimedOut | Status::Cancelled
             )
+            .then(|| {
+                let error = c.error.as_deref().unwrap_or_default();
+                format!("item {i} {}: {error}", c.status)
+            })
         });
         s.children = Some(children);
-        if let Some(i) = failed {
-            let kids = s.children.as_ref().expect("set above");
-            let why = format!(
-                "item {i} {}: {}",
-                kids[i].status,
-                kids[i].error.clone().unwrap_or_default()
-            );
+        if let Some(why) = failed {
             end_step(s, Status::Failed, &why, self.now);
         } else if s
             .children
@@ -1138,7 +1150,9 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             error: job.error.as_ref(),
             elapsed_ms,
         });
-        let configured = config["retry"]["max_attempts"].as_u64();
+        let configured = config
+            .pointer("/retry/max_attempts")
+            .and_then(Value::as_u64);
         match self.retry_bounds.bound(asked, s.attempts, configured) {
             RetryDecision::Retry { after_ms } => Ok(after_ms),
             RetryDecision::DeadLetter { reason } => Err(Some(reason)),
@@ -1258,7 +1272,11 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
     fn conclude(&mut self, run: &mut Run) {
         let failed = run.steps.iter().find(|(id, s)| {
             matches!(s.status, Status::Failed | Status::TimedOut)
-                && self.def(id).on_error == OnError::Fail
+                && self
+                    .wf
+                    .steps
+                    .get(*id)
+                    .is_none_or(|d| d.on_error == OnError::Fail)
         });
         if let Some((id, s)) = failed {
             let why = format!(
