@@ -1227,6 +1227,7 @@ async fn reconciler_times_out_a_job_its_worker_never_started(backend: Backend) {
             labels: BTreeMap::new(),
             capabilities: vec![],
             instance: None,
+            draining: false,
         };
         tokio::spawn(async move {
             let subject = bus.subjects().heartbeat();

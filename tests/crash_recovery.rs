@@ -1,10 +1,12 @@
 //! Crash recovery, end to end (SPEC §4, §6, §12): real `coretex serve` and `coretex worker`
-//! processes over the real Redis and NATS, killed with SIGKILL while jobs are in flight.
+//! processes over the real Redis and NATS, killed with SIGKILL while jobs are in flight — or
+//! stopped with SIGTERM, as a rolling restart stops them.
 //!
 //! What is proved is "no accepted job is ever lost, whichever process dies when": every job the
 //! API accepted ends SUCCEEDED with its worker's result after the host is killed and started
 //! again, a result a worker sends while no host runs waits in JetStream, and a job whose worker
-//! died times out into the dead-letter queue.
+//! died times out into the dead-letter queue. Stopped with SIGTERM, a process also runs no job
+//! twice: `serve` drains what it accepted, a worker finishes its jobs before it exits.
 //!
 //! Each test runs its own host with its own Redis key prefix and NATS subject prefix (so the
 //! tests run in parallel against one Redis and one NATS), and removes its keys and its JetStream
@@ -17,13 +19,16 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coretex::bus::Subjects;
 use coretex::bus::nats::NatsBus;
+use coretex::job::JobState;
+use coretex::store::redis::RedisStore;
+use coretex::store::{Store, StoreOptions};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -78,6 +83,30 @@ impl Proc {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to end on its own; its exit status. Fails after
+    /// `within`, with its log.
+    async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) sends a signal to our own child; it touches no memory of ours.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "SIGTERM not sent"
+        );
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling a child") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "still running {within:?} after SIGTERM; log {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 
@@ -198,6 +227,23 @@ impl Cluster {
     /// SIGKILLs the running `serve`.
     fn kill_serve(&mut self) {
         self.serve.take().expect("no serve is running").kill();
+    }
+
+    /// SIGTERMs the running `serve` and waits until it has drained and exited.
+    async fn terminate_serve(&mut self) -> ExitStatus {
+        let mut serve = self.serve.take().expect("no serve is running");
+        serve.terminate(Duration::from_secs(60)).await
+    }
+
+    /// SIGTERMs a worker and waits until it has drained and exited.
+    async fn terminate_worker(&mut self, id: &str) -> ExitStatus {
+        let i = self
+            .workers
+            .iter()
+            .position(|(w, _)| w == id)
+            .expect("no such worker");
+        let (_, mut worker) = self.workers.remove(i);
+        worker.terminate(Duration::from_secs(60)).await
     }
 
     /// Starts a worker for `topic` that runs `exec` per job, `max_parallel` at a time.
@@ -687,4 +733,151 @@ async fn a_workflow_run_finishes_after_serve_is_killed_mid_run() {
         json!({"prev": {"prev": {"n": 1}}}),
         "{run}"
     );
+}
+
+/// A command that notes each job it runs in `runs` (one line per run, by job id), then echoes
+/// its payload after `secs`.
+fn noting_exec(runs: &std::path::Path, secs: &str) -> String {
+    format!(
+        "echo \"$CORETEX_JOB_ID\" >> '{}'; sleep {secs}; cat",
+        runs.display()
+    )
+}
+
+/// How many times each job ran, from the file `noting_exec` writes.
+fn runs_by_job(runs: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut by_job = BTreeMap::new();
+    for id in std::fs::read_to_string(runs).unwrap_or_default().lines() {
+        *by_job.entry(id.to_string()).or_default() += 1;
+    }
+    by_job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_serve_after_a_burst_loses_no_job_and_runs_none_twice() {
+    let mut c = Cluster::new(&[]).await;
+    let topic = "drain.burst";
+    let runs = c.logs.join("runs");
+    c.start_serve().await;
+    c.start_worker("w1", topic, &noting_exec(&runs, "0.3"), 8);
+    c.start_worker("w2", topic, &noting_exec(&runs, "0.3"), 8);
+    c.api.wait_workers(2, Duration::from_secs(20)).await;
+
+    // A burst, and the host is told to stop the moment it has accepted it: some jobs are on
+    // their way to workers, most wait for a slot.
+    const JOBS: usize = 200;
+    let payloads: Vec<Value> = (0..JOBS).map(|n| payload(&c.tag, n)).collect();
+    let items: Vec<Value> = payloads
+        .iter()
+        .map(|p| json!({"topic": topic, "payload": p}))
+        .collect();
+    let (status, v) = c
+        .api
+        .post("/api/v1/jobs/batch", json!({"jobs": items}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let ids: Vec<String> = v["items"]
+        .as_array()
+        .expect("one item per job")
+        .iter()
+        .map(|i| {
+            i["job_id"]
+                .as_str()
+                .expect("every job accepted")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), JOBS);
+    let exit = c.terminate_serve().await;
+    assert!(
+        exit.success(),
+        "serve exited {exit} on SIGTERM; {}",
+        c.where_logs()
+    );
+
+    // While no host runs: a job some worker took must not read PENDING, or the next host would
+    // announce it again and perhaps give it to the other worker too.
+    let store = RedisStore::connect(
+        &redis_url(),
+        &format!("{}:", c.tag),
+        StoreOptions::default(),
+    )
+    .await
+    .expect("connecting to Redis");
+    let taken: Vec<String> = runs_by_job(&runs).into_keys().collect();
+    assert!(
+        !taken.is_empty(),
+        "the premise: workers had jobs when serve stopped"
+    );
+    for (id, job) in taken
+        .iter()
+        .zip(store.get_jobs(&taken).await.expect("reading jobs"))
+    {
+        let state = job.map(|j| j.state);
+        assert_ne!(
+            state,
+            Some(JobState::Pending),
+            "job {id} was taken by a worker but reads PENDING after the drain; {}",
+            c.where_logs()
+        );
+    }
+
+    c.start_serve().await;
+    let jobs = c.wait_all_terminal(&ids, Duration::from_secs(90)).await;
+    for (job, payload) in jobs.iter().zip(&payloads) {
+        assert_succeeded_with_payload(&c, job, payload);
+    }
+    let ran = runs_by_job(&runs);
+    let twice: Vec<(&String, &usize)> = ran.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "jobs run more than once: {twice:?}; {}",
+        c.where_logs()
+    );
+    assert_eq!(ran.len(), JOBS, "every job ran; {}", c.where_logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_a_worker_finishes_its_job_and_the_next_goes_elsewhere() {
+    let mut c = Cluster::new(&[]).await;
+    let topic = "drain.worker";
+    let runs = c.logs.join("runs");
+    c.start_serve().await;
+    c.start_worker("w1", topic, &noting_exec(&runs, "2"), 4);
+    c.api.wait_workers(1, Duration::from_secs(20)).await;
+    let first = c
+        .api
+        .submit(json!({"topic": topic, "payload": payload(&c.tag, 1)}))
+        .await;
+    c.api
+        .wait_state(&first, "RUNNING", Duration::from_secs(20))
+        .await;
+
+    // SIGTERM while the job runs: the worker lets it finish, then exits 0.
+    let exit = c.terminate_worker("w1").await;
+    assert!(
+        exit.success(),
+        "the worker exited {exit}; {}",
+        c.where_logs()
+    );
+    let job = c
+        .wait_all_terminal(std::slice::from_ref(&first), Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_succeeded_with_payload(&c, &job, &payload(&c.tag, 1));
+    assert_eq!(job["worker_id"], "w1", "{job}");
+
+    // The next job goes to the worker that replaces it.
+    c.start_worker("w2", topic, &noting_exec(&runs, "0"), 4);
+    let second = c
+        .api
+        .submit(json!({"topic": topic, "payload": payload(&c.tag, 2)}))
+        .await;
+    let job = c
+        .wait_all_terminal(std::slice::from_ref(&second), Duration::from_secs(30))
+        .await
+        .remove(0);
+    assert_succeeded_with_payload(&c, &job, &payload(&c.tag, 2));
+    assert_eq!(job["worker_id"], "w2", "{job}");
+    assert_eq!(runs_by_job(&runs).len(), 2, "each job ran once");
 }

@@ -568,6 +568,11 @@ pub struct JobError {
 /// held the job.
 pub const WORKER_LOST: &str = "worker_lost";
 
+/// The error code of a job a stopping worker handed back: one that came after its drain began,
+/// or was still running when the drain's grace ran out. It goes through the retry policy like
+/// any failure, so it runs again on another worker.
+pub const WORKER_DRAINED: &str = "worker_drained";
+
 impl JobError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         JobError {

@@ -264,6 +264,10 @@ struct ServeArgs {
     /// is 1 on a machine of up to 2 cores and one per core above that.
     #[arg(long, env = "CORETEX_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// On SIGTERM or SIGINT, how long each stage of the drain may take: requests in flight,
+    /// workflow advances, scheduling passes (then dispatches are written and locks released).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -293,6 +297,10 @@ struct WorkerArgs {
     echo: bool,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     heartbeat: Duration,
+    /// On SIGTERM or SIGINT, how long running jobs may take to finish; those still running then
+    /// are stopped and handed back to the host, which runs them again elsewhere.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -747,6 +755,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         workflows: Default::default(),
+        drain_timeout: a.drain_timeout,
     };
     let running = serve::start(opts).await?;
     eprintln!("coretex listening on http://{}", running.addr);
@@ -783,14 +792,14 @@ async fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         started_delay: coretex::worker::STARTED_DELAY,
     };
     let worker = Worker::new(Arc::new(bus), opts);
-    let stop = CancellationToken::new();
-    let s = stop.clone();
+    let drain = CancellationToken::new();
+    let d = drain.clone();
     let signal = shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;
-        s.cancel();
+        d.cancel();
     });
-    worker.run(stop).await
+    worker.run_draining(drain, a.drain_timeout).await
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed before it returns, so a signal

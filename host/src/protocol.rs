@@ -183,6 +183,10 @@ pub struct HeartbeatMsg {
     /// same `worker_id` announces a new instance, and the jobs the old one held are lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The worker is stopping: it takes no new job (one sent anyway is handed back) and
+    /// finishes those it runs. Hosts send it nothing more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn one() -> u32 {

@@ -3,6 +3,13 @@
 //!
 //! With neither `--redis-url` nor `--nats-url` it runs on the embedded store and bus, and says
 //! so: everything then lives in this process and goes with it.
+//!
+//! Stopped ([`Running::stop`], SIGTERM or SIGINT), it drains before it exits: the HTTP server
+//! takes no new connection and answers the requests it has; the workflow engine lets its
+//! advances in flight finish; the scheduler lets its passes finish, sends what its outboxes hold
+//! and writes the dispatches it has not written (see `scheduler::drain`); each waits at most
+//! `drain_timeout`. Only then do the background loops stop and the locks go — the reconciler's,
+//! the workflow reconciler's and any run lock still held — so another replica takes over at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +69,8 @@ pub struct ServeOptions {
     pub plugin_dir: Option<PathBuf>,
     pub plugins: PluginSettings,
     pub workflows: EngineSettings,
+    /// On stop, how long each stage of the drain may take (see the module docs).
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -86,6 +95,7 @@ impl Default for ServeOptions {
             plugin_dir: None,
             plugins: PluginSettings::default(),
             workflows: EngineSettings::default(),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -216,7 +226,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
     let workflows = Engine::new(scheduler.clone(), opts.workflows.clone());
 
-    let loops = Supervisor::new(stop.clone());
+    // The loops stop after the drain, not with `stop`: the drain needs them (results applied,
+    // dispatches recorded) until the work in flight has settled.
+    let loops = Supervisor::new(CancellationToken::new());
     {
         let (plugins, store, bus) = (plugins.clone(), store.clone(), bus.clone());
         loops.spawn("plugins.follow_store", move || {
@@ -260,7 +272,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     }
     if opts.demo_workers {
         for (i, name) in [(1, "demo.echo-1"), (2, "demo.echo-2")] {
-            let (bus, stop) = (bus.clone(), stop.clone());
+            let (bus, stop) = (bus.clone(), loops.stopping());
             loops.spawn(name, move || {
                 let w = Worker::new(
                     bus.clone(),
@@ -315,13 +327,20 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let app = gateway::router(state);
     let stop_http = stop.clone();
     let engine = workflows.clone();
+    let drained_scheduler = scheduler.clone();
     let header_read_timeout = opts.header_read_timeout;
+    let grace = opts.drain_timeout;
     let handle = tokio::spawn(async move {
-        serve_http(listener, app, header_read_timeout, stop_http).await;
+        serve_http(listener, app, header_read_timeout, stop_http, grace).await;
+        tracing::info!("draining");
+        // The engine first: its advances submit step jobs, which the scheduler then places.
+        engine.drain(grace).await;
+        drained_scheduler.drain(grace).await;
         reconciler.release().await;
         loops.shutdown().await;
         // After its loops have ended, so the engine's reconciler cannot take the lock again.
         engine.release().await;
+        tracing::info!("stopped");
         Ok(())
     });
     Ok(Running {
@@ -333,8 +352,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     })
 }
 
-/// Serves HTTP/1 until `stop`, then lets the open connections finish (live streams end with
-/// `stop` too). axum's own `serve` is this loop without a timer, so hyper had no header-read
+/// Serves HTTP/1 until `stop`, then lets the open connections finish, for `grace` at most (live
+/// streams end with `stop` too). axum's own `serve` is this loop without a timer, so hyper had no header-read
 /// timeout: a client that sent half a request held its connection for as long as it liked.
 /// Here a client has `header_read_timeout` to send each request's headers (an idle keep-alive
 /// connection is closed after as long).
@@ -343,6 +362,7 @@ async fn serve_http(
     app: axum::Router,
     header_read_timeout: Duration,
     stop: CancellationToken,
+    grace: Duration,
 ) {
     use axum::serve::Listener;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -376,7 +396,12 @@ async fn serve_http(
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "HTTP requests still open at the end of the drain");
+    }
 }
 
 /// The scheduler's settings, with lazily written dispatches kept well inside the reconciler's

@@ -1,6 +1,6 @@
 //! Supervision of the host's background loops (heartbeats, submissions, results, the
-//! reconcilers, …): each runs under one [`TaskTracker`] and stops with the host's
-//! [`CancellationToken`]. A loop that returns or panics while the host runs is logged, counted
+//! reconcilers, …): each runs under one [`TaskTracker`] and stops when
+//! [`Supervisor::shutdown`] cancels its [`CancellationToken`] (after `serve`'s drain). A loop that returns or panics while the host runs is logged, counted
 //! and started again after a back-off (doubling from 100 ms to 30 s, back to the start once a
 //! run has lasted a minute), and `/api/v1/status` shows it — the host is `degraded` while a loop
 //! waits to restart or has restarted within the last five minutes. Before this, loops were
@@ -159,7 +159,12 @@ impl Supervisor {
         })
     }
 
-    /// Stops every loop (with the host's token) and waits until they have all ended.
+    /// The token the loops stop with, for tasks that should stop with them.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops every loop (cancelling their token) and waits until they have all ended.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         self.tracker.close();

@@ -18,6 +18,19 @@
 //! host records RUNNING at that time — and results that are ready together leave together, as
 //! one `sys.job.results` message (see [`crate::bus::Outbox`]). The worker lists the `batch`
 //! capability, so the host may send it several jobs at once on `worker.<id>.batch`.
+//!
+//! # Draining
+//!
+//! [`Worker::run_draining`] stops the way a rolling restart wants: told to drain, the worker
+//! heartbeats `draining` at once (hosts then send it nothing), hands back every job it has not
+//! started, lets the running ones finish for a grace period, then stops those still running and
+//! hands them back too, publishes every result and returns. To hand a job back is to report it
+//! FAILED with the code [`WORKER_DRAINED`]: the retry policy then runs it again on another
+//! worker at once, where a job left behind would wait for the worker's heartbeat TTL
+//! (`worker_lost`). The job subjects stay subscribed until the end, so a job already on its way
+//! when the drain began is handed back too instead of vanishing with the subscription. What is
+//! lost is the work of a job stopped at the end of the grace; nothing runs twice that did not
+//! have to.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::process::Stdio;
@@ -28,11 +41,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Outbox, SharedBus, publish_json};
-use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, env_refusal};
+use crate::bus::{MessageStream, Outbox, SharedBus, publish_json};
+use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, WORKER_DRAINED, env_refusal};
 use crate::protocol::{
     Batch, CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
 };
@@ -70,6 +83,10 @@ pub const BATCH_CAPABILITY: &str = "batch";
 /// How many finished jobs a worker remembers, to answer re-deliveries.
 const REMEMBERED: usize = 10_000;
 
+/// How long a drain waits for the jobs it stopped at the end of its grace to report: a killed
+/// command's process group ends at once, so this is only a bound.
+const STOPPED_JOBS_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct State {
     running: HashMap<String, CancellationToken, foldhash::quality::RandomState>,
@@ -99,6 +116,22 @@ pub struct Worker {
     results: Outbox,
     result_subject: Arc<str>,
     results_subject: Arc<str>,
+    /// Cancelled when a drain begins: a job not started by then is handed back.
+    draining: CancellationToken,
+    /// Cancelled when a drain's grace has run out: the jobs still running are stopped and
+    /// handed back.
+    grace_over: CancellationToken,
+    /// Woken whenever a job ends, for a drain waiting for the last one.
+    job_ended: Notify,
+    /// This run of the worker, in its heartbeats (see [`HeartbeatMsg::instance`]).
+    instance: String,
+}
+
+/// The subscriptions of a running worker.
+struct Inbox {
+    jobs: MessageStream,
+    batches: MessageStream,
+    cancels: MessageStream,
 }
 
 impl Worker {
@@ -115,6 +148,10 @@ impl Worker {
             results,
             result_subject,
             results_subject,
+            draining: CancellationToken::new(),
+            grace_over: CancellationToken::new(),
+            job_ended: Notify::new(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -122,34 +159,94 @@ impl Worker {
         self.state.lock().running.len() as u32
     }
 
-    /// Runs until `stop` is cancelled: heartbeats, jobs and cancels.
+    /// Runs until `stop` is cancelled: heartbeats, jobs and cancels. It stops at once, as a
+    /// worker that dies does: what it held is recovered by the host (`worker_lost`).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let (mut inbox, beat) = self.start(&stop).await?;
+        self.take_jobs(&mut inbox, stop.cancelled()).await;
+        beat.abort();
+        Ok(())
+    }
+
+    /// Runs until `drain` is cancelled, then drains (see the module docs): no new job, the
+    /// running ones finish within `grace` or are handed back, every result is published.
+    pub async fn run_draining(
+        self: Arc<Self>,
+        drain: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let (mut inbox, beat) = self.start(&stop).await?;
+        self.take_jobs(&mut inbox, drain.cancelled()).await;
+
+        self.draining.cancel();
+        let running = self.active();
+        tracing::info!(worker_id = %self.opts.id, running, grace = ?grace, "draining");
+        // At once, not at the next tick: every host stops sending jobs here.
+        let hb = self.heartbeat_msg(0.0);
+        if let Err(e) = publish_json(self.bus.as_ref(), &self.bus.subjects().heartbeat(), &hb).await
+        {
+            tracing::warn!(error = %e, "draining heartbeat not sent");
+        }
+        let finished = tokio::time::timeout(grace, self.wait_for_jobs(&mut inbox))
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(worker_id = %self.opts.id, running = self.active(),
+                "the drain timeout ran out; handing back the jobs still running");
+            self.grace_over.cancel();
+            let stopped = self.wait_for_jobs(&mut inbox);
+            let _ = tokio::time::timeout(STOPPED_JOBS_WAIT, stopped).await;
+        }
+        drop(inbox);
+        self.results.flush().await;
+        if let Err(e) = self.bus.flush().await {
+            tracing::warn!(error = %e, "results may not have reached the bus");
+        }
+        stop.cancel();
+        beat.abort();
+        tracing::info!(worker_id = %self.opts.id, "drained");
+        Ok(())
+    }
+
+    /// Subscribes to the worker's subjects and starts its heartbeats (until `stop`).
+    async fn start(
+        self: &Arc<Self>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<(Inbox, tokio::task::JoinHandle<()>)> {
         let subjects = self.bus.subjects().clone();
-        let mut jobs = self
-            .bus
-            .subscribe(&subjects.worker_jobs(&self.opts.id))
-            .await?;
-        let mut batches = self
-            .bus
-            .subscribe(&subjects.worker_batch(&self.opts.id))
-            .await?;
-        let mut cancels = self.bus.subscribe(&subjects.cancel()).await?;
+        let inbox = Inbox {
+            jobs: self
+                .bus
+                .subscribe(&subjects.worker_jobs(&self.opts.id))
+                .await?,
+            batches: self
+                .bus
+                .subscribe(&subjects.worker_batch(&self.opts.id))
+                .await?,
+            cancels: self.bus.subscribe(&subjects.cancel()).await?,
+        };
         tracing::info!(worker_id = %self.opts.id, pool = %self.opts.pool, topics = ?self.opts.topics,
             max_parallel = self.opts.max_parallel, "worker ready");
-        let instance = uuid::Uuid::new_v4().to_string();
-        let beat = tokio::spawn(self.clone().heartbeat(instance, stop.clone()));
+        let beat = tokio::spawn(self.clone().heartbeat(stop.clone()));
+        Ok((inbox, beat))
+    }
+
+    /// Takes jobs and cancels until `until` completes or the bus closes.
+    async fn take_jobs(self: &Arc<Self>, inbox: &mut Inbox, until: impl Future<Output = ()>) {
+        tokio::pin!(until);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
-                Some(msg) = jobs.next() => match serde_json::from_slice::<JobMsg>(&msg.payload) {
+                _ = &mut until => break,
+                Some(msg) = inbox.jobs.next() => match serde_json::from_slice::<JobMsg>(&msg.payload) {
                     Ok(job) => self.accept(job),
                     Err(e) => tracing::warn!(error = %e, "dropping malformed job message"),
                 },
-                Some(msg) = batches.next() => match serde_json::from_slice::<Batch<JobMsg>>(&msg.payload) {
+                Some(msg) = inbox.batches.next() => match serde_json::from_slice::<Batch<JobMsg>>(&msg.payload) {
                     Ok(batch) => batch.items.into_iter().for_each(|job| self.accept(job)),
                     Err(e) => tracing::warn!(error = %e, "dropping malformed job batch"),
                 },
-                Some(msg) = cancels.next() => {
+                Some(msg) = inbox.cancels.next() => {
                     if let Ok(c) = serde_json::from_slice::<CancelMsg>(&msg.payload)
                         && let Some(token) = self.state.lock().running.get(&c.job_id)
                     {
@@ -160,13 +257,33 @@ impl Worker {
                 else => break,
             }
         }
-        beat.abort();
-        Ok(())
+    }
+
+    /// Completes once no job runs, meanwhile answering what comes: a new job is handed back
+    /// (the worker drains), a cancel stops its job.
+    async fn wait_for_jobs(self: &Arc<Self>, inbox: &mut Inbox) {
+        self.take_jobs(inbox, self.all_ended()).await;
+        // The subscriptions closed first (the bus is gone): the jobs still end.
+        self.all_ended().await;
+    }
+
+    /// Completes once no job runs.
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.job_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so a job ending in between still wakes it.
+            ended.as_mut().enable();
+            if self.state.lock().running.is_empty() {
+                return;
+            }
+            ended.await;
+        }
     }
 
     fn accept(self: &Arc<Self>, job: JobMsg) {
         let token = CancellationToken::new();
-        {
+        let draining = {
             let mut st = self.state.lock();
             if st.running.contains_key(&job.job_id) {
                 return;
@@ -175,11 +292,26 @@ impl Worker {
                 self.results.send(self.result_subject.clone(), None, result);
                 return;
             }
-            st.running.insert(job.job_id.clone(), token.clone());
+            let draining = self.draining.is_cancelled();
+            if !draining {
+                st.running.insert(job.job_id.clone(), token.clone());
+            }
+            draining
+        };
+        if draining {
+            self.hand_back(&job.job_id, "it arrived after the worker began to drain");
+            return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let Ok(_slot) = this.slots.clone().acquire_owned().await else {
+            let slot = tokio::select! {
+                slot = this.slots.clone().acquire_owned() => slot,
+                _ = this.draining.cancelled() => {
+                    this.hand_back(&job.job_id, "it had not started when the worker began to drain");
+                    return;
+                }
+            };
+            let Ok(_slot) = slot else {
                 return;
             };
             let started_at = now_ms();
@@ -202,7 +334,7 @@ impl Worker {
                     run.await
                 }
             };
-            let msg = ResultMsg {
+            this.finish(ResultMsg {
                 v: VERSION,
                 job_id: job.job_id.clone(),
                 worker_id: this.opts.id.clone(),
@@ -211,16 +343,37 @@ impl Worker {
                 error,
                 execution_ms: t0.elapsed().as_millis() as u64,
                 started_at: (!said_started).then_some(started_at),
-            };
-            let payload = Bytes::from(serde_json::to_vec(&msg).unwrap_or_default());
-            this.state
-                .lock()
-                .remember(job.job_id.clone(), payload.clone());
-            this.results.send(
-                this.result_subject.clone(),
-                Some(this.results_subject.clone()),
-                payload,
-            );
+            });
+        });
+    }
+
+    /// Remembers a job's result (to answer a re-delivery), publishes it and wakes a drain.
+    fn finish(&self, msg: ResultMsg) {
+        let payload = Bytes::from(serde_json::to_vec(&msg).unwrap_or_default());
+        self.state.lock().remember(msg.job_id, payload.clone());
+        self.results.send(
+            self.result_subject.clone(),
+            Some(self.results_subject.clone()),
+            payload,
+        );
+        self.job_ended.notify_waiters();
+    }
+
+    /// Hands a job this draining worker will not run back to the host (see the module docs).
+    fn hand_back(&self, job_id: &str, why: &str) {
+        tracing::info!(job_id, why, "handing a job back");
+        self.finish(ResultMsg {
+            v: VERSION,
+            job_id: job_id.to_string(),
+            worker_id: self.opts.id.clone(),
+            status: ResultStatus::Failed,
+            result: None,
+            error: Some(JobError::new(
+                WORKER_DRAINED,
+                format!("worker {} is stopping: {why}", self.opts.id),
+            )),
+            execution_ms: 0,
+            started_at: None,
         });
     }
 
@@ -231,41 +384,47 @@ impl Worker {
     ) -> (ResultStatus, Option<serde_json::Value>, Option<JobError>) {
         match &self.opts.mode {
             Mode::Echo => (ResultStatus::Succeeded, Some(job.payload.clone()), None),
-            Mode::Exec(cmd) => run_command(cmd, job, token).await,
+            Mode::Exec(cmd) => run_command(cmd, job, token, &self.grace_over).await,
         }
     }
 
-    async fn heartbeat(self: Arc<Self>, instance: String, stop: CancellationToken) {
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
         let subject = self.bus.subjects().heartbeat();
         let mut meter = CpuMeter { last: None };
         while !stop.is_cancelled() {
             tick.tick().await;
-            let hb = HeartbeatMsg {
-                v: VERSION,
-                worker_id: self.opts.id.clone(),
-                pool: self.opts.pool.clone(),
-                topics: self.opts.topics.clone(),
-                active_jobs: self.active(),
-                max_parallel: self.opts.max_parallel,
-                cpu_load: if self.opts.report_cpu {
-                    meter.percent()
-                } else {
-                    0.0
-                },
-                labels: self.opts.labels.clone(),
-                capabilities: vec![
-                    match self.opts.mode {
-                        Mode::Echo => "echo".into(),
-                        Mode::Exec(_) => "exec".into(),
-                    },
-                    BATCH_CAPABILITY.into(),
-                ],
-                instance: Some(instance.clone()),
+            let cpu_load = if self.opts.report_cpu {
+                meter.percent()
+            } else {
+                0.0
             };
+            let hb = self.heartbeat_msg(cpu_load);
             if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
                 tracing::warn!(error = %e, "heartbeat not sent");
             }
+        }
+    }
+
+    fn heartbeat_msg(&self, cpu_load: f64) -> HeartbeatMsg {
+        HeartbeatMsg {
+            v: VERSION,
+            worker_id: self.opts.id.clone(),
+            pool: self.opts.pool.clone(),
+            topics: self.opts.topics.clone(),
+            active_jobs: self.active(),
+            max_parallel: self.opts.max_parallel,
+            cpu_load,
+            labels: self.opts.labels.clone(),
+            capabilities: vec![
+                match self.opts.mode {
+                    Mode::Echo => "echo".into(),
+                    Mode::Exec(_) => "exec".into(),
+                },
+                BATCH_CAPABILITY.into(),
+            ],
+            instance: Some(self.instance.clone()),
+            draining: self.draining.is_cancelled(),
         }
     }
 }
@@ -317,10 +476,13 @@ impl CpuMeter {
     }
 }
 
+/// Runs `cmd` for `job` until it exits, `cancel` (a cancel of the job), the job's deadline, or
+/// `grace_over` (the worker's drain ran out of time: the job is handed back).
 async fn run_command(
     cmd: &str,
     job: &JobMsg,
-    token: &CancellationToken,
+    cancel: &CancellationToken,
+    grace_over: &CancellationToken,
 ) -> (ResultStatus, Option<serde_json::Value>, Option<JobError>) {
     let refused = job
         .env
@@ -398,9 +560,14 @@ async fn run_command(
             }
             Err(e) => (ResultStatus::Failed, None, Some(JobError::new("wait_failed", e.to_string()))),
         },
-        _ = token.cancelled() => {
+        _ = cancel.cancelled() => {
             kill_group(pid);
             (ResultStatus::Cancelled, None, Some(JobError::new("cancelled", "cancelled while running")))
+        }
+        _ = grace_over.cancelled() => {
+            kill_group(pid);
+            (ResultStatus::Failed, None, Some(JobError::new(WORKER_DRAINED,
+                "the worker stopped it: its drain timeout ran out while the job was running")))
         }
         _ = timeout => {
             kill_group(pid);
@@ -435,8 +602,13 @@ mod tests {
     #[tokio::test]
     async fn an_exec_worker_refuses_env_on_the_deny_list() {
         let token = CancellationToken::new();
-        let (status, _, error) =
-            run_command("echo ran", &job(&[("LD_PRELOAD", "/tmp/evil.so")]), &token).await;
+        let (status, _, error) = run_command(
+            "echo ran",
+            &job(&[("LD_PRELOAD", "/tmp/evil.so")]),
+            &token,
+            &token,
+        )
+        .await;
         assert_eq!(status, ResultStatus::Failed);
         let error = error.unwrap();
         assert_eq!(error.code, "env_refused");
@@ -450,6 +622,7 @@ mod tests {
         let (status, result, error) = run_command(
             "printf '%s %s' \"$GREETING\" \"$CORETEX_EFFECTIVE_CONFIG\"",
             &job(&env),
+            &token,
             &token,
         )
         .await;

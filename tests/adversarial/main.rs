@@ -20,6 +20,7 @@ macro_rules! on_both_backends {
 
 #[path = "../common/mod.rs"]
 mod common;
+mod drain;
 mod expressions;
 mod isolation;
 mod keys;

@@ -113,6 +113,12 @@ struct Outgoing {
     item: Bytes,
 }
 
+/// What an [`Outbox`]'s flusher takes: an item, or a caller waiting for what came before it.
+enum Queued {
+    Item(Outgoing),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Most items one batch message carries.
 const MAX_OUTBOX_BATCH: usize = 256;
 
@@ -128,20 +134,25 @@ const MAX_OUTBOX_BATCH: usize = 256;
 /// serialized twice. Order is kept per destination.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    tx: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
 impl Outbox {
     /// Starts the flusher. `kind` names the batch envelope and its list field.
     pub fn start(bus: SharedBus, kind: &'static str) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Queued>();
         tokio::spawn(async move {
             let mut queued = Vec::new();
+            let mut flushes = Vec::new();
             while let Some(first) = rx.recv().await {
-                queued.push(first);
+                let mut take = |q| match q {
+                    Queued::Item(item) => queued.push(item),
+                    Queued::Flush(done) => flushes.push(done),
+                };
+                take(first);
                 tokio::task::yield_now().await;
                 while let Ok(next) = rx.try_recv() {
-                    queued.push(next);
+                    take(next);
                 }
                 let max_bytes = bus.max_payload();
                 for (single, batch, items) in group_by_destination(&mut queued) {
@@ -164,6 +175,9 @@ impl Outbox {
                         tracing::warn!(subject = %single, error = %e, "publish failed; the reconciler recovers what it carried");
                     }
                 }
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
             }
         });
         Outbox { tx }
@@ -171,11 +185,20 @@ impl Outbox {
 
     /// Queues one item (a JSON object) for `single`, or for `batch` together with others.
     pub fn send(&self, single: Arc<str>, batch: Option<Arc<str>>, item: Bytes) {
-        let _ = self.tx.send(Outgoing {
+        let _ = self.tx.send(Queued::Item(Outgoing {
             single,
             batch,
             item,
-        });
+        }));
+    }
+
+    /// Waits until every item queued before this call has been published (handed to the bus:
+    /// [`Bus::flush`] then waits for the server), for a process about to stop.
+    pub async fn flush(&self) {
+        let (done, published) = tokio::sync::oneshot::channel();
+        if self.tx.send(Queued::Flush(done)).is_ok() {
+            let _ = published.await;
+        }
     }
 }
 

@@ -73,6 +73,7 @@
 //! DISPATCHED on the way; had it none, the reconciler announces it again after
 //! `pending_grace` (at-least-once, as ever).
 
+mod drain;
 pub mod live;
 pub mod registry;
 pub mod results;
@@ -308,6 +309,9 @@ pub struct Scheduler {
     created_here: Mutex<IdMap<std::time::Instant>>,
     /// Dispatches sent to their worker and not yet written, by job id.
     unrecorded: Mutex<IdMap<Dispatch>>,
+    /// Held while dispatches taken from `unrecorded` are written, so a drain knows when none is
+    /// on its way (see [`Scheduler::drain`]).
+    recording: tokio::sync::Mutex<()>,
     /// The worker slot each job this replica dispatched holds, by job id, until the job ends
     /// (see [`Scheduler::release_slot`]).
     slots: Mutex<IdMap<(Arc<str>, std::time::Instant)>>,
@@ -368,6 +372,7 @@ impl Scheduler {
             in_flight,
             created_here: Mutex::new(IdMap::default()),
             unrecorded: Mutex::new(IdMap::default()),
+            recording: tokio::sync::Mutex::new(()),
             slots: Mutex::new(IdMap::default()),
         })
     }
@@ -991,6 +996,7 @@ impl Scheduler {
         let mut pruned = std::time::Instant::now();
         loop {
             tick.tick().await;
+            let _recording = self.recording.lock().await;
             // Jobs that never reached a worker in time: once per `max_age`, so the map (a burst
             // may hold tens of thousands) is walked rarely and holds at most two ages' worth.
             if pruned.elapsed() >= max_age {
@@ -1010,22 +1016,21 @@ impl Scheduler {
                     .filter_map(|id| map.remove(&id).map(|d| (id, d)))
                     .collect()
             };
-            if due.is_empty() {
-                continue;
-            }
-            let writes = due.into_iter().map(|(id, d)| {
-                let this = &self;
-                async move {
-                    let mut t = Transition::to(JobState::Dispatched, d.at);
-                    t.update = d.update.clone();
-                    if let Err(e) = this.apply(&id, &t).await {
-                        tracing::debug!(job_id = %id, error = %e, "dispatch not written yet");
-                        this.keep_unrecorded(&id, d);
-                    }
-                }
-            });
-            futures::future::join_all(writes).await;
+            self.write_dispatches(due).await;
         }
+    }
+
+    /// Writes the DISPATCHED of each dispatch; one the store cannot take now is kept for later.
+    async fn write_dispatches(&self, due: Vec<(String, Dispatch)>) {
+        let writes = due.into_iter().map(|(id, d)| async move {
+            let mut t = Transition::to(JobState::Dispatched, d.at);
+            t.update = d.update.clone();
+            if let Err(e) = self.apply(&id, &t).await {
+                tracing::debug!(job_id = %id, error = %e, "dispatch not written yet");
+                self.keep_unrecorded(&id, d);
+            }
+        });
+        futures::future::join_all(writes).await;
     }
 
     /// The tenancy policy in force (system config `tenancy`).

@@ -57,6 +57,8 @@ pub struct WorkerView {
     pub cpu_load: f64,
     pub labels: BTreeMap<String, String>,
     pub capabilities: Vec<String>,
+    /// Stopping: it finishes its jobs and is sent no more.
+    pub draining: bool,
     #[serde(with = "time::rfc3339")]
     pub last_seen: Millis,
 }
@@ -180,7 +182,7 @@ impl Registry {
         self.workers
             .read()
             .values()
-            .filter(|e| e.last_seen.elapsed() < self.ttl)
+            .filter(|e| e.last_seen.elapsed() < self.ttl && !e.hb.draining)
             .map(|e| {
                 let usable = (e.hb.max_parallel as usize * 9).div_ceil(10);
                 usable.saturating_sub(e.active() as usize)
@@ -216,12 +218,13 @@ impl Registry {
         });
     }
 
-    /// The live workers that satisfy the job's pool, topic and placement constraints.
+    /// The live workers that satisfy the job's pool, topic and placement constraints (a
+    /// draining worker takes nothing new).
     pub fn eligible_workers(&self, p: &Placement<'_>) -> Vec<Candidate> {
         let workers = self.workers.read();
         workers
             .values()
-            .filter(|e| e.last_seen.elapsed() < self.ttl)
+            .filter(|e| e.last_seen.elapsed() < self.ttl && !e.hb.draining)
             .filter(|e| match p.pool {
                 Some(pool) => e.hb.pool == pool,
                 None => e.hb.topics.iter().any(|t| t == p.topic),
@@ -260,6 +263,7 @@ impl Registry {
                 cpu_load: e.hb.cpu_load,
                 labels: e.hb.labels.clone(),
                 capabilities: e.hb.capabilities.clone(),
+                draining: e.hb.draining,
                 last_seen: e.last_seen_ms,
             })
             .collect();
@@ -284,6 +288,7 @@ mod tests {
             labels: BTreeMap::new(),
             capabilities: vec![],
             instance: None,
+            draining: false,
         }
     }
 

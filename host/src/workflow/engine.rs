@@ -25,6 +25,11 @@
 //! until the lock is free — the holder finishes in milliseconds, and one that died lets go when
 //! the lock's TTL runs out — then reads the run and its jobs afresh. Only the tick does not
 //! wait: it skips a locked run and comes back.
+//!
+//! A replica that stops ([`Engine::drain`], then [`Engine::release`]) takes no more run locks,
+//! lets the advances in flight finish, and releases what it still holds — the reconciler lock
+//! and the lock of any advance cut short — so another replica goes on at once rather than after
+//! the locks' TTL.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -33,6 +38,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::definition::{
     self, Approval, OnError, Run, Status, StepDef, StepRun, StepType, Workflow, WorkflowSpec,
@@ -104,6 +111,12 @@ pub struct Engine {
     last_prune: Mutex<Option<std::time::Instant>>,
     /// Permits to evaluate off the async threads ([`Engine::off_thread`]): one per core.
     evaluating: tokio::sync::Semaphore,
+    /// The run locks this replica holds, by name, with their tokens.
+    held: Mutex<HashMap<String, String>>,
+    /// The advances job events asked for, in their own tasks.
+    advances: TaskTracker,
+    /// Cancelled when the replica stops: no run lock is taken from then on.
+    stopping: CancellationToken,
 }
 
 /// A step's job as an advance submits it: the request (rendered input, env, labels) and the
@@ -136,6 +149,9 @@ impl Engine {
             evaluating: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+            held: Mutex::new(HashMap::new()),
+            advances: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -496,7 +512,15 @@ impl Engine {
             LockWait::Not => Some(tokio::time::Instant::now()),
         };
         let mut pause = Duration::from_millis(10);
-        while !self.store.lock_acquire(&lock, &token, ttl).await? {
+        loop {
+            if self.stopping.is_cancelled() {
+                return Err(WorkflowError::Conflict(
+                    "the host is shutting down; try again".into(),
+                ));
+            }
+            if self.store.lock_acquire(&lock, &token, ttl).await? {
+                break;
+            }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(WorkflowError::Conflict(format!(
                     "run `{run_id}` is busy; try again"
@@ -505,9 +529,15 @@ impl Engine {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+        self.held.lock().insert(lock.clone(), token.clone());
         let r = self.advance_held(run_id, change).await;
-        if let Err(e) = self.store.lock_release(&lock, &token).await {
-            tracing::warn!(run_id, error = %e, "could not release a run lock; it expires");
+        match self.store.lock_release(&lock, &token).await {
+            Ok(_) => {
+                self.held.lock().remove(&lock);
+            }
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "could not release a run lock; it expires")
+            }
         }
         r
     }
@@ -637,7 +667,7 @@ impl Engine {
                     continue;
                 };
                 let engine = self.clone();
-                tokio::spawn(async move {
+                self.advances.spawn(async move {
                     if let Err(e) = engine.advance(&run_id).await {
                         tracing::debug!(run_id, error = %e, "run not advanced; the tick will");
                     }
@@ -700,9 +730,30 @@ impl Engine {
         Ok(Some(advanced))
     }
 
-    /// Lets another replica become the reconciler at once (on shutdown).
+    /// Stops taking run locks (on shutdown) and waits, at most `grace`, for the advances job
+    /// events asked for to end; answers whether they all did.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.stopping.cancel();
+        self.advances.close();
+        let settled = tokio::time::timeout(grace, self.advances.wait())
+            .await
+            .is_ok();
+        if !settled {
+            tracing::warn!(?grace, "run advances still going at the end of the drain");
+        }
+        settled
+    }
+
+    /// Lets another replica take over at once (on shutdown, once the loops have ended): releases
+    /// the reconciler lock and every run lock an advance cut short still holds.
     pub async fn release(&self) {
         let _ = self.store.lock_release(RECONCILER_LOCK, &self.owner).await;
+        let held: Vec<(String, String)> = self.held.lock().drain().collect();
+        for (lock, token) in held {
+            if let Err(e) = self.store.lock_release(&lock, &token).await {
+                tracing::warn!(lock, error = %e, "could not release a run lock; it expires");
+            }
+        }
     }
 
     /// One pass over the active runs (pending, running, waiting), paged. A run whose lock is
