@@ -49,6 +49,7 @@ fn main() {
     let wit = manifest.join("..").join("wit");
     watch(&plugins, &wit);
 
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins).args([
@@ -74,8 +75,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot run cargo to build the plugins: {e}"));
     if !output.status.success() {
         panic!(
-            "building the plugin workspace ({}) for wasm32-wasip2 failed \
-             (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
+            "building the plugin workspace ({}) for wasm32-wasip2 failed:\n{}",
             plugins.display(),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -88,13 +88,13 @@ fn main() {
     );
     for stem in BUILTINS {
         let wasm = built.join(format!("{stem}.wasm"));
-        if !wasm.exists() {
-            println!(
-                "cargo:warning=built-in plugin `{stem}` was not built ({} is missing); the host runs without it",
-                wasm.display()
-            );
-            continue;
-        }
+        // A host without a built-in would fail at run time (no `cel`: every condition fails).
+        assert!(
+            wasm.exists(),
+            "built-in plugin `{stem}` was not built ({} is missing): is its crate still a member \
+             of the plugin workspace?",
+            wasm.display()
+        );
         // Embed a copy in OUT_DIR: the plugin target dir is rebuilt under our feet by others.
         let copy = out_dir.join(format!("{stem}.wasm"));
         std::fs::copy(&wasm, &copy)
@@ -107,6 +107,39 @@ fn main() {
     }
     table.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), table).expect("writing builtin_plugins.rs");
+}
+
+/// Adds the `wasm32-wasip2` target through rustup when the compiler in use lacks it, so the
+/// first `cargo run` on a machine with only rustup and stable Rust works. The target is found
+/// in rustc's sysroot (`lib/rustlib/wasm32-wasip2`), which is how rustc itself looks for it.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|root| root.join("lib/rustlib/wasm32-wasip2").is_dir()) {
+        return;
+    }
+    println!(
+        "cargo:warning=the wasm32-wasip2 target is not installed: running \
+         `rustup target add wasm32-wasip2` to build the built-in plugins"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    match added {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!(
+            "`rustup target add wasm32-wasip2` failed ({status}); the built-in plugins need it"
+        ),
+        Err(e) => panic!(
+            "the wasm32-wasip2 target is missing and rustup could not be run ({e}): install the \
+             target for your toolchain to build the built-in plugins"
+        ),
+    }
 }
 
 /// Reruns when a plugin source or the WIT changes. Cargo scans a named directory recursively, so

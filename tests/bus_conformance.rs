@@ -1,6 +1,6 @@
 //! The bus conformance suite: the delivery rules the rest of Coretex relies on from a [`Bus`],
 //! checked against both backends — the in-process [`MemoryBus`] and [`NatsBus`] on a real NATS
-//! server with JetStream (`NATS_URL`, default `nats://127.0.0.1:4222`) — so the embedded default
+//! server with JetStream (`NATS_URL`, else a private `nats-server -js` the tests start) — so the embedded default
 //! can never drift from the real thing.
 //!
 //! Each check is written once, as an `async fn` over a [`Deployment`]; `conformance!` turns it
@@ -36,6 +36,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::timeout;
+
+#[path = "common/servers.rs"]
+mod servers;
 
 /// The longest any expected message may take to arrive.
 const WAIT: Duration = Duration::from_secs(5);
@@ -94,7 +97,7 @@ struct Nats {
 
 impl Nats {
     async fn open() -> Self {
-        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let url = servers::nats_url();
         let subjects = unique_subjects();
         let admin = Self::connect_to(&url, &subjects).await;
         Nats {
@@ -111,8 +114,8 @@ impl Nats {
             Ok(bus) => bus.with_ack_wait(NATS_ACK_WAIT).with_events_batch(1),
             Err(e) => panic!(
                 "NATS is not reachable at {url} ({e}): the NATS bus conformance tests need a \
-                 NATS server with JetStream enabled (`nats-server -js`); set NATS_URL to use \
-                 another one"
+                 NATS server with JetStream enabled (`nats-server -js`): the tests start a \
+                 private one unless NATS_URL names another"
             ),
         }
     }

@@ -17,7 +17,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use coretex::store::{Store, StoreOptions};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use common::servers::free_port;
 use common::{Api, nats_url, redis_url, unique};
 
 const TERMINAL: [&str; 5] = ["SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "DENIED"];
@@ -53,12 +53,6 @@ async fn require_backends() {
     if let Err(e) = NatsBus::connect(&nats, Subjects::new("")).await {
         panic!("crash_recovery needs NATS with JetStream at {nats} (set NATS_URL): {e}");
     }
-}
-
-/// A port nobody listens on right now (bound, read, released).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local address").port()
 }
 
 /// An API client whose every request gives up after a while, so no test can hang on one.

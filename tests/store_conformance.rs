@@ -2,7 +2,8 @@
 //!
 //! Every `check_*` function takes a fresh, empty [`SharedStore`]; the `conformance!` macro at the
 //! bottom turns each into two tests, `memory::<name>` on a [`MemoryStore`] and `redis::<name>` on
-//! a [`RedisStore`] talking to the real server at `REDIS_URL` (default `redis://127.0.0.1:6379`).
+//! a [`RedisStore`] talking to a real server (`REDIS_URL`, else a private `redis-server` the tests
+//! start).
 //! Each Redis test works under its own random key prefix, so the tests run in parallel, and
 //! deletes that prefix's keys when it ends (even when it fails). When Redis is not reachable the
 //! Redis tests fail, saying so: they never skip.
@@ -2025,9 +2026,9 @@ fn memory_store(opts: StoreOptions) -> SharedStore {
     Arc::new(MemoryStore::new(opts))
 }
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
-}
+#[path = "common/servers.rs"]
+mod servers;
+use servers::redis_url;
 
 /// Deletes a test's keys when the test ends, passed or failed.
 struct RedisKeys {
@@ -2208,7 +2209,7 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
 fn redis_unreachable(url: &str, e: StoreError) -> ! {
     panic!(
         "Redis is not reachable at {url} ({e}). The redis::* store conformance tests need a \
-         running Redis server: start one on 127.0.0.1:6379 or set REDIS_URL."
+         running Redis server: the tests start a private one unless REDIS_URL names another."
     )
 }
 

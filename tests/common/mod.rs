@@ -12,16 +12,8 @@ use coretex::worker::{Mode, Worker, WorkerOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
-pub const NATS_URL_DEFAULT: &str = "nats://127.0.0.1:4222";
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| REDIS_URL_DEFAULT.into())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| NATS_URL_DEFAULT.into())
-}
+pub mod servers;
+pub use servers::{nats_url, redis_url};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -36,6 +36,8 @@ pub use crate::wit::step_condition::coretex::plugin::types::PluginError as Condi
 ///
 /// The answer carries no string (see `pick` in `wit/dispatch.wit`): a `NoWorker` reason or an
 /// error message waits in [`MESSAGE`] for the host's `message` call.
+// The unit error is the WIT's `result<decision>`: the message travels apart, off the hot path.
+#[allow(clippy::result_unit_err)]
 pub fn pick<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,
@@ -49,6 +51,7 @@ pub fn pick<S: DispatchStrategy>(
 
 /// Runs `strategy` on one `pick-few` call: the one to three candidates came as arguments, and
 /// are viewed from arrays on the stack.
+#[allow(clippy::result_unit_err)]
 pub fn pick_few<S: DispatchStrategy>(
     strategy: &S,
     job: WireJob,

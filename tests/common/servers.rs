@@ -1,0 +1,142 @@
+//! The Redis and NATS servers the tests talk to.
+//!
+//! With `REDIS_URL` / `NATS_URL` set, the tests use those servers. Unset, each test binary starts
+//! its own `redis-server` and `nats-server -js` on free ports, with their data in a temp dir, so
+//! `cargo test` needs nothing running. Tests share the servers of their binary and stay apart by
+//! key and subject prefixes. A private server is watched by a small shell loop that stops it and
+//! removes its directory once the test process is gone, however the process ends.
+//!
+//! A binary that is not installed is a failure that says how to install it, never a skip.
+// Each test binary uses the part it needs.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The Redis URL the tests use: `REDIS_URL`, or a private server started on first use.
+pub fn redis_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return url;
+    }
+    static REDIS: OnceLock<String> = OnceLock::new();
+    REDIS
+        .get_or_init(|| {
+            let port = free_port();
+            let dir = private_dir("redis");
+            let port_arg = port.to_string();
+            let dir_arg = dir.display().to_string();
+            let args = [
+                "--port",
+                port_arg.as_str(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir_arg.as_str(),
+            ];
+            spawn_watched("redis-server", "REDIS_URL", &args, &dir, port);
+            format!("redis://127.0.0.1:{port}")
+        })
+        .clone()
+}
+
+/// The NATS URL the tests use: `NATS_URL`, or a private JetStream server started on first use.
+pub fn nats_url() -> String {
+    if let Ok(url) = std::env::var("NATS_URL") {
+        return url;
+    }
+    static NATS: OnceLock<String> = OnceLock::new();
+    NATS.get_or_init(|| {
+        let port = free_port();
+        let dir = private_dir("nats");
+        let port_arg = port.to_string();
+        let store = dir.join("js").display().to_string();
+        let args = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            port_arg.as_str(),
+            "-sd",
+            store.as_str(),
+        ];
+        spawn_watched("nats-server", "NATS_URL", &args, &dir, port);
+        format!("nats://127.0.0.1:{port}")
+    })
+    .clone()
+}
+
+/// A port nobody listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+fn private_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "coretex-test-{what}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("creating {} for a private {what}: {e}", dir.display()));
+    dir
+}
+
+/// Starts `program args…` under a watchdog tied to this process, then waits until it accepts
+/// connections on `port`.
+fn spawn_watched(program: &str, env_var: &str, args: &[&str], dir: &Path, port: u16) {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "`{program}` is not on PATH. The tests start a private {program} when {env_var} is unset: \
+         install it (Debian/Ubuntu: `apt-get install -y {program}`), or point {env_var} at a \
+         running server",
+    );
+    // The server runs as a child of the shell; the shell polls this test process and, when it
+    // is gone (passed, failed or killed), stops the server and removes its directory.
+    let script = r#"
+        prog="$1"; dir="$2"; parent="$3"; shift 3
+        "$prog" "$@" >"$dir/server.log" 2>&1 &
+        server=$!
+        while kill -0 "$parent" 2>/dev/null && kill -0 "$server" 2>/dev/null; do sleep 0.5; done
+        kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
+        rm -rf "$dir"
+    "#;
+    let dir_arg = dir.display().to_string();
+    let parent = std::process::id().to_string();
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("watchdog")
+        .args([program, dir_arg.as_str(), parent.as_str()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting a private {program}: {e}"));
+    // Reaps the watchdog should it end before this process (its server died).
+    std::thread::spawn(move || watchdog.wait());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("a private {program} on port {port} did not start within 15 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
