@@ -16,22 +16,22 @@
     )
 )]
 
+// The domain modules live in `coretex-core`; re-exported so paths read as one tree.
+pub use coretex_core::{ids, job, limits, protocol, time};
+
 pub mod breaker;
 pub mod bus;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
-pub mod ids;
-pub mod job;
-pub mod limits;
+#[cfg(test)]
+mod limits_docs;
 pub mod loadgen;
 pub mod plugins;
-pub mod protocol;
 pub mod reconciler;
 pub mod scheduler;
 pub mod serve;
 pub mod store;
 pub mod supervisor;
-pub mod time;
 pub mod worker;
 pub mod workflow;

@@ -73,13 +73,13 @@
 //! DISPATCHED on the way; had it none, the reconciler announces it again after
 //! `pending_grace` (at-least-once, as ever).
 
+pub use coretex_core::{retry, strategy};
+
 mod drain;
 pub mod live;
 pub mod registry;
 pub mod results;
-pub mod retry;
 pub mod safety;
-pub mod strategy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

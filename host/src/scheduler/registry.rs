@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::Serialize;
 
+pub use coretex_core::strategy::Candidate;
+
 use crate::protocol::HeartbeatMsg;
 use crate::time::{self, Millis, now_ms};
 
@@ -31,19 +33,6 @@ impl Entry {
     fn active(&self) -> u32 {
         (self.hb.active_jobs as i64 + self.local_delta).max(0) as u32
     }
-}
-
-/// One worker as a dispatch strategy sees it: numbers, not strings.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub worker_id: Arc<str>,
-    pub active_jobs: u32,
-    pub max_parallel: u32,
-    pub cpu_load: f64,
-    /// The job named this worker in `labels.preferred_worker_id`.
-    pub preferred: bool,
-    /// The worker's labels (shared, not copied), for strategies that place by label.
-    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 /// What `GET /api/v1/workers` shows.

@@ -3,6 +3,11 @@
 //! runs as their jobs end ([`engine`]). Templates and `for_each` are CEL expressions
 //! ([`expr`]), the language of the built-in condition evaluator, evaluated in its sandbox.
 
-pub mod definition;
 pub mod engine;
-pub mod expr;
+
+pub use coretex_core::workflow::{definition, expr};
+
+#[cfg(test)]
+mod definition_tests;
+#[cfg(test)]
+mod expr_tests;

@@ -147,7 +147,7 @@ pub struct ResultMsg {
 }
 
 /// Several messages of one kind in one envelope, `{"v":1,"kind":K,"K":[…]}` (see
-/// [`crate::bus::Outbox`]): jobs on `worker.<id>.batch`, results on `sys.job.results`, job
+/// the host's `bus::Outbox`): jobs on `worker.<id>.batch`, results on `sys.job.results`, job
 /// events on `sys.job.events.batch`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Batch<T> {

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::job::JobSpec;
 
-use super::registry::Candidate;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pick {
@@ -71,6 +72,19 @@ impl DispatchStrategy for LeastLoaded {
             None => Pick::NoWorker(format!("all {n} eligible workers are overloaded")),
         })
     }
+}
+
+/// One worker as a dispatch strategy sees it: numbers, not strings.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub worker_id: Arc<str>,
+    pub active_jobs: u32,
+    pub max_parallel: u32,
+    pub cpu_load: f64,
+    /// The job named this worker in `labels.preferred_worker_id`.
+    pub preferred: bool,
+    /// The worker's labels (shared, not copied), for strategies that place by label.
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 #[cfg(test)]
