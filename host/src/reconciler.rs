@@ -20,11 +20,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::job::{Job, JobError, JobState, WORKER_LOST};
+use crate::leader::Leadership;
 use crate::protocol::Clearance;
 use crate::scheduler::registry::Holder;
 use crate::scheduler::{Scheduler, SchedulerError};
@@ -64,7 +65,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub struct Reconciler {
     scheduler: Arc<Scheduler>,
     settings: ReconcilerSettings,
-    owner: String,
+    leadership: Leadership,
     failures: Mutex<HashMap<String, u32>>,
     skipped: Mutex<Vec<String>>,
     /// Where the walk for lost workers goes on, per state.
@@ -81,10 +82,11 @@ impl Reconciler {
         settings: ReconcilerSettings,
         owner: String,
     ) -> Arc<Self> {
+        let ttl = Leadership::ttl_for(settings.interval);
         Arc::new(Reconciler {
+            leadership: Leadership::new(scheduler.store.clone(), LOCK, owner, ttl),
             scheduler,
             settings,
-            owner,
             failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(Vec::new()),
             walks: Mutex::new(HashMap::new()),
@@ -97,41 +99,32 @@ impl Reconciler {
     }
 
     pub async fn run(self: Arc<Self>) {
-        let mut last_prune = Instant::now();
-        let lock_ttl = (self.settings.interval * 3).max(Duration::from_secs(3));
-        loop {
-            tokio::time::sleep(self.settings.interval).await;
-            match self
-                .scheduler
-                .store
-                .lock_acquire(LOCK, &self.owner, lock_ttl.as_millis() as u64)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reconciler cannot reach the store");
-                    continue;
-                }
-            }
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "reconciler tick incomplete");
-            }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = Instant::now();
-                let before = now_ms() - ms(self.settings.job_ttl);
-                match self.scheduler.store.prune_indexes(before).await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired index entries"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "index pruning failed"),
-                }
-            }
-        }
+        self.leadership
+            .lead_every(
+                self.settings.interval,
+                || async {
+                    if let Err(e) = self.tick().await {
+                        tracing::warn!(error = %e, "reconciler tick incomplete");
+                    }
+                },
+                PRUNE_EVERY,
+                || async {
+                    let before = now_ms() - ms(self.settings.job_ttl);
+                    match self.scheduler.store.prune_indexes(before).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "pruned expired index entries")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "index pruning failed"),
+                    }
+                },
+            )
+            .await
     }
 
     /// Releases the lock (on shutdown), so another replica takes over at once.
     pub async fn release(&self) {
-        let _ = self.scheduler.store.lock_release(LOCK, &self.owner).await;
+        self.leadership.release().await;
     }
 
     /// One pass over everything the reconciler watches.

@@ -18,6 +18,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod abandoned;
 #[path = "../common/mod.rs"]
 mod common;
 mod drain;

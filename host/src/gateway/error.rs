@@ -216,6 +216,9 @@ impl From<WorkflowError> for ApiError {
             WorkflowError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
             WorkflowError::Store(s) => s.into(),
             WorkflowError::Scheduler(s) => s.into(),
+            WorkflowError::Aborted(d) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", d)
+            }
         }
     }
 }

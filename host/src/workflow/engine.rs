@@ -49,6 +49,7 @@ use crate::bus::{Feed, job_events};
 use crate::configsvc::ConfigTarget;
 use crate::ids;
 use crate::job::{DEFAULT_TENANT, FieldError, Job, JobRequest, JobState, StepJobIds};
+use crate::leader::Leadership;
 use crate::limits::{MAX_FOR_EACH_ITEMS, MAX_TIMEOUT_SEC};
 use crate::plugins::{ConditionEvaluator, ExpressionEvaluator, PluginRegistry};
 use crate::scheduler::retry::{Failure, RetryBounds, RetryDecision, RetryPolicy};
@@ -68,6 +69,9 @@ pub enum WorkflowError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    /// The task doing the work ended abnormally (it panicked).
+    #[error("{0}")]
+    Aborted(String),
 }
 
 type Result<T> = std::result::Result<T, WorkflowError>;
@@ -105,10 +109,8 @@ pub struct Engine {
     settings: EngineSettings,
     /// Runs being advanced in this process, and whether another advance was asked meanwhile.
     busy: Mutex<HashMap<String, bool>>,
-    /// This replica's token for the reconciler lock.
-    owner: String,
-    /// When this replica last pruned the run indexes.
-    last_prune: Mutex<Option<std::time::Instant>>,
+    /// The workflow reconciler's lock, under this replica's token.
+    leadership: Leadership,
     /// Permits to evaluate off the async threads ([`Engine::off_thread`]): one per core.
     evaluating: tokio::sync::Semaphore,
     /// The run locks this replica holds, by name, with their tokens.
@@ -139,13 +141,18 @@ type Change = Box<dyn FnOnce(&Workflow, &mut Run, Millis) -> Result<()> + Send>;
 
 impl Engine {
     pub fn new(scheduler: Arc<Scheduler>, settings: EngineSettings) -> Arc<Self> {
+        let leadership = Leadership::new(
+            scheduler.store.clone(),
+            RECONCILER_LOCK,
+            format!("workflows-{}", uuid::Uuid::new_v4()),
+            Leadership::ttl_for(settings.tick),
+        );
         Arc::new(Engine {
             store: scheduler.store.clone(),
             scheduler,
             settings,
+            leadership,
             busy: Mutex::new(HashMap::new()),
-            owner: format!("workflows-{}", uuid::Uuid::new_v4()),
-            last_prune: Mutex::new(None),
             evaluating: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
@@ -325,7 +332,7 @@ impl Engine {
     // ---- runs ----
 
     /// Checks the input against the workflow's schema, stores the run and starts it.
-    pub async fn start_run(&self, workflow_id: &str, input: Value) -> Result<Run> {
+    pub async fn start_run(self: &Arc<Self>, workflow_id: &str, input: Value) -> Result<Run> {
         let wf = self.get(workflow_id, None).await?;
         if let Some(schema) = &wf.input_schema {
             let errors = definition::check_input(schema, &input);
@@ -370,7 +377,7 @@ impl Engine {
     }
 
     /// Cancels a run: every running job gets a cancel, every unfinished step ends cancelled.
-    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<Run> {
+    pub async fn cancel_run(self: &Arc<Self>, run_id: &str, reason: &str) -> Result<Run> {
         let reason = reason.to_string();
         self.change(
             run_id,
@@ -391,7 +398,12 @@ impl Engine {
     }
 
     /// Cancels one step (its job or children's jobs); its dependents are cancelled with it.
-    pub async fn cancel_step(&self, run_id: &str, step_id: &str, reason: &str) -> Result<Run> {
+    pub async fn cancel_step(
+        self: &Arc<Self>,
+        run_id: &str,
+        step_id: &str,
+        reason: &str,
+    ) -> Result<Run> {
         let (step_id, reason) = (step_id.to_string(), reason.to_string());
         self.change(
             run_id,
@@ -414,7 +426,7 @@ impl Engine {
 
     /// A human's answer to an approval step: approval succeeds it, rejection fails it.
     pub async fn approve(
-        &self,
+        self: &Arc<Self>,
         run_id: &str,
         step_id: &str,
         approved: bool,
@@ -465,11 +477,33 @@ impl Engine {
     /// once more right after. A lock held by another replica is waited for until it is free,
     /// however long: the result that asked for this advance must not be dropped, and a holder
     /// that died lets go when its lock's TTL runs out.
-    pub async fn advance(&self, run_id: &str) -> Result<()> {
+    pub async fn advance(self: &Arc<Self>, run_id: &str) -> Result<()> {
         self.advance_waiting(run_id, LockWait::UntilFree).await
     }
 
-    async fn advance_waiting(&self, run_id: &str, wait: LockWait) -> Result<()> {
+    /// Runs `work` to its end in a task of its own (tracked with the event advances, so a drain
+    /// waits for it too) and answers its result. Whoever asked may stop waiting — a client that
+    /// disconnects drops its handler's future wherever it is — without cutting the work short:
+    /// an advance cut short left its run marked busy in this process, so no later advance here
+    /// ran it, and its lock held until the TTL.
+    async fn to_completion<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.advances.spawn(work).await.map_err(|e| {
+            WorkflowError::Aborted(format!("the run's advance ended abnormally: {e}"))
+        })?
+    }
+
+    async fn advance_waiting(self: &Arc<Self>, run_id: &str, wait: LockWait) -> Result<()> {
+        let (engine, run_id) = (self.clone(), run_id.to_string());
+        self.to_completion(async move { engine.advance_here(&run_id, wait).await })
+            .await
+    }
+
+    /// [`Engine::advance_waiting`] in the caller's task.
+    async fn advance_here(&self, run_id: &str, wait: LockWait) -> Result<()> {
         {
             let mut busy = self.busy.lock();
             if let Some(again) = busy.get_mut(run_id) {
@@ -497,8 +531,14 @@ impl Engine {
     }
 
     /// A person's change: waits `lock_wait` at most for the run's lock, then answers 409.
-    async fn change(&self, run_id: &str, change: Change) -> Result<Run> {
-        self.locked(run_id, Some(change), LockWait::Bounded).await
+    async fn change(self: &Arc<Self>, run_id: &str, change: Change) -> Result<Run> {
+        let (engine, run_id) = (self.clone(), run_id.to_string());
+        self.to_completion(async move {
+            engine
+                .locked(&run_id, Some(change), LockWait::Bounded)
+                .await
+        })
+        .await
     }
 
     /// Under the run's lock: applies `change`, advances, saves, then performs the effects.
@@ -681,53 +721,37 @@ impl Engine {
     /// This recovers results nobody applied (a lost event, a replica that died mid-advance) and
     /// fires retry backoffs and timeouts.
     pub async fn run_reconciler(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.settings.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.reconcile_as_leader().await {
-                tracing::warn!(error = %e, "workflow reconciler tick failed");
-            }
-        }
-    }
-
-    /// How long the reconciler lock outlives a tick that did not renew it: a replica that died
-    /// hands over within this.
-    fn leader_ttl(&self) -> u64 {
-        (self.settings.tick * 3)
-            .max(Duration::from_secs(3))
-            .as_millis() as u64
+        self.leadership
+            .lead_every(
+                self.settings.tick,
+                || async {
+                    if let Err(e) = self.reconcile_once().await {
+                        tracing::warn!(error = %e, "workflow reconciler tick failed");
+                    }
+                },
+                self.settings.prune_every,
+                || self.prune_runs(),
+            )
+            .await
     }
 
     /// One reconciler tick if this replica holds the reconciler lock (taking it when it is
     /// free): the number of runs looked at, or `None` when another replica is the reconciler.
-    pub async fn reconcile_as_leader(&self) -> Result<Option<usize>> {
-        if !self
-            .store
-            .lock_acquire(RECONCILER_LOCK, &self.owner, self.leader_ttl())
-            .await?
-        {
+    pub async fn reconcile_as_leader(self: &Arc<Self>) -> Result<Option<usize>> {
+        if !self.leadership.hold().await? {
             return Ok(None);
         }
-        let advanced = self.reconcile_once().await?;
-        let prune_due = {
-            let mut last = self.last_prune.lock();
-            let due = last.is_none_or(|t| t.elapsed() >= self.settings.prune_every);
-            if due {
-                *last = Some(std::time::Instant::now());
+        Ok(Some(self.reconcile_once().await?))
+    }
+
+    async fn prune_runs(&self) {
+        match self.store.run_prune_indexes().await {
+            Ok(n) if n > 0 => {
+                tracing::info!(removed = n, "pruned the index entries of expired runs")
             }
-            due
-        };
-        if prune_due {
-            match self.store.run_prune_indexes().await {
-                Ok(n) if n > 0 => {
-                    tracing::info!(removed = n, "pruned the index entries of expired runs")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "run index pruning failed"),
-            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "run index pruning failed"),
         }
-        Ok(Some(advanced))
     }
 
     /// Stops taking run locks (on shutdown) and waits, at most `grace`, for the advances job
@@ -747,7 +771,7 @@ impl Engine {
     /// Lets another replica take over at once (on shutdown, once the loops have ended): releases
     /// the reconciler lock and every run lock an advance cut short still holds.
     pub async fn release(&self) {
-        let _ = self.store.lock_release(RECONCILER_LOCK, &self.owner).await;
+        self.leadership.release().await;
         let held: Vec<(String, String)> = self.held.lock().drain().collect();
         for (lock, token) in held {
             if let Err(e) = self.store.lock_release(&lock, &token).await {
@@ -759,7 +783,7 @@ impl Engine {
     /// One pass over the active runs (pending, running, waiting), paged. A run whose lock is
     /// held is skipped (its holder is advancing it; the next tick comes back), and the reconciler
     /// lock is renewed after each page, so a long pass keeps it; a pass that lost it stops.
-    async fn reconcile_once(&self) -> Result<usize> {
+    async fn reconcile_once(self: &Arc<Self>) -> Result<usize> {
         let mut advanced = 0;
         for status in [Status::Pending, Status::Running, Status::Waiting] {
             let filter = RunFilter {
@@ -778,11 +802,7 @@ impl Engine {
                     }
                     advanced += 1;
                 }
-                if !self
-                    .store
-                    .lock_acquire(RECONCILER_LOCK, &self.owner, self.leader_ttl())
-                    .await?
-                {
+                if !self.leadership.hold().await? {
                     return Ok(advanced);
                 }
                 match got
