@@ -72,18 +72,31 @@
 //! its dispatch leaves it PENDING: its result, handled by any replica, walks it through
 //! DISPATCHED on the way; had it none, the reconciler announces it again after
 //! `pending_grace` (at-least-once, as ever).
+//!
+//! # The parts
+//!
+//! This file holds submission, scheduling and placement (the safety gate, the strategy over
+//! the registry, the lazy dispatch record) and cancel/approve. The rest are modules of their
+//! own: [`queue`] (the wait queue and when a waiting job's reason is written), [`slots`] (which
+//! job holds which worker's slot), [`registry`] (live workers from heartbeats), [`results`]
+//! (applying what workers report), [`settle`] (failure → retry or dead letter), [`safety`],
+//! [`live`] (the live stream's events) and [`drain`]. The contracts — [`strategy`] and
+//! [`retry`] — are `coretex-core`'s.
 
 pub use coretex_core::{retry, strategy};
 
 mod drain;
 pub mod live;
+mod queue;
 pub mod registry;
 pub mod results;
 pub mod safety;
+mod settle;
+mod slots;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -101,15 +114,16 @@ use crate::protocol::{
     CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
 };
 use crate::store::{
-    Annotation, CreateOutcome, DlqEntry, JobUpdate, NewJob, PARKED, SharedStore, StoreError,
-    Transition, TransitionOutcome,
+    Annotation, CreateOutcome, JobUpdate, NewJob, PARKED, SharedStore, StoreError, Transition,
+    TransitionOutcome,
 };
 use crate::time::{Millis, now_ms};
 
 use live::LiveEvents;
+use queue::WaitQueue;
 use registry::{Placement, Registry};
-use retry::{Failure, RetryDecision, RetryPolicy};
 use safety::{Decision, SafetyGate};
+use slots::Slots;
 use strategy::{DispatchStrategy, Pick};
 
 /// A map keyed by job id, of those the hot path touches for every job. foldhash (seeded per
@@ -183,105 +197,6 @@ pub struct Accepted {
     pub created: bool,
 }
 
-/// Jobs waiting for a worker, by priority (critical first, batch last), each once.
-///
-/// Why a job waits is written to the store (its `reason`, and a line of history) once per
-/// reason. A job with no worker that could ever take it gets its reason at once. A job that
-/// only waits its turn — eligible workers exist, all busy — is ordinary queueing: writing a
-/// reason on each of a burst of thousands would double the store work of the burst, so such
-/// a job gets its reason only once it has waited [`BACKLOG_NOTE_AFTER`].
-#[derive(Default)]
-struct WaitQueue {
-    lanes: [VecDeque<(JobSpec, Clearance)>; 3],
-    ids: IdSet,
-    /// The reason last written to the store, per job.
-    recorded: IdMap<String>,
-    /// Jobs waiting their turn, with when they began to and why; their reason is not written
-    /// yet.
-    backlog: IdMap<(std::time::Instant, String)>,
-    /// The same jobs in the order they began to wait (entries of jobs that left since are
-    /// skipped when met), so finding the overdue ones looks only at those.
-    backlog_order: VecDeque<(std::time::Instant, String)>,
-}
-
-/// How long a job may wait its turn behind busy workers before its reason is written.
-const BACKLOG_NOTE_AFTER: Duration = Duration::from_secs(5);
-
-impl WaitQueue {
-    fn lane(&mut self, p: crate::job::Priority) -> &mut VecDeque<(JobSpec, Clearance)> {
-        let [critical, interactive, batch] = &mut self.lanes;
-        match p {
-            crate::job::Priority::Critical => critical,
-            crate::job::Priority::Interactive => interactive,
-            crate::job::Priority::Batch => batch,
-        }
-    }
-
-    fn push(&mut self, spec: JobSpec, clearance: Clearance) {
-        if self.ids.insert(spec.id.clone()) {
-            self.lane(spec.priority).push_back((spec, clearance));
-        }
-    }
-
-    /// Takes up to `n` jobs, highest priority first.
-    fn take(&mut self, n: usize) -> Vec<(JobSpec, Clearance)> {
-        let mut out = Vec::with_capacity(n.min(self.ids.len()));
-        for lane in self.lanes.iter_mut() {
-            while out.len() < n {
-                let Some(entry) = lane.pop_front() else { break };
-                self.ids.remove(&entry.0.id);
-                out.push(entry);
-            }
-        }
-        out
-    }
-
-    /// Notes that a job waits its turn, for `reason`.
-    fn backlogged(&mut self, id: &str, reason: String) {
-        match self.backlog.get_mut(id) {
-            Some(entry) => entry.1 = reason,
-            None => {
-                let now = std::time::Instant::now();
-                self.backlog.insert(id.to_string(), (now, reason));
-                self.backlog_order.push_back((now, id.to_string()));
-            }
-        }
-    }
-
-    /// Backlogged jobs that have waited long enough to have their reason written (at most
-    /// `n`), as `(id, reason)`; they move to `recorded`.
-    fn overdue(&mut self, n: usize) -> Vec<(String, String)> {
-        let now = std::time::Instant::now();
-        let mut out = Vec::new();
-        while out.len() < n {
-            match self.backlog_order.front() {
-                Some((since, _)) if now.duration_since(*since) >= BACKLOG_NOTE_AFTER => {}
-                _ => break,
-            }
-            let Some((since, id)) = self.backlog_order.pop_front() else {
-                break;
-            };
-            if self.backlog.get(&id).is_some_and(|(s, _)| *s == since)
-                && let Some((_, reason)) = self.backlog.remove(&id)
-            {
-                self.recorded.insert(id.clone(), reason.clone());
-                out.push((id, reason));
-            }
-        }
-        out
-    }
-
-    /// Forgets a job that left the queue for good (dispatched, cancelled, failed).
-    fn forget(&mut self, id: &str) {
-        self.recorded.remove(id);
-        self.backlog.remove(id);
-    }
-
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-}
-
 pub struct Scheduler {
     /// This scheduler, for the tasks it spawns from `&self` methods.
     me: std::sync::Weak<Scheduler>,
@@ -312,9 +227,8 @@ pub struct Scheduler {
     /// Held while dispatches taken from `unrecorded` are written, so a drain knows when none is
     /// on its way (see [`Scheduler::drain`]).
     recording: tokio::sync::Mutex<()>,
-    /// The worker slot each job this replica dispatched holds, by job id, until the job ends
-    /// (see [`Scheduler::release_slot`]).
-    slots: Mutex<IdMap<(Arc<str>, std::time::Instant)>>,
+    /// The worker slot each job this replica dispatched holds, until the job ends.
+    slots: Slots,
 }
 
 /// A dispatch sent to its worker whose DISPATCHED is not written yet: written by
@@ -373,7 +287,7 @@ impl Scheduler {
             created_here: Mutex::new(IdMap::default()),
             unrecorded: Mutex::new(IdMap::default()),
             recording: tokio::sync::Mutex::new(()),
-            slots: Mutex::new(IdMap::default()),
+            slots: Slots::default(),
         })
     }
 
@@ -617,7 +531,7 @@ impl Scheduler {
             let budget = self.registry.free_slots().max(1);
             let (batch, overdue) = {
                 let mut waiting = self.waiting.lock();
-                (waiting.take(budget), waiting.overdue(256))
+                (waiting.take(budget), waiting.overdue(256, Instant::now()))
             };
             for (id, reason) in overdue {
                 match self.note_waiting(&id, &reason).await {
@@ -901,12 +815,8 @@ impl Scheduler {
 
     /// Counts a job against its worker's capacity in this replica's registry.
     fn hold_slot(&self, job_id: &str, worker: &str) {
-        let previous = self.slots.lock().insert(
-            job_id.to_string(),
-            (Arc::from(worker), std::time::Instant::now()),
-        );
-        if let Some((w, _)) = previous {
-            self.registry.note_finished(&w);
+        if let Some(previous) = self.slots.hold(job_id, worker, Instant::now()) {
+            self.registry.note_finished(&previous);
         }
         self.registry.note_dispatched(worker);
     }
@@ -917,9 +827,8 @@ impl Scheduler {
     /// counts only its own dispatches, so a result handled by another replica neither frees a
     /// slot here twice nor one this replica never took; heartbeats correct the rest.
     pub(crate) fn release_slot(&self, job_id: &str) -> bool {
-        let held = self.slots.lock().remove(job_id);
-        match held {
-            Some((worker, _)) => {
+        match self.slots.release(job_id) {
+            Some(worker) => {
                 self.registry.note_finished(&worker);
                 true
             }
@@ -963,9 +872,7 @@ impl Scheduler {
                 self.wake_waiters();
             }
             if swept.elapsed() >= FORGET_AFTER / 10 {
-                self.slots
-                    .lock()
-                    .retain(|_, (_, since)| since.elapsed() < FORGET_AFTER);
+                self.slots.sweep(FORGET_AFTER, Instant::now());
                 swept = std::time::Instant::now();
             }
         }
@@ -1095,26 +1002,17 @@ impl Scheduler {
         reason: String,
         busy: bool,
     ) -> Result<(), SchedulerError> {
-        let write_now = {
-            let mut waiting = self.waiting.lock();
-            if waiting.recorded.get(&spec.id) == Some(&reason) {
-                false
-            } else if busy && !waiting.recorded.contains_key(&spec.id) {
-                waiting.backlogged(&spec.id, reason.clone());
-                false
-            } else {
-                true
-            }
-        };
+        let write_now =
+            self.waiting
+                .lock()
+                .reason_to_write(&spec.id, &reason, busy, Instant::now());
         if write_now {
             if !self.note_waiting(&spec.id, &reason).await? {
                 // No longer PENDING (cancelled, timed out): nothing to wait for.
                 self.waiting.lock().forget(&spec.id);
                 return Ok(());
             }
-            let mut waiting = self.waiting.lock();
-            waiting.backlog.remove(&spec.id);
-            waiting.recorded.insert(spec.id.clone(), reason);
+            self.waiting.lock().reason_written(&spec.id, reason);
         }
         self.waiting.lock().push(spec, clearance);
         Ok(())
@@ -1204,117 +1102,6 @@ impl Scheduler {
             Some(self.subjects.job_events_batch.clone()),
             body,
         );
-    }
-
-    /// Fails a job that cannot be scheduled at all, through the retry policy's dead letter.
-    async fn fail_now(&self, spec: &JobSpec, err: JobError) -> Result<(), SchedulerError> {
-        let Some(job) = self.store.get_job(&spec.id).await? else {
-            return Ok(());
-        };
-        let reason = err.message.clone();
-        self.dead_letter(
-            &job,
-            JobState::Failed,
-            JobUpdate {
-                error: Some(err),
-                ..Default::default()
-            },
-            reason,
-        )
-        .await
-    }
-
-    /// A job ended badly: the retry policy decides between another attempt and the DLQ. The
-    /// next attempt is created before the failure is recorded, so a crash in between leaves a
-    /// job to run, never a lost retry (the attempt id is deterministic, so doing it twice
-    /// creates it once).
-    pub async fn settle_failure(
-        &self,
-        job: &Job,
-        outcome: JobState,
-        update: JobUpdate,
-        note: String,
-    ) -> Result<(), SchedulerError> {
-        let now = now_ms();
-        let deadline_passed = job.spec.deadline.is_some_and(|d| d <= now);
-        let decision = if deadline_passed {
-            RetryDecision::DeadLetter {
-                reason: "deadline exceeded".into(),
-            }
-        } else {
-            // The policy of the config the job was dispatched with; a job that never was
-            // dispatched goes by its current effective config.
-            let resolved;
-            let effective = match &job.effective_config {
-                Some(v) => v,
-                None => {
-                    resolved = self.effective_config(&job.spec).await?;
-                    &resolved.value
-                }
-            };
-            let asked = self.plugins.retry_for(effective).decide(&Failure {
-                job,
-                outcome,
-                error: update.error.as_ref(),
-                elapsed_ms: (now - job.spec.created_at).max(0) as u64,
-            });
-            self.settings.retry_bounds.bound(
-                asked,
-                job.spec.attempt,
-                effective
-                    .pointer("/retry/max_attempts")
-                    .and_then(serde_json::Value::as_u64),
-            )
-        };
-        match decision {
-            RetryDecision::Retry { after_ms } => {
-                let next = retry::next_attempt(&job.spec, now, after_ms);
-                let next_id = next.id.clone();
-                let new = NewJob {
-                    spec: next.clone(),
-                    idempotency_key: None,
-                    note: Some(format!("attempt {} of {}", next.attempt, job.spec.id)),
-                };
-                if self.store.create_job(&new).await? == CreateOutcome::Created {
-                    self.announce(next, Clearance::None).await;
-                }
-                let mut t = Transition::to(outcome, now)
-                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"));
-                t.update = update;
-                self.apply(&job.spec.id, &t).await?;
-                Ok(())
-            }
-            RetryDecision::DeadLetter { reason } => {
-                self.dead_letter(job, outcome, update, format!("{note}; {reason}"))
-                    .await
-            }
-        }
-    }
-
-    async fn dead_letter(
-        &self,
-        job: &Job,
-        outcome: JobState,
-        update: JobUpdate,
-        reason: String,
-    ) -> Result<(), SchedulerError> {
-        let now = now_ms();
-        let entry = DlqEntry {
-            job_id: job.spec.id.clone(),
-            topic: job.spec.topic.clone(),
-            tenant_id: job.spec.tenant_id.clone(),
-            status: outcome,
-            reason: reason.clone(),
-            error: update.error.clone(),
-            attempts: job.spec.attempt,
-            created_at: now,
-            request: job.spec.clone(),
-        };
-        let mut t = Transition::to(outcome, now).note(reason);
-        t.update = update;
-        t.dead_letter = Some(entry);
-        self.apply(&job.spec.id, &t).await?;
-        Ok(())
     }
 
     /// Cancels a job wherever it is. A terminal job is answered as it is, unchanged.
