@@ -180,9 +180,15 @@ struct ServeArgs {
     /// Redis URL; without it, an embedded in-memory store.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
-    /// NATS URL; without it, an in-process bus.
+    /// NATS URL; without it, an in-process bus. Several seed servers of one cluster may be
+    /// given, comma-separated (`nats://a:4222,nats://b:4222`).
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
+    /// How many servers of a JetStream cluster keep a copy of the worker-event stream (3 on a
+    /// three-node cluster survives the loss of any one node).
+    #[arg(long, env = "CORETEX_NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_stream_replicas: u8,
     /// Prefix of every Redis key.
     #[arg(long, env = "CORETEX_KEY_PREFIX", default_value = "coretex:")]
     key_prefix: String,
@@ -711,6 +717,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         listen: a.listen,
         redis_url: a.redis_url,
         nats_url: a.nats_url,
+        nats_stream_replicas: usize::from(a.nats_stream_replicas),
         key_prefix: a.key_prefix,
         subject_prefix: a.subject_prefix,
         api_key: a.api_key,

@@ -46,7 +46,10 @@ use crate::workflow::engine::{Engine, EngineSettings};
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
+    /// NATS seed servers, comma-separated.
     pub nats_url: Option<String>,
+    /// Copies of the worker-event stream a JetStream cluster keeps.
+    pub nats_stream_replicas: usize,
     pub key_prefix: String,
     pub subject_prefix: String,
     /// The admin key.
@@ -79,6 +82,7 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
             nats_url: None,
+            nats_stream_replicas: 1,
             key_prefix: "coretex:".into(),
             subject_prefix: String::new(),
             api_key: None,
@@ -191,7 +195,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         Some(url) => {
             let nats = NatsBus::connect(url, subjects)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?;
+                .with_context(|| format!("connecting to NATS at {url}"))?
+                .with_stream_replicas(opts.nats_stream_replicas);
             nats.ensure_events_stream()
                 .await
                 .context("creating the JetStream stream for worker events")?;

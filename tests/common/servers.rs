@@ -140,3 +140,75 @@ fn spawn_watched(program: &str, env_var: &str, args: &[&str], dir: &Path, port: 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A private NATS cluster with JetStream: `n` nodes routed to each other, each on a free port
+/// with its own store, watched like the single servers. Tests kill nodes with
+/// [`NatsCluster::kill`] to prove the hosts and workers move to the survivors.
+pub struct NatsCluster {
+    /// Each node's client URL.
+    pub urls: Vec<String>,
+    pid_files: Vec<PathBuf>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut pid_files = Vec::new();
+        for i in 0..n {
+            let dir = private_dir(&format!("nats-cluster-{i}"));
+            let pid_file = dir.join("nats.pid");
+            let conf = dir.join("nats.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: coretex-test, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                    client_ports[i],
+                    dir.join("js").display(),
+                    route_ports[i],
+                ),
+            )
+            .unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
+            let conf_arg = conf.display().to_string();
+            let pid_arg = pid_file.display().to_string();
+            spawn_watched(
+                "nats-server",
+                "NATS_URL",
+                &["-c", conf_arg.as_str(), "-P", pid_arg.as_str()],
+                &dir,
+                client_ports[i],
+            );
+            pid_files.push(pid_file);
+        }
+        NatsCluster {
+            urls: client_ports
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            pid_files,
+        }
+    }
+
+    /// All the nodes as one comma-separated seed list.
+    pub fn seeds(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Kills (SIGKILL) node `i`.
+    pub fn kill(&self, i: usize) {
+        let pid = std::fs::read_to_string(&self.pid_files[i])
+            .unwrap_or_else(|e| panic!("reading node {i}'s pid file: {e}"));
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -9 {pid} failed");
+    }
+}

@@ -16,6 +16,8 @@ pub struct NatsBus {
     subjects: Subjects,
     ack_wait: Duration,
     events_batch: usize,
+    /// Copies of the worker-event stream a JetStream cluster keeps.
+    stream_replicas: usize,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -42,12 +44,16 @@ const DEFAULT_EVENTS_BATCH: usize = 256;
 
 impl NatsBus {
     /// Connects, failing fast when NATS is down; afterwards the client reconnects by itself
-    /// and buffers publishes meanwhile.
+    /// and buffers publishes meanwhile. `url` may name several seed servers of one cluster,
+    /// comma-separated (`nats://a:4222,nats://b:4222`): the client connects to one that
+    /// answers, learns the rest of the cluster from it, and moves to a surviving node when its
+    /// own goes down.
     pub async fn connect(url: &str, subjects: Subjects) -> BusResult<Self> {
+        let seeds = seed_urls(url)?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .name("coretex")
-            .connect(url)
+            .connect(seeds)
             .await
             .map_err(unavailable)?;
         let js = jetstream::new(client.clone());
@@ -57,7 +63,16 @@ impl NatsBus {
             subjects,
             ack_wait: DEFAULT_ACK_WAIT,
             events_batch: DEFAULT_EVENTS_BATCH,
+            stream_replicas: 1,
         })
+    }
+
+    /// Sets how many servers of a JetStream cluster keep a copy of the worker-event stream (1
+    /// unless set; 3 on a three-node cluster survives the loss of any one node). Applied when
+    /// [`NatsBus::ensure_events_stream`] creates or updates the stream.
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Self {
+        self.stream_replicas = replicas.max(1);
+        self
     }
 
     /// Sets how long a taken worker event may stay unacked before it is delivered again
@@ -94,6 +109,7 @@ impl NatsBus {
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(7 * 24 * 3600),
+                num_replicas: self.stream_replicas,
                 ..Default::default()
             })
             .await
@@ -112,6 +128,23 @@ impl NatsBus {
             .map(drop)
             .map_err(unavailable)
     }
+}
+
+/// The seed servers of a comma-separated URL list, each checked.
+fn seed_urls(url: &str) -> BusResult<Vec<async_nats::ServerAddr>> {
+    let seeds = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Unavailable(format!("NATS URL `{u}`: {e}")))
+        })
+        .collect::<BusResult<Vec<_>>>()?;
+    if seeds.is_empty() {
+        return Err(BusError::Unavailable("no NATS URL given".into()));
+    }
+    Ok(seeds)
 }
 
 /// Acks a worker event and waits for JetStream to confirm: a plain ack is only queued on the
