@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod shards;
 
 use std::sync::Arc;
 
