@@ -33,5 +33,6 @@ pub mod serve;
 pub mod store;
 pub mod supervisor;
 pub mod time;
+pub mod ui;
 pub mod worker;
 pub mod workflow;
