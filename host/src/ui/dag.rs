@@ -173,19 +173,21 @@ pub fn svg(nodes: &[DagNode], label: &str) -> Markup {
             defs {
                 marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7"
                     markerHeight="7" orient="auto-start-reverse" {
-                    path d="M 0 0 L 10 5 L 0 10 z" class="arrow";
+                    path d="M 0 0 L 10 5 L 0 10 z" class="arrow" {}
                 }
             }
             @for d in &edges {
-                path class="edge" d=(d) marker-end="url(#arrow)";
+                path class="edge" d=(d) marker-end="url(#arrow)" {}
             }
+            // SVG elements are closed explicitly: in HTML, `<rect>` is not a void element, and
+            // one left open would swallow the rest of the drawing.
             @for n in nodes {
                 @if let Some((x, y)) = at(&n.id) {
                     @let class = format!("node s-{}", n.status.as_deref().unwrap_or("none"));
                     @let body = html! {
                         g class=(class) data-step=(n.id) {
                             title { (n.id) @if let Some(s) = &n.status { " — " (s) } }
-                            rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6";
+                            rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {}
                             text x=(x + 10) y=(y + 20) class="name" { (clip(&n.id, 22)) }
                             text x=(x + 10) y=(y + 38) class="detail" {
                                 (clip(&n.detail, 18))
@@ -291,6 +293,9 @@ mod tests {
         nodes[1].href = Some("/ui/jobs/j1".into());
         let svg = svg(&nodes, "run").into_string();
         assert_eq!(svg.matches("<rect").count(), 2);
+        // Closed explicitly, or the HTML parser nests everything after into the first.
+        assert_eq!(svg.matches("</rect>").count(), 2);
+        assert_eq!(svg.matches("<path").count(), svg.matches("</path>").count());
         assert_eq!(svg.matches("class=\"edge\"").count(), 1);
         assert!(svg.contains("node s-running"));
         assert!(svg.contains("href=\"/ui/jobs/j1\""));
