@@ -475,6 +475,40 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
         }
         b.shot(name).await;
     }
+    // The dispatch strategy of a scope is chosen from the loaded strategies.
+    b.open(&format!("{ui}/ui/plugins")).await;
+    let strategy =
+        b.c.find(Locator::Css("#strategy option"))
+            .await
+            .expect("a loaded strategy")
+            .attr("value")
+            .await
+            .expect("a value")
+            .expect("named");
+    b.click("#set-strategy").await;
+    b.wait_text(".notice", "the strategy is set", |t| {
+        t.contains(&format!("now dispatches with {strategy}"))
+    })
+    .await;
+    let (_, system) = api.get("/api/v1/config?scope=system").await;
+    assert_eq!(system["data"]["dispatch"]["strategy"], strategy.as_str());
+    // An upload that is not a component shows the API's refusal.
+    let junk = std::env::temp_dir().join(format!("{}.wasm", unique("not-a-plugin")));
+    std::fs::write(&junk, b"not wasm").expect("written");
+    b.fill("plugin-name", "junk").await;
+    b.c.find(Locator::Id("plugin-wasm"))
+        .await
+        .expect("a file field")
+        .send_keys(&junk.to_string_lossy())
+        .await
+        .expect("chosen");
+    b.click("#upload-plugin").await;
+    let refusal = b
+        .wait_text("main .error", "the upload is refused", |t| !t.is_empty())
+        .await;
+    b.shot("plugin-upload-refused").await;
+    let _ = std::fs::remove_file(&junk);
+    assert!(b.h1().await.starts_with("Error 4"), "{refusal}");
     // The large payload is folded.
     b.open(&format!("{ui}/ui/jobs/{job}")).await;
     assert!(b.text("details.json summary").await.contains("bytes"));

@@ -15,6 +15,12 @@ use super::views;
 /// The largest answer read from the API (a page of jobs with large payloads stays far below).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
+/// A request body.
+enum Payload {
+    Json(String),
+    Bytes(axum::body::Bytes),
+}
+
 #[derive(Clone)]
 pub struct Api {
     router: Router,
@@ -138,7 +144,26 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Value, UiError> {
-        let resp = self.send(session, method, path, body, headers).await?;
+        let body = body.map(|v| Payload::Json(v.to_string()));
+        self.answer(self.send(session, method, path, body, headers).await?)
+            .await
+    }
+
+    /// Sends raw bytes (a plugin's component) as `application/octet-stream`.
+    pub async fn send_bytes(
+        &self,
+        session: &Session,
+        method: Method,
+        path: &str,
+        bytes: axum::body::Bytes,
+    ) -> Result<Value, UiError> {
+        let body = Some(Payload::Bytes(bytes));
+        self.answer(self.send(session, method, path, body, &[]).await?)
+            .await
+    }
+
+    /// The answer's JSON (null for an empty one), or the API's error.
+    async fn answer(&self, resp: Response) -> Result<Value, UiError> {
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), MAX_ANSWER_BYTES)
             .await
@@ -174,7 +199,7 @@ impl Api {
         session: &Session,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Payload>,
         headers: &[(&str, &str)],
     ) -> Result<Response, UiError> {
         let mut req = Request::builder()
@@ -187,9 +212,13 @@ impl Api {
             req = req.header("x-api-key", key.as_str());
         }
         let body = match body {
-            Some(v) => {
+            Some(Payload::Json(text)) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
+                Body::from(text)
+            }
+            Some(Payload::Bytes(bytes)) => {
+                req = req.header(header::CONTENT_TYPE, "application/octet-stream");
+                Body::from(bytes)
             }
             None => Body::empty(),
         };

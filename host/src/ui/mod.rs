@@ -92,6 +92,13 @@ pub fn router(api: Router, keys: Arc<Keys>, settings: UiSettings) -> Router {
         .route("/dlq", get(jobs::dlq).post(jobs::dlq_bulk))
         .route("/workers", get(system::workers))
         .route("/plugins", get(system::plugins))
+        .route(
+            "/plugins/upload",
+            post(system::plugin_upload).layer(axum::extract::DefaultBodyLimit::max(
+                system::MAX_UPLOAD_BYTES,
+            )),
+        )
+        .route("/plugins/strategy", post(system::choose_strategy))
         .route("/config", get(system::config).post(system::config_save))
         .fallback(|| async { UiError::not_found("no such page") });
     Router::new()

@@ -44,6 +44,18 @@ impl Session {
     pub fn is_admin(&self) -> bool {
         self.caller.tenant().is_none()
     }
+
+    /// 403 unless `given` is this session's CSRF token.
+    pub fn check_csrf(&self, given: Option<&str>) -> Result<(), UiError> {
+        if same(given.unwrap_or_default(), &self.csrf) {
+            Ok(())
+        } else {
+            Err(UiError::new(
+                StatusCode::FORBIDDEN,
+                "the form's CSRF token is missing or wrong: reload the page and try again",
+            ))
+        }
+    }
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -172,15 +184,10 @@ impl FromRequest<UiState> for Posted {
         let given = fields
             .iter()
             .find(|(k, _)| k == CSRF_FIELD)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default();
-        if !same(given, &session.csrf) {
-            return Err(UiError::new(
-                StatusCode::FORBIDDEN,
-                "the form's CSRF token is missing or wrong: reload the page and try again",
-            )
-            .into_response());
-        }
+            .map(|(_, v)| v.as_str());
+        session
+            .check_csrf(given)
+            .map_err(IntoResponse::into_response)?;
         Ok(Posted { session, fields })
     }
 }

@@ -162,10 +162,25 @@ fn labels(v: Option<&Value>) -> Markup {
     }
 }
 
-/// `/ui/plugins`: kind, version, hash, calls, failures, breaker state.
-pub async fn plugins(State(st): State<UiState>, session: Session) -> Result<Response, UiError> {
+#[derive(Deserialize, Default)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+/// `/ui/plugins`: kind, version, hash, calls, failures, breaker state; the dispatch strategy
+/// of a scope; an upload (admin).
+pub async fn plugins(
+    State(st): State<UiState>,
+    session: Session,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, UiError> {
     let plugins = st.api.get(&session, "/plugins").await?;
     let list = items(&plugins);
+    let strategies: Vec<&str> = list
+        .iter()
+        .filter(|p| s(p, "kind") == "dispatch-strategy" && s(p, "status") == "loaded")
+        .map(|p| s(p, "name"))
+        .collect();
     let body = html! {
         @if list.is_empty() {
             (empty("No plugins are loaded."))
@@ -189,10 +204,145 @@ pub async fn plugins(State(st): State<UiState>, session: Session) -> Result<Resp
                 }
             }
         }
-        p class="hint" { "A plugin is uploaded with PUT /api/v1/plugins/{name} (admin key); the strategy per scope is the config key "
-            code { "scheduling.strategy" } " — set it on the " a href="/ui/config" { "config page" } "." }
+        @if let Some(done) = &q.done { p class="notice" role="status" { (done) } }
+        h2 { "Dispatch strategy per scope" }
+        @if strategies.is_empty() {
+            (empty("No dispatch-strategy plugin is loaded."))
+        } @else {
+            form method="post" action="/ui/plugins/strategy" class="filters card" {
+                (csrf_input(&session))
+                @if session.is_admin() {
+                    label { "Scope "
+                        select name="scope" id="strategy-scope" {
+                            @for sc in ["system", "org", "team", "workflow"] { option value=(sc) { (sc) } }
+                        }
+                    }
+                    label { "Id (org, team or workflow) " input name="id" id="strategy-id"; }
+                } @else {
+                    input type="hidden" name="scope" value="org";
+                    @if let Some(t) = session.caller.tenant() { input type="hidden" name="id" value=(t); }
+                    span class="hint" { "For your org" }
+                }
+                label { "Strategy "
+                    select name="strategy" id="strategy" {
+                        @for name in &strategies { option value=(name) { (name) } }
+                    }
+                }
+                button type="submit" id="set-strategy" { "Set strategy" }
+            }
+        }
+        @if session.is_admin() {
+            h2 { "Upload a plugin" }
+            form method="post" action="/ui/plugins/upload" enctype="multipart/form-data" class="stack card" {
+                (csrf_input(&session))
+                label for="plugin-name" { "Name" }
+                input id="plugin-name" name="name" required;
+                label for="plugin-wasm" { "Component (.wasm)" }
+                input id="plugin-wasm" name="wasm" type="file" accept=".wasm,application/wasm" required;
+                button type="submit" id="upload-plugin" { "Upload" }
+            }
+        }
     };
     Ok(views::page("Plugins", "/ui/plugins", Some(&session), body).into_response())
+}
+
+/// The largest component the upload form takes (the API's body limit applies too).
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+/// Uploads a component through `PUT /api/v1/plugins/{name}` (admin; the API says so to others).
+pub async fn plugin_upload(
+    State(st): State<UiState>,
+    session: Session,
+    mut form: axum::extract::Multipart,
+) -> Result<Response, UiError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        UiError::new(axum::http::StatusCode::BAD_REQUEST, e.body_text())
+    };
+    let (mut csrf, mut name, mut wasm) = (None, None, None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some(super::session::CSRF_FIELD) => csrf = Some(field.text().await.map_err(bad)?),
+            Some("name") => name = Some(field.text().await.map_err(bad)?),
+            Some("wasm") => wasm = Some(field.bytes().await.map_err(bad)?),
+            _ => {}
+        }
+    }
+    // Before anything is sent on.
+    session.check_csrf(csrf.as_deref())?;
+    let name = name
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| UiError::field("name", "is required"))?;
+    let wasm = wasm.ok_or_else(|| UiError::field("wasm", "choose a .wasm file"))?;
+    let info = st
+        .api
+        .send_bytes(
+            &session,
+            Method::PUT,
+            &format!("/plugins/{}", super::api::seg(name.trim())),
+            wasm,
+        )
+        .await?;
+    let done = format!(
+        "Uploaded {} ({}, {})",
+        s(&info, "name"),
+        s(&info, "kind"),
+        s(&info, "hash").chars().take(12).collect::<String>()
+    );
+    Ok(Redirect::to(&format!("/ui/plugins?{}", query(&[("done", Some(&done))]))).into_response())
+}
+
+/// Sets `dispatch.strategy` in one scope's document, keeping the rest of it, against the
+/// revision it read (a concurrent change fails with the API's 412, not lost).
+pub async fn choose_strategy(State(st): State<UiState>, form: Posted) -> Result<Response, UiError> {
+    let strategy = form
+        .get("strategy")
+        .ok_or_else(|| UiError::field("strategy", "is required"))?;
+    let scope = [("scope", form.get("scope")), ("id", form.get("id"))];
+    let current = match st
+        .api
+        .get(&form.session, &format!("/config?{}", query(&scope)))
+        .await
+    {
+        Ok(doc) => Some(doc),
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
+    let mut data = current
+        .as_ref()
+        .and_then(|d| d.get("data").cloned())
+        .unwrap_or_else(|| json!({}));
+    match data.as_object_mut() {
+        Some(doc) => {
+            let dispatch = doc.entry("dispatch").or_insert_with(|| json!({}));
+            match dispatch.as_object_mut() {
+                Some(d) => {
+                    d.insert("strategy".into(), json!(strategy));
+                }
+                None => *dispatch = json!({"strategy": strategy}),
+            }
+        }
+        None => data = json!({"dispatch": {"strategy": strategy}}),
+    }
+    let mut req = json!({"data": data});
+    for (k, v) in scope {
+        if let (Some(v), Some(obj)) = (v, req.as_object_mut()) {
+            obj.insert(k.into(), json!(v));
+        }
+    }
+    let revision = current
+        .as_ref()
+        .and_then(|d| d.get("revision"))
+        .map(|r| format!("\"{r}\""));
+    let headers: Vec<(&str, &str)> = revision.iter().map(|r| ("if-match", r.as_str())).collect();
+    st.api
+        .call_with(&form.session, Method::POST, "/config", Some(&req), &headers)
+        .await?;
+    let done = format!(
+        "The {} scope{} now dispatches with {strategy}",
+        form.get("scope").unwrap_or("system"),
+        form.get("id").map(|i| format!(" {i}")).unwrap_or_default()
+    );
+    Ok(Redirect::to(&format!("/ui/plugins?{}", query(&[("done", Some(&done))]))).into_response())
 }
 
 #[derive(Deserialize, Default)]
