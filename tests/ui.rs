@@ -446,10 +446,13 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
     let _one = lock();
     let (h, api, ui) = host(true).await;
     let b = browser().await;
-    // A deep link before signing in leads to the sign-in page.
+    // A deep link before signing in leads to the sign-in page, and on to the page after it.
     b.open(&format!("{ui}/ui/workers")).await;
     assert_eq!(b.h1().await, "Sign in");
-    b.sign_in(&ui, ADMIN_KEY).await;
+    b.fill("key", ADMIN_KEY).await;
+    b.click("form[action='/ui/sign-in'] button").await;
+    b.wait_text("h1", "signed in, the deep link opens", |t| t == "Workers")
+        .await;
     let job = api
         .submit(json!({"topic": "job.echo", "payload": {"big": "x".repeat(5000)}}))
         .await;

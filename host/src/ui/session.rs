@@ -131,7 +131,23 @@ impl FromRequestParts<UiState> for Session {
                 let csrf = csrf_token(s, key.as_deref());
                 Ok(Session { key, caller, csrf })
             }
-            None => Err(Redirect::to("/ui/sign-in").into_response()),
+            None => {
+                // Back to the page asked for, once signed in (a GET only: a form is not replayed).
+                // The whole path: inside `/ui`, the router sees it without that prefix.
+                let uri = parts
+                    .extensions
+                    .get::<axum::extract::OriginalUri>()
+                    .map_or(&parts.uri, |o| &o.0);
+                let next = (parts.method == axum::http::Method::GET)
+                    .then(|| uri.path_and_query().map(|p| p.as_str()))
+                    .flatten()
+                    .filter(|p| local_page(p));
+                let to = match next {
+                    Some(n) => format!("/ui/sign-in?{}", super::api::query(&[("next", Some(n))])),
+                    None => "/ui/sign-in".to_string(),
+                };
+                Err(Redirect::to(&to).into_response())
+            }
         }
     }
 }
@@ -192,9 +208,23 @@ impl FromRequest<UiState> for Posted {
     }
 }
 
-pub async fn sign_in_page(State(s): State<UiState>) -> Response {
+/// A page of this dashboard, never another site: where a sign-in may send the browser on to.
+fn local_page(path: &str) -> bool {
+    path.starts_with("/ui") && !path.starts_with("/ui/sign-in") && !path.contains('\\')
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn sign_in_page(
+    State(s): State<UiState>,
+    axum::extract::Query(q): axum::extract::Query<NextQuery>,
+) -> Response {
     let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let page = views::sign_in(&nonce, s.keys.open(), None);
+    let next = q.next.as_deref().filter(|n| local_page(n));
+    let page = views::sign_in(&nonce, next, s.keys.open(), None);
     let mut resp = page.into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(&s, SIGN_IN_COOKIE, &nonce, None)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -229,10 +259,12 @@ pub async fn sign_in(State(s): State<UiState>, req: Request) -> Response {
         } else {
             "that key is not one this host knows"
         };
-        let page = views::sign_in(nonce, s.keys.open(), Some(message));
+        let next = field("next").filter(|n| local_page(n));
+        let page = views::sign_in(nonce, next, s.keys.open(), Some(message));
         return (StatusCode::UNAUTHORIZED, page).into_response();
     }
-    let mut resp = Redirect::to("/ui").into_response();
+    let next = field("next").filter(|n| local_page(n)).unwrap_or("/ui");
+    let mut resp = Redirect::to(next).into_response();
     let h = resp.headers_mut();
     for c in [
         set_cookie(&s, KEY_COOKIE, &encode(key), None),
@@ -273,6 +305,20 @@ mod tests {
         assert_eq!(cookie(&h, KEY_COOKIE).map(decode).as_deref(), Some(key));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "nope"), None);
+    }
+
+    #[test]
+    fn sign_in_sends_on_only_to_pages_of_the_dashboard() {
+        assert!(local_page("/ui/jobs/acme~1?x=1"));
+        for elsewhere in [
+            "//evil.example/ui",
+            "https://evil.example",
+            "/api/v1/jobs",
+            "/ui/sign-in",
+            "/ui\\evil",
+        ] {
+            assert!(!local_page(elsewhere), "{elsewhere}");
+        }
     }
 
     #[test]

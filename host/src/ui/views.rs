@@ -109,7 +109,7 @@ pub fn error_page(e: &UiError) -> Markup {
     )
 }
 
-pub fn sign_in(nonce: &str, open: bool, message: Option<&str>) -> Markup {
+pub fn sign_in(nonce: &str, next: Option<&str>, open: bool, message: Option<&str>) -> Markup {
     page(
         "Sign in",
         "/ui/sign-in",
@@ -124,6 +124,7 @@ pub fn sign_in(nonce: &str, open: bool, message: Option<&str>) -> Markup {
             } @else {
                 form method="post" action="/ui/sign-in" class="card narrow" {
                     input type="hidden" name=(CSRF_FIELD) value=(nonce);
+                    @if let Some(n) = next { input type="hidden" name="next" value=(n); }
                     label for="key" { "API key (admin or tenant)" }
                     input type="password" id="key" name="key" required autocomplete="current-password" autofocus;
                     button type="submit" { "Sign in" }

@@ -266,8 +266,17 @@ pub async fn run(
     let here = format!("/ui/workflow-runs/{}", seg(&run_id));
     let status = s(&run, "status");
     let ended = matches!(status, "succeeded" | "failed" | "cancelled" | "timed_out");
-    let steps = run.get("steps").and_then(Value::as_object);
     let kinds = def.get("steps").and_then(Value::as_object);
+    let drawn = nodes(&def, Some(&run));
+    // Steps listed in the drawing's order: left to right, top to bottom.
+    let order = dag::layout(&drawn);
+    let mut steps: Vec<(&String, &Value)> = run
+        .get("steps")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .collect();
+    steps.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or((usize::MAX, 0)));
     let live_part = html! {
         (facts(&[
             ("Status", html! { span id="run-status" { (badge(status)) } }),
@@ -280,10 +289,10 @@ pub async fn run(
                 button type="submit" class="danger" { "Cancel run" }
             }
         }
-        figure class="dag-box" { (dag::svg(&nodes(&def, Some(&run)), &format!("Run {run_id}, coloured by step status"))) }
+        figure class="dag-box" { (dag::svg(&drawn, &format!("Run {run_id}, coloured by step status"))) }
         h2 { "Steps" }
-        @for (id, sr) in steps.into_iter().flatten() {
-            @let kind = kinds.and_then(|k| k.get(id)).and_then(|d| d.get("type")).and_then(Value::as_str).unwrap_or("job");
+        @for (id, sr) in &steps {
+            @let kind = kinds.and_then(|k| k.get(id.as_str())).and_then(|d| d.get("type")).and_then(Value::as_str).unwrap_or("job");
             @let step_status = s(sr, "status");
             section class="step card" id=(format!("step-{id}")) {
                 h3 { code { (id) } " " (badge(step_status)) }
