@@ -105,6 +105,20 @@ fn nodes(def: &Value, run: Option<&Value>) -> Vec<DagNode> {
         .collect()
 }
 
+/// A workflow's definition: `version` of it, or its latest.
+async fn definition(
+    st: &UiState,
+    session: &Session,
+    id: &str,
+    version: Option<u64>,
+) -> Result<Value, UiError> {
+    let version = version.map(|v| v.to_string());
+    let q = query(&[("version", version.as_deref())]);
+    st.api
+        .get(session, &format!("/workflows/{}?{q}", seg(id)))
+        .await
+}
+
 #[derive(Deserialize, Default)]
 pub struct ShowQuery {
     version: Option<u64>,
@@ -117,18 +131,7 @@ pub async fn show(
     Path(id): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Result<Response, UiError> {
-    let version = q.version.map(|v| v.to_string());
-    let def = st
-        .api
-        .get(
-            &session,
-            &format!(
-                "/workflows/{}?{}",
-                seg(&id),
-                query(&[("version", version.as_deref())])
-            ),
-        )
-        .await?;
+    let def = definition(&st, &session, &id, q.version).await?;
     let latest = match q.version {
         None => def.get("version").and_then(Value::as_u64).unwrap_or(1),
         Some(_) => st
@@ -252,17 +255,13 @@ pub async fn run(
         .await?;
     let wf = s(&run, "workflow_id").to_string();
     let version = run.get("workflow_version").map(Value::to_string);
-    let def = st
-        .api
-        .get(
-            &session,
-            &format!(
-                "/workflows/{}?{}",
-                seg(&wf),
-                query(&[("version", version.as_deref())])
-            ),
-        )
-        .await?;
+    let def = definition(
+        &st,
+        &session,
+        &wf,
+        run.get("workflow_version").and_then(Value::as_u64),
+    )
+    .await?;
     let here = format!("/ui/workflow-runs/{}", seg(&run_id));
     let status = s(&run, "status");
     let ended = matches!(status, "succeeded" | "failed" | "cancelled" | "timed_out");
@@ -378,29 +377,39 @@ fn step_facts(sr: &Value) -> Markup {
     ])
 }
 
-/// The workflow of a run, for the API's routes that name both.
-async fn workflow_of(st: &UiState, session: &Session, run_id: &str) -> Result<String, UiError> {
+/// Posts `body` to the API's `/workflows/{workflow}/runs/{run_id}{tail}` (the route names the
+/// run's workflow too), then goes back to the run's page.
+async fn run_action(
+    st: &UiState,
+    form: &Posted,
+    run_id: &str,
+    tail: &str,
+    body: Value,
+) -> Result<Response, UiError> {
     let run = st
         .api
-        .get(session, &format!("/workflow-runs/{}", seg(run_id)))
+        .get(&form.session, &format!("/workflow-runs/{}", seg(run_id)))
         .await?;
-    Ok(s(&run, "workflow_id").to_string())
+    let wf = s(&run, "workflow_id");
+    st.api
+        .post(
+            &form.session,
+            &format!("/workflows/{}/runs/{}{tail}", seg(wf), seg(run_id)),
+            &body,
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/ui/workflow-runs/{}", seg(run_id))).into_response())
 }
+
+const CANCELLED_HERE: &str = "cancelled from the dashboard";
 
 pub async fn cancel_run(
     State(st): State<UiState>,
     Path(run_id): Path<String>,
     form: Posted,
 ) -> Result<Response, UiError> {
-    let wf = workflow_of(&st, &form.session, &run_id).await?;
-    st.api
-        .post(
-            &form.session,
-            &format!("/workflows/{}/runs/{}/cancel", seg(&wf), seg(&run_id)),
-            &json!({"reason": "cancelled from the dashboard"}),
-        )
-        .await?;
-    Ok(Redirect::to(&format!("/ui/workflow-runs/{}", seg(&run_id))).into_response())
+    let body = json!({"reason": CANCELLED_HERE});
+    run_action(&st, &form, &run_id, "/cancel", body).await
 }
 
 pub async fn approve_step(
@@ -408,21 +417,10 @@ pub async fn approve_step(
     Path((run_id, step_id)): Path<(String, String)>,
     form: Posted,
 ) -> Result<Response, UiError> {
-    let wf = workflow_of(&st, &form.session, &run_id).await?;
     let approved = form.get("approved") == Some("true");
-    st.api
-        .post(
-            &form.session,
-            &format!(
-                "/workflows/{}/runs/{}/steps/{}/approve",
-                seg(&wf),
-                seg(&run_id),
-                seg(&step_id)
-            ),
-            &json!({"approved": approved, "comment": form.get("comment")}),
-        )
-        .await?;
-    Ok(Redirect::to(&format!("/ui/workflow-runs/{}", seg(&run_id))).into_response())
+    let body = json!({"approved": approved, "comment": form.get("comment")});
+    let tail = format!("/steps/{}/approve", seg(&step_id));
+    run_action(&st, &form, &run_id, &tail, body).await
 }
 
 pub async fn cancel_step(
@@ -430,18 +428,7 @@ pub async fn cancel_step(
     Path((run_id, step_id)): Path<(String, String)>,
     form: Posted,
 ) -> Result<Response, UiError> {
-    let wf = workflow_of(&st, &form.session, &run_id).await?;
-    st.api
-        .post(
-            &form.session,
-            &format!(
-                "/workflows/{}/runs/{}/steps/{}/cancel",
-                seg(&wf),
-                seg(&run_id),
-                seg(&step_id)
-            ),
-            &json!({"reason": "cancelled from the dashboard"}),
-        )
-        .await?;
-    Ok(Redirect::to(&format!("/ui/workflow-runs/{}", seg(&run_id))).into_response())
+    let body = json!({"reason": CANCELLED_HERE});
+    let tail = format!("/steps/{}/cancel", seg(&step_id));
+    run_action(&st, &form, &run_id, &tail, body).await
 }
