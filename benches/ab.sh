@@ -43,7 +43,7 @@ for s in A B; do
   nats-server -js -a 127.0.0.1 -p "$nats" -sd "$work/$s.nats" >"$work/$s.nats.log" 2>&1 & pids+=($!)
   pid[$s.nats]=$!
   wait_port "$redis"; wait_port "$nats"
-  env ${envs[$s]} RUST_LOG=warn ${bin[$s]} serve --listen "127.0.0.1:$http" --redis-url "redis://127.0.0.1:$redis" \
+  env ${envs[$s]} RUST_LOG=warn ${bin[$s]} serve --listen "127.0.0.1:$http" --no-ui --redis-url "redis://127.0.0.1:$redis" \
     --nats-url "nats://127.0.0.1:$nats" >"$work/$s.serve.log" 2>&1 & pids+=($!)
   pid[$s.serve]=$!
   wait_port "$http"

@@ -36,7 +36,7 @@ wait_port "$REDIS_PORT"; wait_port "$NATS_PORT"
 gateways=()
 for r in $(seq 1 "$REPLICAS"); do
   port=$(free_port)
-  RUST_LOG=warn $BIN serve --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+  RUST_LOG=warn $BIN serve --listen "127.0.0.1:$port" --no-ui --redis-url "redis://127.0.0.1:$REDIS_PORT" \
     --nats-url "nats://127.0.0.1:$NATS_PORT" >"$work/serve$r.log" 2>&1 & pids+=($!)
   roles[serve$r]=$!
   wait_port "$port"

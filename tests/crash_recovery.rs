@@ -172,6 +172,8 @@ impl Cluster {
             "serve",
             "--listen",
             &format!("127.0.0.1:{}", self.port),
+            // Several hosts run at once here; none needs the dashboard (on 8081 by default).
+            "--no-ui",
             "--redis-url",
             &redis_url(),
             "--nats-url",

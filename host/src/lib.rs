@@ -34,5 +34,6 @@ pub mod scheduler;
 pub mod serve;
 pub mod store;
 pub mod supervisor;
+pub mod ui;
 pub mod worker;
 pub mod workflow;

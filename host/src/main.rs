@@ -177,6 +177,15 @@ struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "CORETEX_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the dashboard (`/ui`), a port of its own.
+    #[arg(long, env = "CORETEX_UI_LISTEN", default_value = "127.0.0.1:8081")]
+    ui_listen: SocketAddr,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_ui: bool,
+    /// Mark the dashboard's cookies Secure: it is reached over TLS (through a proxy).
+    #[arg(long, env = "CORETEX_UI_SECURE_COOKIES")]
+    ui_secure_cookies: bool,
     /// Redis URL; without it, an embedded in-memory store.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -715,6 +724,10 @@ async fn watch_run(c: &Client, run_id: &str) -> anyhow::Result<()> {
 async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let opts = ServeOptions {
         listen: a.listen,
+        ui_listen: (!a.no_ui).then_some(a.ui_listen),
+        ui: coretex::ui::UiSettings {
+            secure_cookies: a.ui_secure_cookies,
+        },
         redis_url: a.redis_url,
         nats_url: a.nats_url,
         nats_stream_replicas: usize::from(a.nats_stream_replicas),
@@ -766,6 +779,9 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let running = serve::start(opts).await?;
     eprintln!("coretex listening on http://{}", running.addr);
+    if let Some(ui) = running.ui_addr {
+        eprintln!("dashboard at http://{ui}/ui");
+    }
     let stop = running.stop.clone();
     let signal = shutdown_signal()?;
     tokio::spawn(async move {

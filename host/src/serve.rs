@@ -45,6 +45,9 @@ use crate::workflow::engine::{Engine, EngineSettings};
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// Where the dashboard (`/ui`) listens; `None`: no dashboard.
+    pub ui_listen: Option<SocketAddr>,
+    pub ui: crate::ui::UiSettings,
     pub redis_url: Option<String>,
     /// NATS seed servers, comma-separated.
     pub nats_url: Option<String>,
@@ -80,6 +83,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ui_listen: None,
+            ui: crate::ui::UiSettings::default(),
             redis_url: None,
             nats_url: None,
             nats_stream_replicas: 1,
@@ -107,6 +112,8 @@ impl Default for ServeOptions {
 /// A running host.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The dashboard's address, when it is served.
+    pub ui_addr: Option<SocketAddr>,
     pub stop: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
     pub scheduler: Arc<Scheduler>,
@@ -169,11 +176,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         &opts.tenant_keys,
         opts.rate_limit,
     )?);
-    if keys.open() && !opts.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} without an API key: set --api-key (CORETEX_API_KEY) or listen on loopback",
-            opts.listen
-        );
+    for addr in std::iter::once(opts.listen).chain(opts.ui_listen) {
+        if keys.open() && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {addr} without an API key: set --api-key (CORETEX_API_KEY) or listen on loopback",
+            );
+        }
     }
     // First: metric handles made from here on (the plugins' counters) register with it.
     let metrics = metrics_handle();
@@ -330,13 +338,34 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     }
     tracing::info!(%addr, store = store.backend(), bus = bus.backend(), "coretex serving");
     let app = gateway::router(state);
+    // The dashboard asks the API's own router, in process, with the signed-in key.
+    let ui = match opts.ui_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding the dashboard's {at}"))?;
+            let ui_addr = listener.local_addr()?;
+            tracing::info!(addr = %ui_addr, "dashboard serving at /ui");
+            let router = crate::ui::router(app.clone(), keys.clone(), opts.ui.clone());
+            Some((listener, ui_addr, router))
+        }
+        None => None,
+    };
+    let ui_addr = ui.as_ref().map(|(_, a, _)| *a);
     let stop_http = stop.clone();
     let engine = workflows.clone();
     let drained_scheduler = scheduler.clone();
     let header_read_timeout = opts.header_read_timeout;
     let grace = opts.drain_timeout;
     let handle = tokio::spawn(async move {
-        serve_http(listener, app, header_read_timeout, stop_http, grace).await;
+        let api = serve_http(listener, app, header_read_timeout, stop_http.clone(), grace);
+        match ui {
+            Some((listener, _, router)) => {
+                let ui = serve_http(listener, router, header_read_timeout, stop_http, grace);
+                tokio::join!(api, ui);
+            }
+            None => api.await,
+        }
         tracing::info!("draining");
         // The engine first: its advances submit step jobs, which the scheduler then places.
         engine.drain(grace).await;
@@ -350,6 +379,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
+        ui_addr,
         stop,
         handle,
         scheduler,

@@ -26,7 +26,7 @@ if [ -z "$bin" ]; then
 fi
 log=$(mktemp)
 cache=$(mktemp -d)
-CORETEX_PLUGIN_CACHE_DIR="$cache" "$bin" serve --listen 127.0.0.1:0 >"$log" 2>&1 &
+CORETEX_PLUGIN_CACHE_DIR="$cache" "$bin" serve --listen 127.0.0.1:0 --no-ui >"$log" 2>&1 &
 serve=$!
 trap 'kill "$serve" 2>/dev/null || true; wait "$serve" 2>/dev/null || true; rm -rf "$log" "$cache"' EXIT
 

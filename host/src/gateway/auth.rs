@@ -163,9 +163,6 @@ impl Keys {
     /// The caller a request's key names, and its rate-limit bucket; `None` for a missing or
     /// unknown key while keys are configured.
     fn resolve(&self, headers: &HeaderMap) -> Option<(u32, Caller)> {
-        if self.open() {
-            return Some((0, Caller::Admin));
-        }
         let given = headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
@@ -174,8 +171,21 @@ impl Keys {
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
-            })?;
-        self.keys.get(given).cloned()
+            });
+        self.lookup(given)
+    }
+
+    /// The caller `key` names, as a request carrying it would be named (the dashboard's
+    /// sign-in asks this of the key it is given).
+    pub fn caller(&self, key: Option<&str>) -> Option<Caller> {
+        self.lookup(key).map(|(_, caller)| caller)
+    }
+
+    fn lookup(&self, key: Option<&str>) -> Option<(u32, Caller)> {
+        if self.open() {
+            return Some((0, Caller::Admin));
+        }
+        self.keys.get(key?).cloned()
     }
 
     /// How long the bucket must wait before its next request, when it is over its limit.
