@@ -184,20 +184,23 @@ pub(crate) mod testing {
     use super::{PluginExpressions, PluginRegistry, PluginSettings, Source, builtin};
     use crate::breaker::BreakerConfig;
 
-    pub fn builtin_expressions() -> PluginExpressions {
+    /// A registry with the built-in expression language installed, one per test process.
+    pub fn builtin_registry() -> &'static Arc<PluginRegistry> {
         static REGISTRY: OnceLock<Arc<PluginRegistry>> = OnceLock::new();
-        REGISTRY
-            .get_or_init(|| {
-                let runtime = PluginRuntime::new(&PluginSettings::default()).unwrap();
-                let registry = PluginRegistry::new(runtime, BreakerConfig::default());
-                let (name, bytes) = builtin::BUILTINS
-                    .iter()
-                    .find(|(name, _)| *name == EXPRESSION_LANGUAGE)
-                    .unwrap();
-                registry.install(name, Source::Builtin, bytes).unwrap();
-                registry
-            })
-            .expressions()
+        REGISTRY.get_or_init(|| {
+            let runtime = PluginRuntime::new(&PluginSettings::default()).unwrap();
+            let registry = PluginRegistry::new(runtime, BreakerConfig::default());
+            let (name, bytes) = builtin::BUILTINS
+                .iter()
+                .find(|(name, _)| *name == EXPRESSION_LANGUAGE)
+                .unwrap();
+            registry.install(name, Source::Builtin, bytes).unwrap();
+            registry
+        })
+    }
+
+    pub fn builtin_expressions() -> PluginExpressions {
+        builtin_registry().expressions()
     }
 }
 

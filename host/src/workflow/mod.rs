@@ -4,6 +4,7 @@
 //! ([`expr`]), the language of the built-in condition evaluator, evaluated in its sandbox.
 
 pub mod engine;
+mod plan;
 
 pub use coretex_core::workflow::{definition, expr};
 
