@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{BreakerConfig, TenantLimits};
+use crate::bus::auth::LeaseKey;
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::bus::{SharedBus, Subjects};
@@ -204,6 +205,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             Arc::new(MemoryBus::new(subjects).with_max_payload(opts.embedded_bus_max_payload))
         }
     };
+    // The key of the bus leases: the same for every replica of the deployment.
+    let secret = store
+        .shared_secret()
+        .await
+        .context("reading the replicas' shared secret from the store")?;
+    let leases = LeaseKey::new(&secret).context("keying the bus leases")?;
     let stop = CancellationToken::new();
     let config = ConfigService::new(store.clone(), bus.clone());
     let registry = Arc::new(Registry::new(opts.worker_ttl));
@@ -220,6 +227,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             TenantLimits::default(),
             Duration::from_secs(1),
         ),
+        leases,
         scheduler_settings(&opts),
     );
     let owner = format!("serve-{}", uuid::Uuid::new_v4());

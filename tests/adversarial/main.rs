@@ -18,6 +18,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod bus;
 #[path = "../common/mod.rs"]
 mod common;
 mod drain;

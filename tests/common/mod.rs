@@ -321,6 +321,17 @@ impl Host {
         stop
     }
 
+    /// The job as the host's store holds it (with what the API does not show, e.g. its lease).
+    pub async fn stored_job(&self, id: &str) -> coretex::job::Job {
+        self.running
+            .scheduler
+            .store
+            .get_job(id)
+            .await
+            .expect("the store answers")
+            .unwrap_or_else(|| panic!("job {id} is stored"))
+    }
+
     pub async fn wait_worker(&self, id: &str) {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

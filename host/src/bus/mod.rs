@@ -7,8 +7,9 @@
 //!   "publish JSON to a subject" for a worker in any language.
 //! * [`memory::MemoryBus`]: the in-process default with the same delivery rules.
 //!
-//! Subjects are named in one place, [`Subjects`].
+//! Subjects are named in one place, [`Subjects`]; who may say what on them is [`auth`]'s.
 
+pub mod auth;
 pub mod memory;
 pub mod nats;
 

@@ -90,6 +90,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::bus::auth::{LeaseKey, Rejection};
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
 use crate::configsvc::schema::{PREFERRED_POOL_LABEL, Tenancy};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
@@ -101,7 +102,7 @@ use crate::protocol::{
     CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
 };
 use crate::store::{
-    Annotation, CreateOutcome, DlqEntry, JobUpdate, NewJob, PARKED, SharedStore, StoreError,
+    Annotation, Claim, CreateOutcome, DlqEntry, JobUpdate, NewJob, PARKED, SharedStore, StoreError,
     Transition, TransitionOutcome,
 };
 use crate::time::{Millis, now_ms};
@@ -296,6 +297,9 @@ pub struct Scheduler {
     /// Resolves each job's dispatch strategy and retry policy from its effective config.
     pub plugins: Arc<PluginRegistry>,
     safety: SafetyGate,
+    /// Mints the lease of each dispatch and verifies those workers echo (see
+    /// [`crate::bus::auth`]).
+    leases: LeaseKey,
     settings: SchedulerSettings,
     waiting: Mutex<WaitQueue>,
     capacity: Notify,
@@ -344,6 +348,7 @@ impl Scheduler {
         registry: Arc<Registry>,
         plugins: Arc<PluginRegistry>,
         safety: SafetyGate,
+        leases: LeaseKey,
         settings: SchedulerSettings,
     ) -> Arc<Self> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
@@ -366,6 +371,7 @@ impl Scheduler {
             registry,
             plugins,
             safety,
+            leases,
             settings,
             waiting: Mutex::new(WaitQueue::default()),
             capacity: Notify::new(),
@@ -566,7 +572,10 @@ impl Scheduler {
     }
 
     /// Takes submissions published on `sys.job.submit` (by another replica of an older version,
-    /// or by a client on the bus) from the queue group until the bus closes.
+    /// or by a client on the bus) from the queue group until the bus closes. A submit is only a
+    /// request to schedule a job the store holds: what runs is the stored spec, cleared as the
+    /// stored job says (a human's approval is written on it), never the message's spec or
+    /// clearance — anyone who can publish on the subject could write those.
     pub async fn run_submissions(self: Arc<Self>) {
         let subject = self.bus.subjects().submit();
         let mut sub = match self.bus.queue_subscribe(&subject, SCHEDULER_GROUP).await {
@@ -578,8 +587,27 @@ impl Scheduler {
         };
         while let Some(msg) = sub.next().await {
             match serde_json::from_slice::<SubmitMsg>(&msg.payload) {
-                Ok(m) => self.announce(m.job, m.clearance).await,
+                Ok(m) => self.submitted_on_the_bus(m).await,
                 Err(e) => tracing::warn!(error = %e, "dropping malformed submit message"),
+            }
+        }
+    }
+
+    async fn submitted_on_the_bus(&self, m: SubmitMsg) {
+        let id = &m.job.id;
+        if !m.clearance.is_none() {
+            Rejection::Clearance.record("submit", id, "");
+        }
+        match self.store.get_job(id).await {
+            Ok(Some(job)) if job.state == JobState::Pending => {
+                let clearance = Clearance::of_stored(&job);
+                self.announce(job.spec, clearance).await;
+            }
+            // Under way or done: nothing to schedule.
+            Ok(Some(_)) => {}
+            Ok(None) => Rejection::UnknownJob.record("submit", id, ""),
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "submit not read back; the reconciler schedules a stored job")
             }
         }
     }
@@ -847,13 +875,15 @@ impl Scheduler {
                 return self.wait_for_capacity(spec, clearance, reason, busy).await;
             }
         };
-        // 5. Record the dispatch, then hand the job to that worker.
+        // 5. Record the dispatch (with its lease), then hand the job to that worker.
+        let lease = self.leases.mint(&spec.id, spec.attempt, &worker, now_ms());
         let update = JobUpdate {
             worker_id: Some(worker.to_string()),
             worker_instance: self.registry.instance(&worker),
             safety_decision: Some(decision),
             safety_reason: Some(reason),
             effective_config: Some(effective.value.clone()),
+            lease: Some(lease.clone()),
             ..Default::default()
         };
         if !self.dispatch_lazily(&spec.id, update.clone()) {
@@ -868,7 +898,8 @@ impl Scheduler {
             }
         }
         self.waiting.lock().forget(&spec.id);
-        self.send_to_worker(&worker, &spec, &effective.json).await;
+        self.send_to_worker(&worker, &spec, &effective.json, Some(lease))
+            .await;
         Ok(())
     }
 
@@ -1049,11 +1080,22 @@ impl Scheduler {
         Ok(self.config.effective(&target).await?)
     }
 
-    /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver). A job
-    /// whose message the bus cannot carry (its effective config made it too large) fails with
-    /// the reason: sent anyway, it would wait DISPATCHED for a worker that never gets it.
-    pub async fn send_to_worker(&self, worker: &str, spec: &JobSpec, effective_json: &str) {
-        let msg = JobMsg::new(spec, effective_json);
+    /// Sends a dispatched job to its worker under the dispatch's lease (also used by the
+    /// reconciler to re-deliver; a job recorded without a lease, by an older host, gets a new
+    /// one). A job whose message the bus cannot carry (its effective config made it too large)
+    /// fails with the reason: sent anyway, it would wait DISPATCHED for a worker that never
+    /// gets it.
+    pub async fn send_to_worker(
+        &self,
+        worker: &str,
+        spec: &JobSpec,
+        effective_json: &str,
+        lease: Option<String>,
+    ) {
+        let mut msg = JobMsg::new(spec, effective_json);
+        msg.lease = Some(
+            lease.unwrap_or_else(|| self.leases.mint(&spec.id, spec.attempt, worker, now_ms())),
+        );
         // Jobs for one worker that leave together go as one batch, to workers that take them.
         let batch = self
             .registry
@@ -1220,6 +1262,7 @@ impl Scheduler {
                 ..Default::default()
             },
             reason,
+            None,
         )
         .await
     }
@@ -1227,13 +1270,15 @@ impl Scheduler {
     /// A job ended badly: the retry policy decides between another attempt and the DLQ. The
     /// next attempt is created before the failure is recorded, so a crash in between leaves a
     /// job to run, never a lost retry (the attempt id is deterministic, so doing it twice
-    /// creates it once).
+    /// creates it once). A failure a worker reported carries its `claim`: it is recorded only
+    /// while the job is that worker's (see [`Claim`]).
     pub async fn settle_failure(
         &self,
         job: &Job,
         outcome: JobState,
         update: JobUpdate,
         note: String,
+        claim: Option<Claim>,
     ) -> Result<(), SchedulerError> {
         let now = now_ms();
         let deadline_passed = job.spec.deadline.is_some_and(|d| d <= now);
@@ -1279,13 +1324,14 @@ impl Scheduler {
                     self.announce(next, Clearance::None).await;
                 }
                 let mut t = Transition::to(outcome, now)
-                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"));
+                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"))
+                    .claimed_by(claim);
                 t.update = update;
                 self.apply(&job.spec.id, &t).await?;
                 Ok(())
             }
             RetryDecision::DeadLetter { reason } => {
-                self.dead_letter(job, outcome, update, format!("{note}; {reason}"))
+                self.dead_letter(job, outcome, update, format!("{note}; {reason}"), claim)
                     .await
             }
         }
@@ -1297,6 +1343,7 @@ impl Scheduler {
         outcome: JobState,
         update: JobUpdate,
         reason: String,
+        claim: Option<Claim>,
     ) -> Result<(), SchedulerError> {
         let now = now_ms();
         let entry = DlqEntry {
@@ -1310,7 +1357,7 @@ impl Scheduler {
             created_at: now,
             request: job.spec.clone(),
         };
-        let mut t = Transition::to(outcome, now).note(reason);
+        let mut t = Transition::to(outcome, now).note(reason).claimed_by(claim);
         t.update = update;
         t.dead_letter = Some(entry);
         self.apply(&job.spec.id, &t).await?;
