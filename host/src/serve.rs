@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{BreakerConfig, TenantLimits};
 use crate::bus::auth::LeaseKey;
 use crate::bus::memory::MemoryBus;
-use crate::bus::nats::NatsBus;
+use crate::bus::nats::{NatsAuth, NatsBus, redacted};
 use crate::bus::{SharedBus, Subjects};
 use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
@@ -47,7 +47,10 @@ use crate::workflow::engine::{Engine, EngineSettings};
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
+    /// NATS server URL(s), possibly with credentials (`nats://user:pass@…`, `nats://token@…`).
     pub nats_url: Option<String>,
+    /// Other NATS credentials and TLS.
+    pub nats_auth: NatsAuth,
     pub key_prefix: String,
     pub subject_prefix: String,
     /// The admin key.
@@ -80,6 +83,7 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
             nats_url: None,
+            nats_auth: NatsAuth::default(),
             key_prefix: "coretex:".into(),
             subject_prefix: String::new(),
             api_key: None,
@@ -190,9 +194,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     };
     let bus: SharedBus = match &opts.nats_url {
         Some(url) => {
-            let nats = NatsBus::connect(url, subjects)
+            let nats = NatsBus::connect_with(url, &opts.nats_auth, subjects)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?;
+                .with_context(|| format!("connecting to NATS at {}", redacted(url)))?;
             nats.ensure_events_stream()
                 .await
                 .context("creating the JetStream stream for worker events")?;
