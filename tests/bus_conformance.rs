@@ -714,7 +714,7 @@ async fn protocol_messages_round_trip_through_the_bus(d: Dep) {
     let job: JobMsg = parse(
         json!({"v": 1, "kind": "job", "job_id": "j-1", "trace_id": "tr-1",
         "topic": "resize", "attempt": 1, "payload": [1, 2.5, null, "x"], "env": {"A": "b"},
-        "labels": {"team": "x"}, "priority": "batch", "deadline_at": at}),
+        "labels": {"team": "x"}, "priority": "batch", "deadline_at": at, "lease": "1.2.ab.cd"}),
     );
     let worker = s.worker_jobs("w-1");
     let mut stream = subscribe(&bus, &worker).await;
@@ -738,10 +738,11 @@ async fn protocol_messages_round_trip_through_the_bus(d: Dep) {
 
     let mut events = consume_worker_events(&bus).await;
     let started: StartedMsg = parse(json!({"v": 1, "kind": "started", "job_id": "j-1",
-        "worker_id": "w-1", "at": at}));
+        "worker_id": "w-1", "at": at, "lease": "1.2.ab.cd"}));
     assert_round_trip(&bus, &mut events, &s.started(), started).await;
     let result: ResultMsg = parse(json!({"v": 1, "kind": "result", "job_id": "j-1",
         "worker_id": "w-1", "status": "failed", "result": {"partial": true},
-        "error": {"code": "E_BOOM", "message": "boom"}, "execution_ms": 1234}));
+        "error": {"code": "E_BOOM", "message": "boom"}, "execution_ms": 1234,
+        "lease": "1.2.ab.cd"}));
     assert_round_trip(&bus, &mut events, &s.result(), result).await;
 }

@@ -19,9 +19,9 @@ use coretex::job::{
 use coretex::store::memory::MemoryStore;
 use coretex::store::redis::RedisStore;
 use coretex::store::{
-    Annotation, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter, JobUpdate,
-    NewJob, PARKED, PageRequest, RunFilter, SharedStore, Store, StoreError, StoreOptions,
-    Transition, TransitionOutcome,
+    Annotation, Claim, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter, JobUpdate,
+    NewJob, PARKED, PageRequest, RunFilter, SHARED_SECRET_BYTES, SharedStore, Store, StoreError,
+    StoreOptions, Transition, TransitionOutcome,
 };
 use coretex::time::{Millis, now_ms};
 use coretex::workflow::definition::{Run, Status};
@@ -1847,6 +1847,148 @@ async fn check_locks_belong_to_one_owner_until_they_expire(store: SharedStore) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Claims: a worker's report moves only the job assigned to it
+// ---------------------------------------------------------------------------------------------
+
+fn claim(worker: &str, lease: &str) -> Option<Claim> {
+    Some(Claim {
+        worker_id: worker.into(),
+        lease: lease.into(),
+    })
+}
+
+async fn claimed(
+    store: &SharedStore,
+    id: &str,
+    to: JobState,
+    c: Option<Claim>,
+) -> TransitionOutcome {
+    let t = Transition::to(to, now_ms()).claimed_by(c);
+    store
+        .transition(id, &t)
+        .await
+        .unwrap_or_else(|e| panic!("claimed transition of {id} to {to}: {e}"))
+}
+
+async fn check_a_claimed_transition_applies_only_for_the_assignment(store: SharedStore) {
+    let t0 = now_ms() - 100_000;
+    // Nothing recorded yet (the dispatch is not written): the claim's transition writes it.
+    let a = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Dispatched, t0 + 1).claimed_by(claim("w-1", "L1"));
+    t.update.worker_id = Some("w-1".into());
+    t.update.lease = Some("L1".into());
+    assert!(matches!(
+        store.transition(&a.id, &t).await.unwrap(),
+        TransitionOutcome::Applied { .. }
+    ));
+    let job = get(&store, &a.id).await;
+    assert_eq!(
+        (job.worker_id.as_deref(), job.lease.as_deref()),
+        (Some("w-1"), Some("L1"))
+    );
+    // Another lease, another worker, or the lease under another worker's name: refused, and
+    // nothing changes — before the state is even looked at.
+    for (worker, lease) in [("w-1", "L2"), ("w-2", "L2"), ("w-2", "L1")] {
+        for to in [Running, Succeeded, Dispatched] {
+            assert_eq!(
+                claimed(&store, &a.id, to, claim(worker, lease)).await,
+                TransitionOutcome::OtherWorker,
+                "{worker} {lease} → {to}"
+            );
+        }
+    }
+    let job = get(&store, &a.id).await;
+    assert_eq!(job.state, Dispatched);
+    assert_eq!(job.history.len(), 2);
+    // The assignment's own claim moves it; a transition without a claim (the host's own)
+    // is not asked.
+    assert!(matches!(
+        claimed(&store, &a.id, Running, claim("w-1", "L1")).await,
+        TransitionOutcome::Applied { .. }
+    ));
+    assert!(matches!(
+        claimed(&store, &a.id, Succeeded, None).await,
+        TransitionOutcome::Applied { .. }
+    ));
+    // Finished: the assignment's claim meets the transition table, a stranger's is refused.
+    assert!(matches!(
+        store
+            .transition(
+                &a.id,
+                &Transition::to(Failed, now_ms()).claimed_by(claim("w-1", "L1"))
+            )
+            .await,
+        Err(StoreError::IllegalTransition { .. })
+    ));
+    assert_eq!(
+        claimed(&store, &a.id, Failed, claim("w-2", "L2")).await,
+        TransitionOutcome::OtherWorker
+    );
+
+    // A job recorded with a worker and no lease (dispatched by a host older than leases):
+    // that worker's claims only.
+    let b = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Dispatched, t0 + 1);
+    t.update.worker_id = Some("w-old".into());
+    store.transition(&b.id, &t).await.unwrap();
+    assert_eq!(
+        claimed(&store, &b.id, Running, claim("w-new", "L")).await,
+        TransitionOutcome::OtherWorker
+    );
+    assert!(matches!(
+        claimed(&store, &b.id, Running, claim("w-old", "L")).await,
+        TransitionOutcome::Applied { .. }
+    ));
+
+    // A job that is not stored answers so, claim or not.
+    assert!(matches!(
+        store
+            .transition(
+                "default~nope",
+                &Transition::to(Running, t0).claimed_by(claim("w", "L"))
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The replicas' shared secret
+// ---------------------------------------------------------------------------------------------
+
+async fn check_the_shared_secret_is_made_once(store: SharedStore) {
+    let asked = futures::future::join_all((0..8).map(|_| store.shared_secret())).await;
+    let first = asked[0].as_ref().expect("shared_secret").clone();
+    assert_eq!(first.len(), SHARED_SECRET_BYTES);
+    assert!(first.iter().any(|b| *b != 0), "random, not zeros");
+    for a in &asked {
+        assert_eq!(
+            a.as_ref().unwrap(),
+            &first,
+            "every caller gets the same secret"
+        );
+    }
+    assert_eq!(store.shared_secret().await.unwrap(), first, "for good");
+}
+
+/// Two replicas (two connections, one key prefix) share one secret; another deployment (another
+/// prefix) has its own.
+#[tokio::test]
+async fn redis_replicas_share_one_secret_and_deployments_do_not() {
+    let (a, keys) = redis_store(StoreOptions::default()).await;
+    let b = RedisStore::connect(&keys.url, &keys.prefix, StoreOptions::default())
+        .await
+        .expect("a second replica connects");
+    let (other, _other_keys) = redis_store(StoreOptions::default()).await;
+    let (sa, sb) = tokio::join!(a.shared_secret(), b.shared_secret());
+    assert_eq!(sa.unwrap(), sb.unwrap());
+    assert_ne!(
+        a.shared_secret().await.unwrap(),
+        other.shared_secret().await.unwrap()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // TTL
 // ---------------------------------------------------------------------------------------------
 
@@ -2288,6 +2430,9 @@ conformance! {
     config_documents_follow_if_match => check_config_documents_follow_if_match;
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;
+    a_claimed_transition_applies_only_for_the_assignment =>
+        check_a_claimed_transition_applies_only_for_the_assignment;
+    the_shared_secret_is_made_once => check_the_shared_secret_is_made_once;
     jobs_expire_after_their_ttl => check_jobs_expire_after_their_ttl with SHORT_TTL;
     finished_runs_expire_and_their_index_entries_are_pruned =>
         check_finished_runs_expire_and_their_index_entries_are_pruned with SHORT_TTL;

@@ -42,7 +42,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use coretex::bus::Subjects;
-use coretex::bus::nats::NatsBus;
+use coretex::bus::nats::{NatsAuth, NatsBus, redacted};
 use coretex::job::Limits;
 use coretex::plugins::PluginSettings;
 use coretex::reconciler::ReconcilerSettings;
@@ -189,10 +189,13 @@ struct ServeArgs {
     /// Redis URL; without it, an embedded in-memory store.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
-    /// NATS URL; without it, an in-process bus. Several seed servers of one cluster may be
-    /// given, comma-separated (`nats://a:4222,nats://b:4222`).
-    #[arg(long, env = "NATS_URL")]
+    /// NATS URL (credentials may go in it: `nats://user:pass@host`, `nats://token@host`;
+    /// `tls://` for TLS); without it, an in-process bus. Several seed servers of one cluster may
+    /// be given, comma-separated (`nats://a:4222,nats://b:4222`).
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// How many servers of a JetStream cluster keep a copy of the worker-event stream (3 on a
     /// three-node cluster survives the loss of any one node).
     #[arg(long, env = "CORETEX_NATS_STREAM_REPLICAS", default_value_t = 1,
@@ -285,10 +288,53 @@ struct ServeArgs {
     drain_timeout: Duration,
 }
 
+/// How `serve` and `worker` authenticate to NATS and encrypt the connection, besides credentials
+/// in the URL (see the README's "An authenticated bus").
+#[derive(Args)]
+struct NatsArgs {
+    /// NATS credentials file (a user JWT and its nkey seed, as `nsc` writes them).
+    #[arg(long, env = "NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS nkey seed (`SU…`), or a file holding it (a file or the environment is safer: other
+    /// users of the machine can read a command line).
+    #[arg(long, env = "NATS_NKEY", hide_env_values = true)]
+    nats_nkey: Option<String>,
+    /// CA certificate(s), PEM, to verify the NATS server with; TLS is then required.
+    #[arg(long, env = "NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a NATS server that verifies clients (with --nats-tls-key).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn auth(self) -> NatsAuth {
+        NatsAuth {
+            creds_file: self.nats_creds,
+            nkey: self.nats_nkey,
+            tls_ca: self.nats_tls_ca,
+            tls_client: self.nats_tls_cert.zip(self.nats_tls_key),
+            inbox_prefix: None,
+        }
+    }
+}
+
 #[derive(Args)]
 struct WorkerArgs {
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS URL (credentials may go in it: `nats://user:pass@host`, `nats://token@host`;
+    /// `tls://` for TLS).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     #[arg(long, env = "CORETEX_SUBJECT_PREFIX", default_value = "")]
     subject_prefix: String,
     /// Worker id (default: a random one).
@@ -731,6 +777,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         redis_url: a.redis_url,
         nats_url: a.nats_url,
         nats_stream_replicas: usize::from(a.nats_stream_replicas),
+        nats_auth: a.nats.auth(),
         key_prefix: a.key_prefix,
         subject_prefix: a.subject_prefix,
         api_key: a.api_key,
@@ -798,13 +845,20 @@ async fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         (None, true) => Mode::Echo,
         _ => bail!("give exactly one of --exec CMD or --echo"),
     };
-    let bus = NatsBus::connect(&a.nats_url, Subjects::new(&a.subject_prefix))
+    let id =
+        a.id.unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple()));
+    let subjects = Subjects::new(&a.subject_prefix);
+    // Replies (a flush's round trip) on an inbox of the worker's own, which its NATS
+    // permissions can grant without granting every connection's.
+    let auth = NatsAuth {
+        inbox_prefix: Some(subjects.worker_inbox(&id)),
+        ..a.nats.auth()
+    };
+    let bus = NatsBus::connect_with(&a.nats_url, &auth, subjects)
         .await
-        .with_context(|| format!("connecting to NATS at {}", a.nats_url))?;
+        .with_context(|| format!("connecting to NATS at {}", redacted(&a.nats_url)))?;
     let opts = WorkerOptions {
-        id: a
-            .id
-            .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
+        id,
         pool: a.pool,
         topics: a.topics,
         max_parallel: a.max_parallel.max(1),

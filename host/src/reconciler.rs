@@ -185,11 +185,7 @@ impl Reconciler {
             if job.state != JobState::Pending {
                 return Ok(());
             }
-            let clearance = if job.safety_decision.as_deref() == Some("APPROVED") {
-                Clearance::Approved
-            } else {
-                Clearance::None
-            };
+            let clearance = Clearance::of_stored(&job);
             let recheck = Annotation {
                 expect: JobState::Pending,
                 at: now_ms(),
@@ -291,7 +287,7 @@ impl Reconciler {
                 .unwrap_or_else(|| "{}".into());
             tracing::info!(job_id = %job.spec.id, worker_id = %worker, "re-delivering a job its worker has not started");
             self.scheduler
-                .send_to_worker(&worker, &job.spec, &effective)
+                .send_to_worker(&worker, &job.spec, &effective, job.lease.clone())
                 .await;
         }
         Ok(())
@@ -311,7 +307,7 @@ impl Reconciler {
         };
         let id = job.spec.id.clone();
         self.scheduler
-            .settle_failure(&job, outcome, update, note)
+            .settle_failure(&job, outcome, update, note, None)
             .await?;
         if was_out {
             self.scheduler.send_cancel(&id, code).await;

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{BreakerConfig, TenantLimits};
+use crate::bus::auth::LeaseKey;
 use crate::bus::memory::MemoryBus;
-use crate::bus::nats::NatsBus;
+use crate::bus::nats::{NatsAuth, NatsBus, redacted};
 use crate::bus::{SharedBus, Subjects};
 use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
@@ -49,8 +50,11 @@ pub struct ServeOptions {
     pub ui_listen: Option<SocketAddr>,
     pub ui: crate::ui::UiSettings,
     pub redis_url: Option<String>,
-    /// NATS seed servers, comma-separated.
+    /// NATS seed servers, comma-separated, possibly with credentials (`nats://user:pass@…`,
+    /// `nats://token@…`).
     pub nats_url: Option<String>,
+    /// Other NATS credentials and TLS.
+    pub nats_auth: NatsAuth,
     /// Copies of the worker-event stream a JetStream cluster keeps.
     pub nats_stream_replicas: usize,
     pub key_prefix: String,
@@ -88,6 +92,7 @@ impl Default for ServeOptions {
             redis_url: None,
             nats_url: None,
             nats_stream_replicas: 1,
+            nats_auth: NatsAuth::default(),
             key_prefix: "coretex:".into(),
             subject_prefix: String::new(),
             api_key: None,
@@ -201,9 +206,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     };
     let bus: SharedBus = match &opts.nats_url {
         Some(url) => {
-            let nats = NatsBus::connect(url, subjects)
+            let nats = NatsBus::connect_with(url, &opts.nats_auth, subjects)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?
+                .with_context(|| format!("connecting to NATS at {}", redacted(url)))?
                 .with_stream_replicas(opts.nats_stream_replicas);
             nats.ensure_events_stream()
                 .await
@@ -217,6 +222,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             Arc::new(MemoryBus::new(subjects).with_max_payload(opts.embedded_bus_max_payload))
         }
     };
+    // The key of the bus leases: the same for every replica of the deployment.
+    let secret = store
+        .shared_secret()
+        .await
+        .context("reading the replicas' shared secret from the store")?;
+    let leases = LeaseKey::new(&secret).context("keying the bus leases")?;
     let stop = CancellationToken::new();
     let config = ConfigService::new(store.clone(), bus.clone());
     let registry = Arc::new(Registry::new(opts.worker_ttl));
@@ -233,6 +244,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             TenantLimits::default(),
             Duration::from_secs(1),
         ),
+        leases,
         scheduler_settings(&opts),
     );
     let owner = format!("serve-{}", uuid::Uuid::new_v4());

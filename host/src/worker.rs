@@ -13,6 +13,9 @@
 //! therefore ignores a job it is already running, and answers a job it finished recently by
 //! sending the same result again instead of running it twice.
 //!
+//! Every `started` and result echoes the lease of the job's message: the host takes a report on
+//! a job only from the worker it gave the job to, for that dispatch (see [`crate::bus::auth`]).
+//!
 //! Built for throughput, within the public protocol: a job that finishes within
 //! `started_delay` (50 ms) sends no `started` — its result carries `started_at` instead, and the
 //! host records RUNNING at that time — and results that are ready together leave together, as
@@ -299,7 +302,7 @@ impl Worker {
             draining
         };
         if draining {
-            self.hand_back(&job.job_id, "it arrived after the worker began to drain");
+            self.hand_back(&job, "it arrived after the worker began to drain");
             return;
         }
         let this = self.clone();
@@ -307,7 +310,7 @@ impl Worker {
             let slot = tokio::select! {
                 slot = this.slots.clone().acquire_owned() => slot,
                 _ = this.draining.cancelled() => {
-                    this.hand_back(&job.job_id, "it had not started when the worker began to drain");
+                    this.hand_back(&job, "it had not started when the worker began to drain");
                     return;
                 }
             };
@@ -328,6 +331,7 @@ impl Worker {
                         job_id: job.job_id.clone(),
                         worker_id: this.opts.id.clone(),
                         at: started_at,
+                        lease: job.lease.clone(),
                     };
                     let _ = publish_json(this.bus.as_ref(), &this.bus.subjects().started(), &started).await;
                     said_started = true;
@@ -343,6 +347,7 @@ impl Worker {
                 error,
                 execution_ms: t0.elapsed().as_millis() as u64,
                 started_at: (!said_started).then_some(started_at),
+                lease: job.lease.clone(),
             });
         });
     }
@@ -360,11 +365,11 @@ impl Worker {
     }
 
     /// Hands a job this draining worker will not run back to the host (see the module docs).
-    fn hand_back(&self, job_id: &str, why: &str) {
-        tracing::info!(job_id, why, "handing a job back");
+    fn hand_back(&self, job: &JobMsg, why: &str) {
+        tracing::info!(job_id = %job.job_id, why, "handing a job back");
         self.finish(ResultMsg {
             v: VERSION,
-            job_id: job_id.to_string(),
+            job_id: job.job_id.clone(),
             worker_id: self.opts.id.clone(),
             status: ResultStatus::Failed,
             result: None,
@@ -374,6 +379,7 @@ impl Worker {
             )),
             execution_ms: 0,
             started_at: None,
+            lease: job.lease.clone(),
         });
     }
 

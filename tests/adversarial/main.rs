@@ -19,6 +19,7 @@ macro_rules! on_both_backends {
 }
 
 mod abandoned;
+mod bus;
 #[path = "../common/mod.rs"]
 mod common;
 mod drain;

@@ -65,7 +65,10 @@ async fn a_job_whose_worker_dies_runs_again_on_another(backend: Backend) {
         .await;
     assert_eq!(again["result"], json!({"n": 1}), "{again}");
 
-    // The dead worker's result, should it come after all, is written down and changes nothing.
+    // The dead worker's result, should it come after all (under the lease it was given), is
+    // written down and changes nothing.
+    let lease = h.stored_job(&id).await.lease;
+    assert!(lease.is_some(), "the dispatch of {id} has a lease");
     let late = ResultMsg {
         v: VERSION,
         job_id: id.clone(),
@@ -75,6 +78,7 @@ async fn a_job_whose_worker_dies_runs_again_on_another(backend: Backend) {
         error: None,
         execution_ms: 1,
         started_at: None,
+        lease,
     };
     let bus = h.running.scheduler.bus.clone();
     publish_json(bus.as_ref(), &bus.subjects().result(), &late)

@@ -313,6 +313,17 @@ impl Host {
         stop
     }
 
+    /// The job as the host's store holds it (with what the API does not show, e.g. its lease).
+    pub async fn stored_job(&self, id: &str) -> coretex::job::Job {
+        self.running
+            .scheduler
+            .store
+            .get_job(id)
+            .await
+            .expect("the store answers")
+            .unwrap_or_else(|| panic!("job {id} is stored"))
+    }
+
     pub async fn wait_worker(&self, id: &str) {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -343,5 +354,85 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.workers.cancel();
         self.running.stop.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private NATS server
+// ---------------------------------------------------------------------------------------------
+
+/// A `nats-server` of the test's own (the binary on PATH), on a free port, with JetStream in a
+/// temporary directory and the rest of its config — users, permissions, TLS — given by the
+/// test. Stopped (its process, by id) when dropped.
+pub struct NatsServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts the server with `config` (nats-server's config syntax, without `listen` and
+    /// `jetstream`, which this adds) and waits until it takes connections.
+    pub async fn start(config: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let conf = dir.path().join("nats.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} }}\n{config}\n"),
+        )
+        .expect("the server's config written");
+        let log = std::fs::File::create(dir.path().join("nats.log")).expect("a log file");
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("this test runs its own nats-server, which must be on PATH: {e}")
+            });
+        let mut server = NatsServer { child, port, dir };
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            let exited = server.child.try_wait().ok().flatten();
+            if exited.is_some() || tokio::time::Instant::now() > until {
+                panic!("nats-server did not start ({exited:?}): {}", server.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// `nats://{userinfo}@127.0.0.1:{port}` (`userinfo` may be empty: no credentials).
+    pub fn url(&self, userinfo: &str) -> String {
+        self.url_with("nats", userinfo)
+    }
+
+    /// The server's URL with a scheme of choice (`tls`).
+    pub fn url_with(&self, scheme: &str, userinfo: &str) -> String {
+        match userinfo {
+            "" => format!("{scheme}://127.0.0.1:{}", self.port),
+            u => format!("{scheme}://{u}@127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// What the server has logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -619,6 +619,10 @@ pub struct Job {
     /// The effective config (SPEC §8) the job was dispatched with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_config: Option<Value>,
+    /// The lease of its dispatch (see [`crate::bus::auth`]). Never shown: whoever holds it can
+    /// report on the job as its worker.
+    #[serde(skip)]
+    pub lease: Option<String>,
     #[serde(with = "time::rfc3339")]
     pub updated_at: Millis,
     #[serde(default)]

@@ -17,14 +17,17 @@ fn v1() -> u8 {
     VERSION
 }
 
-/// `sys.job.submit`: a job to schedule. Carries the whole spec so the scheduler needs no read.
+/// `sys.job.submit`: asks the schedulers to schedule a stored job (no host publishes it any
+/// more: a replica schedules what it accepts itself). The host reads the job back from the store
+/// and schedules what it stored: the message's spec and clearance decide nothing (see
+/// [`crate::bus::auth`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename = "submit")]
 pub struct SubmitMsg {
     #[serde(default = "v1")]
     pub v: u8,
     pub job: JobSpec,
-    /// Whether the safety check already let the job through.
+    /// A clearance claimed on the bus: refused (counted), never honoured.
     #[serde(default, skip_serializing_if = "Clearance::is_none")]
     pub clearance: Clearance,
 }
@@ -45,6 +48,16 @@ pub enum Clearance {
 impl Clearance {
     pub fn is_none(&self) -> bool {
         *self == Clearance::None
+    }
+
+    /// What a stored job has earned: a human's approval is written on it
+    /// (`safety_decision` APPROVED) before it is scheduled again.
+    pub fn of_stored(job: &crate::job::Job) -> Clearance {
+        if job.safety_decision.as_deref() == Some("APPROVED") {
+            Clearance::Approved
+        } else {
+            Clearance::None
+        }
     }
 }
 
@@ -72,11 +85,15 @@ pub struct JobMsg {
         with = "time::rfc3339_opt"
     )]
     pub deadline_at: Option<Millis>,
+    /// The dispatch's lease (see [`crate::bus::auth`]): the worker echoes it, unchanged, in its
+    /// `started` and result for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl JobMsg {
     /// The message that hands `spec` to a worker, with its effective config (as JSON) in the
-    /// env, where SPEC §8 puts it.
+    /// env, where SPEC §8 puts it, and no lease yet.
     pub fn new(spec: &JobSpec, effective_json: &str) -> JobMsg {
         let mut env = spec.env.clone();
         env.insert(EFFECTIVE_CONFIG_ENV.to_string(), effective_json.to_string());
@@ -91,6 +108,7 @@ impl JobMsg {
             labels: spec.labels.clone(),
             priority: spec.priority,
             deadline_at: spec.deadline,
+            lease: None,
         }
     }
 
@@ -110,6 +128,9 @@ pub struct StartedMsg {
     pub worker_id: String,
     #[serde(with = "time::rfc3339")]
     pub at: Millis,
+    /// The lease of the job's message, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +165,9 @@ pub struct ResultMsg {
         with = "time::rfc3339_opt"
     )]
     pub started_at: Option<Millis>,
+    /// The lease of the job's message, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// Several messages of one kind in one envelope, `{"v":1,"kind":K,"K":[…]}` (see

@@ -7,8 +7,9 @@
 //!   "publish JSON to a subject" for a worker in any language.
 //! * [`memory::MemoryBus`]: the in-process default with the same delivery rules.
 //!
-//! Subjects are named in one place, [`Subjects`].
+//! Subjects are named in one place, [`Subjects`]; who may say what on them is [`auth`]'s.
 
+pub mod auth;
 pub mod memory;
 pub mod nats;
 
@@ -404,6 +405,12 @@ impl Subjects {
     pub fn worker_batch(&self, worker_id: &str) -> String {
         format!("{}worker.{worker_id}.batch", self.prefix)
     }
+    /// The prefix of a worker's reply subjects (`_INBOX.<prefix>worker.<id>`, instead of
+    /// `_INBOX`), so that NATS permissions can give each worker its own replies and no one
+    /// else's.
+    pub fn worker_inbox(&self, worker_id: &str) -> String {
+        format!("_INBOX.{}worker.{worker_id}", self.prefix)
+    }
     /// Several job events in one message (`{"kind":"job_events","job_events":[…]}`).
     pub fn job_events_batch(&self) -> String {
         format!("{}sys.job.events.batch", self.prefix)
@@ -453,6 +460,8 @@ mod tests {
         let s = Subjects::new("t1");
         assert_eq!(s.submit(), "t1.sys.job.submit");
         assert_eq!(s.worker_jobs("w-1"), "t1.worker.w-1.jobs");
+        assert_eq!(s.worker_inbox("w-1"), "_INBOX.t1.worker.w-1");
+        assert_eq!(Subjects::new("").worker_inbox("w"), "_INBOX.worker.w");
         assert_eq!(s.events_stream(), "CORETEX_t1_EVENTS");
         assert_eq!(Subjects::new("").heartbeat(), "sys.heartbeat");
     }

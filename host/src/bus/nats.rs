@@ -1,6 +1,13 @@
 //! The NATS bus. Core NATS for submissions (queue group), direct dispatch, heartbeats and
 //! cancels; a JetStream work-queue stream for worker events, so results survive a host restart.
+//!
+//! Connections authenticate as the server asks ([`NatsAuth`]): a credentials file, user and
+//! password or a token in the URL (`nats://user:pass@host`, `nats://token@host`), an nkey seed;
+//! and speak TLS for a `tls://` URL or a CA given to verify the server with (a client
+//! certificate too, for a server that verifies clients). Which subjects each user may use is
+//! the server's business: the README lays out the permissions of hosts and workers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -42,20 +49,211 @@ const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// is wanted.
 const DEFAULT_EVENTS_BATCH: usize = 256;
 
-impl NatsBus {
-    /// Connects, failing fast when NATS is down; afterwards the client reconnects by itself
-    /// and buffers publishes meanwhile. `url` may name several seed servers of one cluster,
-    /// comma-separated (`nats://a:4222,nats://b:4222`): the client connects to one that
-    /// answers, learns the rest of the cluster from it, and moves to a surviving node when its
-    /// own goes down.
-    pub async fn connect(url: &str, subjects: Subjects) -> BusResult<Self> {
-        let seeds = seed_urls(url)?;
-        let client = async_nats::ConnectOptions::new()
+/// How a connection proves who it is, and how it is encrypted (see the module docs). Credentials
+/// in the URL come on top; at most one way to authenticate may be given.
+#[derive(Clone, Default)]
+pub struct NatsAuth {
+    /// A credentials file: a user JWT and its nkey seed, as `nsc` writes them.
+    pub creds_file: Option<PathBuf>,
+    /// An nkey seed (`SU…`), or the path of a file holding one.
+    pub nkey: Option<String>,
+    /// CA certificates (PEM) to verify the server with; TLS is then required.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its private key (PEM), for a server that verifies clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// The prefix of this connection's reply subjects, instead of `_INBOX`: a worker's own
+    /// ([`Subjects::worker_inbox`]), so that a permission can grant it that and no other
+    /// connection's replies.
+    pub inbox_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    /// Says which credentials are set, never what they are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("creds_file", &self.creds_file)
+            .field("nkey", &self.nkey.as_ref().map(|_| "…"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .finish()
+    }
+}
+
+/// The credentials a NATS URL carries.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    None,
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// `url` without its credentials, and the credentials. Several URLs may be given, separated by
+/// commas (the servers of a cluster); their credentials must agree.
+fn split_credentials(url: &str) -> BusResult<(Vec<String>, UrlCredentials)> {
+    let mut found = UrlCredentials::None;
+    let mut addrs = Vec::new();
+    for one in url
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(with_scheme)
+    {
+        let mut parsed = url::Url::parse(&one)
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", redacted(&one))))?;
+        let creds = match (parsed.username(), parsed.password()) {
+            ("", None) => UrlCredentials::None,
+            (user, Some(pass)) => {
+                UrlCredentials::UserPassword(percent_decoded(user), percent_decoded(pass))
+            }
+            (token, None) => UrlCredentials::Token(percent_decoded(token)),
+        };
+        // Userinfo cannot be cleared from a URL that has none (or no host): nothing to do then.
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        match (&found, creds) {
+            (_, UrlCredentials::None) => {}
+            (UrlCredentials::None, c) => found = c,
+            (f, c) if *f == c => {}
+            _ => {
+                return Err(BusError::Unavailable(
+                    "the NATS URLs carry different credentials".into(),
+                ));
+            }
+        }
+        addrs.push(parsed.to_string());
+    }
+    if addrs.is_empty() {
+        return Err(BusError::Unavailable("no NATS URL".into()));
+    }
+    Ok((addrs, found))
+}
+
+/// One URL of a list, trimmed, with `nats://` before it when it names no scheme (`host:4222`, as
+/// async-nats takes it).
+fn with_scheme(url: &str) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("nats://{url}")
+    }
+}
+
+/// A URL's percent-encoded userinfo, decoded (a password may hold `@` or `:` encoded).
+fn percent_decoded(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: Vec<u8> = bytes.clone().take(2).collect();
+            let decoded = std::str::from_utf8(&hex)
+                .ok()
+                .filter(|h| h.len() == 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(d) = decoded {
+                out.push(d);
+                bytes.nth(1);
+                continue;
+            }
+        }
+        out.push(b);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A NATS URL (or several) as it may be logged: its credentials replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(with_scheme)
+        .map(|one| match url::Url::parse(&one) {
+            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+                let _ = u.set_username("***");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) if one.contains('@') => "<a NATS URL with credentials>".to_string(),
+            Err(_) => one,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl NatsAuth {
+    /// The client options for `url`, and the server addresses to dial (credentials taken out).
+    async fn options(&self, url: &str) -> BusResult<(async_nats::ConnectOptions, Vec<String>)> {
+        let (addrs, in_url) = split_credentials(url)?;
+        let given = [
+            in_url != UrlCredentials::None,
+            self.creds_file.is_some(),
+            self.nkey.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(BusError::Unavailable(
+                "give one way to authenticate to NATS: credentials in the URL, a creds file or \
+                 an nkey"
+                    .into(),
+            ));
+        }
+        let mut o = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
-            .name("coretex")
-            .connect(seeds)
-            .await
-            .map_err(unavailable)?;
+            .name("coretex");
+        o = match in_url {
+            UrlCredentials::None => o,
+            UrlCredentials::UserPassword(user, pass) => o.user_and_password(user, pass),
+            UrlCredentials::Token(token) => o.token(token),
+        };
+        if let Some(path) = &self.creds_file {
+            o = o.credentials_file(path).await.map_err(|e| {
+                BusError::Unavailable(format!("NATS credentials file {}: {e}", path.display()))
+            })?;
+        }
+        if let Some(nkey) = &self.nkey {
+            o = o.nkey(nkey_seed(nkey)?);
+        }
+        if let Some(ca) = &self.tls_ca {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            o = o.add_client_certificate(cert.clone(), key.clone());
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            o = o.custom_inbox_prefix(prefix);
+        }
+        Ok((o, addrs))
+    }
+}
+
+/// An nkey seed given as itself or as the path of a file that holds it (its first line that
+/// looks like a seed).
+fn nkey_seed(given: &str) -> BusResult<String> {
+    let path = std::path::Path::new(given);
+    if !path.is_file() {
+        return Ok(given.trim().to_string());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BusError::Unavailable(format!("nkey file {}: {e}", path.display())))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('S') && l.len() > 50)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            BusError::Unavailable(format!("nkey file {}: no seed in it", path.display()))
+        })
+}
+
+impl NatsBus {
+    /// Connects without credentials; see [`NatsBus::connect_with`].
+    pub async fn connect(url: &str, subjects: Subjects) -> BusResult<Self> {
+        Self::connect_with(url, &NatsAuth::default(), subjects).await
+    }
+
+    /// Connects as `auth` says (and as `url`'s credentials, if any), failing fast when NATS is
+    /// down or refuses; afterwards the client reconnects by itself and buffers publishes
+    /// meanwhile. No error names a credential.
+    pub async fn connect_with(url: &str, auth: &NatsAuth, subjects: Subjects) -> BusResult<Self> {
+        let (options, addrs) = auth.options(url).await?;
+        let client = options.connect(addrs).await.map_err(unavailable)?;
         let js = jetstream::new(client.clone());
         Ok(NatsBus {
             client,
@@ -128,23 +326,6 @@ impl NatsBus {
             .map(drop)
             .map_err(unavailable)
     }
-}
-
-/// The seed servers of a comma-separated URL list, each checked.
-fn seed_urls(url: &str) -> BusResult<Vec<async_nats::ServerAddr>> {
-    let seeds = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| BusError::Unavailable(format!("NATS URL `{u}`: {e}")))
-        })
-        .collect::<BusResult<Vec<_>>>()?;
-    if seeds.is_empty() {
-        return Err(BusError::Unavailable("no NATS URL given".into()));
-    }
-    Ok(seeds)
 }
 
 /// Acks a worker event and waits for JetStream to confirm: a plain ack is only queued on the
@@ -308,5 +489,70 @@ impl Bus for NatsBus {
                     "NATS did not answer within {FLUSH_TIMEOUT:?}"
                 )))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        let (addrs, creds) = split_credentials("nats://host:p%40ss@127.0.0.1:4222").unwrap();
+        assert_eq!(addrs, ["nats://127.0.0.1:4222"]);
+        assert_eq!(
+            creds,
+            UrlCredentials::UserPassword("host".into(), "p@ss".into())
+        );
+        let (addrs, creds) = split_credentials("tls://s3cret@nats.example:4443").unwrap();
+        assert_eq!(addrs, ["tls://nats.example:4443"]);
+        assert_eq!(creds, UrlCredentials::Token("s3cret".into()));
+        let (addrs, creds) = split_credentials("127.0.0.1:4222, nats://b:4222").unwrap();
+        assert_eq!(addrs, ["nats://127.0.0.1:4222", "nats://b:4222"]);
+        assert_eq!(creds, UrlCredentials::None);
+        assert!(split_credentials("nats://a:1@x,nats://b:2@y").is_err());
+        assert!(split_credentials("").is_err());
+    }
+
+    #[test]
+    fn a_redacted_url_names_no_credential() {
+        for url in [
+            "nats://host:s3cret@127.0.0.1:4222",
+            "nats://s3cret@127.0.0.1:4222",
+            "s3cret@127.0.0.1:4222,nats://u:s3cret@b",
+        ] {
+            let r = redacted(url);
+            assert!(!r.contains("s3cret"), "{r}");
+            assert!(r.contains("127.0.0.1:4222"), "{r}");
+        }
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[tokio::test]
+    async fn one_way_to_authenticate_at_a_time() {
+        let auth = NatsAuth {
+            nkey: Some("SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4".into()),
+            ..Default::default()
+        };
+        let e = auth.options("nats://u:p@127.0.0.1:4222").await.err();
+        assert!(e.is_some_and(|e| e.to_string().contains("one way")));
+        let creds = NatsAuth {
+            creds_file: Some("/nonexistent/user.creds".into()),
+            ..Default::default()
+        };
+        let e = creds.options("nats://127.0.0.1:4222").await.err();
+        assert!(e.is_some_and(|e| e.to_string().contains("/nonexistent/user.creds")));
+    }
+
+    #[test]
+    fn an_nkey_seed_is_taken_as_given_or_from_its_file() {
+        let seed = "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4";
+        assert_eq!(nkey_seed(seed).unwrap(), seed);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seed.nk");
+        std::fs::write(&file, format!("# the worker's seed\n{seed}\n")).unwrap();
+        assert_eq!(nkey_seed(file.to_str().unwrap()).unwrap(), seed);
+        std::fs::write(&file, "nothing").unwrap();
+        assert!(nkey_seed(file.to_str().unwrap()).is_err());
     }
 }

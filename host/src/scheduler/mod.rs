@@ -103,6 +103,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::bus::auth::{LeaseKey, Rejection};
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
 use crate::configsvc::schema::{PREFERRED_POOL_LABEL, Tenancy};
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
@@ -211,6 +212,9 @@ pub struct Scheduler {
     /// Resolves each job's dispatch strategy and retry policy from its effective config.
     pub plugins: Arc<PluginRegistry>,
     safety: SafetyGate,
+    /// Mints the lease of each dispatch and verifies those workers echo (see
+    /// [`crate::bus::auth`]).
+    leases: LeaseKey,
     settings: SchedulerSettings,
     waiting: Mutex<WaitQueue>,
     capacity: Notify,
@@ -258,6 +262,7 @@ impl Scheduler {
         registry: Arc<Registry>,
         plugins: Arc<PluginRegistry>,
         safety: SafetyGate,
+        leases: LeaseKey,
         settings: SchedulerSettings,
     ) -> Arc<Self> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
@@ -280,6 +285,7 @@ impl Scheduler {
             registry,
             plugins,
             safety,
+            leases,
             settings,
             waiting: Mutex::new(WaitQueue::default()),
             capacity: Notify::new(),
@@ -480,7 +486,10 @@ impl Scheduler {
     }
 
     /// Takes submissions published on `sys.job.submit` (by another replica of an older version,
-    /// or by a client on the bus) from the queue group until the bus closes.
+    /// or by a client on the bus) from the queue group until the bus closes. A submit is only a
+    /// request to schedule a job the store holds: what runs is the stored spec, cleared as the
+    /// stored job says (a human's approval is written on it), never the message's spec or
+    /// clearance — anyone who can publish on the subject could write those.
     pub async fn run_submissions(self: Arc<Self>) {
         let subject = self.bus.subjects().submit();
         let mut sub = match self.bus.queue_subscribe(&subject, SCHEDULER_GROUP).await {
@@ -492,8 +501,27 @@ impl Scheduler {
         };
         while let Some(msg) = sub.next().await {
             match serde_json::from_slice::<SubmitMsg>(&msg.payload) {
-                Ok(m) => self.announce(m.job, m.clearance).await,
+                Ok(m) => self.submitted_on_the_bus(m).await,
                 Err(e) => tracing::warn!(error = %e, "dropping malformed submit message"),
+            }
+        }
+    }
+
+    async fn submitted_on_the_bus(&self, m: SubmitMsg) {
+        let id = &m.job.id;
+        if !m.clearance.is_none() {
+            Rejection::Clearance.record("submit", id, "");
+        }
+        match self.store.get_job(id).await {
+            Ok(Some(job)) if job.state == JobState::Pending => {
+                let clearance = Clearance::of_stored(&job);
+                self.announce(job.spec, clearance).await;
+            }
+            // Under way or done: nothing to schedule.
+            Ok(Some(_)) => {}
+            Ok(None) => Rejection::UnknownJob.record("submit", id, ""),
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "submit not read back; the reconciler schedules a stored job")
             }
         }
     }
@@ -761,13 +789,15 @@ impl Scheduler {
                 return self.wait_for_capacity(spec, clearance, reason, busy).await;
             }
         };
-        // 5. Record the dispatch, then hand the job to that worker.
+        // 5. Record the dispatch (with its lease), then hand the job to that worker.
+        let lease = self.leases.mint(&spec.id, spec.attempt, &worker, now_ms());
         let update = JobUpdate {
             worker_id: Some(worker.to_string()),
             worker_instance: self.registry.instance(&worker),
             safety_decision: Some(decision),
             safety_reason: Some(reason),
             effective_config: Some(effective.value.clone()),
+            lease: Some(lease.clone()),
             ..Default::default()
         };
         if !self.dispatch_lazily(&spec.id, update.clone()) {
@@ -782,7 +812,8 @@ impl Scheduler {
             }
         }
         self.waiting.lock().forget(&spec.id);
-        self.send_to_worker(&worker, &spec, &effective.json).await;
+        self.send_to_worker(&worker, &spec, &effective.json, Some(lease))
+            .await;
         Ok(())
     }
 
@@ -956,11 +987,22 @@ impl Scheduler {
         Ok(self.config.effective(&target).await?)
     }
 
-    /// Sends a dispatched job to its worker (also used by the reconciler to re-deliver). A job
-    /// whose message the bus cannot carry (its effective config made it too large) fails with
-    /// the reason: sent anyway, it would wait DISPATCHED for a worker that never gets it.
-    pub async fn send_to_worker(&self, worker: &str, spec: &JobSpec, effective_json: &str) {
-        let msg = JobMsg::new(spec, effective_json);
+    /// Sends a dispatched job to its worker under the dispatch's lease (also used by the
+    /// reconciler to re-deliver; a job recorded without a lease, by an older host, gets a new
+    /// one). A job whose message the bus cannot carry (its effective config made it too large)
+    /// fails with the reason: sent anyway, it would wait DISPATCHED for a worker that never
+    /// gets it.
+    pub async fn send_to_worker(
+        &self,
+        worker: &str,
+        spec: &JobSpec,
+        effective_json: &str,
+        lease: Option<String>,
+    ) {
+        let mut msg = JobMsg::new(spec, effective_json);
+        msg.lease = Some(
+            lease.unwrap_or_else(|| self.leases.mint(&spec.id, spec.attempt, worker, now_ms())),
+        );
         // Jobs for one worker that leave together go as one batch, to workers that take them.
         let batch = self
             .registry

@@ -6,7 +6,7 @@ use super::retry::{self, Failure, RetryDecision, RetryPolicy};
 use super::{Scheduler, SchedulerError};
 use crate::job::{Job, JobError, JobSpec, JobState};
 use crate::protocol::Clearance;
-use crate::store::{CreateOutcome, DlqEntry, JobUpdate, NewJob, Transition};
+use crate::store::{Claim, CreateOutcome, DlqEntry, JobUpdate, NewJob, Transition};
 use crate::time::now_ms;
 
 impl Scheduler {
@@ -28,6 +28,7 @@ impl Scheduler {
                 ..Default::default()
             },
             reason,
+            None,
         )
         .await
     }
@@ -35,13 +36,15 @@ impl Scheduler {
     /// A job ended badly: the retry policy decides between another attempt and the DLQ. The
     /// next attempt is created before the failure is recorded, so a crash in between leaves a
     /// job to run, never a lost retry (the attempt id is deterministic, so doing it twice
-    /// creates it once).
+    /// creates it once). A failure a worker reported carries its `claim`: it is recorded only
+    /// while the job is that worker's (see [`Claim`]).
     pub async fn settle_failure(
         &self,
         job: &Job,
         outcome: JobState,
         update: JobUpdate,
         note: String,
+        claim: Option<Claim>,
     ) -> Result<(), SchedulerError> {
         let now = now_ms();
         let deadline_passed = job.spec.deadline.is_some_and(|d| d <= now);
@@ -87,13 +90,14 @@ impl Scheduler {
                     self.announce(next, Clearance::None).await;
                 }
                 let mut t = Transition::to(outcome, now)
-                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"));
+                    .note(format!("{note}; retrying as {next_id} in {after_ms} ms"))
+                    .claimed_by(claim);
                 t.update = update;
                 self.apply(&job.spec.id, &t).await?;
                 Ok(())
             }
             RetryDecision::DeadLetter { reason } => {
-                self.dead_letter(job, outcome, update, format!("{note}; {reason}"))
+                self.dead_letter(job, outcome, update, format!("{note}; {reason}"), claim)
                     .await
             }
         }
@@ -105,6 +109,7 @@ impl Scheduler {
         outcome: JobState,
         update: JobUpdate,
         reason: String,
+        claim: Option<Claim>,
     ) -> Result<(), SchedulerError> {
         let now = now_ms();
         let entry = DlqEntry {
@@ -118,7 +123,7 @@ impl Scheduler {
             created_at: now,
             request: job.spec.clone(),
         };
-        let mut t = Transition::to(outcome, now).note(reason);
+        let mut t = Transition::to(outcome, now).note(reason).claimed_by(claim);
         t.update = update;
         t.dead_letter = Some(entry);
         self.apply(&job.spec.id, &t).await?;

@@ -129,6 +129,8 @@ struct Inner {
     runs: HashMap<String, (Run, Option<Millis>)>,
     /// The run indexes, as Redis keeps them.
     run_indexes: HashMap<RunIndexKey, ZSet>,
+    /// [`Store::shared_secret`], once made.
+    secret: Option<Vec<u8>>,
 }
 
 /// A [`RunIndex`] that owns its name, to key a map.
@@ -243,6 +245,7 @@ impl Inner {
             error: None,
             execution_ms: None,
             effective_config: None,
+            lease: None,
             updated_at: spec.created_at,
             history: vec![JobEvent {
                 at: spec.created_at,
@@ -296,6 +299,9 @@ fn apply_update(rec: &mut Record, u: &JobUpdate) {
     }
     if let Some(v) = &u.effective_config {
         job.effective_config = Some(v.clone());
+    }
+    if let Some(v) = &u.lease {
+        job.lease = Some(v.clone());
     }
 }
 
@@ -370,6 +376,11 @@ impl Store for MemoryStore {
         let Some(rec) = inner.live(id, now) else {
             return Err(StoreError::NotFound(id.to_string()));
         };
+        if let Some(claim) = &t.claim
+            && !claim.admits(rec.job.worker_id.as_deref(), rec.job.lease.as_deref())
+        {
+            return Ok(TransitionOutcome::OtherWorker);
+        }
         let from = rec.job.state;
         if from == t.to {
             return Ok(TransitionOutcome::Unchanged);
@@ -636,6 +647,14 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict { current });
         }
         Ok(inner.config.remove(key).is_some())
+    }
+
+    async fn shared_secret(&self) -> StoreResult<Vec<u8>> {
+        let mut inner = self.inner.lock();
+        Ok(inner
+            .secret
+            .get_or_insert_with(|| fresh_secret().to_vec())
+            .clone())
     }
 
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {

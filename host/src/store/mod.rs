@@ -74,6 +74,9 @@ pub struct JobUpdate {
     pub execution_ms: Option<u64>,
     /// The effective config the job was dispatched with.
     pub effective_config: Option<Value>,
+    /// The lease of the dispatch (see [`crate::bus::auth`]): what the worker's `started` and
+    /// result must carry.
+    pub lease: Option<String>,
 }
 
 impl JobUpdate {
@@ -88,7 +91,36 @@ impl JobUpdate {
         self.safety_reason = self.safety_reason.or(earlier.safety_reason);
         self.execution_ms = self.execution_ms.or(earlier.execution_ms);
         self.effective_config = self.effective_config.or(earlier.effective_config);
+        self.lease = self.lease.or(earlier.lease);
         self
+    }
+}
+
+/// Who asks for a transition when a worker reports (its `started` or result): the worker and
+/// the lease its message carried, which the host has verified already (see
+/// [`crate::bus::auth`]). The store applies the transition only while the job's recorded
+/// assignment admits the claim ([`Claim::admits`]), in the same atomic step as the transition,
+/// and otherwise answers [`TransitionOutcome::OtherWorker`] and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub worker_id: String,
+    pub lease: String,
+}
+
+impl Claim {
+    /// Whether a job given to `worker_id` under `lease` (as recorded) takes this claim: a job
+    /// that records a lease, only from that lease and its worker; one that records a worker
+    /// and no lease (dispatched by a host older than leases), only from that worker; one that
+    /// records neither (PENDING: its dispatch is not written yet, or the replica that sent it
+    /// died first), from any claim — the host verified its lease, so it did send the job to
+    /// this worker, and the transition writes that assignment. The Redis transition script
+    /// spells the same rule in Lua.
+    pub fn admits(&self, worker_id: Option<&str>, lease: Option<&str>) -> bool {
+        let same_worker = worker_id.is_none_or(|w| w == self.worker_id);
+        match lease {
+            Some(l) => l == self.lease && same_worker,
+            None => same_worker,
+        }
     }
 }
 
@@ -106,6 +138,9 @@ pub struct Transition {
     pub update: JobUpdate,
     /// Written in the same atomic step: a job is never FAILED without its dead letter.
     pub dead_letter: Option<DlqEntry>,
+    /// When a worker's report asks for the transition: who, checked against the job's
+    /// assignment in the same atomic step.
+    pub claim: Option<Claim>,
 }
 
 impl Transition {
@@ -117,6 +152,7 @@ impl Transition {
             note: None,
             update: JobUpdate::default(),
             dead_letter: None,
+            claim: None,
         }
     }
 
@@ -128,6 +164,12 @@ impl Transition {
 
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
+        self
+    }
+
+    /// Applies only if the job's assignment admits `claim` (see [`Claim::admits`]).
+    pub fn claimed_by(mut self, claim: Option<Claim>) -> Self {
+        self.claim = claim;
         self
     }
 }
@@ -144,6 +186,9 @@ pub enum TransitionOutcome {
     },
     /// The job was already in the target state: nothing changed.
     Unchanged,
+    /// The transition's [`Claim`] is not the job's assignment (another worker's, or another
+    /// dispatch's): nothing changed.
+    OtherWorker,
 }
 
 /// A job and the worker it was given to (see [`Store::holdings`]).
@@ -325,6 +370,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<ConfigDoc>;
     async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool>;
 
+    /// The secret every host replica shares: the key of the bus leases ([`crate::bus::auth`]).
+    /// The first replica to ask makes it (32 random bytes), atomically: every replica of the
+    /// deployment gets the same one, for good.
+    async fn shared_secret(&self) -> StoreResult<Vec<u8>>;
+
     /// Takes the lock, or renews it when `owner` holds it already.
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;
     /// Releases the lock only if `owner` holds it.
@@ -449,6 +499,18 @@ impl Default for StoreOptions {
             idempotency_ttl_ms: 24 * 3600 * 1000,
         }
     }
+}
+
+/// Bytes in the [`Store::shared_secret`] a store makes.
+pub const SHARED_SECRET_BYTES: usize = 32;
+
+/// A new shared secret, from the operating system's random source (through the thread-local
+/// CSPRNG it seeds).
+pub(crate) fn fresh_secret() -> [u8; SHARED_SECRET_BYTES] {
+    use rand::Rng as _;
+    let mut secret = [0u8; SHARED_SECRET_BYTES];
+    rand::rng().fill_bytes(&mut secret);
+    secret
 }
 
 /// The score that parks a job in its state index (nobody rechecks it by time).

@@ -12,7 +12,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `worker_instance`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
+//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `worker_instance`, `lease`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
 //! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
@@ -24,6 +24,7 @@
 //! | `P idx:dlq`, `P idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
 //! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
 //! | `P lock:{name}` | string | the owner token, with a TTL |
+//! | `P secret:bus` | string | the replicas' shared secret, the key of the bus leases (base64; written once, `SET NX`) |
 //! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
 //! | `P plugins` | set | the names of the uploaded plugins |
 //! | `P wf:{id}` | hash | a workflow's `latest` version number (kept when it is deleted, so a workflow created again under its id continues the numbering) and, while it is live, its JSON `doc` |
@@ -44,6 +45,9 @@
 //! the fields, append the history, move the job between state indexes, re-score the recent and
 //! tenant indexes, drop the deadline entry of a terminal job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
+//! A transition a worker's report asks for carries its claim (worker and lease), and the script
+//! first checks it against the job's recorded assignment ([`Claim::admits`], spelled again in
+//! Lua): a claim the job does not admit answers `other` and changes nothing.
 //! A call carries a batch of transitions (and the create script a batch of jobs): their
 //! sorted-set writes are gathered and sent at the end as one `ZREM` and one `ZADD` per index
 //! key ([`LUA_INDEX_WRITES`]), since a call from Lua into Redis costs more than the set
@@ -156,20 +160,27 @@ return out
 
 /// Applies a batch of transitions, each on its own (one failing its check does not stop the
 /// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
-/// letter JSON (or ''), dead letter time, the number of via states `v`, then `v` pairs of via
-/// state and its event JSON (the walk of `Transition::via`), the number of field pairs `n`,
-/// then `n` field/value pairs. Answers four per transition: `ok` (with the
-/// state it left), `same`, `illegal` (with the current state) or `missing`; then the job's run
-/// id and its tenant (or '').
+/// letter JSON (or ''), dead letter time, the claim's worker and lease (or '' and ''), the
+/// number of via states `v`, then `v` pairs of via state and its event JSON (the walk of
+/// `Transition::via`), the number of field pairs `n`, then `n` field/value pairs. Answers four
+/// per transition: `ok` (with the state it left), `same`, `illegal` (with the current state),
+/// `other` (the claim is not the job's assignment) or `missing`; then the job's run id and its
+/// tenant (or '').
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
-local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
+local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
-  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline')
+  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline',
+    'worker_id', 'lease')
   local cur = h[1]
   if not cur then return 'missing', '', '', '' end
   local run, tenant = h[4] or '', h[2] or ''
+  -- A worker's claim: the recorded lease (and worker) must be its own; with none recorded,
+  -- the recorded worker; with neither, the host has verified the lease (Claim::admits).
+  if cw ~= '' and ((h[8] and h[8] ~= cl) or (h[7] and h[7] ~= cw)) then
+    return 'other', cur, run, tenant
+  end
   if cur == to then return 'same', cur, run, tenant end
   local fields = {'state', to, 'updated_at', at, 'reason', ''}
   local n = tonumber(h[5] or '0')
@@ -218,13 +229,13 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
 end
 local i = 3
 while i <= #ARGV do
-  local vfirst = i + 7
-  local vlast = vfirst + 2 * tonumber(ARGV[i + 6]) - 2
+  local vfirst = i + 9
+  local vlast = vfirst + 2 * tonumber(ARGV[i + 8]) - 2
   local n = tonumber(ARGV[vlast + 2])
   local first = vlast + 3
   local last = first + 2 * n - 1
   local status, cur, run, tenant = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], vfirst, vlast, first, last)
+    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], vfirst, vlast, first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
@@ -865,6 +876,9 @@ fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
     if let Some(v) = &u.worker_instance {
         f.push(("worker_instance", v.clone()));
     }
+    if let Some(v) = &u.lease {
+        f.push(("lease", v.clone()));
+    }
     if let Some(v) = &u.result {
         f.push(("result", v.to_string()));
     }
@@ -912,6 +926,7 @@ fn job_from_hash(mut h: std::collections::HashMap<String, String>) -> StoreResul
         state,
         worker_id: h.remove("worker_id"),
         worker_instance: h.remove("worker_instance"),
+        lease: h.remove("lease"),
         safety_decision: h.remove("safety_decision"),
         safety_reason: h.remove("safety_reason"),
         reason: h.remove("reason").filter(|r| !r.is_empty()),
@@ -978,7 +993,7 @@ impl Store for RedisStore {
 
     async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
         let fields = update_fields(&t.update);
-        let mut args = Args::with_capacity(8 + 2 * t.via.len() + 2 * fields.len(), 256);
+        let mut args = Args::with_capacity(10 + 2 * t.via.len() + 2 * fields.len(), 256);
         args.push(id)
             .push(t.to.as_str())
             .push_num(t.at)
@@ -988,6 +1003,10 @@ impl Store for RedisStore {
                 .push(serde_json::to_vec(dl).unwrap_or_default())
                 .push_num(dl.created_at),
             None => args.push("").push("0"),
+        };
+        match &t.claim {
+            Some(c) => args.push(&c.worker_id).push(&c.lease),
+            None => args.push("").push(""),
         };
         args.push_num(t.via.len() as i64);
         for (state, at) in &t.via {
@@ -1013,6 +1032,7 @@ impl Store for RedisStore {
                 tenant_id: tenant_id.clone(),
             }),
             "same" => Ok(TransitionOutcome::Unchanged),
+            "other" => Ok(TransitionOutcome::OtherWorker),
             "illegal" => Err(StoreError::IllegalTransition {
                 from: from()?,
                 to: t.to,
@@ -1352,6 +1372,32 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(got == 1)
+    }
+
+    async fn shared_secret(&self) -> StoreResult<Vec<u8>> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = self.key("secret:bus");
+        let mut conn = self.conn.clone();
+        // Every replica offers one; the first written stays, and all read that one back.
+        let _: Option<String> = ::redis::cmd("SET")
+            .arg(&key)
+            .arg(b64.encode(fresh_secret()))
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+        let secret = stored
+            .and_then(|s| b64.decode(s).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("`{key}` is not a base64 secret")))?;
+        if secret.len() < SHARED_SECRET_BYTES {
+            return Err(StoreError::Corrupt(format!(
+                "`{key}` holds {} bytes, fewer than {SHARED_SECRET_BYTES}",
+                secret.len()
+            )));
+        }
+        Ok(secret)
     }
 
     async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool> {
