@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use coretex::serve::ServeOptions;
 use coretex::time::{Millis, now_ms, parse_rfc3339};
 use coretex::worker::Mode;
 use serde_json::{Value, json};
@@ -25,8 +26,15 @@ fn slow_wasm() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (built by the host's build.rs)"))
 }
 
-async fn upload_slow(api: &Api) {
-    let (status, _, v) = api
+/// A host started with `opts`, an echo worker on a topic of its own, and the `slow` strategy
+/// uploaded: the host and the topic.
+async fn host_with_slow(opts: ServeOptions) -> (Host, String) {
+    let h = Host::start_with(opts).await;
+    let topic = unique("echo.");
+    h.ready_worker(&unique("w-"), "p", &[&topic], &[], Mode::Echo)
+        .await;
+    let (status, _, v) = h
+        .api
         .send(
             "PUT",
             "/api/v1/plugins/slow",
@@ -35,23 +43,12 @@ async fn upload_slow(api: &Api) {
         )
         .await;
     assert_eq!(status, 201, "upload answered {status}: {v}");
+    (h, topic)
 }
 
 async fn set_config(api: &Api, body: Value) {
     let (status, v) = api.post("/api/v1/config", body.clone()).await;
     assert_eq!(status, 200, "config {body} answered {status}: {v}");
-}
-
-async fn plugin_row(api: &Api, name: &str) -> Value {
-    let (status, v) = api.get("/api/v1/plugins").await;
-    assert_eq!(status, 200, "{v}");
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// When the job entered `state`, from its history.
@@ -81,11 +78,7 @@ async fn a_slow_pick_holds_up_neither_the_api_nor_other_jobs(b: Backend) {
     let mut o = options(b);
     // The spin stays under its deadline: the call is legal, only slow.
     o.plugins.call_deadline = Duration::from_millis(SPIN_MS * 4);
-    let h = Host::start_with(o).await;
-    let topic = unique("echo.");
-    h.ready_worker(&unique("w-"), "p", &[&topic], &[], Mode::Echo)
-        .await;
-    upload_slow(&h.api).await;
+    let (h, topic) = host_with_slow(o).await;
     // Only the tenant `slowpoke` places its jobs with the slow strategy.
     set_config(
         &h.api,
@@ -133,11 +126,7 @@ async fn a_slow_pick_holds_up_neither_the_api_nor_other_jobs(b: Backend) {
 on_both_backends!(a_strategy_slower_than_its_budget_opens_its_breaker);
 
 async fn a_strategy_slower_than_its_budget_opens_its_breaker(b: Backend) {
-    let h = Host::start(b).await;
-    let topic = unique("echo.");
-    h.ready_worker(&unique("w-"), "p", &[&topic], &[], Mode::Echo)
-        .await;
-    upload_slow(&h.api).await;
+    let (h, topic) = host_with_slow(options(b)).await;
     // 3 ms a pick (the plugin's default), under the 10 ms deadline, over a 1 ms budget.
     set_config(
         &h.api,
@@ -152,22 +141,13 @@ async fn a_strategy_slower_than_its_budget_opens_its_breaker(b: Backend) {
             .await;
         h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
     }
-    let row = plugin_row(&h.api, "slow").await;
+    let row = h.api.plugin_row("slow").await;
     assert_eq!(row["breaker"], "open", "{row}");
     assert!(
         row["rejected"].as_u64().is_some_and(|n| n >= 1),
         "once open, the built-in strategy places the jobs: {row}"
     );
-    let metrics = h
-        .api
-        .http
-        .get(format!("{}/metrics", h.api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.api.metrics().await;
     let series = r#"coretex_plugin_failures_total{plugin="slow",reason="over_budget"}"#;
     assert!(metrics.contains(series), "{series} in:\n{metrics}");
     h.stop().await;
