@@ -240,6 +240,113 @@ fn a_configured_plugin_that_is_not_loaded_falls_back() {
     assert_eq!(pick, Pick::Worker(1));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Latency budgets, and where the scheduler's calls run
+// ---------------------------------------------------------------------------------------------
+
+/// The `slow` strategy spinning `spin_ms` per pick, with a dispatch budget of `budget_ms`.
+fn slow_config(spin_ms: u64, budget_ms: u64) -> Value {
+    json!({"dispatch": {"strategy": "slow", "spin_ms": spin_ms},
+        "plugins": {"latency_budget_ms": {"dispatch-strategy": budget_ms}}})
+}
+
+#[test]
+fn a_strategy_over_its_latency_budget_keeps_its_answer_and_opens_its_breaker() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry_with(settings(cache.path()), &[("slow", "slow")]);
+    let config = slow_config(5, 1);
+    let candidates = [worker("busy", 5, &[]), worker("idle", 0, &[])];
+    for _ in 0..3 {
+        let pick = registry
+            .strategy_for(&config)
+            .pick(&job(&[]), &candidates)
+            .unwrap();
+        assert_eq!(pick, Pick::Worker(1));
+    }
+    let info = listed(&registry, "slow");
+    assert_eq!(info["breaker"], "open", "{info}");
+    assert_eq!(info["over_budget"], 3, "{info}");
+    assert_eq!(info["failures"], 0, "its answers were used: {info}");
+    assert_eq!(info["last_failure"]["reason"], "over_budget", "{info}");
+    let message = info["last_failure"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("latency budget of 1 ms (plugins.latency_budget_ms.dispatch-strategy)"),
+        "{message}"
+    );
+    // Open, it is not called: the built-in least-loaded places the job at once.
+    registry
+        .strategy_for(&config)
+        .pick(&job(&[]), &candidates)
+        .unwrap();
+    assert_eq!(listed(&registry, "slow")["rejected"], 1);
+}
+
+#[test]
+fn a_strategy_within_its_latency_budget_is_not_counted_slow() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry_with(settings(cache.path()), &[("slow", "slow")]);
+    let config = slow_config(2, 60_000);
+    for _ in 0..4 {
+        registry
+            .strategy_for(&config)
+            .pick(&job(&[]), &[worker("w", 0, &[])])
+            .unwrap();
+    }
+    let info = listed(&registry, "slow");
+    assert_eq!(info["breaker"], "closed", "{info}");
+    assert_eq!(info["over_budget"], 0, "{info}");
+}
+
+/// The scheduler asks through `place` and `decide_retry`, which answer as the traits do — a
+/// plugin's on a plugin thread, the native default's at once.
+#[tokio::test]
+async fn place_and_decide_retry_answer_as_the_traits_do() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry_with(
+        settings(cache.path()),
+        &[
+            ("round-robin", "round_robin"),
+            ("exponential-jitter", "exponential_jitter"),
+        ],
+    );
+    let candidates = vec![worker("a", 0, &[]), worker("b", 0, &[])];
+    let config = Arc::new(strategy_config("round-robin"));
+    let mut picked = HashSet::new();
+    for _ in 0..4 {
+        let placed = registry
+            .place(config.clone(), job(&[]), candidates.clone())
+            .await
+            .unwrap();
+        assert_eq!(placed.candidates.len(), 2, "the candidates come back");
+        match placed.pick.unwrap() {
+            Pick::Worker(i) => picked.insert(i),
+            other => panic!("{other:?}"),
+        };
+    }
+    assert_eq!(picked.len(), 2, "round-robin took turns");
+    assert_eq!(listed(&registry, "round-robin")["calls"], 4);
+    // No strategy configured: the native default, no plugin call.
+    let native = registry
+        .place(Arc::new(json!({})), job(&[]), candidates)
+        .await
+        .unwrap();
+    assert_eq!(native.pick.unwrap(), Pick::Worker(0));
+
+    let job = failed_job(1);
+    let error = JobError::new("boom", "it broke");
+    let failure = Failure {
+        job: &job,
+        outcome: JobState::Failed,
+        error: Some(&error),
+        elapsed_ms: 10,
+    };
+    assert!(matches!(
+        registry.decide_retry(&json!({}), &failure).await,
+        RetryDecision::Retry { .. }
+    ));
+    assert_eq!(listed(&registry, "exponential-jitter")["calls"], 1);
+}
+
 /// Calls a strategy component directly with the given `dispatch` settings.
 fn pick_with(
     component: &PluginComponent,
@@ -813,18 +920,6 @@ async fn run_jobs(api: &Api, n: usize) -> Vec<String> {
     workers
 }
 
-async fn plugin_row(api: &Api, name: &str) -> Value {
-    let (status, v) = api.get("/api/v1/plugins").await;
-    assert_eq!(status, 200, "{v}");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test]
 async fn round_robin_from_config_spreads_jobs_across_two_workers() {
     let (running, api) = start_with_demo_workers(Backend::Embedded, Duration::from_secs(1)).await;
@@ -832,7 +927,7 @@ async fn round_robin_from_config_spreads_jobs_across_two_workers() {
     let workers = run_jobs(&api, 6).await;
     let used: HashSet<&String> = workers.iter().collect();
     assert_eq!(used.len(), 2, "both workers took jobs: {workers:?}");
-    let row = plugin_row(&api, "round-robin").await;
+    let row = api.plugin_row("round-robin").await;
     assert_eq!(row["source"], "builtin", "{row}");
     assert!(
         row["calls"].as_u64().unwrap() >= 6,
@@ -883,7 +978,7 @@ async fn an_uploaded_plugin_is_stored_and_used() {
         2,
         "{workers:?}"
     );
-    assert!(plugin_row(&api, "my-rr").await["calls"].as_u64().unwrap() >= 4);
+    assert!(api.plugin_row("my-rr").await["calls"].as_u64().unwrap() >= 4);
 
     // Bad uploads are refused with the reason and change nothing.
     let (status, v) = put_plugin(&api, "broken", b"nope".to_vec()).await;
@@ -897,19 +992,11 @@ async fn an_uploaded_plugin_is_stored_and_used() {
     assert_eq!(put_plugin(&api, "spin", wasm("loop_forever")).await.0, 201);
     set_strategy(&api, "spin").await;
     assert_eq!(run_jobs(&api, 4).await.len(), 4);
-    let row = plugin_row(&api, "spin").await;
+    let row = api.plugin_row("spin").await;
     assert_eq!(row["breaker"], "open", "{row}");
     assert_eq!(row["last_failure"]["reason"], "deadline", "{row}");
     // And in the metrics: the failures by reason, the breaker's state change.
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     for series in [
         r#"coretex_plugin_failures_total{plugin="spin",reason="deadline"}"#,
         r#"coretex_breaker_transitions_total{breaker="plugin:spin",to="open"}"#,
@@ -919,7 +1006,7 @@ async fn an_uploaded_plugin_is_stored_and_used() {
 
     // Deleting removes it from the store and from service; built-ins cannot be deleted.
     assert_eq!(api.delete("/api/v1/plugins/my-rr").await, 204);
-    assert!(plugin_row(&api, "my-rr").await.is_null());
+    assert!(api.plugin_row("my-rr").await.is_null());
     assert_eq!(api.delete("/api/v1/plugins/my-rr").await, 404);
     assert_eq!(api.delete("/api/v1/plugins/round-robin").await, 409);
     running.stop.cancel();
@@ -936,13 +1023,13 @@ async fn an_upload_reaches_every_replica() {
     let (status, v) = put_plugin(&api_a, "shared-rr", wasm("round_robin")).await;
     assert_eq!(status, 201, "{v}");
     let until = Instant::now() + Duration::from_secs(3);
-    while plugin_row(&api_b, "shared-rr").await.is_null() {
+    while api_b.plugin_row("shared-rr").await.is_null() {
         assert!(Instant::now() < until, "replica b never loaded the upload");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(api_a.delete("/api/v1/plugins/shared-rr").await, 204);
     let until = Instant::now() + Duration::from_secs(3);
-    while !plugin_row(&api_b, "shared-rr").await.is_null() {
+    while !api_b.plugin_row("shared-rr").await.is_null() {
         assert!(Instant::now() < until, "replica b kept a deleted upload");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -175,6 +175,14 @@ pub struct Effective {
     pub tenancy: Arc<Tenancy>,
 }
 
+/// The merged document, for what reads an effective config as a whole (the plugins' adapters,
+/// which take any owner of one).
+impl std::borrow::Borrow<Value> for Effective {
+    fn borrow(&self) -> &Value {
+        &self.value
+    }
+}
+
 /// The key of the system scope that holds the tenancy policy (see [`Tenancy`]).
 const TENANCY_KEY: &str = "tenancy";
 

@@ -277,6 +277,10 @@ struct ServeArgs {
     /// A plugin instance is replaced by a fresh one after this many calls.
     #[arg(long, default_value_t = 10_000)]
     plugin_recycle_after: u64,
+    /// Threads the scheduler's plugin calls run on, off the threads that serve HTTP, results
+    /// and heartbeats (default: half the cores, at least one).
+    #[arg(long, env = "CORETEX_PLUGIN_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    plugin_threads: Option<u16>,
     /// Threads that run serve's work. 1 runs it all on one thread, which is faster where Redis,
     /// NATS and the workers share a small machine (see the README's Performance); the default
     /// is 1 on a machine of up to 2 cores and one per core above that.
@@ -819,6 +823,9 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             call_deadline: a.plugin_deadline,
             memory_cap: a.plugin_memory_mib << 20,
             recycle_after: a.plugin_recycle_after,
+            threads: a
+                .plugin_threads
+                .map_or_else(coretex::plugins::default_threads, usize::from),
             ..Default::default()
         },
         workflows: Default::default(),

@@ -158,16 +158,7 @@ async fn one_tenants_bad_safety_config_denies_only_its_own_jobs(backend: Backend
     let (_, status) = h.beta.get("/api/v1/status").await;
     assert_eq!(status["breakers"]["open"], 0, "{status}");
     assert!(!status.to_string().contains("acme"), "{status}");
-    let metrics = h
-        .root
-        .http
-        .get(format!("{}/metrics", h.root.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.root.metrics().await;
     assert!(
         metrics.contains(r#"coretex_breakers_open{breaker="safety"}"#),
         "{metrics}"

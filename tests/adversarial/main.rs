@@ -27,5 +27,6 @@ mod expressions;
 mod isolation;
 mod keys;
 mod limits;
+mod plugins_slow;
 mod records;
 mod workers;

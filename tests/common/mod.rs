@@ -203,6 +203,31 @@ impl Api {
         self.wait_job(id, within, |j| j["state"] == state).await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The row of plugin `name` in `GET /api/v1/plugins` (null when it is not listed).
+    pub async fn plugin_row(&self, name: &str) -> Value {
+        let (status, v) = self.get("/api/v1/plugins").await;
+        assert_eq!(status, 200, "{v}");
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// Waits until at least `n` workers are registered.
     pub async fn wait_workers(&self, n: usize, within: Duration) {
         let until = tokio::time::Instant::now() + within;

@@ -3,6 +3,8 @@
 //! contracts are [`crate::strategy`] and [`crate::retry`]; the wasmtime side lives in the host's
 //! `plugins` module, which implements them all.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::workflow::expr::Scope;
@@ -20,11 +22,28 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
+    pub const ALL: [PluginKind; 3] = [
+        PluginKind::DispatchStrategy,
+        PluginKind::StepCondition,
+        PluginKind::RetryPolicy,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             PluginKind::DispatchStrategy => "dispatch-strategy",
             PluginKind::StepCondition => "step-condition",
             PluginKind::RetryPolicy => "retry-policy",
+        }
+    }
+
+    /// How long a call of this kind should take when the config says nothing. A strategy over a
+    /// thousand candidates takes 5 µs and a retry policy under one; a millisecond is two hundred
+    /// times that, and a tenth of their deadline. A step condition is a CEL program whose first
+    /// parse on a fresh instance can take milliseconds on a busy machine: half its deadline.
+    pub const fn default_latency_budget(self) -> Duration {
+        match self {
+            PluginKind::DispatchStrategy | PluginKind::RetryPolicy => Duration::from_millis(1),
+            PluginKind::StepCondition => Duration::from_millis(50),
         }
     }
 }

@@ -13,10 +13,11 @@
 //! | `retry.max_attempts` | a whole number, 1 – 100 |
 //! | `dispatch.strategy` | the name of a loaded dispatch-strategy plugin (other `dispatch` keys are the strategy's own settings) |
 //! | `workflow.condition_evaluator` | the name of a loaded step-condition plugin |
+//! | `plugins.latency_budget_ms.dispatch-strategy`, `.retry-policy`, `.step-condition` | whole numbers, 1 – 60,000 (see [`crate::plugins::latency_budget`]) |
 //! | `pools` | a map topic → pool (identifiers, at most 1,024); at an `org` scope, only pools the org is granted |
 //! | `tenancy` | the system scope only: see [`Tenancy`] |
 //!
-//! `safety`, `retry`, `workflow` take no other keys (a misspelt `denied_topic` would otherwise
+//! `safety`, `retry`, `workflow`, `plugins` take no other keys (a misspelt `denied_topic` would otherwise
 //! deny nothing, silently); each of these objects may also be `null`. Any other top-level key is
 //! the user's own and reaches the worker as it is (`CORETEX_EFFECTIVE_CONFIG`); a whole document
 //! is at most [`MAX_DOC_BYTES`].
@@ -31,7 +32,7 @@ use serde_json::{Map, Value};
 
 use super::Scope;
 use crate::job::{DEFAULT_TENANT, FieldError, JobRequest, check_ident};
-use crate::plugins::PluginKind;
+use crate::plugins::{LATENCY_BUDGET_KEY, PluginKind};
 
 /// The largest config document (its JSON), so what every job of a scope carries stays small.
 pub const MAX_DOC_BYTES: usize = 64 << 10;
@@ -42,6 +43,8 @@ const MAX_BACKOFF_MS: u64 = 86_400_000;
 const MAX_MULTIPLIER: f64 = 100.0;
 const MAX_ATTEMPTS: u64 = 100;
 const MAX_POOLS: usize = 1_024;
+/// The longest latency budget of a plugin call: a minute, far past any deadline.
+const MAX_LATENCY_BUDGET_MS: u64 = 60_000;
 
 /// The glob lists of `safety`.
 const SAFETY_LISTS: [&str; 4] = [
@@ -104,6 +107,9 @@ pub fn validate(scope: &Scope, data: &Value, cx: &Context<'_>) -> Vec<FieldError
                 _ => e.unknown("workflow", k, &["condition_evaluator"]),
             }
         }
+    }
+    if let Some(v) = object(&mut e, doc, "plugins") {
+        check_plugins(&mut e, v);
     }
     if let Some(v) = object(&mut e, doc, "pools") {
         let org = match scope {
@@ -219,6 +225,32 @@ fn check_retry(e: &mut Errors<'_>, retry: &Map<String, Value>, cx: &Context<'_>)
                     "max_attempts",
                 ],
             ),
+        }
+    }
+}
+
+fn check_plugins(e: &mut Errors<'_>, plugins: &Map<String, Value>) {
+    for (key, v) in plugins {
+        if key != LATENCY_BUDGET_KEY {
+            e.unknown("plugins", key, &[LATENCY_BUDGET_KEY]);
+            continue;
+        }
+        let field = format!("data.plugins.{key}");
+        let Value::Object(budgets) = v else {
+            e.push(field, "must be an object: plugin kind → milliseconds");
+            continue;
+        };
+        for (kind, ms) in budgets {
+            let field = format!("{field}.{kind}");
+            if PluginKind::ALL.iter().any(|k| k.as_str() == kind) {
+                whole(e, &field, ms, 1, MAX_LATENCY_BUDGET_MS);
+            } else {
+                let kinds: Vec<&str> = PluginKind::ALL.iter().map(|k| k.as_str()).collect();
+                e.push(
+                    field,
+                    format!("is not a plugin kind (one of {})", kinds.join(", ")),
+                );
+            }
         }
     }
 }
@@ -516,6 +548,23 @@ mod tests {
             org_fields(json!({"pools": {"job.x": 3, "bad topic": "p"}})),
             ["data.pools.bad topic", "data.pools.job.x"]
         );
+        assert_eq!(
+            org_fields(
+                json!({"plugins": {"latency_budget_ms": {"dispatch-strategy": 0,
+                "retry-policy": 1.5, "step-condition": 60_001, "dispatch": 1}, "budget": 1}})
+            ),
+            [
+                "data.plugins.budget",
+                "data.plugins.latency_budget_ms.dispatch",
+                "data.plugins.latency_budget_ms.dispatch-strategy",
+                "data.plugins.latency_budget_ms.retry-policy",
+                "data.plugins.latency_budget_ms.step-condition"
+            ]
+        );
+        assert_eq!(
+            org_fields(json!({"plugins": {"latency_budget_ms": 5}})),
+            ["data.plugins.latency_budget_ms"]
+        );
         assert_eq!(org_fields(json!({"safety": 1})), ["data.safety"]);
         assert_eq!(org_fields(json!([1])), ["data"]);
     }
@@ -528,6 +577,8 @@ mod tests {
                       "initial_backoff_ms": 10, "max_backoff_ms": 1000},
             "dispatch": {"strategy": "least-loaded"},
             "workflow": {"condition_evaluator": "cel"},
+            "plugins": {"latency_budget_ms": {"dispatch-strategy": 2, "retry-policy": 1,
+                        "step-condition": 60_000}},
             "pools": {"job.echo": "echo"},
             "retry_note": "users' own keys are theirs", "limits": {"cpu": 2},
         });

@@ -8,15 +8,25 @@
 //! The one exception is [`PluginExpressions`], the built-in `cel` evaluating workflow templates and
 //! `for_each`: it is the workflow language rather than a pluggable decision, so it has no
 //! default to fall back to and no breaker — a template that fails, fails its own step.
+//!
+//! The scheduler asks from async tasks, through [`PluginRegistry::place`] and
+//! [`PluginRegistry::decide_retry`]: a decision that needs a plugin is made on the
+//! [plugin threads](super::threads), one the native default makes is made at once, where it is
+//! asked. The workflow engine asks from Tokio's blocking pool, through the traits directly.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::registry::{Plugin, PluginRegistry, Source};
 use super::runtime::{DispatchCall, PluginComponent, RetryCall};
-use super::{CallError, ConditionEvaluator, ExpressionEvaluator, FailureReason};
-use crate::job::JobSpec;
+use super::threads::Stopped;
+use super::{
+    CallError, ConditionEvaluator, ExpressionEvaluator, FailureReason, PluginKind, latency_budget,
+};
+use crate::job::{JobSpec, JobState};
 use crate::scheduler::registry::Candidate;
 use crate::scheduler::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
 use crate::scheduler::strategy::{DispatchStrategy, Pick, StrategyError};
@@ -84,6 +94,7 @@ impl PluginRegistry {
         StrategyChoice {
             configured: dispatch.and_then(|d| d.get("strategy")?.as_str()),
             settings: dispatch,
+            budget: latency_budget(effective, PluginKind::DispatchStrategy),
             registry: self,
         }
     }
@@ -95,8 +106,66 @@ impl PluginRegistry {
         RetryChoice {
             configured: retry.and_then(|r| r.get("policy")?.as_str()),
             settings: retry,
+            budget: latency_budget(effective, PluginKind::RetryPolicy),
             registry: self,
         }
+    }
+
+    /// The pick of the strategy `config` names for `spec` among `candidates`, made where it
+    /// cannot hold up the async runtime: by the native default at once (it takes microseconds),
+    /// by a plugin on the [plugin threads](super::threads). The spec and the candidates come
+    /// back with it. `Err` only when the call did not complete (the host is stopping).
+    pub async fn place<C>(
+        self: &Arc<Self>,
+        config: Arc<C>,
+        spec: JobSpec,
+        candidates: Vec<Candidate>,
+    ) -> Result<Placed, Stopped>
+    where
+        C: Borrow<Value> + Send + Sync + 'static,
+    {
+        let strategy = self.strategy_for((*config).borrow());
+        if !strategy.calls_plugin() {
+            let pick = strategy.pick(&spec, &candidates);
+            return Ok(Placed {
+                spec,
+                candidates,
+                pick,
+            });
+        }
+        let this = self.clone();
+        self.threads()
+            .run(move || {
+                let pick = this
+                    .strategy_for((*config).borrow())
+                    .pick(&spec, &candidates);
+                Placed {
+                    spec,
+                    candidates,
+                    pick,
+                }
+            })
+            .await
+    }
+
+    /// The decision of the retry policy `effective` names on `failure`, made where it cannot hold
+    /// up the async runtime: on the [plugin threads](super::threads) when a plugin decides, at
+    /// once when the native default does.
+    pub async fn decide_retry(&self, effective: &Value, failure: &Failure<'_>) -> RetryDecision {
+        let ask = match self.retry_for(effective).prepare(failure) {
+            RetryAnswer::Decided(decision) => return decision,
+            RetryAnswer::Ask(ask) => ask,
+        };
+        let (policy, outcome, attempt) = (ask.plugin.name().to_string(), ask.outcome, ask.attempt);
+        self.threads()
+            .run(move || ask.answer())
+            .await
+            .unwrap_or_else(|e| RetryDecision::DeadLetter {
+                reason: format!(
+                    "{outcome} on attempt {attempt}; retry policy `{policy}` did not answer \
+                     ({e}), so the job was dead-lettered"
+                ),
+            })
     }
 
     /// The condition evaluator `effective.workflow.condition_evaluator` names (`cel` if none),
@@ -110,8 +179,16 @@ impl PluginRegistry {
             tenant: tenant.to_string(),
             name: name.to_string(),
             plugin: self.get(name).ok_or_else(|| self.not_loaded(name)),
+            budget: latency_budget(effective, PluginKind::StepCondition),
         }
     }
+}
+
+/// A job placed by [`PluginRegistry::place`]: its spec and candidates, handed back, and the pick.
+pub struct Placed {
+    pub spec: JobSpec,
+    pub candidates: Vec<Candidate>,
+    pub pick: Result<Pick, StrategyError>,
 }
 
 /// The dispatch strategy of one job.
@@ -119,7 +196,17 @@ pub struct StrategyChoice<'a> {
     /// The plugin the config names; none: the native default.
     configured: Option<&'a str>,
     settings: Option<&'a Value>,
+    /// The latency budget of a pick.
+    budget: Duration,
     registry: &'a PluginRegistry,
+}
+
+impl StrategyChoice<'_> {
+    /// Whether a pick calls a plugin: the config names one, and it is loaded.
+    pub fn calls_plugin(&self) -> bool {
+        self.configured
+            .is_some_and(|name| self.registry.with_plugin(name, |_| ()).is_some())
+    }
 }
 
 impl DispatchStrategy for StrategyChoice<'_> {
@@ -136,7 +223,9 @@ impl DispatchStrategy for StrategyChoice<'_> {
         };
         let failed = self.configured.map(|name| {
             self.registry
-                .with_plugin(name, |p| p.call(&job.tenant_id, |c| c.pick(&call)))
+                .with_plugin(name, |p| {
+                    p.call(&job.tenant_id, self.budget, |c| c.pick(&call))
+                })
                 .unwrap_or_else(|| Err(self.registry.not_loaded(name)))
         });
         let failed = match failed {
@@ -158,7 +247,59 @@ pub struct RetryChoice<'a> {
     /// The policy the config names, if any.
     configured: Option<&'a str>,
     settings: Option<&'a Value>,
+    /// The latency budget of a decision.
+    budget: Duration,
     registry: &'a PluginRegistry,
+}
+
+/// What [`RetryChoice::prepare`] makes of a failure.
+pub enum RetryAnswer {
+    /// Decided without a plugin: the native default, or a configured policy that is not loaded.
+    Decided(RetryDecision),
+    /// A plugin decides: [`RetryAsk::answer`], wherever plugin calls run.
+    Ask(RetryAsk),
+}
+
+/// The question for a retry policy plugin, owned, so it can be answered on another thread.
+pub struct RetryAsk {
+    plugin: Arc<Plugin>,
+    tenant: String,
+    budget: Duration,
+    topic: String,
+    attempt: u32,
+    outcome: JobState,
+    error_code: String,
+    error_message: String,
+    elapsed_ms: u64,
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    multiplier: Option<f64>,
+}
+
+impl RetryAsk {
+    /// The plugin's decision, through its breaker; the DLQ when it cannot give one.
+    pub fn answer(self) -> RetryDecision {
+        let call = RetryCall {
+            topic: &self.topic,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            error_code: &self.error_code,
+            error_message: &self.error_message,
+            elapsed_ms: self.elapsed_ms,
+            max_attempts: self.max_attempts,
+            initial_backoff_ms: self.initial_backoff_ms,
+            max_backoff_ms: self.max_backoff_ms,
+            multiplier: self.multiplier,
+        };
+        match self
+            .plugin
+            .call(&self.tenant, self.budget, |c| c.decide(&call))
+        {
+            Ok(d) => d,
+            Err(e) => dead_letter_after(self.plugin.name(), &e, self.outcome, self.attempt),
+        }
+    }
 }
 
 impl RetryChoice<'_> {
@@ -175,26 +316,32 @@ impl RetryChoice<'_> {
             None => self.registry.select(Some(DEFAULT_RETRY_POLICY)),
         }
     }
-}
 
-impl RetryPolicy for RetryChoice<'_> {
-    fn name(&self) -> &str {
-        self.configured.unwrap_or(DEFAULT_RETRY_POLICY)
-    }
-
-    fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
+    /// The decision on `failure` when no plugin is needed for it, else the question for the
+    /// plugin that decides.
+    pub fn prepare(&self, failure: &Failure<'_>) -> RetryAnswer {
         let spec = &failure.job.spec;
         let plugin = match self.select(spec) {
-            Selected::Native => return DeadLetterAtOnce.decide(failure),
+            Selected::Native => return RetryAnswer::Decided(DeadLetterAtOnce.decide(failure)),
             Selected::Plugin(p) => p,
-            Selected::Missing { name, error } => return dead_letter_after(&name, &error, failure),
+            Selected::Missing { name, error } => {
+                return RetryAnswer::Decided(dead_letter_after(
+                    &name,
+                    &error,
+                    failure.outcome,
+                    spec.attempt,
+                ));
+            }
         };
-        let call = RetryCall {
-            topic: &spec.topic,
+        RetryAnswer::Ask(RetryAsk {
+            plugin,
+            tenant: spec.tenant_id.clone(),
+            budget: self.budget,
+            topic: spec.topic.clone(),
             attempt: spec.attempt,
             outcome: failure.outcome,
-            error_code: failure.error.map_or("", |e| e.code.as_str()),
-            error_message: failure.error.map_or("", |e| e.message.as_str()),
+            error_code: failure.error.map(|e| e.code.clone()).unwrap_or_default(),
+            error_message: failure.error.map(|e| e.message.clone()).unwrap_or_default(),
             elapsed_ms: failure.elapsed_ms,
             max_attempts: self
                 .setting_u64("max_attempts")
@@ -202,21 +349,38 @@ impl RetryPolicy for RetryChoice<'_> {
             initial_backoff_ms: self.setting_u64("initial_backoff_ms"),
             max_backoff_ms: self.setting_u64("max_backoff_ms"),
             multiplier: self.settings.and_then(|s| s.get("multiplier")?.as_f64()),
-        };
-        match plugin.call(&spec.tenant_id, |c| c.decide(&call)) {
-            Ok(d) => d,
-            Err(e) => dead_letter_after(plugin.name(), &e, failure),
+        })
+    }
+}
+
+impl RetryPolicy for RetryChoice<'_> {
+    fn name(&self) -> &str {
+        self.configured.unwrap_or(DEFAULT_RETRY_POLICY)
+    }
+
+    /// Decides on the caller's thread: for callers that are off the async runtime already (the
+    /// workflow engine, on the blocking pool). The scheduler goes through
+    /// [`PluginRegistry::decide_retry`].
+    fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
+        match self.prepare(failure) {
+            RetryAnswer::Decided(decision) => decision,
+            RetryAnswer::Ask(ask) => ask.answer(),
         }
     }
 }
 
 /// The answer when a retry policy cannot give one: the DLQ, where the job waits whole for a
 /// person (or a bulk retry) — never lost, never retried blindly.
-fn dead_letter_after(policy: &str, e: &CallError, failure: &Failure<'_>) -> RetryDecision {
+fn dead_letter_after(
+    policy: &str,
+    e: &CallError,
+    outcome: JobState,
+    attempt: u32,
+) -> RetryDecision {
     RetryDecision::DeadLetter {
         reason: format!(
-            "{} on attempt {}; retry policy `{policy}` failed ({e}), so the job was dead-lettered",
-            failure.outcome, failure.job.spec.attempt
+            "{outcome} on attempt {attempt}; retry policy `{policy}` failed ({e}), so the job was \
+             dead-lettered"
         ),
     }
 }
@@ -226,6 +390,8 @@ pub struct PluginConditions {
     tenant: String,
     name: String,
     plugin: Result<Arc<Plugin>, CallError>,
+    /// The latency budget of an evaluation.
+    budget: Duration,
 }
 
 impl PluginConditions {
@@ -248,8 +414,10 @@ impl PluginConditions {
         f: impl Fn(&super::runtime::PluginComponent) -> Result<R, CallError>,
     ) -> Result<R, String> {
         let plugin = self.plugin()?;
-        match plugin.call(&self.tenant, &f) {
-            Err(e) if e.reason == FailureReason::Deadline => plugin.call(&self.tenant, &f),
+        match plugin.call(&self.tenant, self.budget, &f) {
+            Err(e) if e.reason == FailureReason::Deadline => {
+                plugin.call(&self.tenant, self.budget, &f)
+            }
             other => other,
         }
         .map_err(|e| self.failed(e))

@@ -14,13 +14,19 @@
 //!   And the built-in `cel` behind [`ExpressionEvaluator`], for the templates and `for_each` of
 //!   every workflow (no breaker there: a failing expression fails its own step).
 //!
+//! * [`threads`] is where the scheduler's calls run: threads of their own, so that a slow
+//!   plugin holds up neither the HTTP server nor results and heartbeats.
+//!
 //! Which plugin decides is config (any scope): `{"dispatch": {"strategy": "round-robin"}}`,
-//! `{"retry": {"policy": "exponential-jitter"}}`, `{"workflow": {"condition_evaluator": "cel"}}`.
+//! `{"retry": {"policy": "exponential-jitter"}}`, `{"workflow": {"condition_evaluator": "cel"}}`;
+//! and so is how long a call of each kind should take, its latency budget
+//! (`{"plugins": {"latency_budget_ms": {"dispatch-strategy": 1}}}`, see [`latency_budget`]).
 
 pub mod adapters;
 mod builtin;
 pub mod registry;
 pub mod runtime;
+pub mod threads;
 mod wasi_shim;
 
 use std::path::PathBuf;
@@ -31,6 +37,20 @@ use serde::Serialize;
 pub use adapters::{PluginConditions, PluginExpressions, RetryChoice, StrategyChoice};
 pub use coretex_core::plugin::{ConditionEvaluator, ExpressionEvaluator, PluginKind};
 pub use registry::{PluginInfo, PluginRegistry, Source};
+
+/// The config key that holds the latency budget of each kind (`{"dispatch-strategy": 1, …}`).
+pub const LATENCY_BUDGET_KEY: &str = "latency_budget_ms";
+
+/// How long a call of `kind` should take for the jobs of an effective config:
+/// `plugins.latency_budget_ms.<kind>` in milliseconds, else the kind's
+/// [default](PluginKind::default_latency_budget). A plugin whose calls keep taking longer is
+/// treated by its breaker as failing ([`registry::Plugin::call`]).
+pub fn latency_budget(effective: &serde_json::Value, kind: PluginKind) -> Duration {
+    effective
+        .get("plugins")
+        .and_then(|p| p.get(LATENCY_BUDGET_KEY)?.get(kind.as_str())?.as_u64())
+        .map_or(kind.default_latency_budget(), Duration::from_millis)
+}
 
 /// Why a plugin call failed: the `reason` label of `coretex_plugin_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +75,9 @@ pub enum FailureReason {
     NotLoaded,
     /// The plugin's circuit breaker is open: not called at all.
     BreakerOpen,
+    /// Answered, but took longer than the latency budget of its kind: the answer is used, and
+    /// the breaker counts the call as a failure.
+    OverBudget,
 }
 
 impl FailureReason {
@@ -69,6 +92,7 @@ impl FailureReason {
             FailureReason::WrongKind => "wrong_kind",
             FailureReason::NotLoaded => "not_loaded",
             FailureReason::BreakerOpen => "breaker_open",
+            FailureReason::OverBudget => "over_budget",
         }
     }
 }
@@ -125,6 +149,8 @@ pub struct PluginSettings {
     pub recycle_after: u64,
     /// How often the plugin dir is scanned.
     pub poll_interval: Duration,
+    /// How many threads the scheduler's plugin calls run on ([`threads`]).
+    pub threads: usize,
 }
 
 impl Default for PluginSettings {
@@ -136,8 +162,16 @@ impl Default for PluginSettings {
             memory_cap: 32 << 20,
             recycle_after: 10_000,
             poll_interval: Duration::from_millis(500),
+            threads: default_threads(),
         }
     }
+}
+
+/// Half the cores, at least one: on two cores, one thread beside the runtime's.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .max(1)
 }
 
 /// `$XDG_CACHE_HOME/coretex/plugins`, else `~/.cache/coretex/plugins`: the user's own, never
@@ -218,5 +252,27 @@ mod tests {
         assert!(check_name("Round").is_err());
         assert!(check_name("a/b").is_err());
         assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn a_latency_budget_comes_from_the_config_else_the_kinds_default() {
+        let none = serde_json::json!({});
+        assert_eq!(
+            latency_budget(&none, PluginKind::DispatchStrategy),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            latency_budget(&none, PluginKind::StepCondition),
+            Duration::from_millis(50)
+        );
+        let set = serde_json::json!({"plugins": {"latency_budget_ms": {"retry-policy": 7}}});
+        assert_eq!(
+            latency_budget(&set, PluginKind::RetryPolicy),
+            Duration::from_millis(7)
+        );
+        assert_eq!(
+            latency_budget(&set, PluginKind::DispatchStrategy),
+            Duration::from_millis(1)
+        );
     }
 }

@@ -28,7 +28,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::runtime::{PluginComponent, PluginRuntime, sha256_hex};
-use super::{CallError, FailureReason, LoadError, PluginKind, check_name, name_from_stem};
+use super::threads::PluginThreads;
+use super::{
+    CallError, FailureReason, LATENCY_BUDGET_KEY, LoadError, PluginKind, check_name, name_from_stem,
+};
 use crate::breaker::{BreakerConfig, BreakerState, TenantBreaker, TenantBreakers, TenantLimits};
 use crate::bus::{SharedBus, publish_json};
 use crate::protocol::{PluginsChangedMsg, VERSION};
@@ -55,6 +58,8 @@ pub struct Plugin {
     breakers: TenantBreakers,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Calls that answered over their latency budget (not counted in `failures`).
+    over_budget: AtomicU64,
     rejected: AtomicU64,
     /// `coretex_plugin_calls_total{plugin}`, registered once: a call should not pay for building
     /// a metric key.
@@ -99,10 +104,16 @@ impl Plugin {
     }
 
     /// Makes one call for `tenant` through its breaker, and counts, logs and remembers how it
-    /// went.
+    /// went. A call that answers but takes longer than `budget` — the latency budget of its kind
+    /// for the job's config ([`latency_budget`](super::latency_budget)) — keeps its answer and
+    /// counts as a failure for the breaker: a plugin whose calls keep running past their budget
+    /// is switched off like a failing one, and the built-in default decides until its breaker
+    /// closes again. Timed by the epoch ticker ([`PluginComponent::ticks`]), which costs a warm
+    /// call nothing measurable.
     pub fn call<R>(
         &self,
         tenant: &str,
+        budget: Duration,
         f: impl FnOnce(&PluginComponent) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         // While no tenant's breaker has a failure, it answers without a lock or a clock
@@ -121,25 +132,54 @@ impl Plugin {
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.calls_total.increment(1);
+        let started = self.component.ticks();
         let out = f(&self.component);
+        let took = self.component.ticks().saturating_sub(started);
         match &out {
-            Ok(_) => self.breakers.record_success(tenant, Instant::now),
-            Err(e) => {
-                self.breakers.record_failure(tenant, Instant::now());
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
-                    "reason" => e.reason.as_str())
-                .increment(1);
-                tracing::warn!(plugin = %self.name, tenant, reason = e.reason.as_str(),
-                    error = %e.message, "plugin call failed; the built-in default decides instead");
-                *self.last_failure.lock() = Some(FailureInfo {
-                    reason: e.reason,
-                    message: e.message.clone(),
-                    at: now_ms(),
-                });
+            Ok(_) if took <= PluginComponent::ticks_in(budget) => {
+                self.breakers.record_success(tenant, Instant::now)
             }
+            Ok(_) => self.failed(
+                tenant,
+                &CallError::new(
+                    FailureReason::OverBudget,
+                    format!(
+                        "answered, but took more than its latency budget of {} ms \
+                         (plugins.{LATENCY_BUDGET_KEY}.{})",
+                        budget.as_millis(),
+                        self.kind()
+                    ),
+                ),
+            ),
+            Err(e) => self.failed(tenant, e),
         }
         out
+    }
+
+    /// Counts, logs and remembers a failed call (or one over its budget), and tells the tenant's
+    /// breaker.
+    fn failed(&self, tenant: &str, e: &CallError) {
+        self.breakers.record_failure(tenant, Instant::now());
+        let count = match e.reason {
+            FailureReason::OverBudget => &self.over_budget,
+            _ => &self.failures,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("coretex_plugin_failures_total", "plugin" => self.name.clone(),
+            "reason" => e.reason.as_str())
+        .increment(1);
+        if e.reason == FailureReason::OverBudget {
+            tracing::warn!(plugin = %self.name, tenant, reason = e.reason.as_str(),
+                error = %e.message, "plugin call too slow; its answer is used, its breaker told");
+        } else {
+            tracing::warn!(plugin = %self.name, tenant, reason = e.reason.as_str(),
+                error = %e.message, "plugin call failed; the built-in default decides instead");
+        }
+        *self.last_failure.lock() = Some(FailureInfo {
+            reason: e.reason,
+            message: e.message.clone(),
+            at: now_ms(),
+        });
     }
 
     /// Its row in the listing; for a tenant's key, only what concerns that tenant (other
@@ -177,6 +217,7 @@ impl Plugin {
             loaded_at: Some(self.loaded_at),
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            over_budget: self.over_budget.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             breaker: Some(breaker),
             breakers_open,
@@ -205,7 +246,11 @@ pub struct PluginInfo {
     #[serde(with = "time::rfc3339_opt")]
     pub loaded_at: Option<Millis>,
     pub calls: u64,
+    /// Calls that failed (their answer was not used).
     pub failures: u64,
+    /// Calls that answered, over the latency budget of their kind: their answer was used, and
+    /// the breaker counted them as failures.
+    pub over_budget: u64,
     /// Calls refused by the open breaker (the built-in default decided them).
     pub rejected: u64,
     /// The worst state of its breakers (one per tenant): `open` while any tenant's is.
@@ -367,6 +412,11 @@ impl PluginRegistry {
         })
     }
 
+    /// The threads the scheduler's plugin calls run on.
+    pub fn threads(&self) -> &PluginThreads {
+        self.runtime.threads()
+    }
+
     /// The plugin in service under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.active.load().get(name).cloned()
@@ -422,6 +472,7 @@ impl PluginRegistry {
                             loaded_at: None,
                             calls: 0,
                             failures: 0,
+                            over_budget: 0,
                             rejected: 0,
                             breaker: None,
                             breakers_open: 0,
@@ -493,6 +544,7 @@ impl PluginRegistry {
             component,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            over_budget: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             calls_total: metrics::counter!("coretex_plugin_calls_total", "plugin" => name.to_string()),
             last_failure: Mutex::new(None),

@@ -17,6 +17,9 @@
 //! environment, no files), defined under the names each component imports, with every other
 //! import — filesystem operations, sockets — a function that traps. Nothing in it waits, so
 //! plugins are called **synchronously**, on the caller's thread and stack: no fiber, no future.
+//! The scheduler's callers are async tasks, so their calls are handed to threads of their own
+//! ([`threads`](super::threads)), where a slow call holds up no task; the workflow engine
+//! calls from Tokio's blocking pool.
 //! `wasmtime_wasi` is not used: its async form needs a fiber per call (a tenth of a call's
 //! cost), and its sync form's blocking stream operations enter a Tokio runtime with `block_on`,
 //! which panics when the caller — the scheduler — is itself a Tokio task, so one `eprintln!`
@@ -105,6 +108,7 @@ use wasmtime::{
     Config, Engine, OptLevel, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
 
+use super::threads::PluginThreads;
 use super::wasi_shim::{self, Blocked, HasWasiShim, WasiShim};
 
 use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
@@ -180,6 +184,8 @@ pub struct PluginRuntime {
     engine_tag: String,
     compiles: AtomicU64,
     ticker: Arc<EpochTicker>,
+    /// Where the scheduler's calls run (see [`PluginThreads`]).
+    threads: PluginThreads,
 }
 
 impl PluginRuntime {
@@ -192,8 +198,8 @@ impl PluginRuntime {
         // (tasks, streams, futures) would only add per-store set-up to every instantiation.
         config.concurrency_support(false);
         // Deep recursion traps as a stack overflow long before it could hurt the host. Calls run
-        // on the caller's own stack (a Tokio worker's or a test thread's: 2 MiB), so this leaves
-        // the host frames under the call three quarters of it.
+        // on the caller's own stack (a plugin thread's, a Tokio blocking thread's or a test
+        // thread's: 2 MiB), so this leaves the host frames under the call three quarters of it.
         config.max_wasm_stack(512 << 10);
         // Plugins are compiled once and cached, so spend compile time for faster calls.
         config.cranelift_opt_level(OptLevel::Speed);
@@ -207,6 +213,8 @@ impl PluginRuntime {
         config.memory_init_cow(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine)?;
+        let threads = PluginThreads::start(settings.threads)
+            .map_err(|e| LoadError::Invalid(format!("cannot start the plugin threads: {e}")))?;
 
         // The host's own imports; WASI is added per component (`load`), under the names it imports.
         let mut linker = Linker::new(&engine);
@@ -246,7 +254,13 @@ impl PluginRuntime {
             engine_tag: format!("{:016x}", tag.finish()),
             compiles: AtomicU64::new(0),
             ticker,
+            threads,
         }))
+    }
+
+    /// The threads the scheduler's plugin calls run on.
+    pub fn threads(&self) -> &PluginThreads {
+        &self.threads
     }
 
     /// Whether the epoch ticker sleeps, no instance having run for a second.
@@ -420,6 +434,8 @@ const TICKER_SLEEP: Duration = Duration::from_secs(10);
 /// before it starts. A call's deadline counts from the epoch at its start, so a call made while
 /// the ticker slept gets all of its ticks.
 pub(crate) struct EpochTicker {
+    /// How many ticks so far: the clock calls are timed by against their latency budget.
+    ticks: AtomicU64,
     /// Instances running now.
     running: AtomicUsize,
     /// The ticker is asleep, or about to be: the next call must wake it.
@@ -439,6 +455,7 @@ impl Drop for Running<'_> {
 impl EpochTicker {
     fn start(engine: &Engine) -> Result<Arc<Self>, LoadError> {
         let ticker = Arc::new(EpochTicker {
+            ticks: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             asleep: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -456,6 +473,7 @@ impl EpochTicker {
                         Some(engine) => engine.increment_epoch(),
                         None => return,
                     }
+                    this.ticks.fetch_add(1, Ordering::Relaxed);
                     if this.running.load(Ordering::SeqCst) > 0 {
                         idle = 0;
                         continue;
@@ -719,6 +737,22 @@ impl PluginComponent {
     /// How many instances were made so far (warm reuse keeps this low).
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
+    }
+
+    /// The epoch ticker's count, one per [`EPOCH_TICK`] (a millisecond): the clock a call is
+    /// timed by against its latency budget. One atomic load, where reading the system clock
+    /// twice would add a sixth to a warm call. It never runs fast (a tick is a sleep of at least
+    /// a millisecond), so a call it counts as slow was slow; one just over its budget may be
+    /// counted under it (the ticker, or the call, may be descheduled for a while).
+    pub fn ticks(&self) -> u64 {
+        self.ticker.ticks.load(Ordering::Relaxed)
+    }
+
+    /// How many ticks of [`Self::ticks`] `budget` is (a budget under a tick is one tick).
+    pub fn ticks_in(budget: Duration) -> u64 {
+        u64::try_from(budget.as_millis() / EPOCH_TICK.as_millis().max(1))
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     /// A fresh instance, outside the pool (the pool uses this; so does the benchmark).

@@ -722,9 +722,10 @@ impl Scheduler {
                     .get("pools")?
                     .get(spec.topic.as_str())
                     .and_then(|p| p.as_str())
-            });
+            })
+            .map(str::to_string);
         let allowed_pools = effective.tenancy.allowed_pools(&spec.tenant_id);
-        if let Some(p) = pool
+        if let Some(p) = &pool
             && !effective.tenancy.may_use_pool(&spec.tenant_id, p)
         {
             let refusal = effective.tenancy.pool_refusal(&spec.tenant_id, p);
@@ -734,7 +735,7 @@ impl Scheduler {
         }
         let placement = Placement {
             topic: &spec.topic,
-            pool,
+            pool: pool.as_deref(),
             allowed_pools,
             required_labels: spec
                 .labels
@@ -745,10 +746,18 @@ impl Scheduler {
             preferred_worker: spec.labels.get("preferred_worker_id").map(String::as_str),
         };
         let candidates = self.registry.eligible_workers(&placement);
-        let strategy = self.plugins.strategy_for(&effective.value);
-        let pick = match strategy.pick(&spec, &candidates) {
+        // A plugin picks on the plugin threads, so that however long it takes, this thread goes
+        // on serving HTTP, results and heartbeats meanwhile.
+        let placed = self
+            .plugins
+            .place(effective.clone(), spec, candidates)
+            .await
+            .map_err(|e| SchedulerError::Conflict(e.to_string()))?;
+        let (spec, candidates) = (placed.spec, placed.candidates);
+        let pick = match placed.pick {
             Ok(p) => p,
             Err(e) => {
+                let strategy = self.plugins.strategy_for(&effective.value);
                 tracing::warn!(strategy = strategy.name(), error = %e, "strategy failed");
                 Pick::NoWorker(format!("strategy {} failed: {e}", strategy.name()))
             }

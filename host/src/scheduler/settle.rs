@@ -2,7 +2,7 @@
 //! retry policy — within the host's bounds — to another attempt or to the dead-letter queue,
 //! in one stored transition.
 
-use super::retry::{self, Failure, RetryDecision, RetryPolicy};
+use super::retry::{self, Failure, RetryDecision};
 use super::{Scheduler, SchedulerError};
 use crate::job::{Job, JobError, JobSpec, JobState};
 use crate::protocol::Clearance;
@@ -63,12 +63,13 @@ impl Scheduler {
                     &resolved.value
                 }
             };
-            let asked = self.plugins.retry_for(effective).decide(&Failure {
+            let failure = Failure {
                 job,
                 outcome,
                 error: update.error.as_ref(),
                 elapsed_ms: (now - job.spec.created_at).max(0) as u64,
-            });
+            };
+            let asked = self.plugins.decide_retry(effective, &failure).await;
             self.settings.retry_bounds.bound(
                 asked,
                 job.spec.attempt,
