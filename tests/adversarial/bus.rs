@@ -446,10 +446,11 @@ pub fn permission_layout(prefix: &str, host: (&str, &str), workers: &[(&str, &st
         users.push_str(&format!(
             r#"
             {{ user: "{id}", password: "{password}", permissions: {{
-              publish: ["{}", "{}", "{}", "{}", "{inbox}"]
+              publish: ["{}", "{}", "{}", "{}", "{}", "{inbox}"]
               subscribe: ["{}", "{}", "{}", "{inbox}"] }} }}"#,
             p.heartbeat(),
             p.started(),
+            p.progress(),
             p.result(),
             p.results(),
             p.worker_jobs(id),
