@@ -225,6 +225,7 @@ async fn check_created_job_reads_back_as_pending(store: SharedStore) {
             labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
             env: BTreeMap::from([("MODE".to_string(), "fast".to_string())]),
             deadline_ms: Some(60_000),
+            heartbeat_timeout_sec: Some(30),
             trace_id: Some("trace-1".into()),
             workflow_id: Some("wf".into()),
             run_id: Some("run".into()),

@@ -7,7 +7,7 @@ use crate::limits::*;
 #[test]
 fn the_readme_table_states_these_limits() {
     let readme = include_str!("../../README.md");
-    let rows: [(&str, &[u64]); 25] = [
+    let rows: [(&str, &[u64]); 26] = [
         ("Request body", &[MAX_BODY_BYTES as u64]),
         (
             "Nesting of a body (JSON or YAML), a payload, a run input, a worker's result",
@@ -35,6 +35,7 @@ fn the_readme_table_states_these_limits() {
         ("Env value", &[MAX_ENV_VALUE_BYTES as u64]),
         ("Env, names and values together", &[MAX_ENV_BYTES as u64]),
         ("`deadline_ms`", &[MAX_DEADLINE_MS]),
+        ("`heartbeat_timeout_sec`", &[MAX_TIMEOUT_SEC]),
         ("Jobs per batch", &[MAX_BATCH_JOBS as u64]),
         ("Page size (`limit`)", &[MAX_PAGE_ITEMS as u64]),
         (
@@ -89,7 +90,7 @@ fn the_openapi_document_states_these_limits() {
     let batch = "/paths/~1api~1v1~1jobs~1batch/post/requestBody/content/application~1json/schema/properties/jobs";
     let cancel = "/paths/~1api~1v1~1jobs~1{id}~1cancel/post/requestBody/content/application~1json/schema/properties/reason";
     let bulk = "/paths/~1api~1v1~1dlq~1retry/post/requestBody/content/application~1json/schema/properties/max";
-    let numbers: [(String, f64); 21] = [
+    let numbers: [(String, f64); 22] = [
         (format!("{job}/labels/maxProperties"), MAX_LABELS as f64),
         (
             format!("{job}/labels/propertyNames/maxLength"),
@@ -105,6 +106,10 @@ fn the_openapi_document_states_these_limits() {
             MAX_ENV_VALUE_BYTES as f64,
         ),
         (format!("{job}/deadline_ms/maximum"), MAX_DEADLINE_MS as f64),
+        (
+            format!("{job}/heartbeat_timeout_sec/maximum"),
+            MAX_TIMEOUT_SEC as f64,
+        ),
         (format!("{batch}/maxItems"), MAX_BATCH_JOBS as f64),
         (format!("{cancel}/maxLength"), MAX_REASON_BYTES as f64),
         (format!("{bulk}/maximum"), MAX_BULK_RETRY as f64),

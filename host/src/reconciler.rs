@@ -11,6 +11,9 @@
 //!   restarted under the same id (a new instance in its heartbeats) — → FAILED `worker_lost`,
 //!   through the retry policy, so they run again elsewhere (a page of each state per tick, the
 //!   walk going on where the last tick left it);
+//! * RUNNING jobs submitted with `heartbeat_timeout_sec` whose worker, alive, has sent no
+//!   `progress` for the job within it → FAILED `heartbeat_timeout`, through the retry policy
+//!   (in the same walk; see [`crate::scheduler::progress`]);
 //! * jobs past their deadline → TIMEOUT (FAILED when they never reached a worker);
 //! * PENDING jobs nobody scheduled within `pending_grace` are published again;
 //! * index entries of expired records are pruned (every minute).
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::job::{Job, JobError, JobState, WORKER_LOST};
+use crate::job::{HEARTBEAT_TIMEOUT, Job, JobError, JobState, WORKER_LOST};
 use crate::leader::Leadership;
 use crate::protocol::Clearance;
 use crate::scheduler::registry::Holder;
@@ -83,6 +86,8 @@ impl Reconciler {
         owner: String,
     ) -> Arc<Self> {
         let ttl = Leadership::ttl_for(settings.interval);
+        // A beat older than the running timeout can save no job from it.
+        scheduler.progress.set_horizon(ms(settings.running_timeout));
         Arc::new(Reconciler {
             leadership: Leadership::new(scheduler.store.clone(), LOCK, owner, ttl),
             scheduler,
@@ -202,8 +207,9 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One page of the `state` index: each job whose worker is lost fails (`worker_lost`) and
-    /// goes through the retry policy.
+    /// One page of the `state` index: each job whose worker is lost fails (`worker_lost`), and
+    /// each RUNNING job silent past its heartbeat timeout fails (`heartbeat_timeout`); both go
+    /// through the retry policy.
     async fn find_lost(&self, state: JobState) -> Result<(), SchedulerError> {
         let after = self.walks.lock().remove(&state);
         let (held, next) = self
@@ -215,12 +221,13 @@ impl Reconciler {
             self.walks.lock().insert(state, next);
         }
         let registry = &self.scheduler.registry;
-        let lost: HashMap<String, String> = held
+        let now = now_ms();
+        let lost: HashMap<String, (&'static str, String)> = held
             .into_iter()
             .filter_map(|h| {
-                let worker = h.worker_id?;
-                let why = match registry.holder(&worker, h.worker_instance.as_deref()) {
-                    Holder::Alive => return None,
+                let worker = h.worker_id.as_deref()?;
+                let why = match registry.holder(worker, h.worker_instance.as_deref()) {
+                    Holder::Alive => return self.silent(state, &h, worker, now),
                     Holder::Silent => format!(
                         "worker {worker} lost: no heartbeat within its TTL ({:?})",
                         registry.ttl()
@@ -229,22 +236,54 @@ impl Reconciler {
                         "worker {worker} lost: it restarted (instance {now}) while holding the job"
                     ),
                 };
-                Some((h.job_id, why))
+                Some((h.job_id, (WORKER_LOST, why)))
             })
             .collect();
         let ids = lost.keys().cloned().collect();
         self.each(ids, |job| {
-            let why = lost.get(&job.spec.id).cloned().unwrap_or_default();
+            let (code, why) = lost.get(&job.spec.id).cloned().unwrap_or_default();
             async move {
                 if job.state != state {
                     return Ok(());
                 }
-                tracing::warn!(job_id = %job.spec.id, reason = %why, "job lost with its worker");
-                metrics::counter!("coretex_jobs_worker_lost_total").increment(1);
-                self.time_out(job, JobState::Failed, WORKER_LOST, why).await
+                if code == HEARTBEAT_TIMEOUT {
+                    tracing::warn!(job_id = %job.spec.id, reason = %why, "job silent past its heartbeat timeout");
+                    metrics::counter!("coretex_jobs_heartbeat_timeout_total").increment(1);
+                } else {
+                    tracing::warn!(job_id = %job.spec.id, reason = %why, "job lost with its worker");
+                    metrics::counter!("coretex_jobs_worker_lost_total").increment(1);
+                }
+                self.time_out(job, JobState::Failed, code, why).await
             }
         })
         .await
+    }
+
+    /// Why a RUNNING job held by a live worker is to end `heartbeat_timeout`: no progress
+    /// under its lease for longer than its timeout, as far as this replica has heard.
+    fn silent(
+        &self,
+        state: JobState,
+        h: &crate::store::Holding,
+        worker: &str,
+        now: Millis,
+    ) -> Option<(String, (&'static str, String))> {
+        let timeout = h
+            .heartbeat_timeout_ms
+            .filter(|_| state == JobState::Running)?;
+        let since = self
+            .scheduler
+            .progress
+            .silent_since(&h.job_id, h.lease.as_deref(), h.since);
+        let silent = now.saturating_sub(since);
+        (silent > Millis::try_from(timeout).unwrap_or(Millis::MAX)).then(|| {
+            let why = format!(
+                "no progress from worker {worker} for {} ms, past the job's heartbeat timeout ({} s)",
+                silent,
+                timeout / 1000
+            );
+            (h.job_id.clone(), (HEARTBEAT_TIMEOUT, why))
+        })
     }
 
     async fn check_dispatched(&self, job: Job, now: Millis) -> Result<(), SchedulerError> {

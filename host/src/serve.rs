@@ -267,8 +267,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         });
     }
     type SchedulerLoop = fn(Arc<Scheduler>) -> futures::future::BoxFuture<'static, ()>;
-    let scheduler_loops: [(&'static str, SchedulerLoop); 6] = [
+    let scheduler_loops: [(&'static str, SchedulerLoop); 7] = [
         ("scheduler.heartbeats", |s| Box::pin(s.run_heartbeats())),
+        ("scheduler.progress", |s| Box::pin(s.run_progress())),
         ("scheduler.submissions", |s| Box::pin(s.run_submissions())),
         ("scheduler.wait_queue", |s| Box::pin(s.run_wait_queue())),
         ("scheduler.results", |s| Box::pin(s.run_results())),

@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{MessageStream, Outbox, SharedBus, publish_json};
 use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, WORKER_DRAINED, env_refusal};
 use crate::protocol::{
-    Batch, CancelMsg, HeartbeatMsg, JobMsg, ResultMsg, ResultStatus, StartedMsg, VERSION,
+    Batch, CancelMsg, HeartbeatMsg, JobMsg, ProgressMsg, ResultMsg, ResultStatus, StartedMsg,
+    VERSION,
 };
 use crate::time::now_ms;
 
@@ -93,6 +94,9 @@ const STOPPED_JOBS_WAIT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct State {
     running: HashMap<String, CancellationToken, foldhash::quality::RandomState>,
+    /// The jobs whose command (or echo) runs now, with their attempt and lease: each gets a
+    /// `progress` every heartbeat interval.
+    executing: HashMap<String, (u32, Option<String>), foldhash::quality::RandomState>,
     finished: HashMap<String, Bytes, foldhash::quality::RandomState>,
     finished_order: VecDeque<String>,
 }
@@ -100,6 +104,7 @@ struct State {
 impl State {
     fn remember(&mut self, job_id: String, result: Bytes) {
         self.running.remove(&job_id);
+        self.executing.remove(&job_id);
         if self.finished.insert(job_id.clone(), result).is_none() {
             self.finished_order.push_back(job_id);
         }
@@ -317,6 +322,10 @@ impl Worker {
             let Ok(_slot) = slot else {
                 return;
             };
+            this.state
+                .lock()
+                .executing
+                .insert(job.job_id.clone(), (job.attempt, job.lease.clone()));
             let started_at = now_ms();
             let t0 = Instant::now();
             let run = this.execute(&job, &token);
@@ -408,6 +417,37 @@ impl Worker {
             let hb = self.heartbeat_msg(cpu_load);
             if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
                 tracing::warn!(error = %e, "heartbeat not sent");
+            }
+            self.send_progress().await;
+        }
+    }
+
+    /// A `progress` for each job whose command runs: the worker stands for it while it runs
+    /// (a job with `heartbeat_timeout_sec` fails when these stop).
+    async fn send_progress(&self) {
+        let executing: Vec<(String, u32, Option<String>)> = self
+            .state
+            .lock()
+            .executing
+            .iter()
+            .map(|(id, (attempt, lease))| (id.clone(), *attempt, lease.clone()))
+            .collect();
+        if executing.is_empty() {
+            return;
+        }
+        let subject = self.bus.subjects().progress();
+        for (job_id, attempt, lease) in executing {
+            let msg = ProgressMsg {
+                v: VERSION,
+                job_id,
+                worker_id: self.opts.id.clone(),
+                attempt,
+                lease,
+                details: None,
+            };
+            if let Err(e) = publish_json(self.bus.as_ref(), &subject, &msg).await {
+                tracing::warn!(error = %e, "progress not sent");
+                return;
             }
         }
     }

@@ -28,15 +28,15 @@ const TWO_HOURS: i64 = 2 * 3600 * 1000;
 
 /// A worker the test speaks for: it heartbeats (topics of its own, no batches) and hands over
 /// each job message as it came, lease and all.
-struct Peer {
-    id: String,
+pub(crate) struct Peer {
+    pub(crate) id: String,
     bus: SharedBus,
     jobs: MessageStream,
     _beats: CancellationToken,
 }
 
 impl Peer {
-    async fn join(h: &Host, topic: &str) -> Peer {
+    pub(crate) async fn join(h: &Host, topic: &str) -> Peer {
         let id = unique("peer-");
         let bus = h.running.scheduler.bus.clone();
         let jobs = bus
@@ -62,7 +62,7 @@ impl Peer {
     }
 
     /// The next job message sent to this peer.
-    async fn next_job(&mut self) -> Value {
+    pub(crate) async fn next_job(&mut self) -> Value {
         let msg = tokio::time::timeout(WAIT, self.jobs.next())
             .await
             .expect("a job reaches the peer")
@@ -70,7 +70,7 @@ impl Peer {
         serde_json::from_slice(&msg.payload).expect("a job message is JSON")
     }
 
-    async fn say(&self, subject: String, msg: Value) {
+    pub(crate) async fn say(&self, subject: String, msg: Value) {
         self.bus
             .publish(&subject, Bytes::from(msg.to_string()))
             .await
@@ -78,7 +78,7 @@ impl Peer {
     }
 
     /// A result for `job_id`, as this peer or as `worker_id`, under `lease`.
-    fn result(&self, job_id: &str, status: &str, result: Value, lease: &Value) -> Value {
+    pub(crate) fn result(&self, job_id: &str, status: &str, result: Value, lease: &Value) -> Value {
         json!({"v": 1, "kind": "result", "job_id": job_id, "worker_id": self.id,
                "status": status, "result": result, "execution_ms": 1, "lease": lease})
     }
@@ -102,7 +102,7 @@ fn heartbeat(id: &str, topic: &str) -> HeartbeatMsg {
 }
 
 /// How many bus messages `/metrics` says were rejected for `reason`.
-async fn rejected(api: &Api, reason: &str) -> u64 {
+pub(crate) async fn rejected(api: &Api, reason: &str) -> u64 {
     let text = api
         .http
         .get(format!("{}/metrics", api.base))
@@ -446,10 +446,11 @@ pub fn permission_layout(prefix: &str, host: (&str, &str), workers: &[(&str, &st
         users.push_str(&format!(
             r#"
             {{ user: "{id}", password: "{password}", permissions: {{
-              publish: ["{}", "{}", "{}", "{}", "{inbox}"]
+              publish: ["{}", "{}", "{}", "{}", "{}", "{inbox}"]
               subscribe: ["{}", "{}", "{}", "{inbox}"] }} }}"#,
             p.heartbeat(),
             p.started(),
+            p.progress(),
             p.result(),
             p.results(),
             p.worker_jobs(id),

@@ -1,5 +1,6 @@
 //! Workers that die or misbehave (issue 14, cases 1 and 2): a job held by a worker that went
-//! silent or restarted runs again elsewhere, and no retry policy retries without bound.
+//! silent or restarted runs again elsewhere, a job silent past its heartbeat timeout is retried,
+//! and no retry policy retries without bound.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use coretex::scheduler::retry::RetryBounds;
 use coretex::worker::Mode;
 use serde_json::{Value, json};
 
+use crate::bus::{Peer, rejected};
 use crate::common::{Backend, Host, fast_reconciler, options, unique};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -175,7 +177,141 @@ async fn a_policy_that_always_retries_now_stops_at_the_ceiling(backend: Backend)
     h.stop().await;
 }
 
+/// A peer that has taken a job with a 1 s heartbeat timeout and said `started`: the job id and
+/// its lease.
+async fn started_with_heartbeat_timeout(h: &Host, peer: &mut Peer, topic: &str) -> (String, Value) {
+    let id = h
+        .api
+        .submit(json!({"topic": topic, "heartbeat_timeout_sec": 1}))
+        .await;
+    let job = peer.next_job().await;
+    assert_eq!(job["job_id"], id.as_str(), "{job}");
+    let lease = job["lease"].clone();
+    let s = h.running.scheduler.bus.subjects().clone();
+    peer.say(
+        s.started(),
+        json!({"v": 1, "kind": "started", "job_id": id, "worker_id": peer.id,
+               "at": coretex::time::to_rfc3339(coretex::time::now_ms()), "lease": lease}),
+    )
+    .await;
+    h.api.wait_state(&id, "RUNNING", WAIT).await;
+    (id, lease)
+}
+
+/// Sends `progress` for `id` every 250 ms for `how_long`, under `lease`.
+async fn keep_progressing(h: &Host, peer: &Peer, id: &str, lease: &Value, how_long: Duration) {
+    let subject = h.running.scheduler.bus.subjects().progress();
+    let until = tokio::time::Instant::now() + how_long;
+    while tokio::time::Instant::now() < until {
+        peer.say(
+            subject.clone(),
+            json!({"v": 1, "kind": "progress", "job_id": id, "worker_id": peer.id,
+                   "attempt": 1, "lease": lease, "details": {"done": 0.5}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn a_job_silent_past_its_heartbeat_timeout_is_retried(backend: Backend) {
+    // The worker heartbeats all along (its TTL is never reached): only the job is silent.
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("quiet.");
+    let mut peer = Peer::join(&h, &topic).await;
+    let (id, _) = started_with_heartbeat_timeout(&h, &mut peer, &topic).await;
+    let ended = h.api.wait_state(&id, "FAILED", WAIT).await;
+    assert_eq!(ended["error"]["code"], "heartbeat_timeout", "{ended}");
+    h.api
+        .wait_for(
+            &format!("/api/v1/jobs/{id}~attempt-2"),
+            "the retry policy runs it again",
+            |s, _| s == 200,
+        )
+        .await;
+    h.stop().await;
+}
+
+async fn a_job_that_sends_progress_is_not_ended(backend: Backend) {
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("busy.");
+    let mut peer = Peer::join(&h, &topic).await;
+    let (id, lease) = started_with_heartbeat_timeout(&h, &mut peer, &topic).await;
+    // Four times the timeout, beating all along.
+    keep_progressing(&h, &peer, &id, &lease, Duration::from_secs(4)).await;
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "RUNNING", "{job}");
+    let s = h.running.scheduler.bus.subjects().clone();
+    peer.say(
+        s.result(),
+        peer.result(&id, "succeeded", json!("done"), &lease),
+    )
+    .await;
+    h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    h.stop().await;
+}
+
+async fn progress_without_a_valid_lease_is_refused(backend: Backend) {
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("forged.");
+    let mut peer = Peer::join(&h, &topic).await;
+    let (unsigned, bad) = (
+        rejected(&h.api, "unsigned").await,
+        rejected(&h.api, "bad_lease").await,
+    );
+    let (id, lease) = started_with_heartbeat_timeout(&h, &mut peer, &topic).await;
+    // Another job's lease, the right one for another attempt, a stranger, and none at all.
+    let other = h.api.submit(json!({"topic": topic})).await;
+    let other_lease = peer.next_job().await["lease"].clone();
+    let subject = h.running.scheduler.bus.subjects().progress();
+    let forged = [
+        json!({"job_id": id, "worker_id": peer.id, "attempt": 1, "lease": other_lease}),
+        json!({"job_id": id, "worker_id": peer.id, "attempt": 2, "lease": lease}),
+        json!({"job_id": id, "worker_id": "stranger", "attempt": 1, "lease": lease}),
+        json!({"job_id": id, "worker_id": peer.id, "attempt": 1}),
+    ];
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        for f in &forged {
+            let mut m = f.clone();
+            m["v"] = json!(1);
+            m["kind"] = json!("progress");
+            peer.say(subject.clone(), m).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ended = h.api.wait_state(&id, "FAILED", WAIT).await;
+    assert_eq!(ended["error"]["code"], "heartbeat_timeout", "{ended}");
+    assert!(rejected(&h.api, "unsigned").await > unsigned);
+    assert!(rejected(&h.api, "bad_lease").await >= bad + 3);
+    let _ = other;
+    h.stop().await;
+}
+
+async fn a_coretex_worker_sends_progress_while_its_command_runs(backend: Backend) {
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("slow.");
+    h.ready_worker(
+        &unique("w-"),
+        "p",
+        &[&topic],
+        &[],
+        Mode::Exec("sleep 3".into()),
+    )
+    .await;
+    let id = h
+        .api
+        .submit(json!({"topic": topic, "heartbeat_timeout_sec": 1}))
+        .await;
+    let done = h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    assert_eq!(done["attempt"], 1, "{done}");
+    h.stop().await;
+}
+
 on_both_backends!(
+    a_job_silent_past_its_heartbeat_timeout_is_retried,
+    a_job_that_sends_progress_is_not_ended,
+    progress_without_a_valid_lease_is_refused,
+    a_coretex_worker_sends_progress_while_its_command_runs,
     a_job_whose_worker_dies_runs_again_on_another,
     a_worker_restarted_under_its_id_hands_back_its_jobs_at_once,
     a_policy_that_always_retries_now_stops_at_the_ceiling,

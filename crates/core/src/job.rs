@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::ids;
 use crate::limits::{
     JsonMeasure, MAX_DEADLINE_MS, MAX_ENV_BYTES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_ID_LEN,
-    MAX_JSON_DEPTH, MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_PAYLOAD_BYTES,
+    MAX_JSON_DEPTH, MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_PAYLOAD_BYTES, MAX_TIMEOUT_SEC,
 };
 use crate::time::{self, Millis};
 
@@ -146,6 +146,14 @@ pub struct JobRequest {
         deserialize_with = "whole::opt"
     )]
     pub deadline_ms: Option<u64>,
+    /// Seconds the job may run without its worker sending `progress`: past it the job fails
+    /// `heartbeat_timeout` and goes through the retry policy (none: no such check).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
+    pub heartbeat_timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +392,14 @@ impl JobRequest {
                 format!("must be between 1 and {MAX_DEADLINE_MS}"),
             ));
         }
+        if let Some(t) = self.heartbeat_timeout_sec
+            && (t == 0 || t > MAX_TIMEOUT_SEC)
+        {
+            errors.push(FieldError::new(
+                "heartbeat_timeout_sec",
+                format!("must be between 1 and {MAX_TIMEOUT_SEC}"),
+            ));
+        }
         errors
     }
 }
@@ -410,6 +426,9 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// See [`JobRequest::heartbeat_timeout_sec`]; kept by every retry of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_sec: Option<u64>,
     /// Absolute deadline (acceptance + `deadline_ms`).
     #[serde(
         default,
@@ -500,6 +519,7 @@ impl JobSpec {
             labels: req.labels,
             env: req.env,
             deadline_ms: req.deadline_ms,
+            heartbeat_timeout_sec: req.heartbeat_timeout_sec,
             trace_id: String::new(),
             workflow_id: None,
             run_id: None,
@@ -567,6 +587,8 @@ pub struct JobError {
 /// The error code of a job whose worker was lost (silent past its TTL, or restarted) while it
 /// held the job.
 pub const WORKER_LOST: &str = "worker_lost";
+/// The error code of a job whose worker sent no `progress` within its `heartbeat_timeout_sec`.
+pub const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
 
 /// The error code of a job a stopping worker handed back: one that came after its drain began,
 /// or was still running when the drain's grace ran out. It goes through the retry policy like

@@ -133,6 +133,31 @@ pub struct StartedMsg {
     pub lease: Option<String>,
 }
 
+/// `sys.job.progress`: a worker is still working on a job (sent every few seconds while it
+/// runs; as Temporal's activity heartbeat). A job submitted with `heartbeat_timeout_sec` fails
+/// `heartbeat_timeout` once none has come for that long. Not kept: a lost one is made good by
+/// the next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "progress")]
+pub struct ProgressMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub job_id: String,
+    pub worker_id: String,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// The lease of the job's message, echoed: progress without it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Anything the worker wants to say about how far it got (at most
+    /// [`MAX_PROGRESS_DETAILS_BYTES`] as JSON; the host logs it at debug and keeps nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// The largest `details` a [`ProgressMsg`] may carry, as JSON.
+pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResultStatus {

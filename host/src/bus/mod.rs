@@ -415,6 +415,10 @@ impl Subjects {
     pub fn job_events_batch(&self) -> String {
         format!("{}sys.job.events.batch", self.prefix)
     }
+    /// A worker's `progress` on a running job: core NATS, seen by every replica, not kept.
+    pub fn progress(&self) -> String {
+        format!("{}sys.job.progress", self.prefix)
+    }
     pub fn heartbeat(&self) -> String {
         format!("{}sys.heartbeat", self.prefix)
     }

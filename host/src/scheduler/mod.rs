@@ -87,6 +87,7 @@ pub use coretex_core::{retry, strategy};
 
 mod drain;
 pub mod live;
+pub mod progress;
 mod queue;
 pub mod registry;
 pub mod results;
@@ -233,6 +234,8 @@ pub struct Scheduler {
     recording: tokio::sync::Mutex<()>,
     /// The worker slot each job this replica dispatched holds, until the job ends.
     slots: Slots,
+    /// The last progress beat of each running job (see [`progress`]).
+    pub progress: progress::Progress,
 }
 
 /// A dispatch sent to its worker whose DISPATCHED is not written yet: written by
@@ -294,6 +297,7 @@ impl Scheduler {
             unrecorded: Mutex::new(IdMap::default()),
             recording: tokio::sync::Mutex::new(()),
             slots: Slots::default(),
+            progress: progress::Progress::default(),
         })
     }
 

@@ -534,11 +534,16 @@ impl Store for MemoryStore {
             .flatten();
         let held = entries
             .into_iter()
-            .map(|(_, id)| {
+            .map(|(since, id)| {
                 let job = inner.live(&id, now).map(|r| &r.job);
                 Holding {
                     worker_id: job.and_then(|j| j.worker_id.clone()),
                     worker_instance: job.and_then(|j| j.worker_instance.clone()),
+                    lease: job.and_then(|j| j.lease.clone()),
+                    heartbeat_timeout_ms: job
+                        .and_then(|j| j.spec.heartbeat_timeout_sec)
+                        .map(|t| t.saturating_mul(1000)),
+                    since,
                     job_id: id,
                 }
             })

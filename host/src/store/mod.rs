@@ -197,6 +197,12 @@ pub struct Holding {
     pub job_id: String,
     pub worker_id: Option<String>,
     pub worker_instance: Option<String>,
+    /// The lease of the job's dispatch.
+    pub lease: Option<String>,
+    /// The job's `heartbeat_timeout_sec`, in ms (none: its progress is not checked).
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Its score in the state index: when it entered the state (or was last looked at).
+    pub since: crate::time::Millis,
 }
 
 /// A change that keeps the state: a note on why a job waits, and when to look at it again.

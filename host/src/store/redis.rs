@@ -105,16 +105,16 @@ local function write_indexes()
 end
 "#;
 
-/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 12 per job: id,
+/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 13 per job: id,
 /// created_at, spec JSON, tenant, topic, team, trace, deadline, the PENDING event, idempotency
-/// key, PENDING index score, run id. Answers two per job: `created` or `exists`, and the id
+/// key, PENDING index score, run id, heartbeat timeout (ms, or empty). Answers two per job: `created` or `exists`, and the id
 /// (for `exists`, of the job that already holds the id or the key).
 const LUA_CREATE: &str = r#"
 local p, idem_ttl = ARGV[1], ARGV[3]
 local names = p .. 'idx:names'
 local named, persisted = {}, {}
 local out = {}
-local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run)
+local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run, hbt)
   local key = braced(p, 'job', id)
   if idem ~= '' then
     local ik = braced(p, 'idem', tenant .. '~' .. idem)
@@ -128,6 +128,7 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   local f = {'spec', spec, 'state', 'PENDING', 'created', created, 'updated_at', created,
     'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace, 'hn', 1, 'h:1', event}
   if run ~= '' then f[#f + 1] = 'run'; f[#f + 1] = run end
+  if hbt ~= '' then f[#f + 1] = 'hbt'; f[#f + 1] = hbt end
   if deadline ~= '' then
     f[#f + 1] = 'deadline'; f[#f + 1] = deadline
     zadd(p .. 'idx:deadline', deadline, id)
@@ -148,9 +149,10 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   end
   return 'created', id
 end
-for i = 4, #ARGV, 12 do
+for i = 4, #ARGV, 13 do
   local verdict, id = create(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11])
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11],
+    ARGV[i + 12])
   out[#out + 1] = verdict
   out[#out + 1] = id
 end
@@ -735,7 +737,7 @@ impl RedisStore {
     fn create_args(new: &NewJob) -> Args {
         let spec = &new.spec;
         let spec_json = serde_json::to_vec(spec).unwrap_or_default();
-        let mut a = Args::with_capacity(12, spec_json.len() + 256);
+        let mut a = Args::with_capacity(13, spec_json.len() + 256);
         a.push(&spec.id)
             .push_num(spec.created_at)
             .push(spec_json)
@@ -751,7 +753,12 @@ impl RedisStore {
             ))
             .push(new.idempotency_key.as_deref().unwrap_or(""))
             .push_num(spec.not_before.unwrap_or(spec.created_at))
-            .push(spec.run_id.as_deref().unwrap_or(""));
+            .push(spec.run_id.as_deref().unwrap_or(""))
+            .push(
+                spec.heartbeat_timeout_sec
+                    .map(|t| t.saturating_mul(1000).to_string())
+                    .unwrap_or_default(),
+            );
         a
     }
 
@@ -1148,20 +1155,27 @@ impl Store for RedisStore {
             pipe.cmd("HMGET")
                 .arg(self.named("job", id))
                 .arg("worker_id")
-                .arg("worker_instance");
+                .arg("worker_instance")
+                .arg("lease")
+                .arg("hbt");
         }
         let mut conn = self.conn.clone();
-        let workers: Vec<(Option<String>, Option<String>)> =
-            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        type Fields = (Option<String>, Option<String>, Option<String>, Option<u64>);
+        let workers: Vec<Fields> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let more = entries.len() == limit;
         let held = entries
             .into_iter()
             .zip(workers)
-            .map(|((job_id, _), (worker_id, worker_instance))| Holding {
-                job_id,
-                worker_id,
-                worker_instance,
-            })
+            .map(
+                |((job_id, since), (worker_id, worker_instance, lease, hbt))| Holding {
+                    job_id,
+                    worker_id,
+                    worker_instance,
+                    lease,
+                    heartbeat_timeout_ms: hbt,
+                    since,
+                },
+            )
             .collect();
         let next = more.then_some(Cursor {
             score: last_score,
