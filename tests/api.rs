@@ -1672,6 +1672,44 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
 
     let id = h.api.submit(json!({"topic": topic})).await;
     h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    // A job no worker takes stays live.
+    let waiting = h.api.submit(json!({"topic": unique("nobody.")})).await;
+
+    // The status reads the numbers /metrics serves: the job ended, its latency, the live one.
+    let (_, st) = h.api.get("/api/v1/status").await;
+    let jobs = &st["jobs"];
+    assert_eq!(jobs["ended"]["SUCCEEDED"], 1, "{st}");
+    assert_eq!(jobs["ended"]["FAILED"], 0, "{st}");
+    assert_eq!(jobs["latency"]["count"], 1, "{st}");
+    let p50 = jobs["latency"]["p50_ms"].as_f64().expect("a median");
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    let took = coretex::time::parse_rfc3339(job["updated_at"].as_str().unwrap()).unwrap()
+        - coretex::time::parse_rfc3339(job["created_at"].as_str().unwrap()).unwrap();
+    let bucket = coretex::job_metrics::LATENCY_BUCKETS
+        .iter()
+        .map(|le| le * 1000.0)
+        .find(|le| took as f64 <= *le)
+        .unwrap_or(f64::MAX);
+    assert!(
+        p50 <= bucket,
+        "the median {p50} ms lies in the bucket of the job's {took} ms"
+    );
+    assert!(
+        jobs["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0),
+        "a job ended in the last seconds: {st}"
+    );
+    let live = h
+        .api
+        .wait_for("/api/v1/status", "the waiting job is counted", |_, st| {
+            st["jobs"]["live"]["PENDING"].as_u64().unwrap_or(0)
+                + st["jobs"]["live"]["SCHEDULED"].as_u64().unwrap_or(0)
+                == 1
+        })
+        .await;
+    assert_eq!(live["jobs"]["live"]["RUNNING"], 0, "{live}");
+    let (_, w) = h.api.get(&format!("/api/v1/jobs/{waiting}")).await;
+    assert!(["PENDING", "SCHEDULED"].contains(&w["state"].as_str().unwrap_or("")));
+
     let r = h
         .api
         .http
@@ -1688,7 +1726,16 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
         .to_string();
     assert!(ctype.starts_with("text/plain"), "{ctype}");
     let text = r.text().await.unwrap();
-    assert!(text.contains("coretex_"), "{text}");
+    // The recorder is the process's, shared by the tests' hosts: at least this host's numbers.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert!(value("coretex_jobs_total{state=\"SUCCEEDED\"}") >= 1.0);
+    assert!(value("coretex_job_latency_seconds_count") >= 1.0);
+    assert!(text.contains("coretex_job_latency_seconds_bucket{le=\"0.005\"}"));
+    value("coretex_jobs{state=\"PENDING\"}");
 
     // A stopped worker leaves the list once its heartbeats stop (TTL), not before the test ends
     // — so only check the unknown route answers a problem.
@@ -1996,6 +2043,11 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
             .0,
         404
     );
+    // The status tells a tenant nothing of all jobs: the metrics carry no tenant.
+    let (_, st) = a.get("/api/v1/status").await;
+    assert!(st.get("jobs").is_none(), "{st}");
+    let (_, st) = root.get("/api/v1/status").await;
+    assert!(st["jobs"]["ended"].is_object(), "{st}");
     let (_, eff) = a.get("/api/v1/config/effective").await;
     assert_eq!(
         eff["x"], 1,

@@ -453,6 +453,7 @@ async fn check_every_legal_transition_applies(store: SharedStore) {
                     from: *from,
                     run_id: None,
                     tenant_id: DEFAULT_TENANT.into(),
+                    created_at: before.spec.created_at,
                 }
             );
 
@@ -580,6 +581,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Dispatched,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     let job = get(&store, &a.id).await;
@@ -647,6 +649,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Running,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: b.created_at,
         }
     );
     let job = get(&store, &b.id).await;
@@ -665,6 +668,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: c.created_at,
         }
     );
     assert_eq!(states(&get(&store, &c.id).await), [Pending, Failed]);
@@ -695,6 +699,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: e.created_at,
         }
     );
     assert_eq!(
@@ -713,6 +718,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Scheduled,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: f.created_at,
         }
     );
     let job = get(&store, &f.id).await;
@@ -749,6 +755,7 @@ async fn check_a_walk_through_several_states_starts_after_the_current_one(store:
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     let job = get(&store, &a.id).await;
@@ -889,6 +896,7 @@ async fn check_dead_letter_is_written_with_the_failure(store: SharedStore) {
             from: Dispatched,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     assert_eq!(get(&store, &a.id).await.state, Failed);
@@ -1616,13 +1624,18 @@ async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) 
             store.transition(&spec.id, &tr).await
         }
     });
-    for outcome in futures::future::join_all(calls).await {
+    for (outcome, spec) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(&specs)
+    {
         assert_eq!(
             outcome.unwrap(),
             TransitionOutcome::Applied {
                 from: Pending,
                 run_id: None,
                 tenant_id: "crowd".into(),
+                created_at: spec.created_at,
             }
         );
     }
@@ -1800,6 +1813,23 @@ async fn check_config_documents_follow_if_match(store: SharedStore) {
         .unwrap();
     assert_eq!(doc.revision, 1);
     assert!(store.config_delete("tenant:a", None).await.unwrap());
+}
+
+async fn check_jobs_are_counted_by_state(store: SharedStore) {
+    let mut clock = now_ms() - 100_000;
+    let live = [Pending, Scheduled, Dispatched, Running];
+    assert_eq!(store.count_jobs(&live).await.unwrap(), [0, 0, 0, 0]);
+    for state in [
+        Pending, Pending, Dispatched, Running, Running, Running, Succeeded,
+    ] {
+        job_in(&store, state, &mut clock).await;
+    }
+    assert_eq!(store.count_jobs(&live).await.unwrap(), [2, 0, 1, 3]);
+    assert_eq!(
+        store.count_jobs(&[Running, Succeeded]).await.unwrap(),
+        [3, 1]
+    );
+    assert!(store.count_jobs(&[]).await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2103,6 +2133,7 @@ async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedSto
                     from: Dispatched,
                     run_id: spec.run_id.clone(),
                     tenant_id: spec.tenant_id.clone(),
+                    created_at: spec.created_at,
                 },
                 "job {i}"
             );
@@ -2286,6 +2317,7 @@ conformance! {
     prune_drops_the_index_entries_of_expired_jobs =>
         check_prune_drops_the_index_entries_of_expired_jobs with SHORT_TTL;
     config_documents_follow_if_match => check_config_documents_follow_if_match;
+    jobs_are_counted_by_state => check_jobs_are_counted_by_state;
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;
     jobs_expire_after_their_ttl => check_jobs_expire_after_their_ttl with SHORT_TTL;

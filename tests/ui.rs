@@ -250,7 +250,19 @@ async fn a_job_submitted_in_the_ui_turns_succeeded_without_a_reload() {
     })
     .await;
     b.shot("jobs").await;
+    // The overview reads the host's metrics: the job ended, its latency is measured.
     b.open(&format!("{ui}/ui")).await;
+    let states = b
+        .wait_text("main", "the overview counts the job", |t| {
+            t.contains("SUCCEEDED 1")
+        })
+        .await;
+    assert!(states.contains("RUNNING 0"), "{states}");
+    let latency = b.text("#tile-latency").await;
+    assert!(
+        latency.ends_with("ms") || latency.ends_with(" s"),
+        "{latency}"
+    );
     b.shot("overview").await;
     b.open(&format!("{ui}/ui/workers")).await;
     b.wait_text("table.list", "the worker is listed", |t| {

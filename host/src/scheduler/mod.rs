@@ -210,6 +210,8 @@ pub struct Scheduler {
     pub registry: Arc<Registry>,
     /// Resolves each job's dispatch strategy and retry policy from its effective config.
     pub plugins: Arc<PluginRegistry>,
+    /// The jobs this replica saw end: counters and latency (what `/metrics` serves).
+    pub job_metrics: crate::job_metrics::JobMetrics,
     safety: SafetyGate,
     settings: SchedulerSettings,
     waiting: Mutex<WaitQueue>,
@@ -279,6 +281,7 @@ impl Scheduler {
             config,
             registry,
             plugins,
+            job_metrics: crate::job_metrics::JobMetrics::new(),
             safety,
             settings,
             waiting: Mutex::new(WaitQueue::default()),
@@ -1040,9 +1043,13 @@ impl Scheduler {
             Ok(o) => {
                 if t.to.is_terminal()
                     && let TransitionOutcome::Applied {
-                        run_id, tenant_id, ..
+                        run_id,
+                        tenant_id,
+                        created_at,
+                        ..
                     } = &o
                 {
+                    self.job_metrics.ended(t.to, *created_at, t.at);
                     self.publish_event(id, t.to, t.at, run_id.clone(), tenant_id)
                         .await;
                 }

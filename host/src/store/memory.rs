@@ -412,6 +412,7 @@ impl Store for MemoryStore {
             from,
             run_id: spec.run_id,
             tenant_id: spec.tenant_id,
+            created_at: spec.created_at,
         })
     }
 
@@ -437,6 +438,19 @@ impl Store for MemoryStore {
             inner.index(IndexName::State(a.expect)).add(id, score);
         }
         Ok(true)
+    }
+
+    async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
+        let inner = self.inner.lock();
+        Ok(states
+            .iter()
+            .map(|s| {
+                inner
+                    .indexes
+                    .get(&index_key(IndexName::State(*s)))
+                    .map_or(0, |z| z.scores.len() as u64)
+            })
+            .collect())
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {

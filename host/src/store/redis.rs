@@ -158,19 +158,20 @@ return out
 /// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
 /// letter JSON (or ''), dead letter time, the number of via states `v`, then `v` pairs of via
 /// state and its event JSON (the walk of `Transition::via`), the number of field pairs `n`,
-/// then `n` field/value pairs. Answers four per transition: `ok` (with the
+/// then `n` field/value pairs. Answers five per transition: `ok` (with the
 /// state it left), `same`, `illegal` (with the current state) or `missing`; then the job's run
-/// id and its tenant (or '').
+/// id, its tenant and its `created` time (or '').
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
 local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
-  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline')
+  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline',
+    'created')
   local cur = h[1]
-  if not cur then return 'missing', '', '', '' end
-  local run, tenant = h[4] or '', h[2] or ''
-  if cur == to then return 'same', cur, run, tenant end
+  if not cur then return 'missing', '', '', '', '' end
+  local run, tenant, created = h[4] or '', h[2] or '', h[7] or ''
+  if cur == to then return 'same', cur, run, tenant, created end
   local fields = {'state', to, 'updated_at', at, 'reason', ''}
   local n = tonumber(h[5] or '0')
   -- The walk through the via states: after the current one when it is on the path.
@@ -190,7 +191,7 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
       fields[#fields + 1] = ARGV[a + 1]
     end
   elseif not ALLOWED[cur .. '>' .. to] then
-    return 'illegal', cur, run, tenant
+    return 'illegal', cur, run, tenant, created
   end
   n = n + 1
   fields[#fields + 1] = 'h:' .. n
@@ -214,7 +215,7 @@ local function transition(id, to, at, evj, dl, dlat, vfirst, vlast, first, last)
     redis.call('ZADD', p .. 'idx:dlq', dlat, id)
     redis.call('ZADD', braced(p, 'idx:dlq', tenant), dlat, id)
   end
-  return 'ok', cur, run, tenant
+  return 'ok', cur, run, tenant, created
 end
 local i = 3
 while i <= #ARGV do
@@ -223,12 +224,13 @@ while i <= #ARGV do
   local n = tonumber(ARGV[vlast + 2])
   local first = vlast + 3
   local last = first + 2 * n - 1
-  local status, cur, run, tenant = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], vfirst, vlast, first, last)
+  local status, cur, run, tenant, created = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2],
+    ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], vfirst, vlast, first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
   out[#out + 1] = tenant
+  out[#out + 1] = created
   i = last + 1
 end
 write_indexes()
@@ -667,7 +669,7 @@ impl RedisStore {
             conn.clone(),
             Script::new(&format!("{tables}{LUA_INDEX_WRITES}{LUA_TRANSITION}")),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
-            4,
+            5,
         );
         let scripts = Scripts {
             annotate: Script::new(LUA_ANNOTATE),
@@ -999,7 +1001,7 @@ impl Store for RedisStore {
             args.push(k).push(v);
         }
         let reply = self.transitions.call(args).await?;
-        let [verdict, state, run_id, tenant_id] = reply.as_slice() else {
+        let [verdict, state, run_id, tenant_id, created_at] = reply.as_slice() else {
             return Err(StoreError::Corrupt(format!(
                 "transition script answered {reply:?}"
             )));
@@ -1011,6 +1013,9 @@ impl Store for RedisStore {
                 from: from()?,
                 run_id: run_id(),
                 tenant_id: tenant_id.clone(),
+                created_at: created_at.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("job {id} has no creation time: {created_at:?}"))
+                })?,
             }),
             "same" => Ok(TransitionOutcome::Unchanged),
             "illegal" => Err(StoreError::IllegalTransition {
@@ -1042,6 +1047,18 @@ impl Store for RedisStore {
             "skip" => Ok(false),
             _ => Err(StoreError::NotFound(id.to_string())),
         }
+    }
+
+    async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for s in states {
+            pipe.zcard(self.index_key(IndexName::State(*s)));
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(unavailable)
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
