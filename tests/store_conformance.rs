@@ -1815,6 +1815,64 @@ async fn check_config_documents_follow_if_match(store: SharedStore) {
     assert!(store.config_delete("tenant:a", None).await.unwrap());
 }
 
+async fn check_config_keys_list_a_prefix_in_byte_order_after_a_key(store: SharedStore) {
+    let now = now_ms();
+    let keys = [
+        "team:payments",
+        "org:acme",
+        "step:acme~wf~build",
+        "org:beta",
+        "system:default",
+        "workflow:acme~wf",
+        "org:acme2",
+        "workflow:beta~wf",
+    ];
+    for k in keys {
+        store.config_put(k, &json!({}), None, now).await.unwrap();
+    }
+    let mut all: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    all.sort();
+    assert_eq!(store.config_keys("", None, 100).await.unwrap(), all);
+    // Paged by the last key read.
+    let first = store.config_keys("", None, 3).await.unwrap();
+    assert_eq!(first, all[..3]);
+    let rest = store
+        .config_keys("", first.last().map(String::as_str), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest, all[3..]);
+    // A prefix is one range: an org's workflows, not another's whose name starts the same.
+    assert_eq!(
+        store.config_keys("org:acme", None, 100).await.unwrap(),
+        ["org:acme", "org:acme2"]
+    );
+    assert_eq!(
+        store
+            .config_keys("workflow:acme~", None, 100)
+            .await
+            .unwrap(),
+        ["workflow:acme~wf"]
+    );
+    // A position before the prefix starts it; one past it ends it.
+    assert_eq!(
+        store.config_keys("org:", Some("a"), 1).await.unwrap(),
+        ["org:acme"]
+    );
+    assert!(
+        store
+            .config_keys("org:", Some("org:z"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A deleted document leaves the list.
+    assert!(store.config_delete("org:beta", None).await.unwrap());
+    assert_eq!(
+        store.config_keys("org:", None, 100).await.unwrap(),
+        ["org:acme", "org:acme2"]
+    );
+}
+
 async fn check_jobs_are_counted_by_state(store: SharedStore) {
     let mut clock = now_ms() - 100_000;
     let live = [Pending, Scheduled, Dispatched, Running];
@@ -2317,6 +2375,8 @@ conformance! {
     prune_drops_the_index_entries_of_expired_jobs =>
         check_prune_drops_the_index_entries_of_expired_jobs with SHORT_TTL;
     config_documents_follow_if_match => check_config_documents_follow_if_match;
+    config_keys_list_a_prefix_in_byte_order_after_a_key =>
+        check_config_keys_list_a_prefix_in_byte_order_after_a_key;
     jobs_are_counted_by_state => check_jobs_are_counted_by_state;
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;

@@ -74,6 +74,8 @@ pub fn router(state: AppState) -> Router {
             post(config::set).get(config::get).delete(config::delete),
         )
         .route("/config/effective", get(config::effective))
+        .route("/config/scopes", get(config::scopes))
+        .route("/config/preview", post(config::preview))
         .route("/dlq", get(dlq::list))
         .route("/dlq/retry", post(dlq::retry_matching))
         .route("/dlq/{job_id}", get(dlq::get).delete(dlq::delete))

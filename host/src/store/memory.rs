@@ -4,6 +4,7 @@
 //! awaits while holding it, which is what makes every operation atomic, as a Lua script is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -119,7 +120,8 @@ struct Inner {
     /// Each tenant's dead letters, as Redis keeps them (a tenant's cursor never holds
     /// another's id).
     dlq_tenant_index: HashMap<String, ZSet>,
-    config: HashMap<String, ConfigDoc>,
+    /// Ordered, so that keys are listed in byte order as Redis lists them.
+    config: BTreeMap<String, ConfigDoc>,
     locks: HashMap<String, (String, Millis)>,
     plugins: BTreeMap<String, StoredPlugin>,
     /// Workflow id → the latest version ever stored and whether it is live.
@@ -650,6 +652,27 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict { current });
         }
         Ok(inner.config.remove(key).is_some())
+    }
+
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let inner = self.inner.lock();
+        let from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        Ok(inner
+            .config
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {

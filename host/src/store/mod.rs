@@ -329,6 +329,14 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<ConfigDoc>;
     async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool>;
+    /// The keys of the stored config documents that start with `prefix`, after `after` (when
+    /// given), in byte order, at most `limit`.
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
 
     /// Takes the lock, or renews it when `owner` holds it already.
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;

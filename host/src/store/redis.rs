@@ -23,6 +23,7 @@
 //! | `P dlq:{id}` | string | a dead letter (JSON) |
 //! | `P idx:dlq`, `P idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
 //! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
+//! | `P configs` | zset | the scopes that hold a document, all scored 0 (listed by key: a scope kind, or an org's workflows and steps, is one lexicographic range; a document written by an older build is listed once it is written again) |
 //! | `P lock:{name}` | string | the owner token, with a TTL |
 //! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
 //! | `P plugins` | set | the names of the uploaded plugins |
@@ -409,16 +410,21 @@ return {removed, redis.call('ZCARD', KEYS[1]), offset}
 /// Entries one prune call looks at (a few milliseconds of Redis time).
 const PRUNE_BUDGET: usize = 2048;
 
+/// KEYS: the scope's hash, the `configs` index. ARGV: if-match (or ''), data, time, the
+/// scope's key.
 const LUA_CONFIG_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'revision', cur + 1, 'updated_at', ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
 return {'ok', cur + 1}
 "#;
 
+/// KEYS: the scope's hash, the `configs` index. ARGV: if-match (or ''), the scope's key.
 const LUA_CONFIG_DELETE: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
+redis.call('ZREM', KEYS[2], ARGV[2])
 return {'ok', redis.call('DEL', KEYS[1])}
 "#;
 
@@ -1325,9 +1331,11 @@ impl Store for RedisStore {
             .scripts
             .config_put
             .key(self.named("config", key))
+            .key(self.key("configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .arg(data.to_string())
             .arg(now)
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1347,7 +1355,9 @@ impl Store for RedisStore {
             .scripts
             .config_delete
             .key(self.named("config", key))
+            .key(self.key("configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1355,6 +1365,29 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: n });
         }
         Ok(n == 1)
+    }
+
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // Scope keys are printable ASCII (identifiers, `:` and `~`), all below 0x7f: every key
+        // that starts with `prefix` sorts before `prefix` + 0x7f.
+        let (from, to) = if prefix.is_empty() {
+            ("-".to_string(), "+".to_string())
+        } else {
+            (format!("[{prefix}"), format!("({prefix}\x7f"))
+        };
+        let min = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ => from,
+        };
+        let mut conn = self.conn.clone();
+        conn.zrangebylex_limit(self.key("configs"), min, to, 0, limit as isize)
+            .await
+            .map_err(unavailable)
     }
 
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
