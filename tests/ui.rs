@@ -535,6 +535,126 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
     h.stop().await;
 }
 
+#[tokio::test]
+#[allow(clippy::await_holding_lock)]
+async fn config_scopes_show_as_a_tree_and_an_edit_is_previewed_before_it_is_saved() {
+    let _one = lock();
+    let (h, api, ui) = host(false).await;
+    for body in [
+        json!({"scope": "system", "data": {"lvl": "system", "tenancy": {"teams": {"payments": "acme"}}}}),
+        json!({"scope": "org", "id": "acme", "data": {"lvl": "org"}}),
+        json!({"scope": "org", "id": "beta", "data": {"lvl": "beta's"}}),
+        json!({"scope": "team", "id": "payments", "data": {"team": true}}),
+        json!({"scope": "workflow", "id": "acme~wf", "data": {"lvl": "workflow"}}),
+        json!({"scope": "step", "workflow_id": "acme~wf", "step_id": "build", "data": {"x": 1}}),
+    ] {
+        let (status, v) = api.post("/api/v1/config", body).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let b = browser().await;
+    b.sign_in(&ui, ADMIN_KEY).await;
+    b.open(&format!("{ui}/ui/config")).await;
+    let tree = b.text("aside.scopes").await;
+    for name in ["system", "acme", "payments", "acme~wf", "build", "beta"] {
+        assert!(tree.contains(name), "the tree lacks {name}: {tree}");
+    }
+    b.shot("config-tree").await;
+
+    // A scope opens from the tree, with its own chain's effective config.
+    b.click("aside.scopes a[href='/ui/config?scope=org&id=acme']")
+        .await;
+    b.wait_text("#config-revision", "acme's document opens", |t| t == "1")
+        .await;
+    assert!(b.text("#effective").await.contains("\"org\""));
+
+    // An edit is previewed: the merged result and the keys it changes, nothing saved.
+    b.fill("data", r#"{"lvl": "draft", "extra": true}"#).await;
+    b.click("#preview-config").await;
+    let changed = b
+        .wait_text("#preview-changed", "the preview names the changes", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert_eq!(changed, "Changes extra, lvl.");
+    assert!(b.text("#config-preview").await.contains("\"draft\""));
+    assert!(
+        b.text("#effective").await.contains("\"org\""),
+        "the saved config is shown beside it"
+    );
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["revision"], 1, "a preview stores nothing: {stored}");
+    b.shot("config-preview").await;
+
+    // Saved from the preview, against the revision it was made on.
+    b.click("#save-config").await;
+    b.wait_text(".notice", "the edit is saved", |t| {
+        t == "Saved as revision 2"
+    })
+    .await;
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["data"], json!({"lvl": "draft", "extra": true}));
+
+    // Someone else saves meanwhile: this page's edit is refused, and kept in the form.
+    let (status, _) = api
+        .post(
+            "/api/v1/config",
+            json!({"scope": "org", "id": "acme", "data": {"lvl": "theirs"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    b.fill("data", r#"{"lvl": "mine"}"#).await;
+    b.click("#save-config").await;
+    b.wait_text("#config-refused", "the stale save is refused", |t| {
+        !t.is_empty()
+    })
+    .await;
+    let kept =
+        b.c.find(Locator::Id("data"))
+            .await
+            .expect("the form")
+            .prop("value")
+            .await
+            .expect("a value");
+    assert_eq!(kept.as_deref(), Some(r#"{"lvl": "mine"}"#));
+    assert!(
+        b.text("#config-refused").await.contains("theirs"),
+        "the change it would overwrite is shown"
+    );
+    b.shot("config-stale").await;
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["data"]["lvl"], "theirs");
+    // Seen, it may be replaced deliberately.
+    b.click("#save-config").await;
+    b.wait_text(".notice", "the edit replaces it", |t| {
+        t == "Saved as revision 4"
+    })
+    .await;
+
+    // A tenant key's tree holds its own scopes, never another tenant's nor the system's.
+    b.click("form[action='/ui/sign-out'] button").await;
+    b.sign_in(&ui, ACME_KEY).await;
+    b.open(&format!("{ui}/ui/config")).await;
+    let tree = b.text("ul.tree").await;
+    for name in ["acme", "payments", "acme~wf", "build"] {
+        assert!(tree.contains(name), "acme's tree lacks {name}: {tree}");
+    }
+    assert!(!tree.contains("beta") && !tree.contains("system"), "{tree}");
+    // Its workflow's step opens as the effective config it takes part in.
+    b.click("aside.scopes a[href*='for_step=build']").await;
+    let eff = b
+        .wait_text("#effective", "the step's effective config", |t| {
+            t.contains("\"x\"")
+        })
+        .await;
+    assert!(
+        eff.contains("\"workflow\"") && !eff.contains("beta"),
+        "{eff}"
+    );
+    b.shot("config-tenant").await;
+    b.close().await;
+    h.stop().await;
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.extend_pairs(pairs);

@@ -14,6 +14,7 @@
 //! token (see [`session`]).
 
 mod api;
+mod config;
 pub mod dag;
 mod jobs;
 mod session;
@@ -99,7 +100,8 @@ pub fn router(api: Router, keys: Arc<Keys>, settings: UiSettings) -> Router {
             )),
         )
         .route("/plugins/strategy", post(system::choose_strategy))
-        .route("/config", get(system::config).post(system::config_save))
+        .route("/config", get(config::config).post(config::save))
+        .route("/config/preview", post(config::preview))
         .fallback(|| async { UiError::not_found("no such page") });
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui") }))

@@ -1,4 +1,4 @@
-//! The host as a whole: the overview, workers, plugins and config.
+//! The host as a whole: the overview, workers and plugins.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::UiState;
 use super::api::{UiError, query};
 use super::session::{Posted, Session, csrf_input};
-use super::views::{self, badge, empty, items, job_link, json_block, live, s};
+use super::views::{self, badge, empty, items, job_link, live, s};
 use crate::job::JobState;
 
 /// How many of a tenant's latest jobs its overview counts by state.
@@ -411,151 +411,6 @@ pub async fn choose_strategy(State(st): State<UiState>, form: Posted) -> Result<
         form.get("id").map(|i| format!(" {i}")).unwrap_or_default()
     );
     Ok(Redirect::to(&format!("/ui/plugins?{}", query(&[("done", Some(&done))]))).into_response())
-}
-
-#[derive(Deserialize, Default)]
-pub struct ConfigQuery {
-    scope: Option<String>,
-    id: Option<String>,
-    workflow_id: Option<String>,
-    step_id: Option<String>,
-    org_id: Option<String>,
-    team_id: Option<String>,
-    saved: Option<String>,
-}
-
-const SCOPES: [&str; 5] = ["system", "org", "team", "workflow", "step"];
-
-/// `/ui/config`: one scope's document, edited with its revision, and the effective config of
-/// an org/team/workflow/step target.
-pub async fn config(
-    State(st): State<UiState>,
-    session: Session,
-    Query(q): Query<ConfigQuery>,
-) -> Result<Response, UiError> {
-    let scope = q
-        .scope
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(if session.is_admin() { "system" } else { "org" });
-    let id =
-        q.id.clone()
-            .or_else(|| session.caller.tenant().map(str::to_string));
-    let scope_query = query(&[
-        ("scope", Some(scope)),
-        ("id", id.as_deref()),
-        ("workflow_id", q.workflow_id.as_deref()),
-        ("step_id", q.step_id.as_deref()),
-    ]);
-    let doc = match st
-        .api
-        .get(&session, &format!("/config?{scope_query}"))
-        .await
-    {
-        Ok(d) => Some(Ok(d)),
-        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
-        Err(e) => Some(Err(e)),
-    };
-    let target = query(&[
-        ("org_id", q.org_id.as_deref()),
-        ("team_id", q.team_id.as_deref()),
-        ("workflow_id", q.workflow_id.as_deref()),
-        ("step_id", q.step_id.as_deref()),
-    ]);
-    let effective = st
-        .api
-        .get(&session, &format!("/config/effective?{target}"))
-        .await;
-    let data = match &doc {
-        Some(Ok(d)) => {
-            serde_json::to_string_pretty(d.get("data").unwrap_or(&Value::Null)).unwrap_or_default()
-        }
-        _ => "{}".to_string(),
-    };
-    let revision = match &doc {
-        Some(Ok(d)) => d.get("revision").and_then(Value::as_u64),
-        _ => None,
-    };
-    let body = html! {
-        @if let Some(saved) = &q.saved { p class="notice" role="status" { (saved) } }
-        h2 { "Scope" }
-        p class="hint" { "Scopes merge in order: system → org → team → workflow → step." }
-        form method="get" action="/ui/config" class="filters" {
-            label { "Scope "
-                select name="scope" {
-                    @for sc in SCOPES { option value=(sc) selected[sc == scope] { (sc) } }
-                }
-            }
-            label { "Id (org, team or workflow) " input name="id" value=(id.as_deref().unwrap_or("")); }
-            label { "Workflow (step scope) " input name="workflow_id" value=(q.workflow_id.as_deref().unwrap_or("")); }
-            label { "Step " input name="step_id" value=(q.step_id.as_deref().unwrap_or("")); }
-            button type="submit" { "Open" }
-        }
-        @match &doc {
-            Some(Err(e)) => { div class="error" role="alert" { p { (e.detail) } } },
-            None => { (empty("Nothing is set at this scope yet; saving creates it.")) },
-            Some(Ok(d)) => { p { "Revision " strong id="config-revision" { (revision.unwrap_or(0)) } ", updated " time { (s(d, "updated_at")) } } },
-        }
-        form method="post" action="/ui/config" class="stack card" {
-            (csrf_input(&session))
-            input type="hidden" name="scope" value=(scope);
-            @if let Some(id) = &id { input type="hidden" name="id" value=(id); }
-            @if let Some(w) = &q.workflow_id { input type="hidden" name="workflow_id" value=(w); }
-            @if let Some(s) = &q.step_id { input type="hidden" name="step_id" value=(s); }
-            input type="hidden" name="revision" value=(revision.map(|r| r.to_string()).unwrap_or_default());
-            label for="data" { "Document (JSON); saved only if nobody changed it since revision " (revision.unwrap_or(0)) }
-            textarea id="data" name="data" rows="10" { (data) }
-            button type="submit" { "Save" }
-        }
-        h2 { "Effective config" }
-        form method="get" action="/ui/config" class="filters" {
-            input type="hidden" name="scope" value=(scope);
-            @if session.is_admin() { label { "Org " input name="org_id" value=(q.org_id.as_deref().unwrap_or("")); } }
-            label { "Team " input name="team_id" value=(q.team_id.as_deref().unwrap_or("")); }
-            label { "Workflow " input name="workflow_id" value=(q.workflow_id.as_deref().unwrap_or("")); }
-            label { "Step " input name="step_id" value=(q.step_id.as_deref().unwrap_or("")); }
-            button type="submit" { "Preview" }
-        }
-        @match &effective {
-            Ok(v) => (json_block(v)),
-            Err(e) => div class="error" role="alert" { p { (e.detail) } },
-        }
-    };
-    Ok(views::page("Config", "/ui/config", Some(&session), body).into_response())
-}
-
-pub async fn config_save(State(st): State<UiState>, form: Posted) -> Result<Response, UiError> {
-    let data: Value = serde_json::from_str(form.get("data").unwrap_or("{}"))
-        .map_err(|e| UiError::field("data", format!("is not JSON: {e}")))?;
-    let mut req = json!({"data": data});
-    for f in ["scope", "id", "workflow_id", "step_id"] {
-        if let (Some(v), Some(obj)) = (form.get(f), req.as_object_mut()) {
-            obj.insert(f.into(), json!(v));
-        }
-    }
-    let if_match = form.get("revision").map(|r| format!("\"{r}\""));
-    let headers: Vec<(&str, &str)> = if_match.iter().map(|r| ("if-match", r.as_str())).collect();
-    let saved = st
-        .api
-        .call_with(&form.session, Method::POST, "/config", Some(&req), &headers)
-        .await?;
-    let back = query(&[
-        ("scope", form.get("scope")),
-        ("id", form.get("id")),
-        ("workflow_id", form.get("workflow_id")),
-        ("step_id", form.get("step_id")),
-        (
-            "saved",
-            Some(&format!(
-                "Saved as revision {}",
-                saved
-                    .get("revision")
-                    .map(Value::to_string)
-                    .unwrap_or_default()
-            )),
-        ),
-    ]);
-    Ok(Redirect::to(&format!("/ui/config?{back}")).into_response())
 }
 
 #[cfg(test)]
