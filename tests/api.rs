@@ -1989,6 +1989,29 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
     assert!(text.contains("coretex_job_latency_seconds_bucket{le=\"0.005\"}"));
     value("coretex_jobs{state=\"PENDING\"}");
 
+    // Answers are compressed for a client that asks; the live stream never is (its events
+    // would wait in the compressor).
+    for (path, compressed) in [
+        ("/metrics", true),
+        ("/api/v1/jobs", true),
+        ("/api/v1/stream", false),
+    ] {
+        let r = h
+            .api
+            .http
+            .get(format!("{}{path}", h.api.base))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let encoding = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(encoding.as_deref(), compressed.then_some("gzip"), "{path}");
+    }
+
     // A stopped worker leaves the list once its heartbeats stop (TTL), not before the test ends
     // — so only check the unknown route answers a problem.
     stop_w2.cancel();

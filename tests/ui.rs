@@ -461,6 +461,29 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
     // A deep link before signing in leads to the sign-in page, and on to the page after it.
     b.open(&format!("{ui}/ui/workers")).await;
     assert_eq!(b.h1().await, "Sign in");
+    // The page's assets came compressed: their bytes on the wire, as the browser counts them.
+    let sizes =
+        b.c.execute(
+            "return performance.getEntriesByType('resource')
+               .filter(e => e.name.includes('/ui/assets/'))
+               .map(e => [e.name.split('/').pop(), e.encodedBodySize, e.decodedBodySize]);",
+            vec![],
+        )
+        .await
+        .expect("script runs");
+    let sizes = sizes.as_array().expect("a list").clone();
+    assert_eq!(sizes.len(), coretex::ui::ASSETS.len(), "{sizes:?}");
+    let (mut sent, mut raw) = (0, 0);
+    for entry in &sizes {
+        let (wire, decoded) = (entry[1].as_u64().unwrap(), entry[2].as_u64().unwrap());
+        assert!(wire < decoded, "sent compressed: {entry}");
+        sent += wire;
+        raw += decoded;
+    }
+    let report =
+        format!("the dashboard's assets: {raw} bytes, {sent} bytes on the wire: {sizes:?}\n");
+    std::fs::write(screens_dir().join("asset-weight.txt"), &report).expect("saved");
+    assert!(sent < 300 * 1024, "{report}");
     b.fill("key", ADMIN_KEY).await;
     b.click("form[action='/ui/sign-in'] button").await;
     b.wait_text("h1", "signed in, the deep link opens", |t| t == "Workers")

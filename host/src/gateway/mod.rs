@@ -122,6 +122,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::map_response(error::as_problem))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        // Answers (a page of 500 jobs, /metrics) in gzip or brotli for a client that asks; the
+        // live stream is never compressed (its events would wait in the compressor).
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .gzip(true)
+                .br(true),
+        )
         .with_state(state)
 }
 
