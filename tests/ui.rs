@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -54,7 +55,15 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// The whole process group: chromedriver and the Chromium it started, which a test that
+    /// fails before closing its session would otherwise leave running.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            // SAFETY: a plain syscall on the group this test started (its leader is the driver).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -67,6 +76,8 @@ async fn browser() -> Browser {
         .port();
     let driver = Command::new(std::env::var("CHROMEDRIVER").unwrap_or("chromedriver".into()))
         .arg(format!("--port={port}"))
+        // A group of its own, which Drop ends whole.
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
