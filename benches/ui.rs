@@ -1,6 +1,7 @@
 //! The dashboard's jobs page with 10,000 jobs in the store: the server time of its first page
-//! (`GET /ui/jobs`: the API's list of 50 through the gateway's router, and the HTML), on the
-//! real Redis and NATS and, for comparison, on the embedded store and bus.
+//! (`GET /ui/jobs`: the API's list of 50 through the gateway's router, the HTML, and its gzip
+//! compression, asked for as a browser asks), on the real Redis and NATS and, for comparison,
+//! on the embedded store and bus.
 //!
 //! `cargo bench --bench ui -- --warm-up-time 1 --measurement-time 5` (Redis at REDIS_URL,
 //! default 127.0.0.1:6379; NATS at NATS_URL, default 127.0.0.1:4222). The target is ≤ 100 ms.
@@ -81,14 +82,23 @@ fn jobs_page(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     for (name, real) in [("redis", true), ("embedded", false)] {
         let (running, http, ui) = rt.block_on(host(real));
+        let page = |http: reqwest::Client, ui: String| async move {
+            let r = http
+                .get(&ui)
+                .header("accept-encoding", "gzip")
+                .send()
+                .await
+                .expect("answers");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["content-encoding"], "gzip");
+            r.bytes().await.expect("a page")
+        };
+        let sent = rt.block_on(page(http.clone(), ui.clone())).len();
+        println!("ui_jobs_page_10k_{name}: the first page is {sent} bytes gzip-compressed");
         let mut g = c.benchmark_group(format!("ui_jobs_page_10k_{name}"));
         g.sample_size(30);
         g.bench_function("first_page", |b| {
-            b.to_async(&rt).iter(|| async {
-                let r = http.get(&ui).send().await.expect("answers");
-                assert_eq!(r.status(), 200);
-                r.bytes().await.expect("a page")
-            })
+            b.to_async(&rt).iter(|| page(http.clone(), ui.clone()))
         });
         g.finish();
         running.stop.cancel();

@@ -82,6 +82,9 @@ on_both_backends! {
     config_service_revisions_scopes_and_effective_merge
         => config_service_revisions_scopes_and_effective_merge_embedded,
            config_service_revisions_scopes_and_effective_merge_real;
+    config_scopes_are_listed_and_drafts_previewed_within_the_tenant
+        => config_scopes_are_listed_and_drafts_previewed_within_the_tenant_embedded,
+           config_scopes_are_listed_and_drafts_previewed_within_the_tenant_real;
     job_lists_filter_and_page_without_repeats
         => job_lists_filter_and_page_without_repeats_embedded,
            job_lists_filter_and_page_without_repeats_real;
@@ -1461,6 +1464,255 @@ async fn config_service_revisions_scopes_and_effective_merge(backend: Backend) {
     h.stop().await;
 }
 
+/// Every `(scope, id or workflow_id~step_id)` of the scope list, paged `limit` at a time, and
+/// checked to come in key order without repeats.
+async fn all_scopes(api: &Api, limit: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/config/scopes?limit={limit}&cursor={c}"),
+            None => format!("/api/v1/config/scopes?limit={limit}"),
+        };
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        for i in items(&page) {
+            let name = match i["scope"].as_str().unwrap() {
+                "step" => format!(
+                    "{}~{}",
+                    i["workflow_id"].as_str().unwrap(),
+                    i["step_id"].as_str().unwrap()
+                ),
+                "system" => String::new(),
+                _ => i["id"].as_str().unwrap().to_string(),
+            };
+            assert!(i["revision"].as_u64().is_some_and(|r| r >= 1), "{i}");
+            out.push((i["scope"].as_str().unwrap().to_string(), name));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let keys: Vec<String> = out.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "in key order, each once");
+    out
+}
+
+async fn config_scopes_are_listed_and_drafts_previewed_within_the_tenant(backend: Backend) {
+    let (acme, beta) = (unique("acme-"), unique("beta-"));
+    let mut o = options(backend);
+    o.api_key = Some("root-key".into());
+    o.tenant_keys = vec![
+        (acme.clone(), "acme-key".into()),
+        (beta.clone(), "beta-key".into()),
+    ];
+    let h = Host::start_with(o).await;
+    let (root, a, b) = (
+        keyed(&h, "root-key"),
+        keyed(&h, "acme-key"),
+        keyed(&h, "beta-key"),
+    );
+    let (acme_wf, beta_wf) = (format!("{acme}~wf"), format!("{beta}~wf"));
+    for body in [
+        json!({"scope": "system", "data": {"lvl": "system",
+            "tenancy": {"teams": {"payments": acme, "search": beta}}}}),
+        json!({"scope": "org", "id": acme, "data": {"lvl": "org", "a": 1}}),
+        json!({"scope": "org", "id": beta, "data": {"lvl": "org"}}),
+        json!({"scope": "team", "id": "payments", "data": {"team": "payments"}}),
+        json!({"scope": "team", "id": "search", "data": {"team": "search"}}),
+        json!({"scope": "team", "id": "shared", "data": {"team": "shared"}}),
+        json!({"scope": "workflow", "id": acme_wf, "data": {"lvl": "workflow"}}),
+        json!({"scope": "step", "workflow_id": acme_wf, "step_id": "build", "data": {"lvl": "step"}}),
+        json!({"scope": "workflow", "id": beta_wf, "data": {"lvl": "workflow"}}),
+        json!({"scope": "step", "workflow_id": beta_wf, "step_id": "build", "data": {"lvl": "step"}}),
+    ] {
+        set_config(&root, body).await;
+    }
+    let named = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(s, n)| (s.to_string(), n.to_string()))
+            .collect();
+        v.sort_by_key(|(s, n)| format!("{s}:{n}"));
+        v
+    };
+    let acme_step = format!("{acme_wf}~build");
+    let beta_step = format!("{beta_wf}~build");
+
+    // The admin lists every scope, in pages that neither repeat nor skip.
+    let every = named(&[
+        ("system", ""),
+        ("org", &acme),
+        ("org", &beta),
+        ("team", "payments"),
+        ("team", "search"),
+        ("team", "shared"),
+        ("workflow", &acme_wf),
+        ("step", &acme_step),
+        ("workflow", &beta_wf),
+        ("step", &beta_step),
+    ]);
+    assert_eq!(all_scopes(&root, 500).await, every);
+    assert_eq!(all_scopes(&root, 3).await, every);
+    let (_, page) = root.get("/api/v1/config/scopes").await;
+    let step = items(&page)
+        .into_iter()
+        .find(|i| i["scope"] == "step" && i["workflow_id"] == acme_wf.as_str())
+        .expect("acme's step is listed");
+    assert_eq!(step["step_id"], "build");
+    assert_eq!(step["org_id"], acme.as_str(), "{step}");
+    let team = items(&page)
+        .into_iter()
+        .find(|i| i["id"] == "search")
+        .expect("the search team");
+    assert_eq!(
+        team["org_id"],
+        beta.as_str(),
+        "bound by the tenancy policy: {team}"
+    );
+
+    // A tenant key lists its org, its workflows and their steps, and the teams its jobs may
+    // use — never the system scope nor anything of another tenant's.
+    let acme_sees = named(&[
+        ("org", &acme),
+        ("team", "payments"),
+        ("team", "shared"),
+        ("workflow", &acme_wf),
+        ("step", &acme_step),
+    ]);
+    assert_eq!(all_scopes(&a, 500).await, acme_sees);
+    assert_eq!(all_scopes(&a, 1).await, acme_sees, "paged one at a time");
+    let beta_sees = named(&[
+        ("org", &beta),
+        ("team", "search"),
+        ("team", "shared"),
+        ("workflow", &beta_wf),
+        ("step", &beta_step),
+    ]);
+    assert_eq!(all_scopes(&b, 2).await, beta_sees);
+    // A cursor from another key's list positions, and still shows nothing else.
+    let (_, first) = root.get("/api/v1/config/scopes?limit=1").await;
+    let c = first["next_cursor"].as_str().expect("more to come");
+    let (_, page) = b.get(&format!("/api/v1/config/scopes?cursor={c}")).await;
+    assert!(!page.to_string().contains(&acme), "{page}");
+    assert_problem(
+        &get_full(&a, "/api/v1/config/scopes?cursor=nope!").await,
+        422,
+        "cursor",
+    );
+    assert_problem(
+        &get_full(&a, "/api/v1/config/scopes?limit=0").await,
+        422,
+        "limit",
+    );
+
+    // A draft is merged in place of the stored document, checked as a write, stored nowhere.
+    let r = post_with(
+        &root,
+        "/api/v1/config/preview",
+        &json!({"scope": "org", "id": acme, "data": {"lvl": "draft", "b": 2}}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["effective"],
+        json!({"lvl": "draft", "b": 2}),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["changed"], json!(["a", "b", "lvl"]), "{}", r.body);
+    assert_eq!(r.body["revision"], 1);
+    let (_, stored) = root
+        .get(&format!("/api/v1/config?scope=org&id={acme}"))
+        .await;
+    assert_eq!(
+        stored["data"],
+        json!({"lvl": "org", "a": 1}),
+        "nothing stored"
+    );
+    assert_eq!(stored["revision"], 1);
+    // For a target further down the chain: the step's `lvl` still wins.
+    let r = post_with(
+        &root,
+        "/api/v1/config/preview",
+        &json!({"scope": "org", "id": acme, "data": {"lvl": "draft"},
+                "target": {"org_id": acme, "workflow_id": acme_wf, "step_id": "build"}}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["effective"]["lvl"], "step", "{}", r.body);
+    assert_eq!(r.body["changed"], json!(["a"]), "{}", r.body);
+    // A scope the target does not merge, a draft the schema refuses: 422 naming them.
+    let r = post_with(
+        &root,
+        "/api/v1/config/preview",
+        &json!({"scope": "org", "id": acme, "data": {}, "target": {"org_id": beta}}),
+        &[],
+    )
+    .await;
+    assert_problem(&r, 422, "target");
+    let r = post_with(
+        &root,
+        "/api/v1/config/preview",
+        &json!({"scope": "system", "data": {"safety": {"denied_topics": "rm.*"}}}),
+        &[],
+    )
+    .await;
+    assert_problem(&r, 422, "data.safety.denied_topics");
+    let r = post_with(
+        &root,
+        "/api/v1/config/preview",
+        &json!({"scope": "system"}),
+        &[],
+    )
+    .await;
+    assert_problem(&r, 422, "data");
+
+    // A tenant key previews its own org's document, for its own targets only.
+    let r = post_with(
+        &a,
+        "/api/v1/config/preview",
+        &json!({"scope": "org", "id": acme, "data": {"lvl": "mine"},
+                "target": {"team_id": "payments", "workflow_id": "wf"}}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["effective"]["lvl"], "workflow", "{}", r.body);
+    assert_eq!(r.body["effective"]["team"], "payments", "{}", r.body);
+    for (body, status) in [
+        (json!({"scope": "org", "id": beta, "data": {}}), 404),
+        (json!({"scope": "system", "data": {}}), 403),
+        (
+            json!({"scope": "org", "id": acme, "data": {}, "target": {"workflow_id": beta_wf}}),
+            404,
+        ),
+        (
+            json!({"scope": "org", "id": acme, "data": {}, "target": {"team_id": "search"}}),
+            404,
+        ),
+        (
+            json!({"scope": "org", "id": acme, "data": {}, "target": {"org_id": beta}}),
+            403,
+        ),
+    ] {
+        let r = post_with(&a, "/api/v1/config/preview", &body, &[]).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(
+            !r.body.to_string().contains("\"lvl\""),
+            "{body} leaked: {}",
+            r.body
+        );
+    }
+    h.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 13. Lists, filters, paging, traces
 // ---------------------------------------------------------------------------------------------
@@ -1672,6 +1924,44 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
 
     let id = h.api.submit(json!({"topic": topic})).await;
     h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    // A job no worker takes stays live.
+    let waiting = h.api.submit(json!({"topic": unique("nobody.")})).await;
+
+    // The status reads the numbers /metrics serves: the job ended, its latency, the live one.
+    let (_, st) = h.api.get("/api/v1/status").await;
+    let jobs = &st["jobs"];
+    assert_eq!(jobs["ended"]["SUCCEEDED"], 1, "{st}");
+    assert_eq!(jobs["ended"]["FAILED"], 0, "{st}");
+    assert_eq!(jobs["latency"]["count"], 1, "{st}");
+    let p50 = jobs["latency"]["p50_ms"].as_f64().expect("a median");
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    let took = coretex::time::parse_rfc3339(job["updated_at"].as_str().unwrap()).unwrap()
+        - coretex::time::parse_rfc3339(job["created_at"].as_str().unwrap()).unwrap();
+    let bucket = coretex::job_metrics::LATENCY_BUCKETS
+        .iter()
+        .map(|le| le * 1000.0)
+        .find(|le| took as f64 <= *le)
+        .unwrap_or(f64::MAX);
+    assert!(
+        p50 <= bucket,
+        "the median {p50} ms lies in the bucket of the job's {took} ms"
+    );
+    assert!(
+        jobs["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0),
+        "a job ended in the last seconds: {st}"
+    );
+    let live = h
+        .api
+        .wait_for("/api/v1/status", "the waiting job is counted", |_, st| {
+            st["jobs"]["live"]["PENDING"].as_u64().unwrap_or(0)
+                + st["jobs"]["live"]["SCHEDULED"].as_u64().unwrap_or(0)
+                == 1
+        })
+        .await;
+    assert_eq!(live["jobs"]["live"]["RUNNING"], 0, "{live}");
+    let (_, w) = h.api.get(&format!("/api/v1/jobs/{waiting}")).await;
+    assert!(["PENDING", "SCHEDULED"].contains(&w["state"].as_str().unwrap_or("")));
+
     let r = h
         .api
         .http
@@ -1688,7 +1978,39 @@ async fn workers_status_health_and_metrics_answer(backend: Backend) {
         .to_string();
     assert!(ctype.starts_with("text/plain"), "{ctype}");
     let text = r.text().await.unwrap();
-    assert!(text.contains("coretex_"), "{text}");
+    // The recorder is the process's, shared by the tests' hosts: at least this host's numbers.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert!(value("coretex_jobs_total{state=\"SUCCEEDED\"}") >= 1.0);
+    assert!(value("coretex_job_latency_seconds_count") >= 1.0);
+    assert!(text.contains("coretex_job_latency_seconds_bucket{le=\"0.005\"}"));
+    value("coretex_jobs{state=\"PENDING\"}");
+
+    // Answers are compressed for a client that asks; the live stream never is (its events
+    // would wait in the compressor).
+    for (path, compressed) in [
+        ("/metrics", true),
+        ("/api/v1/jobs", true),
+        ("/api/v1/stream", false),
+    ] {
+        let r = h
+            .api
+            .http
+            .get(format!("{}{path}", h.api.base))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let encoding = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(encoding.as_deref(), compressed.then_some("gzip"), "{path}");
+    }
 
     // A stopped worker leaves the list once its heartbeats stop (TTL), not before the test ends
     // — so only check the unknown route answers a problem.
@@ -1996,6 +2318,11 @@ async fn tenant_keys_see_and_touch_only_their_tenant(backend: Backend) {
             .0,
         404
     );
+    // The status tells a tenant nothing of all jobs: the metrics carry no tenant.
+    let (_, st) = a.get("/api/v1/status").await;
+    assert!(st.get("jobs").is_none(), "{st}");
+    let (_, st) = root.get("/api/v1/status").await;
+    assert!(st["jobs"]["ended"].is_object(), "{st}");
     let (_, eff) = a.get("/api/v1/config/effective").await;
     assert_eq!(
         eff["x"], 1,

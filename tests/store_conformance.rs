@@ -454,6 +454,7 @@ async fn check_every_legal_transition_applies(store: SharedStore) {
                     from: *from,
                     run_id: None,
                     tenant_id: DEFAULT_TENANT.into(),
+                    created_at: before.spec.created_at,
                 }
             );
 
@@ -581,6 +582,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Dispatched,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     let job = get(&store, &a.id).await;
@@ -648,6 +650,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Running,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: b.created_at,
         }
     );
     let job = get(&store, &b.id).await;
@@ -666,6 +669,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: c.created_at,
         }
     );
     assert_eq!(states(&get(&store, &c.id).await), [Pending, Failed]);
@@ -696,6 +700,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: e.created_at,
         }
     );
     assert_eq!(
@@ -714,6 +719,7 @@ async fn check_via_passes_through_the_intermediate_state(store: SharedStore) {
             from: Scheduled,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: f.created_at,
         }
     );
     let job = get(&store, &f.id).await;
@@ -750,6 +756,7 @@ async fn check_a_walk_through_several_states_starts_after_the_current_one(store:
             from: Pending,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     let job = get(&store, &a.id).await;
@@ -890,6 +897,7 @@ async fn check_dead_letter_is_written_with_the_failure(store: SharedStore) {
             from: Dispatched,
             run_id: None,
             tenant_id: DEFAULT_TENANT.into(),
+            created_at: a.created_at,
         }
     );
     assert_eq!(get(&store, &a.id).await.state, Failed);
@@ -1617,13 +1625,18 @@ async fn check_pages_through_more_ties_than_the_scan_budget(store: SharedStore) 
             store.transition(&spec.id, &tr).await
         }
     });
-    for outcome in futures::future::join_all(calls).await {
+    for (outcome, spec) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(&specs)
+    {
         assert_eq!(
             outcome.unwrap(),
             TransitionOutcome::Applied {
                 from: Pending,
                 run_id: None,
                 tenant_id: "crowd".into(),
+                created_at: spec.created_at,
             }
         );
     }
@@ -1801,6 +1814,81 @@ async fn check_config_documents_follow_if_match(store: SharedStore) {
         .unwrap();
     assert_eq!(doc.revision, 1);
     assert!(store.config_delete("tenant:a", None).await.unwrap());
+}
+
+async fn check_config_keys_list_a_prefix_in_byte_order_after_a_key(store: SharedStore) {
+    let now = now_ms();
+    let keys = [
+        "team:payments",
+        "org:acme",
+        "step:acme~wf~build",
+        "org:beta",
+        "system:default",
+        "workflow:acme~wf",
+        "org:acme2",
+        "workflow:beta~wf",
+    ];
+    for k in keys {
+        store.config_put(k, &json!({}), None, now).await.unwrap();
+    }
+    let mut all: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    all.sort();
+    assert_eq!(store.config_keys("", None, 100).await.unwrap(), all);
+    // Paged by the last key read.
+    let first = store.config_keys("", None, 3).await.unwrap();
+    assert_eq!(first, all[..3]);
+    let rest = store
+        .config_keys("", first.last().map(String::as_str), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest, all[3..]);
+    // A prefix is one range: an org's workflows, not another's whose name starts the same.
+    assert_eq!(
+        store.config_keys("org:acme", None, 100).await.unwrap(),
+        ["org:acme", "org:acme2"]
+    );
+    assert_eq!(
+        store
+            .config_keys("workflow:acme~", None, 100)
+            .await
+            .unwrap(),
+        ["workflow:acme~wf"]
+    );
+    // A position before the prefix starts it; one past it ends it.
+    assert_eq!(
+        store.config_keys("org:", Some("a"), 1).await.unwrap(),
+        ["org:acme"]
+    );
+    assert!(
+        store
+            .config_keys("org:", Some("org:z"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A deleted document leaves the list.
+    assert!(store.config_delete("org:beta", None).await.unwrap());
+    assert_eq!(
+        store.config_keys("org:", None, 100).await.unwrap(),
+        ["org:acme", "org:acme2"]
+    );
+}
+
+async fn check_jobs_are_counted_by_state(store: SharedStore) {
+    let mut clock = now_ms() - 100_000;
+    let live = [Pending, Scheduled, Dispatched, Running];
+    assert_eq!(store.count_jobs(&live).await.unwrap(), [0, 0, 0, 0]);
+    for state in [
+        Pending, Pending, Dispatched, Running, Running, Running, Succeeded,
+    ] {
+        job_in(&store, state, &mut clock).await;
+    }
+    assert_eq!(store.count_jobs(&live).await.unwrap(), [2, 0, 1, 3]);
+    assert_eq!(
+        store.count_jobs(&[Running, Succeeded]).await.unwrap(),
+        [3, 1]
+    );
+    assert!(store.count_jobs(&[]).await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2246,6 +2334,7 @@ async fn check_concurrent_transitions_each_get_their_own_answer(store: SharedSto
                     from: Dispatched,
                     run_id: spec.run_id.clone(),
                     tenant_id: spec.tenant_id.clone(),
+                    created_at: spec.created_at,
                 },
                 "job {i}"
             );
@@ -2429,6 +2518,9 @@ conformance! {
     prune_drops_the_index_entries_of_expired_jobs =>
         check_prune_drops_the_index_entries_of_expired_jobs with SHORT_TTL;
     config_documents_follow_if_match => check_config_documents_follow_if_match;
+    config_keys_list_a_prefix_in_byte_order_after_a_key =>
+        check_config_keys_list_a_prefix_in_byte_order_after_a_key;
+    jobs_are_counted_by_state => check_jobs_are_counted_by_state;
     locks_belong_to_one_owner_until_they_expire =>
         check_locks_belong_to_one_owner_until_they_expire;
     a_claimed_transition_applies_only_for_the_assignment =>

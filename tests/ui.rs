@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -54,7 +55,15 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// The whole process group: chromedriver and the Chromium it started, which a test that
+    /// fails before closing its session would otherwise leave running.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            // SAFETY: a plain syscall on the group this test started (its leader is the driver).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -67,6 +76,8 @@ async fn browser() -> Browser {
         .port();
     let driver = Command::new(std::env::var("CHROMEDRIVER").unwrap_or("chromedriver".into()))
         .arg(format!("--port={port}"))
+        // A group of its own, which Drop ends whole.
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -250,7 +261,19 @@ async fn a_job_submitted_in_the_ui_turns_succeeded_without_a_reload() {
     })
     .await;
     b.shot("jobs").await;
+    // The overview reads the host's metrics: the job ended, its latency is measured.
     b.open(&format!("{ui}/ui")).await;
+    let states = b
+        .wait_text("main", "the overview counts the job", |t| {
+            t.contains("SUCCEEDED 1")
+        })
+        .await;
+    assert!(states.contains("RUNNING 0"), "{states}");
+    let latency = b.text("#tile-latency").await;
+    assert!(
+        latency.ends_with("ms") || latency.ends_with(" s"),
+        "{latency}"
+    );
     b.shot("overview").await;
     b.open(&format!("{ui}/ui/workers")).await;
     b.wait_text("table.list", "the worker is listed", |t| {
@@ -449,6 +472,29 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
     // A deep link before signing in leads to the sign-in page, and on to the page after it.
     b.open(&format!("{ui}/ui/workers")).await;
     assert_eq!(b.h1().await, "Sign in");
+    // The page's assets came compressed: their bytes on the wire, as the browser counts them.
+    let sizes =
+        b.c.execute(
+            "return performance.getEntriesByType('resource')
+               .filter(e => e.name.includes('/ui/assets/'))
+               .map(e => [e.name.split('/').pop(), e.encodedBodySize, e.decodedBodySize]);",
+            vec![],
+        )
+        .await
+        .expect("script runs");
+    let sizes = sizes.as_array().expect("a list").clone();
+    assert_eq!(sizes.len(), coretex::ui::ASSETS.len(), "{sizes:?}");
+    let (mut sent, mut raw) = (0, 0);
+    for entry in &sizes {
+        let (wire, decoded) = (entry[1].as_u64().unwrap(), entry[2].as_u64().unwrap());
+        assert!(wire < decoded, "sent compressed: {entry}");
+        sent += wire;
+        raw += decoded;
+    }
+    let report =
+        format!("the dashboard's assets: {raw} bytes, {sent} bytes on the wire: {sizes:?}\n");
+    std::fs::write(screens_dir().join("asset-weight.txt"), &report).expect("saved");
+    assert!(sent < 300 * 1024, "{report}");
     b.fill("key", ADMIN_KEY).await;
     b.click("form[action='/ui/sign-in'] button").await;
     b.wait_text("h1", "signed in, the deep link opens", |t| t == "Workers")
@@ -519,6 +565,126 @@ async fn every_page_renders_signed_in_and_deep_links_survive_a_reload() {
     b.click("form[action='/ui/sign-out'] button").await;
     b.open(&format!("{ui}/ui/jobs")).await;
     assert_eq!(b.h1().await, "Sign in");
+    b.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+#[allow(clippy::await_holding_lock)]
+async fn config_scopes_show_as_a_tree_and_an_edit_is_previewed_before_it_is_saved() {
+    let _one = lock();
+    let (h, api, ui) = host(false).await;
+    for body in [
+        json!({"scope": "system", "data": {"lvl": "system", "tenancy": {"teams": {"payments": "acme"}}}}),
+        json!({"scope": "org", "id": "acme", "data": {"lvl": "org"}}),
+        json!({"scope": "org", "id": "beta", "data": {"lvl": "beta's"}}),
+        json!({"scope": "team", "id": "payments", "data": {"team": true}}),
+        json!({"scope": "workflow", "id": "acme~wf", "data": {"lvl": "workflow"}}),
+        json!({"scope": "step", "workflow_id": "acme~wf", "step_id": "build", "data": {"x": 1}}),
+    ] {
+        let (status, v) = api.post("/api/v1/config", body).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let b = browser().await;
+    b.sign_in(&ui, ADMIN_KEY).await;
+    b.open(&format!("{ui}/ui/config")).await;
+    let tree = b.text("aside.scopes").await;
+    for name in ["system", "acme", "payments", "acme~wf", "build", "beta"] {
+        assert!(tree.contains(name), "the tree lacks {name}: {tree}");
+    }
+    b.shot("config-tree").await;
+
+    // A scope opens from the tree, with its own chain's effective config.
+    b.click("aside.scopes a[href='/ui/config?scope=org&id=acme']")
+        .await;
+    b.wait_text("#config-revision", "acme's document opens", |t| t == "1")
+        .await;
+    assert!(b.text("#effective").await.contains("\"org\""));
+
+    // An edit is previewed: the merged result and the keys it changes, nothing saved.
+    b.fill("data", r#"{"lvl": "draft", "extra": true}"#).await;
+    b.click("#preview-config").await;
+    let changed = b
+        .wait_text("#preview-changed", "the preview names the changes", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert_eq!(changed, "Changes extra, lvl.");
+    assert!(b.text("#config-preview").await.contains("\"draft\""));
+    assert!(
+        b.text("#effective").await.contains("\"org\""),
+        "the saved config is shown beside it"
+    );
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["revision"], 1, "a preview stores nothing: {stored}");
+    b.shot("config-preview").await;
+
+    // Saved from the preview, against the revision it was made on.
+    b.click("#save-config").await;
+    b.wait_text(".notice", "the edit is saved", |t| {
+        t == "Saved as revision 2"
+    })
+    .await;
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["data"], json!({"lvl": "draft", "extra": true}));
+
+    // Someone else saves meanwhile: this page's edit is refused, and kept in the form.
+    let (status, _) = api
+        .post(
+            "/api/v1/config",
+            json!({"scope": "org", "id": "acme", "data": {"lvl": "theirs"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    b.fill("data", r#"{"lvl": "mine"}"#).await;
+    b.click("#save-config").await;
+    b.wait_text("#config-refused", "the stale save is refused", |t| {
+        !t.is_empty()
+    })
+    .await;
+    let kept =
+        b.c.find(Locator::Id("data"))
+            .await
+            .expect("the form")
+            .prop("value")
+            .await
+            .expect("a value");
+    assert_eq!(kept.as_deref(), Some(r#"{"lvl": "mine"}"#));
+    assert!(
+        b.text("#config-refused").await.contains("theirs"),
+        "the change it would overwrite is shown"
+    );
+    b.shot("config-stale").await;
+    let (_, stored) = api.get("/api/v1/config?scope=org&id=acme").await;
+    assert_eq!(stored["data"]["lvl"], "theirs");
+    // Seen, it may be replaced deliberately.
+    b.click("#save-config").await;
+    b.wait_text(".notice", "the edit replaces it", |t| {
+        t == "Saved as revision 4"
+    })
+    .await;
+
+    // A tenant key's tree holds its own scopes, never another tenant's nor the system's.
+    b.click("form[action='/ui/sign-out'] button").await;
+    b.sign_in(&ui, ACME_KEY).await;
+    b.open(&format!("{ui}/ui/config")).await;
+    let tree = b.text("ul.tree").await;
+    for name in ["acme", "payments", "acme~wf", "build"] {
+        assert!(tree.contains(name), "acme's tree lacks {name}: {tree}");
+    }
+    assert!(!tree.contains("beta") && !tree.contains("system"), "{tree}");
+    // Its workflow's step opens as the effective config it takes part in.
+    b.click("aside.scopes a[href*='for_step=build']").await;
+    let eff = b
+        .wait_text("#effective", "the step's effective config", |t| {
+            t.contains("\"x\"")
+        })
+        .await;
+    assert!(
+        eff.contains("\"workflow\"") && !eff.contains("beta"),
+        "{eff}"
+    );
+    b.shot("config-tenant").await;
     b.close().await;
     h.stop().await;
 }

@@ -67,6 +67,85 @@ impl Scope {
         }
     }
 
+    /// The scope whose document is stored under `key` (see [`Scope::key`]); `None` for a key
+    /// of no scope.
+    pub fn from_key(key: &str) -> Option<Scope> {
+        let (kind, id) = key.split_once(':')?;
+        let id = Some(id).filter(|i| !i.is_empty())?.to_string();
+        match kind {
+            "system" => Some(Scope::System),
+            "org" => Some(Scope::Org(id)),
+            "team" => Some(Scope::Team(id)),
+            "workflow" => Some(Scope::Workflow(id)),
+            // A step id holds no `~`: the last one ends the workflow's id.
+            "step" => {
+                let (workflow, step) = id.rsplit_once(crate::ids::SEP)?;
+                Some(Scope::Step {
+                    workflow: workflow.to_string(),
+                    step: step.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The scope as the API names it: `scope` with `id`, or `workflow_id` and `step_id`.
+    pub fn to_ref(&self) -> ScopeRef {
+        let named = |kind: &str, id: &str| ScopeRef {
+            scope: Some(kind.into()),
+            id: Some(id.into()),
+            ..Default::default()
+        };
+        match self {
+            Scope::System => ScopeRef {
+                scope: Some("system".into()),
+                ..Default::default()
+            },
+            Scope::Org(id) => named("org", id),
+            Scope::Team(id) => named("team", id),
+            Scope::Workflow(id) => named("workflow", id),
+            Scope::Step { workflow, step } => ScopeRef {
+                scope: Some("step".into()),
+                workflow_id: Some(workflow.clone()),
+                step_id: Some(step.clone()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The org whose scope this is: an org's own, a workflow's (and its steps') by the
+    /// workflow's id, a team's by the tenancy policy's binding; none for the system scope and a
+    /// shared team.
+    pub fn org<'a>(&'a self, tenancy: &'a Tenancy) -> Option<&'a str> {
+        match self {
+            Scope::System => None,
+            Scope::Org(o) => Some(o),
+            Scope::Team(t) => tenancy.team_org(t),
+            Scope::Workflow(w) | Scope::Step { workflow: w, .. } => crate::ids::tenant_of(w),
+        }
+    }
+
+    /// The target whose effective config this scope's document takes part in first: its own
+    /// chain (a workflow's or step's with its org).
+    pub fn target(&self) -> ConfigTarget {
+        let mut t = ConfigTarget::default();
+        match self {
+            Scope::System => {}
+            Scope::Org(o) => t.org_id = Some(o.clone()),
+            Scope::Team(team) => t.team_id = Some(team.clone()),
+            Scope::Workflow(w) => {
+                t.org_id = crate::ids::tenant_of(w).map(str::to_string);
+                t.workflow_id = Some(w.clone());
+            }
+            Scope::Step { workflow, step } => {
+                t.org_id = crate::ids::tenant_of(workflow).map(str::to_string);
+                t.workflow_id = Some(workflow.clone());
+                t.step_id = Some(step.clone());
+            }
+        }
+        t
+    }
+
     pub fn parse(r: &ScopeRef) -> Result<Scope, Vec<FieldError>> {
         let mut errors = Vec::new();
         let need = |field: &str, v: &Option<String>, errors: &mut Vec<FieldError>| -> String {
@@ -223,6 +302,52 @@ impl Effective {
     }
 }
 
+/// A stored scope, as [`ConfigService::scopes`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedScope {
+    pub key: String,
+    pub scope: Scope,
+    /// The org it belongs to (see [`Scope::org`]).
+    pub org: Option<String>,
+    pub revision: u64,
+    pub updated_at: crate::time::Millis,
+}
+
+/// The effective config a draft document would make (see [`ConfigService::preview`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub effective: Value,
+    /// The top-level keys whose merged value the draft changes, in order.
+    pub changed: Vec<String>,
+    /// The scope's stored revision the draft was merged in place of (0: none stored).
+    pub revision: u64,
+}
+
+/// One stretch of the scope keys, in key order, that a caller may list (see
+/// [`visible_ranges`]).
+struct KeyRange {
+    prefix: String,
+    /// Only the prefix itself, not the longer keys that start with it.
+    exact: bool,
+}
+
+/// The stretches of scope keys a caller sees, in byte order of their keys: everything for an
+/// admin (`None`); for a tenant key its org's scope, its workflows' steps, the teams (those not
+/// bound to another org are filtered later) and its workflows — what its effective config may
+/// merge, the system scope aside (the host's, not the tenant's to read).
+fn visible_ranges(tenant: Option<&str>) -> Vec<KeyRange> {
+    let range = |prefix: String, exact: bool| KeyRange { prefix, exact };
+    match tenant {
+        None => vec![range(String::new(), false)],
+        Some(t) => vec![
+            range(Scope::Org(t.into()).key(), true),
+            range(format!("step:{}", crate::ids::qualify(t, "")), false),
+            range("team:".into(), false),
+            range(format!("workflow:{}", crate::ids::qualify(t, "")), false),
+        ],
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -232,6 +357,21 @@ pub enum ConfigError {
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Which kind of plugin a name is, if one is loaded (what the schema checks a plugin name by).
+pub type PluginKindOf<'a> = dyn Fn(&str) -> Option<crate::plugins::PluginKind> + Sync + 'a;
+
+/// The top-level keys whose values differ between two merged configs, in order.
+fn changed_keys(before: &Value, after: &Value) -> Vec<String> {
+    let (Value::Object(b), Value::Object(a)) = (before, after) else {
+        return Vec::new();
+    };
+    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    keys.into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .cloned()
+        .collect()
+}
 
 pub struct ConfigService {
     store: SharedStore,
@@ -252,15 +392,14 @@ impl ConfigService {
         Ok(self.store.config_get(&[scope.key()]).await?.pop().flatten())
     }
 
-    /// Stores a scope's document once it passes the schema ([`schema::validate`]);
-    /// `plugin_kind` tells which plugins are loaded.
-    pub async fn set(
+    /// Checks a scope's document against the schema ([`schema::validate`]); `plugin_kind`
+    /// tells which plugins are loaded.
+    async fn check(
         &self,
         scope: &Scope,
         data: &Value,
-        if_match: Option<u64>,
-        plugin_kind: &(dyn Fn(&str) -> Option<crate::plugins::PluginKind> + Sync),
-    ) -> Result<ConfigDoc, ConfigError> {
+        plugin_kind: &PluginKindOf<'_>,
+    ) -> Result<(), ConfigError> {
         let tenancy = self.tenancy().await?;
         let errors = schema::validate(
             scope,
@@ -270,9 +409,22 @@ impl ConfigService {
                 tenancy: &tenancy,
             },
         );
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Stores a scope's document once it passes the schema (see [`ConfigService::check`]).
+    pub async fn set(
+        &self,
+        scope: &Scope,
+        data: &Value,
+        if_match: Option<u64>,
+        plugin_kind: &PluginKindOf<'_>,
+    ) -> Result<ConfigDoc, ConfigError> {
+        self.check(scope, data, plugin_kind).await?;
         let doc = self
             .store
             .config_put(&scope.key(), data, if_match, now_ms())
@@ -285,6 +437,108 @@ impl ConfigService {
         let deleted = self.store.config_delete(&scope.key(), if_match).await?;
         self.changed(scope).await;
         Ok(deleted)
+    }
+
+    /// The effective config of `target` were `scope`'s document `draft` — checked as a write
+    /// is, stored nowhere — and which of its top-level keys that changes. The documents are
+    /// read afresh, not from the cache, so the comparison is with what is stored now. A scope
+    /// outside the target's chain is a 422 naming `target`.
+    pub async fn preview(
+        &self,
+        target: &ConfigTarget,
+        scope: &Scope,
+        draft: &Value,
+        plugin_kind: &PluginKindOf<'_>,
+    ) -> Result<Preview, ConfigError> {
+        self.check(scope, draft, plugin_kind).await?;
+        let scopes = target.scopes();
+        let Some(at) = scopes.iter().position(|s| s == scope) else {
+            return Err(ConfigError::Invalid(vec![FieldError::new(
+                "target",
+                format!("does not merge the scope {}", scope.key()),
+            )]));
+        };
+        let keys: Vec<String> = scopes.iter().map(Scope::key).collect();
+        let stored = self.store.config_get(&keys).await?;
+        let mut drafted = stored.clone();
+        let revision = stored
+            .get(at)
+            .and_then(|d| d.as_ref())
+            .map_or(0, |d| d.revision);
+        if let Some(slot) = drafted.get_mut(at) {
+            *slot = Some(ConfigDoc {
+                data: draft.clone(),
+                revision: revision + 1,
+                updated_at: now_ms(),
+            });
+        }
+        let before = Effective::resolve(target, &scopes, &stored).value;
+        let after = Effective::resolve(target, &scopes, &drafted).value;
+        Ok(Preview {
+            changed: changed_keys(&before, &after),
+            effective: after,
+            revision,
+        })
+    }
+
+    /// The scopes that hold a document and `tenant` (`None`: an admin) may see (see
+    /// [`visible_ranges`]), by key after `after`, at most `limit`; and the key to go on from
+    /// when there may be more.
+    pub async fn scopes(
+        &self,
+        tenant: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ListedScope>, Option<String>), ConfigError> {
+        let tenancy = self.tenancy().await?;
+        let visible = |key: &str| match (tenant, Scope::from_key(key)) {
+            (_, None) => false,
+            (Some(t), Some(Scope::Team(team))) => !tenancy.team_belongs_elsewhere(t, &team),
+            (_, Some(_)) => true,
+        };
+        let mut keys = Vec::new();
+        for range in visible_ranges(tenant) {
+            let mut from = after.map(str::to_string);
+            while keys.len() < limit {
+                let want = if range.exact { 1 } else { limit - keys.len() };
+                let got = self
+                    .store
+                    .config_keys(&range.prefix, from.as_deref(), want)
+                    .await?;
+                let exhausted = got.len() < want || range.exact;
+                from = got.last().cloned().or(from);
+                keys.extend(
+                    got.into_iter()
+                        .filter(|k| !range.exact || *k == range.prefix)
+                        .filter(|k| visible(k)),
+                );
+                if exhausted {
+                    break;
+                }
+            }
+        }
+        keys.truncate(limit);
+        let next = (keys.len() == limit)
+            .then(|| keys.last().cloned())
+            .flatten();
+        let docs = self.store.config_get(&keys).await?;
+        let listed = keys
+            .into_iter()
+            .zip(docs)
+            .filter_map(|(key, doc)| {
+                // Deleted since it was listed: left out.
+                let doc = doc?;
+                let scope = Scope::from_key(&key)?;
+                Some(ListedScope {
+                    org: scope.org(&tenancy).map(str::to_string),
+                    scope,
+                    key,
+                    revision: doc.revision,
+                    updated_at: doc.updated_at,
+                })
+            })
+            .collect();
+        Ok((listed, next))
     }
 
     /// The merged config for a target, from the cache when fresh.
@@ -449,6 +703,96 @@ mod tests {
             Some(json!({"safety": {"denied_topics": ["rm.*"]}}))
         );
         assert_eq!(replaced.value["safety"], json!({"allowed_topics": ["*"]}));
+    }
+
+    #[test]
+    fn a_scope_is_read_back_from_its_key() {
+        let scopes = [
+            Scope::System,
+            Scope::Org("acme".into()),
+            Scope::Team("pay:ments".into()),
+            Scope::Workflow("acme~wf.1".into()),
+            Scope::Step {
+                workflow: "acme~wf.1".into(),
+                step: "build".into(),
+            },
+        ];
+        for scope in scopes {
+            assert_eq!(
+                Scope::from_key(&scope.key()),
+                Some(scope.clone()),
+                "{scope:?}"
+            );
+            assert_eq!(
+                Scope::parse(&scope.to_ref()),
+                Ok(scope.clone()),
+                "{scope:?}"
+            );
+        }
+        for junk in ["", "org", "org:", "galaxy:x", "step:no-workflow"] {
+            assert_eq!(Scope::from_key(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_scope_belongs_to_its_org_and_leads_its_own_chain() {
+        let tenancy = Tenancy::from_system(Some(&json!({"tenancy": {"teams": {"pay": "acme"}}})));
+        let step = Scope::Step {
+            workflow: "acme~wf".into(),
+            step: "s".into(),
+        };
+        assert_eq!(step.org(&tenancy), Some("acme"));
+        assert_eq!(Scope::Team("pay".into()).org(&tenancy), Some("acme"));
+        assert_eq!(Scope::Team("shared".into()).org(&tenancy), None);
+        assert_eq!(Scope::System.org(&tenancy), None);
+        let chain: Vec<String> = step.target().scopes().iter().map(Scope::key).collect();
+        assert_eq!(
+            chain,
+            [
+                "system:default",
+                "org:acme",
+                "workflow:acme~wf",
+                "step:acme~wf~s"
+            ]
+        );
+        for scope in [
+            Scope::System,
+            Scope::Org("o".into()),
+            Scope::Team("t".into()),
+            step,
+        ] {
+            assert_eq!(
+                scope.target().scopes().last(),
+                Some(&scope),
+                "{scope:?} ends its chain"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tenant_sees_the_key_ranges_of_its_org_in_key_order() {
+        let ranges = visible_ranges(Some("acme"));
+        let prefixes: Vec<&str> = ranges.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(
+            prefixes,
+            ["org:acme", "step:acme~", "team:", "workflow:acme~"]
+        );
+        assert!(
+            prefixes.windows(2).all(|w| w[0] < w[1]),
+            "the cursor runs through them in order"
+        );
+        assert!(ranges[0].exact && !ranges[1].exact);
+        let admin = visible_ranges(None);
+        assert_eq!(admin.len(), 1);
+        assert_eq!(admin[0].prefix, "");
+    }
+
+    #[test]
+    fn changed_keys_are_those_whose_merged_value_differs() {
+        let before = json!({"a": 1, "b": {"x": 1}, "gone": true});
+        let after = json!({"a": 1, "b": {"x": 2}, "new": 0});
+        assert_eq!(changed_keys(&before, &after), ["b", "gone", "new"]);
+        assert!(changed_keys(&before, &before).is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod bus;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
+pub mod job_metrics;
 pub mod leader;
 #[cfg(test)]
 mod limits_docs;

@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -126,10 +126,21 @@ pub struct Running {
 }
 
 /// The process-wide Prometheus recorder (one per process, however many hosts a test starts).
+/// The job latency is a histogram with the buckets the status interpolates in (see
+/// [`crate::job_metrics`]); every other distribution stays a summary.
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(crate::job_metrics::JOB_LATENCY.into()),
+                    &crate::job_metrics::LATENCY_BUCKETS,
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
         .clone()
 }
 

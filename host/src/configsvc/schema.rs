@@ -376,6 +376,11 @@ impl Tenancy {
         format!("pool `{pool}` is not granted to org `{org}` (system config `tenancy.pools`)")
     }
 
+    /// The org `team` is bound to; `None` for a shared team.
+    pub fn team_org(&self, team: &str) -> Option<&str> {
+        self.teams.get(team).map(String::as_str)
+    }
+
     /// Whether `team` is bound to an org other than `org` (its config is then not `org`'s to
     /// see or use).
     pub fn team_belongs_elsewhere(&self, org: &str, team: &str) -> bool {

@@ -1,7 +1,9 @@
 //! Config routes: one scope at a time, with `If-Match` revisions (each write checked against
-//! the schema of the keys the host reads), and the effective merge — for a tenant key, only of
-//! what is its org's: the system and org scopes, a team not bound to another org, and its own
-//! workflows and their steps.
+//! the schema of the keys the host reads), the list of the scopes that hold a document, and the
+//! effective merge — of what is stored, or with a draft in place of one scope's document, stored
+//! nowhere. For a tenant key, only of what is its org's: the system and org scopes, a team not
+//! bound to another org, and its own workflows and their steps (the list leaves out the system
+//! scope, which the key cannot read).
 
 use axum::Json;
 use axum::extract::State;
@@ -141,8 +143,20 @@ pub async fn delete(
 pub async fn effective(
     State(s): State<AppState>,
     caller: Caller,
-    Query(mut t): Query<ConfigTarget>,
+    Query(t): Query<ConfigTarget>,
 ) -> Result<Response, ApiError> {
+    let t = target_of(&s, &caller, t).await?;
+    let eff = s.config.effective(&t).await?;
+    Ok(Json(eff.value.clone()).into_response())
+}
+
+/// The target a caller names, checked: a tenant key's org is its own, its workflows are its
+/// org's, and a team bound to another org does not exist for it.
+async fn target_of(
+    s: &AppState,
+    caller: &Caller,
+    mut t: ConfigTarget,
+) -> Result<ConfigTarget, ApiError> {
     t.org_id = caller.narrow("org_id", t.org_id)?;
     t.workflow_id = t
         .workflow_id
@@ -160,10 +174,108 @@ pub async fn effective(
         ));
     }
     if let Some(tenant) = caller.tenant() {
-        team_visible_to_tenant(&s, tenant, &t).await?;
+        team_visible_to_tenant(s, tenant, &t).await?;
     }
-    let eff = s.config.effective(&t).await?;
-    Ok(Json(eff.value.clone()).into_response())
+    Ok(t)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopesQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// The scopes that hold a document, by key, each with its revision: every one for an admin;
+/// for a tenant key its org's scope, its workflows and their steps, and the teams its jobs may
+/// use (bound to its org, or to none).
+pub async fn scopes(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ScopesQuery>,
+) -> Result<Response, ApiError> {
+    let page = super::page_request(q.limit, q.cursor.as_deref())?;
+    let after = page.cursor.map(|c| c.id);
+    let (listed, next) = s
+        .config
+        .scopes(caller.tenant(), after.as_deref(), page.limit)
+        .await?;
+    let items: Vec<Value> = listed
+        .into_iter()
+        .map(|l| {
+            let named = l.scope.to_ref();
+            json!({
+                "scope": named.scope, "id": named.id, "workflow_id": named.workflow_id,
+                "step_id": named.step_id, "org_id": l.org, "revision": l.revision,
+                "updated_at": crate::time::to_rfc3339(l.updated_at),
+            })
+        })
+        .collect();
+    let next_cursor = next.map(|key| crate::store::Cursor { score: 0, id: key }.encode());
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    scope: Option<String>,
+    id: Option<String>,
+    workflow_id: Option<String>,
+    step_id: Option<String>,
+    data: Option<Value>,
+    /// Whose effective config to show; the scope's own chain when absent.
+    target: Option<PreviewTarget>,
+}
+
+/// A [`ConfigTarget`] in a body, where an unknown field is refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewTarget {
+    org_id: Option<String>,
+    team_id: Option<String>,
+    workflow_id: Option<String>,
+    step_id: Option<String>,
+}
+
+/// The effective config were one scope's document `data`: checked as a write is (the same
+/// scope rules and schema), stored nowhere.
+pub async fn preview(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(req): Body<PreviewRequest>,
+) -> Result<Response, ApiError> {
+    let scope = scope_of(
+        &caller,
+        &ScopeRef {
+            scope: req.scope,
+            id: req.id,
+            workflow_id: req.workflow_id,
+            step_id: req.step_id,
+        },
+    )?;
+    let data = req
+        .data
+        .ok_or_else(|| ApiError::field("data", "is required"))?;
+    let target = match req.target {
+        Some(t) => ConfigTarget {
+            org_id: t.org_id,
+            team_id: t.team_id,
+            workflow_id: t.workflow_id,
+            step_id: t.step_id,
+        },
+        None => scope.target(),
+    };
+    let target = target_of(&s, &caller, target).await?;
+    let plugins = &s.scheduler.plugins;
+    let plugin_kind = |name: &str| plugins.get(name).map(|p| p.kind());
+    let p = s
+        .config
+        .preview(&target, &scope, &data, &plugin_kind)
+        .await?;
+    Ok(
+        Json(json!({"effective": p.effective, "changed": p.changed, "revision": p.revision}))
+            .into_response(),
+    )
 }
 
 /// 404 unless the team a tenant key's target names may be its org's: one bound to another org

@@ -74,6 +74,8 @@ pub fn router(state: AppState) -> Router {
             post(config::set).get(config::get).delete(config::delete),
         )
         .route("/config/effective", get(config::effective))
+        .route("/config/scopes", get(config::scopes))
+        .route("/config/preview", post(config::preview))
         .route("/dlq", get(dlq::list))
         .route("/dlq/retry", post(dlq::retry_matching))
         .route("/dlq/{job_id}", get(dlq::get).delete(dlq::delete))
@@ -120,6 +122,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::map_response(error::as_problem))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        // Answers (a page of 500 jobs, /metrics) in gzip or brotli for a client that asks; the
+        // live stream is never compressed (its events would wait in the compressor).
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .gzip(true)
+                .br(true),
+        )
         .with_state(state)
 }
 
@@ -158,11 +167,16 @@ async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
         }
     };
     let store_ok = s.scheduler.store.ping().await.is_ok();
+    // The metrics carry no tenant: what all jobs do is the admin's to see.
+    let jobs = match caller.tenant() {
+        None => Some(jobs_now(&s).await),
+        Some(_) => None,
+    };
     let bus_ok = s.scheduler.bus.is_connected();
     // A loop restarted lately makes the host degraded, but still able to serve (200); a
     // backend it cannot reach makes it unable to (503).
     let healthy = store_ok && bus_ok && !s.loops.degraded();
-    let body = json!({
+    let mut body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "uptime_s": s.started.elapsed().as_secs(),
         "store": {"backend": s.scheduler.store.backend(), "ok": store_ok},
@@ -174,6 +188,9 @@ async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
         "plugins": s.scheduler.plugins.list_for(caller.tenant()),
         "loops": s.loops.status(),
     });
+    if let (Some(jobs), Some(obj)) = (jobs, body.as_object_mut()) {
+        obj.insert("jobs".into(), jobs);
+    }
     let code = if store_ok && bus_ok {
         StatusCode::OK
     } else {
@@ -200,9 +217,33 @@ fn open_own(s: &AppState, tenant: &str) -> Vec<crate::breaker::TenantBreaker> {
         .collect()
 }
 
+/// What the jobs do now, from the numbers `/metrics` serves (see [`crate::job_metrics`]): the
+/// live states counted in the store (`null` when it cannot answer), and this replica's ended
+/// jobs, throughput and latency.
+async fn jobs_now(s: &AppState) -> serde_json::Value {
+    let live = crate::job_metrics::count_live(s.scheduler.store.as_ref())
+        .await
+        .ok();
+    let now = s.scheduler.job_metrics.now();
+    json!({
+        "live": live,
+        "ended": now.ended,
+        "throughput_per_s": now.throughput_per_s,
+        "rate_window_s": crate::job_metrics::RATE_WINDOW_S,
+        "latency": now.latency,
+    })
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     match &s.metrics {
-        Some(h) => h.render().into_response(),
+        Some(h) => {
+            // The live-state gauges are counted when read; without the store they keep their
+            // last values.
+            if let Err(e) = crate::job_metrics::count_live(s.scheduler.store.as_ref()).await {
+                tracing::debug!(error = %e, "cannot count the live jobs for /metrics");
+            }
+            h.render().into_response()
+        }
         None => ApiError::not_found("metrics are not enabled in this process").into_response(),
     }
 }

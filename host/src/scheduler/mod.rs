@@ -212,6 +212,8 @@ pub struct Scheduler {
     pub registry: Arc<Registry>,
     /// Resolves each job's dispatch strategy and retry policy from its effective config.
     pub plugins: Arc<PluginRegistry>,
+    /// The jobs this replica saw end: counters and latency (what `/metrics` serves).
+    pub job_metrics: crate::job_metrics::JobMetrics,
     safety: SafetyGate,
     /// Mints the lease of each dispatch and verifies those workers echo (see
     /// [`crate::bus::auth`]).
@@ -287,6 +289,7 @@ impl Scheduler {
             config,
             registry,
             plugins,
+            job_metrics: crate::job_metrics::JobMetrics::new(),
             safety,
             leases,
             settings,
@@ -1095,9 +1098,13 @@ impl Scheduler {
             Ok(o) => {
                 if t.to.is_terminal()
                     && let TransitionOutcome::Applied {
-                        run_id, tenant_id, ..
+                        run_id,
+                        tenant_id,
+                        created_at,
+                        ..
                     } = &o
                 {
+                    self.job_metrics.ended(t.to, *created_at, t.at);
                     self.publish_event(id, t.to, t.at, run_id.clone(), tenant_id)
                         .await;
                 }

@@ -4,6 +4,7 @@
 //! awaits while holding it, which is what makes every operation atomic, as a Lua script is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -119,7 +120,8 @@ struct Inner {
     /// Each tenant's dead letters, as Redis keeps them (a tenant's cursor never holds
     /// another's id).
     dlq_tenant_index: HashMap<String, ZSet>,
-    config: HashMap<String, ConfigDoc>,
+    /// Ordered, so that keys are listed in byte order as Redis lists them.
+    config: BTreeMap<String, ConfigDoc>,
     locks: HashMap<String, (String, Millis)>,
     plugins: BTreeMap<String, StoredPlugin>,
     /// Workflow id → the latest version ever stored and whether it is live.
@@ -423,6 +425,7 @@ impl Store for MemoryStore {
             from,
             run_id: spec.run_id,
             tenant_id: spec.tenant_id,
+            created_at: spec.created_at,
         })
     }
 
@@ -448,6 +451,19 @@ impl Store for MemoryStore {
             inner.index(IndexName::State(a.expect)).add(id, score);
         }
         Ok(true)
+    }
+
+    async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
+        let inner = self.inner.lock();
+        Ok(states
+            .iter()
+            .map(|s| {
+                inner
+                    .indexes
+                    .get(&index_key(IndexName::State(*s)))
+                    .map_or(0, |z| z.scores.len() as u64)
+            })
+            .collect())
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
@@ -660,6 +676,27 @@ impl Store for MemoryStore {
             .secret
             .get_or_insert_with(|| fresh_secret().to_vec())
             .clone())
+    }
+
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let inner = self.inner.lock();
+        let from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        Ok(inner
+            .config
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {

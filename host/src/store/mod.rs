@@ -183,6 +183,9 @@ pub enum TransitionOutcome {
         run_id: Option<String>,
         /// The job's tenant, so that its event can say whose it is.
         tenant_id: String,
+        /// When the job was submitted, so that its end-to-end latency is measured without
+        /// reading it back (see `job_metrics`).
+        created_at: Millis,
     },
     /// The job was already in the target state: nothing changed.
     Unchanged,
@@ -336,6 +339,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false (and changes nothing) when the job is not in `a.expect`.
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool>;
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>>;
+    /// How many jobs are in each of `states` now, in order (the size of each state's index).
+    async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>>;
     /// Ids in `state` whose index score (time entered, or the last recheck time) is ≤ `before`,
     /// oldest first.
     async fn jobs_due(
@@ -375,6 +380,14 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<ConfigDoc>;
     async fn config_delete(&self, key: &str, if_match: Option<u64>) -> StoreResult<bool>;
+    /// The keys of the stored config documents that start with `prefix`, after `after` (when
+    /// given), in byte order, at most `limit`.
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
 
     /// The secret every host replica shares: the key of the bus leases ([`crate::bus::auth`]).
     /// The first replica to ask makes it (32 random bytes), atomically: every replica of the

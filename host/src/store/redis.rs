@@ -23,6 +23,7 @@
 //! | `P dlq:{id}` | string | a dead letter (JSON) |
 //! | `P idx:dlq`, `P idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
 //! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
+//! | `P configs` | zset | the scopes that hold a document, all scored 0 (listed by key: a scope kind, or an org's workflows and steps, is one lexicographic range; a document written by an older build is listed once it is written again) |
 //! | `P lock:{name}` | string | the owner token, with a TTL |
 //! | `P secret:bus` | string | the replicas' shared secret, the key of the bus leases (base64; written once, `SET NX`) |
 //! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
@@ -164,26 +165,26 @@ return out
 /// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
 /// letter JSON (or ''), dead letter time, the claim's worker and lease (or '' and ''), the
 /// number of via states `v`, then `v` pairs of via state and its event JSON (the walk of
-/// `Transition::via`), the number of field pairs `n`, then `n` field/value pairs. Answers four
+/// `Transition::via`), the number of field pairs `n`, then `n` field/value pairs. Answers five
 /// per transition: `ok` (with the state it left), `same`, `illegal` (with the current state),
-/// `other` (the claim is not the job's assignment) or `missing`; then the job's run id and its
-/// tenant (or '').
+/// `other` (the claim is not the job's assignment) or `missing`; then the job's run id, its
+/// tenant and its `created` time (or '').
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
 local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline',
-    'worker_id', 'lease')
+    'worker_id', 'lease', 'created')
   local cur = h[1]
-  if not cur then return 'missing', '', '', '' end
-  local run, tenant = h[4] or '', h[2] or ''
+  if not cur then return 'missing', '', '', '', '' end
+  local run, tenant, created = h[4] or '', h[2] or '', h[9] or ''
   -- A worker's claim: the recorded lease (and worker) must be its own; with none recorded,
   -- the recorded worker; with neither, the host has verified the lease (Claim::admits).
   if cw ~= '' and ((h[8] and h[8] ~= cl) or (h[7] and h[7] ~= cw)) then
-    return 'other', cur, run, tenant
+    return 'other', cur, run, tenant, created
   end
-  if cur == to then return 'same', cur, run, tenant end
+  if cur == to then return 'same', cur, run, tenant, created end
   local fields = {'state', to, 'updated_at', at, 'reason', ''}
   local n = tonumber(h[5] or '0')
   -- The walk through the via states: after the current one when it is on the path.
@@ -203,7 +204,7 @@ local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, firs
       fields[#fields + 1] = ARGV[a + 1]
     end
   elseif not ALLOWED[cur .. '>' .. to] then
-    return 'illegal', cur, run, tenant
+    return 'illegal', cur, run, tenant, created
   end
   n = n + 1
   fields[#fields + 1] = 'h:' .. n
@@ -227,7 +228,7 @@ local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, firs
     redis.call('ZADD', p .. 'idx:dlq', dlat, id)
     redis.call('ZADD', braced(p, 'idx:dlq', tenant), dlat, id)
   end
-  return 'ok', cur, run, tenant
+  return 'ok', cur, run, tenant, created
 end
 local i = 3
 while i <= #ARGV do
@@ -236,12 +237,13 @@ while i <= #ARGV do
   local n = tonumber(ARGV[vlast + 2])
   local first = vlast + 3
   local last = first + 2 * n - 1
-  local status, cur, run, tenant = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], vfirst, vlast, first, last)
+  local status, cur, run, tenant, created = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2],
+    ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], vfirst, vlast, first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
   out[#out + 1] = tenant
+  out[#out + 1] = created
   i = last + 1
 end
 write_indexes()
@@ -420,16 +422,21 @@ return {removed, redis.call('ZCARD', KEYS[1]), offset}
 /// Entries one prune call looks at (a few milliseconds of Redis time).
 const PRUNE_BUDGET: usize = 2048;
 
+/// KEYS: the scope's hash, the `configs` index. ARGV: if-match (or ''), data, time, the
+/// scope's key.
 const LUA_CONFIG_PUT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'revision', cur + 1, 'updated_at', ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
 return {'ok', cur + 1}
 "#;
 
+/// KEYS: the scope's hash, the `configs` index. ARGV: if-match (or ''), the scope's key.
 const LUA_CONFIG_DELETE: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {'conflict', cur} end
+redis.call('ZREM', KEYS[2], ARGV[2])
 return {'ok', redis.call('DEL', KEYS[1])}
 "#;
 
@@ -680,7 +687,7 @@ impl RedisStore {
             conn.clone(),
             Script::new(&format!("{tables}{LUA_INDEX_WRITES}{LUA_TRANSITION}")),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
-            4,
+            5,
         );
         let scripts = Scripts {
             annotate: Script::new(LUA_ANNOTATE),
@@ -1025,7 +1032,7 @@ impl Store for RedisStore {
             args.push(k).push(v);
         }
         let reply = self.transitions.call(args).await?;
-        let [verdict, state, run_id, tenant_id] = reply.as_slice() else {
+        let [verdict, state, run_id, tenant_id, created_at] = reply.as_slice() else {
             return Err(StoreError::Corrupt(format!(
                 "transition script answered {reply:?}"
             )));
@@ -1037,6 +1044,9 @@ impl Store for RedisStore {
                 from: from()?,
                 run_id: run_id(),
                 tenant_id: tenant_id.clone(),
+                created_at: created_at.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("job {id} has no creation time: {created_at:?}"))
+                })?,
             }),
             "same" => Ok(TransitionOutcome::Unchanged),
             "other" => Ok(TransitionOutcome::OtherWorker),
@@ -1069,6 +1079,18 @@ impl Store for RedisStore {
             "skip" => Ok(false),
             _ => Err(StoreError::NotFound(id.to_string())),
         }
+    }
+
+    async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for s in states {
+            pipe.zcard(self.index_key(IndexName::State(*s)));
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(unavailable)
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
@@ -1342,9 +1364,11 @@ impl Store for RedisStore {
             .scripts
             .config_put
             .key(self.named("config", key))
+            .key(self.key("configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .arg(data.to_string())
             .arg(now)
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1364,7 +1388,9 @@ impl Store for RedisStore {
             .scripts
             .config_delete
             .key(self.named("config", key))
+            .key(self.key("configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1372,6 +1398,29 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: n });
         }
         Ok(n == 1)
+    }
+
+    async fn config_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // Scope keys are printable ASCII (identifiers, `:` and `~`), all below 0x7f: every key
+        // that starts with `prefix` sorts before `prefix` + 0x7f.
+        let (from, to) = if prefix.is_empty() {
+            ("-".to_string(), "+".to_string())
+        } else {
+            (format!("[{prefix}"), format!("({prefix}\x7f"))
+        };
+        let min = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ => from,
+        };
+        let mut conn = self.conn.clone();
+        conn.zrangebylex_limit(self.key("configs"), min, to, 0, limit as isize)
+            .await
+            .map_err(unavailable)
     }
 
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {

@@ -14,6 +14,7 @@
 //! token (see [`session`]).
 
 mod api;
+mod config;
 pub mod dag;
 mod jobs;
 mod session;
@@ -29,6 +30,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use tower_http::compression::CompressionLayer;
 
 use crate::gateway::auth::Keys;
 pub use api::UiError;
@@ -99,7 +101,8 @@ pub fn router(api: Router, keys: Arc<Keys>, settings: UiSettings) -> Router {
             )),
         )
         .route("/plugins/strategy", post(system::choose_strategy))
-        .route("/config", get(system::config).post(system::config_save))
+        .route("/config", get(config::config).post(config::save))
+        .route("/config/preview", post(config::preview))
         .fallback(|| async { UiError::not_found("no such page") });
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui") }))
@@ -107,6 +110,10 @@ pub fn router(api: Router, keys: Arc<Keys>, settings: UiSettings) -> Router {
         .nest("/ui", ui)
         .fallback(|| async { UiError::not_found("no such page") })
         .layer(middleware::map_response(security_headers))
+        // gzip or brotli, as the browser asks: the assets and the pages (the live parts are
+        // fetched again every few seconds). Not the event stream: a compressor would hold its
+        // events back. A page's CSRF token is masked afresh each time (see `session`).
+        .layer(CompressionLayer::new().gzip(true).br(true))
         .with_state(state)
 }
 
@@ -174,4 +181,59 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
 /// listens to (an `EventSource` cannot send a header, and the API is on another port).
 async fn stream(State(s): State<UiState>, session: Session) -> Response {
     s.api.stream(&session).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// The budget of the whole dashboard's assets, compressed.
+    const BUDGET_BYTES: usize = 300 * 1024;
+
+    async fn get(app: &Router, path: &str, encoding: Option<&str>) -> Response {
+        let mut req = Request::get(path);
+        if let Some(e) = encoding {
+            req = req.header(header::ACCEPT_ENCODING, e);
+        }
+        match app.clone().oneshot(req.body(Body::empty()).unwrap()).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn the_assets_are_sent_compressed_within_the_budget() {
+        let keys = Arc::new(Keys::new(None, &[], None).unwrap());
+        let app = router(Router::new(), keys, UiSettings::default());
+        let raw: usize = ASSETS.iter().map(|(_, _, body)| body.len()).sum();
+        for encoding in ["gzip", "br"] {
+            let mut sent = 0;
+            for (name, _, body) in ASSETS {
+                let resp = get(&app, &format!("/ui/assets/{name}"), Some(encoding)).await;
+                assert_eq!(resp.status(), 200, "{name}");
+                assert_eq!(resp.headers()[header::CONTENT_ENCODING], encoding, "{name}");
+                assert_eq!(resp.headers()[header::VARY], "accept-encoding");
+                assert_eq!(
+                    resp.headers()[header::CACHE_CONTROL],
+                    "public, max-age=3600"
+                );
+                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                assert!(bytes.len() < body.len(), "{name} shrinks with {encoding}");
+                sent += bytes.len();
+            }
+            println!("assets: {raw} bytes, {sent} bytes with {encoding}");
+            assert!(sent < BUDGET_BYTES, "{sent} bytes with {encoding}");
+        }
+        // A client that asks for nothing gets the bytes as they are.
+        let plain = get(&app, "/ui/assets/ui.css", None).await;
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        // Pages are compressed too; the event stream is not (see `gateway::stream`).
+        let page = get(&app, "/ui/sign-in", Some("gzip")).await;
+        assert_eq!(page.headers()[header::CONTENT_ENCODING], "gzip");
+    }
 }

@@ -12,6 +12,12 @@
 //! signs with a secret of its own process. The sign-in form itself is guarded by a
 //! double-submit cookie (a random value in a cookie and in the form), so another site cannot
 //! sign a browser in with the attacker's key.
+//!
+//! Pages are sent compressed. A compressed page that holds a secret next to text a request
+//! chose leaks the secret through its size, one guessed byte at a time (BREACH): so the token is
+//! written masked — a fresh random pad and the token XORed with it, [`mask`] — and no two pages
+//! carry the same bytes for it. (SameSite=Strict already keeps another site's requests from
+//! carrying the session at all; the mask does not rest on that.)
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -45,9 +51,10 @@ impl Session {
         self.caller.tenant().is_none()
     }
 
-    /// 403 unless `given` is this session's CSRF token.
+    /// 403 unless `given` is this session's CSRF token, as [`csrf_input`] masked it.
     pub fn check_csrf(&self, given: Option<&str>) -> Result<(), UiError> {
-        if same(given.unwrap_or_default(), &self.csrf) {
+        let unmasked = given.and_then(unmask).unwrap_or_default();
+        if !self.csrf.is_empty() && same(&unmasked, self.csrf.as_bytes()) {
             Ok(())
         } else {
             Err(UiError::new(
@@ -96,6 +103,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
+/// `token` as a form carries it: a fresh random pad, then the token XORed with the pad, both in
+/// hex — the same token, never the same bytes twice.
+pub fn mask(token: &str) -> String {
+    let mut pad = vec![0u8; token.len()];
+    rand::fill(pad.as_mut_slice());
+    let masked: Vec<u8> = token.bytes().zip(&pad).map(|(t, p)| t ^ p).collect();
+    format!("{}{}", hex(&pad), hex(&masked))
+}
+
+/// The token a masked value carries; `None` for anything [`mask`] did not make.
+fn unmask(given: &str) -> Option<Vec<u8>> {
+    let bytes = unhex(given)?;
+    let (pad, masked) = bytes.split_at(bytes.len() / 2);
+    (pad.len() == masked.len()).then(|| pad.iter().zip(masked).map(|(p, m)| p ^ m).collect())
+}
+
 /// The CSRF token of a session with `key` (or, without one, of this process).
 fn csrf_token(s: &UiState, key: Option<&str>) -> String {
     let secret = key.map_or(&s.secret[..], str::as_bytes);
@@ -110,12 +144,8 @@ fn csrf_token(s: &UiState, key: Option<&str>) -> String {
 }
 
 /// Compares in time independent of where the two differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl FromRequestParts<UiState> for Session {
@@ -245,7 +275,11 @@ pub async fn sign_in(State(s): State<UiState>, req: Request) -> Response {
             .map(|(_, v)| v.as_str())
     };
     let nonce = field(CSRF_FIELD).unwrap_or_default();
-    if expected.as_deref().is_none_or(|e| !same(e, nonce)) || nonce.is_empty() {
+    if expected
+        .as_deref()
+        .is_none_or(|e| !same(e.as_bytes(), nonce.as_bytes()))
+        || nonce.is_empty()
+    {
         return UiError::new(
             StatusCode::FORBIDDEN,
             "the sign-in form's token is missing or wrong: reload the sign-in page",
@@ -287,7 +321,7 @@ pub async fn sign_out(State(s): State<UiState>, _form: Posted) -> Response {
 
 /// The hidden CSRF field of a session's forms.
 pub fn csrf_input(session: &Session) -> maud::Markup {
-    html! { input type="hidden" name=(CSRF_FIELD) value=(session.csrf); }
+    html! { input type="hidden" name=(CSRF_FIELD) value=(mask(&session.csrf)); }
 }
 
 #[cfg(test)]
@@ -323,9 +357,41 @@ mod tests {
 
     #[test]
     fn comparison_needs_equal_strings() {
-        assert!(same("abc", "abc"));
-        assert!(!same("abc", "abd"));
-        assert!(!same("abc", "ab"));
-        assert!(!same("", "a"));
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+        assert!(!same(b"", b"a"));
+    }
+
+    #[test]
+    fn the_token_is_masked_afresh_each_time_and_unmasks_to_itself() {
+        let token = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let (a, b) = (mask(token), mask(token));
+        assert_ne!(a, b, "never the same bytes twice");
+        assert!(!a.contains(token));
+        assert_eq!(unmask(&a).as_deref(), Some(token.as_bytes()));
+        assert_eq!(unmask(&b).as_deref(), Some(token.as_bytes()));
+        let session = Session {
+            key: None,
+            caller: Caller::Admin,
+            csrf: token.into(),
+        };
+        assert!(session.check_csrf(Some(&a)).is_ok());
+        for wrong in [
+            None,
+            Some(""),
+            Some(token),
+            Some("zz"),
+            Some("0000"),
+            Some(&a[1..]),
+        ] {
+            assert!(session.check_csrf(wrong).is_err(), "{wrong:?}");
+        }
+        // Another session's token does not pass.
+        assert!(
+            session
+                .check_csrf(Some(&mask(&token.replace('9', "8"))))
+                .is_err()
+        );
     }
 }

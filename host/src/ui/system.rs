@@ -1,4 +1,4 @@
-//! The host as a whole: the overview, workers, plugins and config.
+//! The host as a whole: the overview, workers and plugins.
 
 use std::collections::BTreeMap;
 
@@ -12,15 +12,16 @@ use serde_json::{Value, json};
 use super::UiState;
 use super::api::{UiError, query};
 use super::session::{Posted, Session, csrf_input};
-use super::views::{self, badge, empty, items, job_link, json_block, live, s};
+use super::views::{self, badge, empty, items, job_link, live, s};
 use crate::job::JobState;
 
-/// How many of the latest jobs the overview counts by state.
+/// How many of a tenant's latest jobs its overview counts by state.
 const OVERVIEW_SAMPLE: usize = 500;
-/// The window of "now" for throughput.
+/// The window of "now" for a tenant's throughput.
 const THROUGHPUT_WINDOW_MS: i64 = 60_000;
 
-/// What the overview derives from the latest jobs.
+/// What a tenant's overview derives from its latest jobs (the host's metrics carry no tenant,
+/// so the status gives them to an admin only).
 #[derive(Debug, Default, PartialEq)]
 struct Recent {
     by_state: BTreeMap<&'static str, usize>,
@@ -55,18 +56,96 @@ fn recent(jobs: &[Value], now: i64) -> Recent {
     r
 }
 
+/// A duration in milliseconds as people read it: "—" for none, "12 ms", "3.4 s", "5 min".
+fn duration(ms: Option<f64>) -> String {
+    match ms {
+        None => "—".into(),
+        Some(ms) if ms < 10.0 => format!("{ms:.1} ms"),
+        Some(ms) if ms < 1_000.0 => format!("{ms:.0} ms"),
+        Some(ms) if ms < 60_000.0 => format!("{:.1} s", ms / 1_000.0),
+        Some(ms) => format!("{:.0} min", ms / 60_000.0),
+    }
+}
+
+/// A count of jobs per state as links to the jobs in that state.
+fn state_counts<'a>(counts: impl IntoIterator<Item = (&'a str, Option<u64>)>) -> Markup {
+    html! {
+        ul class="states" {
+            @for (state, n) in counts {
+                li { a href=(format!("/ui/jobs?{}", query(&[("state", Some(state))]))) { (badge(state)) " " strong { @match n { Some(n) => (n), None => "—" } } } }
+            }
+        }
+    }
+}
+
+/// The host's job metrics (an admin's overview): the status' `jobs`, the numbers `/metrics`
+/// serves.
+fn host_jobs(jobs: &Value) -> (Markup, Markup) {
+    let latency = jobs.get("latency").unwrap_or(&Value::Null);
+    let ms = |k: &str| latency.get(k).and_then(Value::as_f64);
+    let number = |v: &Value, k: &str| v.get(k).map(Value::to_string).unwrap_or_default();
+    // In the order a job moves through them.
+    let counts = |k: &str| -> Vec<(&str, Option<u64>)> {
+        let Some(m) = jobs.get(k).and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        JobState::ALL
+            .iter()
+            .filter_map(|s| Some((s.as_str(), m.get(s.as_str())?.as_u64())))
+            .collect()
+    };
+    let live = counts("live");
+    let tiles = html! {
+        div class="tile" { span class="n" id="tile-throughput" { (jobs.get("throughput_per_s").and_then(Value::as_f64).map(|t| format!("{t}")).unwrap_or_default()) " /s" } span { "jobs ended, last " (number(jobs, "rate_window_s")) " s" } }
+        div class="tile" { span class="n" id="tile-latency" { (duration(ms("p50_ms"))) } span { "median submit → succeeded, last " (number(latency, "window_s")) " s (p95 " (duration(ms("p95_ms"))) ")" } }
+    };
+    let states = html! {
+        h2 { "Jobs by state" }
+        p class="hint" { "Live jobs as the store counts them now; ended ones since this host started. The numbers " code { "/metrics" } " serves (" code { "coretex_jobs" } ", " code { "coretex_jobs_total" } ")." }
+        @if live.is_empty() {
+            div class="error" role="alert" { p { "The store did not answer: the live jobs cannot be counted." } }
+        } @else {
+            (state_counts(live))
+        }
+        (state_counts(counts("ended")))
+    };
+    (tiles, states)
+}
+
+/// A tenant's jobs by state, over its latest jobs.
+fn tenant_jobs(latest: &Value) -> (Markup, Markup) {
+    let r = recent(items(latest), crate::time::now_ms());
+    let sampled = items(latest).len();
+    let tiles = html! {
+        div class="tile" { span class="n" { (r.finished_last_minute) } span { "of your jobs finished in the last minute" } }
+        div class="tile" { span class="n" { (duration(r.median_execution_ms.map(|ms| ms as f64))) } span { "median execution (recent)" } }
+    };
+    let states = html! {
+        h2 { "Jobs by state" }
+        p class="hint" { "Of your latest " (sampled) " jobs" @if sampled == OVERVIEW_SAMPLE { " (the list holds more)" } "." }
+        @if sampled == 0 {
+            (empty("No jobs yet."))
+        } @else {
+            (state_counts(r.by_state.iter().map(|(s, n)| (*s, Some(*n as u64)))))
+        }
+    };
+    (tiles, states)
+}
+
 /// `/ui`: jobs per state, throughput and latency now, live workers, open breakers and the
 /// latest failures.
 pub async fn overview(State(st): State<UiState>, session: Session) -> Result<Response, UiError> {
     let status = st.api.get(&session, "/status").await?;
-    let latest = st
-        .api
-        .get(&session, &format!("/jobs?limit={OVERVIEW_SAMPLE}"))
-        .await?;
     let failures = st.api.get(&session, "/jobs?state=FAILED&limit=10").await?;
     let workers = st.api.get(&session, "/workers").await?;
-    let r = recent(items(&latest), crate::time::now_ms());
-    let sampled = items(&latest).len();
+    let (job_tiles, job_states) = match status.get("jobs").filter(|j| j.is_object()) {
+        Some(jobs) => host_jobs(jobs),
+        None => tenant_jobs(
+            &st.api
+                .get(&session, &format!("/jobs?limit={OVERVIEW_SAMPLE}"))
+                .await?,
+        ),
+    };
     let open = status
         .get("breakers")
         .and_then(|b| b.get("tenants"))
@@ -76,22 +155,11 @@ pub async fn overview(State(st): State<UiState>, session: Session) -> Result<Res
         div class="tiles" {
             div class="tile" { span class="n" id="tile-status" { (s(&status, "status")) } span { "host" } }
             div class="tile" { span class="n" { (items(&workers).len()) } span { "live workers" } }
+            (job_tiles)
             div class="tile" { span class="n" { (status.get("waiting_jobs").map(Value::to_string).unwrap_or_default()) } span { "jobs waiting for capacity" } }
-            div class="tile" { span class="n" { (r.finished_last_minute) } span { "jobs finished in the last minute" } }
-            div class="tile" { span class="n" { @match r.median_execution_ms { Some(ms) => { (ms) " ms" }, None => { "—" } } } span { "median execution (recent)" } }
             div class="tile" { span class="n" { (status.get("breakers").and_then(|b| b.get("open")).map(Value::to_string).unwrap_or_default()) } span { "open breakers" } }
         }
-        h2 { "Jobs by state" }
-        p class="hint" { "Of the latest " (sampled) " jobs" @if sampled == OVERVIEW_SAMPLE { " (the list holds more)" } "." }
-        @if sampled == 0 {
-            (empty("No jobs yet."))
-        } @else {
-            ul class="states" {
-                @for (state, n) in &r.by_state {
-                    li { a href=(format!("/ui/jobs?{}", query(&[("state", Some(state))]))) { (badge(state)) " " strong { (n) } } }
-                }
-            }
-        }
+        (job_states)
         h2 { "Open breakers" }
         @if open.is_empty() {
             (empty("All breakers are closed."))
@@ -345,151 +413,6 @@ pub async fn choose_strategy(State(st): State<UiState>, form: Posted) -> Result<
     Ok(Redirect::to(&format!("/ui/plugins?{}", query(&[("done", Some(&done))]))).into_response())
 }
 
-#[derive(Deserialize, Default)]
-pub struct ConfigQuery {
-    scope: Option<String>,
-    id: Option<String>,
-    workflow_id: Option<String>,
-    step_id: Option<String>,
-    org_id: Option<String>,
-    team_id: Option<String>,
-    saved: Option<String>,
-}
-
-const SCOPES: [&str; 5] = ["system", "org", "team", "workflow", "step"];
-
-/// `/ui/config`: one scope's document, edited with its revision, and the effective config of
-/// an org/team/workflow/step target.
-pub async fn config(
-    State(st): State<UiState>,
-    session: Session,
-    Query(q): Query<ConfigQuery>,
-) -> Result<Response, UiError> {
-    let scope = q
-        .scope
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(if session.is_admin() { "system" } else { "org" });
-    let id =
-        q.id.clone()
-            .or_else(|| session.caller.tenant().map(str::to_string));
-    let scope_query = query(&[
-        ("scope", Some(scope)),
-        ("id", id.as_deref()),
-        ("workflow_id", q.workflow_id.as_deref()),
-        ("step_id", q.step_id.as_deref()),
-    ]);
-    let doc = match st
-        .api
-        .get(&session, &format!("/config?{scope_query}"))
-        .await
-    {
-        Ok(d) => Some(Ok(d)),
-        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
-        Err(e) => Some(Err(e)),
-    };
-    let target = query(&[
-        ("org_id", q.org_id.as_deref()),
-        ("team_id", q.team_id.as_deref()),
-        ("workflow_id", q.workflow_id.as_deref()),
-        ("step_id", q.step_id.as_deref()),
-    ]);
-    let effective = st
-        .api
-        .get(&session, &format!("/config/effective?{target}"))
-        .await;
-    let data = match &doc {
-        Some(Ok(d)) => {
-            serde_json::to_string_pretty(d.get("data").unwrap_or(&Value::Null)).unwrap_or_default()
-        }
-        _ => "{}".to_string(),
-    };
-    let revision = match &doc {
-        Some(Ok(d)) => d.get("revision").and_then(Value::as_u64),
-        _ => None,
-    };
-    let body = html! {
-        @if let Some(saved) = &q.saved { p class="notice" role="status" { (saved) } }
-        h2 { "Scope" }
-        p class="hint" { "Scopes merge in order: system → org → team → workflow → step." }
-        form method="get" action="/ui/config" class="filters" {
-            label { "Scope "
-                select name="scope" {
-                    @for sc in SCOPES { option value=(sc) selected[sc == scope] { (sc) } }
-                }
-            }
-            label { "Id (org, team or workflow) " input name="id" value=(id.as_deref().unwrap_or("")); }
-            label { "Workflow (step scope) " input name="workflow_id" value=(q.workflow_id.as_deref().unwrap_or("")); }
-            label { "Step " input name="step_id" value=(q.step_id.as_deref().unwrap_or("")); }
-            button type="submit" { "Open" }
-        }
-        @match &doc {
-            Some(Err(e)) => { div class="error" role="alert" { p { (e.detail) } } },
-            None => { (empty("Nothing is set at this scope yet; saving creates it.")) },
-            Some(Ok(d)) => { p { "Revision " strong id="config-revision" { (revision.unwrap_or(0)) } ", updated " time { (s(d, "updated_at")) } } },
-        }
-        form method="post" action="/ui/config" class="stack card" {
-            (csrf_input(&session))
-            input type="hidden" name="scope" value=(scope);
-            @if let Some(id) = &id { input type="hidden" name="id" value=(id); }
-            @if let Some(w) = &q.workflow_id { input type="hidden" name="workflow_id" value=(w); }
-            @if let Some(s) = &q.step_id { input type="hidden" name="step_id" value=(s); }
-            input type="hidden" name="revision" value=(revision.map(|r| r.to_string()).unwrap_or_default());
-            label for="data" { "Document (JSON); saved only if nobody changed it since revision " (revision.unwrap_or(0)) }
-            textarea id="data" name="data" rows="10" { (data) }
-            button type="submit" { "Save" }
-        }
-        h2 { "Effective config" }
-        form method="get" action="/ui/config" class="filters" {
-            input type="hidden" name="scope" value=(scope);
-            @if session.is_admin() { label { "Org " input name="org_id" value=(q.org_id.as_deref().unwrap_or("")); } }
-            label { "Team " input name="team_id" value=(q.team_id.as_deref().unwrap_or("")); }
-            label { "Workflow " input name="workflow_id" value=(q.workflow_id.as_deref().unwrap_or("")); }
-            label { "Step " input name="step_id" value=(q.step_id.as_deref().unwrap_or("")); }
-            button type="submit" { "Preview" }
-        }
-        @match &effective {
-            Ok(v) => (json_block(v)),
-            Err(e) => div class="error" role="alert" { p { (e.detail) } },
-        }
-    };
-    Ok(views::page("Config", "/ui/config", Some(&session), body).into_response())
-}
-
-pub async fn config_save(State(st): State<UiState>, form: Posted) -> Result<Response, UiError> {
-    let data: Value = serde_json::from_str(form.get("data").unwrap_or("{}"))
-        .map_err(|e| UiError::field("data", format!("is not JSON: {e}")))?;
-    let mut req = json!({"data": data});
-    for f in ["scope", "id", "workflow_id", "step_id"] {
-        if let (Some(v), Some(obj)) = (form.get(f), req.as_object_mut()) {
-            obj.insert(f.into(), json!(v));
-        }
-    }
-    let if_match = form.get("revision").map(|r| format!("\"{r}\""));
-    let headers: Vec<(&str, &str)> = if_match.iter().map(|r| ("if-match", r.as_str())).collect();
-    let saved = st
-        .api
-        .call_with(&form.session, Method::POST, "/config", Some(&req), &headers)
-        .await?;
-    let back = query(&[
-        ("scope", form.get("scope")),
-        ("id", form.get("id")),
-        ("workflow_id", form.get("workflow_id")),
-        ("step_id", form.get("step_id")),
-        (
-            "saved",
-            Some(&format!(
-                "Saved as revision {}",
-                saved
-                    .get("revision")
-                    .map(Value::to_string)
-                    .unwrap_or_default()
-            )),
-        ),
-    ]);
-    Ok(Redirect::to(&format!("/ui/config?{back}")).into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,5 +437,41 @@ mod tests {
         );
         assert_eq!(r.median_execution_ms, Some(20));
         assert_eq!(recent(&[], now), Recent::default());
+    }
+
+    #[test]
+    fn durations_read_in_the_unit_that_fits() {
+        assert_eq!(duration(None), "—");
+        assert_eq!(duration(Some(2.5)), "2.5 ms");
+        assert_eq!(duration(Some(235.0)), "235 ms");
+        assert_eq!(duration(Some(1_500.0)), "1.5 s");
+        assert_eq!(duration(Some(300_000.0)), "5 min");
+    }
+
+    #[test]
+    fn the_host_metrics_show_live_and_ended_jobs_and_say_when_the_store_is_down() {
+        let jobs = json!({
+            "live": {"PENDING": 2, "RUNNING": 1},
+            "ended": {"SUCCEEDED": 7},
+            "throughput_per_s": 1.5,
+            "rate_window_s": 10,
+            "latency": {"window_s": 60, "count": 7, "p50_ms": 12.0, "p95_ms": 480.0},
+        });
+        let (tiles, states) = host_jobs(&jobs);
+        let (tiles, states) = (tiles.into_string(), states.into_string());
+        assert!(
+            tiles.contains("1.5 /s") && tiles.contains("last 10 s"),
+            "{tiles}"
+        );
+        assert!(
+            tiles.contains("12 ms") && tiles.contains("p95 480 ms"),
+            "{tiles}"
+        );
+        assert!(states.contains("state=PENDING") && states.contains("<strong>2</strong>"));
+        assert!(states.contains("state=SUCCEEDED") && states.contains("<strong>7</strong>"));
+        let at = |state: &str| states.find(&format!("state={state}")).unwrap_or(usize::MAX);
+        assert!(at("PENDING") < at("RUNNING"), "in the order a job moves");
+        let (_, down) = host_jobs(&json!({"live": null, "ended": {}}));
+        assert!(down.into_string().contains("did not answer"));
     }
 }
