@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Api, Backend, Host, fast_reconciler, options, unique};
-use coretex::bus::publish_json;
 use coretex::protocol::{CancelMsg, HeartbeatMsg, VERSION};
 use coretex::worker::Mode;
 use futures::StreamExt;
@@ -1131,6 +1130,20 @@ async fn a_job_waiting_its_turn_gets_its_reason_only_after_a_while(backend: Back
             })
             .await;
     }
+    // Until the worker itself reports the eight, the host's count is an estimate that a
+    // heartbeat sent before the last jobs arrived can lower (`scheduler::registry`).
+    h.api
+        .wait_for(
+            "/api/v1/workers",
+            "the worker reports its eight jobs",
+            |_, v| {
+                v["items"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|w| w["worker_id"] == worker.as_str() && w["active_jobs"] == 8)
+                })
+            },
+        )
+        .await;
     let queued = h
         .api
         .submit(json!({"topic": topic, "payload": "last"}))
@@ -1216,30 +1229,21 @@ async fn reconciler_times_out_a_job_its_worker_never_started(backend: Backend) {
 
     // A worker that heartbeats but never takes a job.
     let beats = h.workers.child_token();
-    {
-        let bus = bus.clone();
-        let beats = beats.clone();
-        let hb = HeartbeatMsg {
-            v: VERSION,
-            worker_id: ghost.clone(),
-            pool: "ghosts".into(),
-            topics: vec![topic.clone()],
-            active_jobs: 0,
-            max_parallel: 4,
-            cpu_load: 0.0,
-            labels: BTreeMap::new(),
-            capabilities: vec![],
-            instance: None,
-            draining: false,
-        };
-        tokio::spawn(async move {
-            let subject = bus.subjects().heartbeat();
-            while !beats.is_cancelled() {
-                let _ = publish_json(bus.as_ref(), &subject, &hb).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
+    let hb = HeartbeatMsg {
+        v: VERSION,
+        worker_id: ghost.clone(),
+        pool: "ghosts".into(),
+        topics: vec![topic.clone()],
+        active_jobs: 0,
+        max_parallel: 4,
+        cpu_load: 0.0,
+        labels: BTreeMap::new(),
+        capabilities: vec![],
+        instance: None,
+        draining: false,
+        pass: None,
+    };
+    common::keep_beating(bus.clone(), hb, beats.clone()).await;
     h.wait_worker(&ghost).await;
 
     let id = h

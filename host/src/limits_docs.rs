@@ -35,7 +35,7 @@ fn the_readme_table_states_these_limits() {
         ("Env value", &[MAX_ENV_VALUE_BYTES as u64]),
         ("Env, names and values together", &[MAX_ENV_BYTES as u64]),
         ("`deadline_ms`", &[MAX_DEADLINE_MS]),
-        ("`heartbeat_timeout_sec`", &[MAX_TIMEOUT_SEC]),
+        ("`heartbeat_timeout_sec` (job, step)", &[MAX_TIMEOUT_SEC]),
         ("Jobs per batch", &[MAX_BATCH_JOBS as u64]),
         ("Page size (`limit`)", &[MAX_PAGE_ITEMS as u64]),
         (
@@ -90,7 +90,7 @@ fn the_openapi_document_states_these_limits() {
     let batch = "/paths/~1api~1v1~1jobs~1batch/post/requestBody/content/application~1json/schema/properties/jobs";
     let cancel = "/paths/~1api~1v1~1jobs~1{id}~1cancel/post/requestBody/content/application~1json/schema/properties/reason";
     let bulk = "/paths/~1api~1v1~1dlq~1retry/post/requestBody/content/application~1json/schema/properties/max";
-    let numbers: [(String, f64); 22] = [
+    let numbers: [(String, f64); 23] = [
         (format!("{job}/labels/maxProperties"), MAX_LABELS as f64),
         (
             format!("{job}/labels/propertyNames/maxLength"),
@@ -117,6 +117,10 @@ fn the_openapi_document_states_these_limits() {
         (format!("{spec}/name/maxLength"), MAX_NAME_BYTES as f64),
         (
             format!("{spec}/timeout_sec/maximum"),
+            MAX_TIMEOUT_SEC as f64,
+        ),
+        (
+            format!("{step}/heartbeat_timeout_sec/maximum"),
             MAX_TIMEOUT_SEC as f64,
         ),
         (

@@ -15,6 +15,8 @@
 //!
 //! Every `started` and result echoes the lease of the job's message: the host takes a report on
 //! a job only from the worker it gave the job to, for that dispatch (see [`crate::bus::auth`]).
+//! Likewise every heartbeat echoes the pass the hosts sent this instance on `worker.<id>.pass`:
+//! until it comes, the hosts register nothing (see [`crate::scheduler::passes`]).
 //!
 //! Built for throughput, within the public protocol: a job that finishes within
 //! `started_delay` (50 ms) sends no `started` — its result carries `started_at` instead, and the
@@ -50,8 +52,8 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{MessageStream, Outbox, SharedBus, publish_json};
 use crate::job::{EFFECTIVE_CONFIG_ENV, JobError, WORKER_DRAINED, env_refusal};
 use crate::protocol::{
-    Batch, CancelMsg, HeartbeatMsg, JobMsg, ProgressMsg, ResultMsg, ResultStatus, StartedMsg,
-    VERSION,
+    Batch, CancelMsg, HeartbeatMsg, JobMsg, PassMsg, ProgressMsg, ResultMsg, ResultStatus,
+    StartedMsg, VERSION,
 };
 use crate::time::now_ms;
 
@@ -133,6 +135,8 @@ pub struct Worker {
     job_ended: Notify,
     /// This run of the worker, in its heartbeats (see [`HeartbeatMsg::instance`]).
     instance: String,
+    /// What the hosts sent this instance to echo in its heartbeats ([`PassMsg`]).
+    pass: Mutex<Option<String>>,
 }
 
 /// The subscriptions of a running worker.
@@ -160,6 +164,7 @@ impl Worker {
             grace_over: CancellationToken::new(),
             job_ended: Notify::new(),
             instance: uuid::Uuid::new_v4().to_string(),
+            pass: Mutex::new(None),
         })
     }
 
@@ -236,7 +241,11 @@ impl Worker {
         };
         tracing::info!(worker_id = %self.opts.id, pool = %self.opts.pool, topics = ?self.opts.topics,
             max_parallel = self.opts.max_parallel, "worker ready");
-        let beat = tokio::spawn(self.clone().heartbeat(stop.clone()));
+        let passes = self
+            .bus
+            .subscribe(&subjects.worker_pass(&self.opts.id))
+            .await?;
+        let beat = tokio::spawn(self.clone().heartbeat(passes, stop.clone()));
         Ok((inbox, beat))
     }
 
@@ -403,23 +412,56 @@ impl Worker {
         }
     }
 
-    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+    /// Heartbeats every interval (and progress for the running jobs); heartbeats at once when
+    /// the hosts send this instance its pass, which registers it.
+    async fn heartbeat(self: Arc<Self>, mut passes: MessageStream, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
         let subject = self.bus.subjects().heartbeat();
         let mut meter = CpuMeter { last: None };
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            let cpu_load = if self.opts.report_cpu {
-                meter.percent()
-            } else {
-                0.0
-            };
-            let hb = self.heartbeat_msg(cpu_load);
-            if let Err(e) = publish_json(self.bus.as_ref(), &subject, &hb).await {
-                tracing::warn!(error = %e, "heartbeat not sent");
+        let mut cpu_load = 0.0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if self.opts.report_cpu {
+                        cpu_load = meter.percent();
+                    }
+                    self.beat(&subject, cpu_load).await;
+                    self.send_progress().await;
+                }
+                Some(msg) = passes.next() => {
+                    if self.take_pass(&msg.payload) {
+                        self.beat(&subject, cpu_load).await;
+                    }
+                }
             }
-            self.send_progress().await;
         }
+    }
+
+    async fn beat(&self, subject: &str, cpu_load: f64) {
+        let hb = self.heartbeat_msg(cpu_load);
+        if let Err(e) = publish_json(self.bus.as_ref(), subject, &hb).await {
+            tracing::warn!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    /// Keeps the pass of a `pass` message for this instance; true when it is a new one.
+    fn take_pass(&self, payload: &[u8]) -> bool {
+        let msg = match serde_json::from_slice::<PassMsg>(payload) {
+            Ok(m) if m.worker_id == self.opts.id && m.instance == self.instance => m,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring a malformed pass");
+                return false;
+            }
+        };
+        let mut pass = self.pass.lock();
+        if pass.as_deref() == Some(msg.pass.as_str()) {
+            return false;
+        }
+        tracing::debug!(worker_id = %self.opts.id, "registered by the hosts");
+        *pass = Some(msg.pass);
+        true
     }
 
     /// A `progress` for each job whose command runs: the worker stands for it while it runs
@@ -471,6 +513,7 @@ impl Worker {
             ],
             instance: Some(self.instance.clone()),
             draining: self.draining.is_cancelled(),
+            pass: self.pass.lock().clone(),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coretex::bus::nats::{NatsAuth, NatsBus};
 use coretex::bus::{Bus, MessageStream, SharedBus, Subjects, publish_json};
-use coretex::protocol::{Clearance, HeartbeatMsg, SubmitMsg, VERSION};
+use coretex::protocol::{Clearance, HeartbeatMsg, PassMsg, SubmitMsg, VERSION};
 use coretex::reconciler::ReconcilerSettings;
 use coretex::time::{now_ms, parse_rfc3339, to_rfc3339};
 use coretex::worker::Mode;
@@ -21,7 +21,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Api, Backend, Host, NatsServer, fast_reconciler, options, unique};
+use crate::common::{
+    Api, Backend, Host, NatsServer, fast_reconciler, keep_beating, options, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 const TWO_HOURS: i64 = 2 * 3600 * 1000;
@@ -43,15 +45,8 @@ impl Peer {
             .subscribe(&bus.subjects().worker_jobs(&id))
             .await
             .expect("the peer subscribes to its jobs");
-        let hb = heartbeat(&id, topic);
         let beats = h.workers.child_token();
-        let (b, stop) = (bus.clone(), beats.clone());
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let _ = publish_json(b.as_ref(), &b.subjects().heartbeat(), &hb).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        keep_beating(bus.clone(), heartbeat(&id, topic), beats.clone()).await;
         h.wait_worker(&id).await;
         Peer {
             id,
@@ -98,6 +93,7 @@ fn heartbeat(id: &str, topic: &str) -> HeartbeatMsg {
         capabilities: vec![],
         instance: Some(unique("i-")),
         draining: false,
+        pass: None,
     }
 }
 
@@ -431,7 +427,8 @@ on_both_backends!(
 
 /// The README's permission layout for a deployment under `prefix`: the host user may do
 /// anything under the prefix (and JetStream's API, and inboxes); each worker user publishes its
-/// heartbeats, starts and results, and reads its own jobs, the cancels and its own inbox.
+/// heartbeats, starts and results, and reads its own jobs and pass, the cancels and its own
+/// inbox.
 pub fn permission_layout(prefix: &str, host: (&str, &str), workers: &[(&str, &str)]) -> String {
     let p = Subjects::new(prefix);
     let pre = p.prefix();
@@ -447,7 +444,7 @@ pub fn permission_layout(prefix: &str, host: (&str, &str), workers: &[(&str, &st
             r#"
             {{ user: "{id}", password: "{password}", permissions: {{
               publish: ["{}", "{}", "{}", "{}", "{}", "{inbox}"]
-              subscribe: ["{}", "{}", "{}", "{inbox}"] }} }}"#,
+              subscribe: ["{}", "{}", "{}", "{}", "{inbox}"] }} }}"#,
             p.heartbeat(),
             p.started(),
             p.progress(),
@@ -455,6 +452,7 @@ pub fn permission_layout(prefix: &str, host: (&str, &str), workers: &[(&str, &st
             p.results(),
             p.worker_jobs(id),
             p.worker_batch(id),
+            p.worker_pass(id),
             p.cancel(),
         ));
     }
@@ -541,20 +539,29 @@ async fn a_worker_credential_does_a_workers_part_and_no_more() {
             .connect(server.url(""))
             .await
             .expect("mallory connects with a worker's credentials");
-    let hb = heartbeat("mallory", &mine);
-    let hb = Bytes::from(serde_json::to_vec(&hb).unwrap());
     let mut own_jobs = mallory.subscribe(s.worker_jobs("mallory")).await.unwrap();
+    let mut own_pass = mallory.subscribe(s.worker_pass("mallory")).await.unwrap();
+    let mut hb = heartbeat("mallory", &mine);
     {
-        let (m, subject, hb, stop) = (
-            mallory.clone(),
-            s.heartbeat(),
-            hb.clone(),
-            h.workers.child_token(),
-        );
+        let (m, subject, stop) = (mallory.clone(), s.heartbeat(), h.workers.child_token());
+        let mut hb = hb.clone();
         tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let _ = m.publish(subject.clone(), hb.clone()).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                    Some(msg) = own_pass.next() => {
+                        let pass: PassMsg = serde_json::from_slice(&msg.payload).unwrap();
+                        hb.pass = Some(pass.pass);
+                    }
+                }
+                let _ = m
+                    .publish(
+                        subject.clone(),
+                        Bytes::from(serde_json::to_vec(&hb).unwrap()),
+                    )
+                    .await;
             }
         });
     }
@@ -624,6 +631,35 @@ async fn a_worker_credential_does_a_workers_part_and_no_more() {
             .is_none(),
         "a worker's credentials read another worker's job"
     );
+
+    // 2b. No heartbeat as another worker: bob's pass goes where only bob reads, and a "restart"
+    // under his id without it requeues nothing (his job still ends as he says, below).
+    let _bobs_pass = mallory.subscribe(s.worker_pass("bob")).await.unwrap();
+    wait_refusal(
+        &refusals,
+        &format!("Subscription to \"{}\"", s.worker_pass("bob")),
+    )
+    .await;
+    let bad_passes = rejected(&h.api, "bad_pass").await;
+    hb.worker_id = "bob".into();
+    hb.topics = vec![theirs.clone()];
+    hb.instance = Some("bob-reborn".into());
+    for pass in [None, Some("AAAAAAAAAAAAAAAAAAAAAA".to_string())] {
+        hb.pass = pass;
+        mallory
+            .publish(s.heartbeat(), Bytes::from(serde_json::to_vec(&hb).unwrap()))
+            .await
+            .unwrap();
+    }
+    mallory.flush().await.unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    while rejected(&h.api, "bad_pass").await <= bad_passes {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the forged pass is not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     // 3. No finishing of a job given to another: mallory's lease is for her own job only.
     let k = h.api.submit(json!({"topic": mine})).await;

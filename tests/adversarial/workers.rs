@@ -1,6 +1,8 @@
 //! Workers that die or misbehave (issue 14, cases 1 and 2): a job held by a worker that went
 //! silent or restarted runs again elsewhere, a job silent past its heartbeat timeout is retried,
-//! and no retry policy retries without bound.
+//! and no retry policy retries without bound. A heartbeat counts only from the worker it names
+//! (its pass): one under another's id moves nothing, one under an id nobody reads registers
+//! nothing.
 
 use std::time::Duration;
 
@@ -307,7 +309,152 @@ async fn a_coretex_worker_sends_progress_while_its_command_runs(backend: Backend
     h.stop().await;
 }
 
+/// A heartbeat as `worker_id` serving `topic` in run `instance`, with `pass` (or none).
+fn forged_heartbeat(worker_id: &str, topic: &str, instance: &str, pass: Option<&str>) -> Value {
+    json!({"v": 1, "kind": "heartbeat", "worker_id": worker_id, "pool": "elsewhere",
+           "topics": [topic], "active_jobs": 0, "max_parallel": 50,
+           "instance": instance, "pass": pass})
+}
+
+async fn a_heartbeat_under_a_live_workers_id_requeues_nothing(backend: Backend) {
+    // A TTL far past the test's patience, as for a real restart: a believed "restart" would
+    // requeue the job at once.
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("long.");
+    let worker = unique("w-victim-");
+    h.ready_worker(
+        &worker,
+        "p",
+        &[&topic],
+        &[],
+        Mode::Exec("sleep 2; echo '\"done\"'".into()),
+    )
+    .await;
+    let id = running_job(&h, &topic).await;
+    let bad_passes = rejected(&h.api, "bad_pass").await;
+    // Another peer on the bus: a "new instance" of the worker, in another pool, without its
+    // pass or with a made-up one, for a second.
+    let bus = h.running.scheduler.bus.clone();
+    for _ in 0..10 {
+        for pass in [None, Some("AAAAAAAAAAAAAAAAAAAAAA")] {
+            let hb = forged_heartbeat(&worker, &topic, "reborn", pass);
+            publish_json(bus.as_ref(), &bus.subjects().heartbeat(), &hb)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = h.api.wait_job(&id, WAIT, |j| j["state"] != "RUNNING").await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["result"], "done", "{done}");
+    assert_eq!(done["attempt"], 1, "{done}");
+    assert!(rejected(&h.api, "bad_pass").await >= bad_passes + 10);
+    // Nor did it move the worker to another pool.
+    let (_, workers) = h.api.get("/api/v1/workers").await;
+    let listed = workers["items"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|w| w["worker_id"] == worker.as_str())
+                .cloned()
+        })
+        .expect("the worker is listed");
+    assert_eq!(listed["pool"], "p", "{listed}");
+    h.stop().await;
+}
+
+async fn a_heartbeat_nobody_answers_for_registers_no_worker(backend: Backend) {
+    let h = host(backend, Duration::from_secs(30)).await;
+    let topic = unique("void.");
+    let ghost = unique("w-ghost-");
+    let bus = h.running.scheduler.bus.clone();
+    let id = h.api.submit(json!({"topic": topic})).await;
+    // Heartbeats under an id whose subjects nobody reads: were it registered, the job would be
+    // sent there and wait for its dispatch timeout.
+    for _ in 0..10 {
+        let hb = forged_heartbeat(&ghost, &topic, "i", None);
+        publish_json(bus.as_ref(), &bus.subjects().heartbeat(), &hb)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, workers) = h.api.get("/api/v1/workers").await;
+    assert!(
+        !workers.to_string().contains(&ghost),
+        "a worker nobody stands for is listed: {workers}"
+    );
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "PENDING", "{job}");
+    // A real worker for the topic takes it.
+    h.ready_worker(&unique("w-real-"), "p", &[&topic], &[], Mode::Echo)
+        .await;
+    h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    h.stop().await;
+}
+
+async fn a_workflow_step_silent_past_its_heartbeat_timeout_is_retried(backend: Backend) {
+    let h = host(backend, Duration::from_secs(120)).await;
+    let topic = unique("step.");
+    let mut peer = Peer::join(&h, &topic).await;
+    let wf = unique("wf-quiet-");
+    let (status, body) = h
+        .api
+        .post(
+            "/api/v1/workflows",
+            json!({"id": wf, "name": "quiet", "steps": {"slow": {
+                "topic": topic, "heartbeat_timeout_sec": 1,
+                "retry": {"max_retries": 1, "initial_backoff_sec": 0}}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = h
+        .api
+        .post(
+            &format!("/api/v1/workflows/{wf}/runs"),
+            json!({"input": {}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    let s = h.running.scheduler.bus.subjects().clone();
+
+    // Attempt 1 starts and falls silent.
+    let first = peer.next_job().await;
+    let first_id = first["job_id"].as_str().unwrap().to_string();
+    peer.say(
+        s.started(),
+        json!({"v": 1, "kind": "started", "job_id": first_id, "worker_id": peer.id,
+               "at": coretex::time::to_rfc3339(coretex::time::now_ms()), "lease": first["lease"]}),
+    )
+    .await;
+    let ended = h.api.wait_state(&first_id, "FAILED", WAIT).await;
+    assert_eq!(ended["error"]["code"], "heartbeat_timeout", "{ended}");
+
+    // Attempt 2 answers at once.
+    let second = peer.next_job().await;
+    let second_id = second["job_id"].as_str().unwrap();
+    assert_ne!(second_id, first_id);
+    peer.say(
+        s.result(),
+        peer.result(second_id, "succeeded", json!("ok"), &second["lease"]),
+    )
+    .await;
+    let run = h
+        .api
+        .wait_for(
+            &format!("/api/v1/workflow-runs/{run_id}"),
+            "the run succeeds on its second attempt",
+            |status, run| status == 200 && run["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(run["steps"]["slow"]["attempts"], 2, "{run}");
+    h.stop().await;
+}
+
 on_both_backends!(
+    a_workflow_step_silent_past_its_heartbeat_timeout_is_retried,
+    a_heartbeat_under_a_live_workers_id_requeues_nothing,
+    a_heartbeat_nobody_answers_for_registers_no_worker,
     a_job_silent_past_its_heartbeat_timeout_is_retried,
     a_job_that_sends_progress_is_not_ended,
     progress_without_a_valid_lease_is_refused,

@@ -6,9 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use coretex::bus::{SharedBus, publish_json};
+use coretex::protocol::{HeartbeatMsg, PassMsg};
 use coretex::reconciler::ReconcilerSettings;
 use coretex::serve::{self, Running, ServeOptions};
 use coretex::worker::{Mode, Worker, WorkerOptions};
+use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +24,30 @@ pub enum Backend {
     Embedded,
     /// The real Redis and NATS servers.
     Real,
+}
+
+/// Heartbeats `hb` on `bus` every 100 ms until `stop`, as a worker does: echoing the pass the
+/// hosts send to its `worker.<id>.pass` subject (without it the hosts register nothing).
+pub async fn keep_beating(bus: SharedBus, mut hb: HeartbeatMsg, stop: CancellationToken) {
+    let mut passes = bus
+        .subscribe(&bus.subjects().worker_pass(&hb.worker_id))
+        .await
+        .expect("the worker subscribes to its pass");
+    tokio::spawn(async move {
+        let subject = bus.subjects().heartbeat();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                Some(msg) = passes.next() => match serde_json::from_slice::<PassMsg>(&msg.payload) {
+                    Ok(p) => hb.pass = Some(p.pass),
+                    Err(_) => continue,
+                },
+            }
+            let _ = publish_json(bus.as_ref(), &subject, &hb).await;
+        }
+    });
 }
 
 /// A unique tag for keys and subjects.

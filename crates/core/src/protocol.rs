@@ -236,6 +236,26 @@ pub struct HeartbeatMsg {
     /// finishes those it runs. Hosts send it nothing more.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The pass the hosts sent this instance on `worker.<id>.pass` ([`PassMsg`]), echoed:
+    /// hosts count a heartbeat only with it, so a heartbeat under another worker's id, or
+    /// under an id nobody reads, registers no worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<String>,
+}
+
+/// `worker.<id>.pass`: the hosts' answer to a heartbeat that carries no valid pass. Only the
+/// worker itself reads its subject (NATS permissions), so echoing the pass in its heartbeats
+/// proves it is the worker it says, in the run (`instance`) it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "pass")]
+pub struct PassMsg {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub worker_id: String,
+    /// The instance the pass is for: a worker ignores a pass for another run of itself.
+    #[serde(default)]
+    pub instance: String,
+    pub pass: String,
 }
 
 fn one() -> u32 {

@@ -54,6 +54,8 @@ const MAC_BYTES: usize = 16;
 
 /// Separates this use of the shared secret from any other.
 const DOMAIN: &[u8] = b"coretex-lease-v1";
+/// The workers' passes' use of it.
+const PASS_DOMAIN: &[u8] = b"coretex-worker-pass-v1";
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -122,6 +124,35 @@ impl LeaseKey {
         Ok(Lease { attempt, issued_at })
     }
 
+    /// The pass of the worker `worker_id` in its run `instance` (see [`crate::protocol::PassMsg`]):
+    /// sent only on the worker's own subject, echoed in its heartbeats.
+    pub fn worker_pass(&self, worker_id: &str, instance: &str) -> String {
+        let mut mac = self.keyed.clone();
+        feed_pass(&mut mac, worker_id, instance);
+        let tag = mac.finalize().into_bytes();
+        b64().encode(tag.get(..MAC_BYTES).unwrap_or(&tag))
+    }
+
+    /// Whether `pass` is the one hosts gave `worker_id` for its run `instance`.
+    pub fn verify_pass(
+        &self,
+        worker_id: &str,
+        instance: &str,
+        pass: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let pass = pass.ok_or(Rejection::Unsigned)?;
+        let mac = b64()
+            .decode(pass)
+            .ok()
+            .filter(|m| m.len() == MAC_BYTES)
+            .ok_or(Rejection::BadPass)?;
+        let mut check = self.keyed.clone();
+        feed_pass(&mut check, worker_id, instance);
+        check
+            .verify_truncated_left(&mac)
+            .map_err(|_| Rejection::BadPass)
+    }
+
     fn tag(
         &self,
         job_id: &str,
@@ -153,6 +184,16 @@ fn feed(
     mac.update(&attempt.to_be_bytes());
     mac.update(&issued_at.to_be_bytes());
     mac.update(&nonce.to_be_bytes());
+}
+
+/// A pass's MAC input: a domain of its own (no pass is ever a lease's MAC), then the two fields
+/// length-prefixed.
+fn feed_pass(mac: &mut Hmac<Sha256>, worker_id: &str, instance: &str) {
+    mac.update(PASS_DOMAIN);
+    for field in [worker_id.as_bytes(), instance.as_bytes()] {
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field);
+    }
 }
 
 impl Lease {
@@ -193,6 +234,10 @@ pub enum Rejection {
     /// A submit for a job that is not stored: the bus creates no jobs.
     #[error("a submit on the bus names a job that is not stored")]
     UnknownJob,
+    /// A heartbeat whose pass hosts did not give that worker id and instance (forged, another
+    /// worker's, or from before the shared secret was rotated: the worker is sent its pass).
+    #[error("its pass was not issued to this worker and instance")]
+    BadPass,
 }
 
 impl Rejection {
@@ -203,6 +248,7 @@ impl Rejection {
             Rejection::NotAssigned => "not_assigned",
             Rejection::Clearance => "clearance",
             Rejection::UnknownJob => "unknown_job",
+            Rejection::BadPass => "bad_pass",
         }
     }
 
@@ -280,6 +326,50 @@ mod tests {
                 "{a}"
             );
         }
+    }
+
+    #[test]
+    fn a_pass_verifies_for_its_worker_and_instance_only() {
+        let k = key();
+        let pass = k.worker_pass("w-1", "run-a");
+        assert_eq!(k.verify_pass("w-1", "run-a", Some(&pass)), Ok(()));
+        for (worker, instance) in [
+            ("w-2", "run-a"),
+            ("w-1", "run-b"),
+            ("w-1r", "un-a"),
+            ("", ""),
+        ] {
+            assert_eq!(
+                k.verify_pass(worker, instance, Some(&pass)),
+                Err(Rejection::BadPass),
+                "{worker} {instance}"
+            );
+        }
+        assert_eq!(
+            LeaseKey::new(&[8u8; 32])
+                .unwrap()
+                .verify_pass("w-1", "run-a", Some(&pass)),
+            Err(Rejection::BadPass),
+            "another deployment's secret"
+        );
+        for garbage in ["", "x", &format!("{pass}A"), "AAAAAAAAAAAAAAAAAAAAAA"] {
+            assert_eq!(
+                k.verify_pass("w-1", "run-a", Some(garbage)),
+                Err(Rejection::BadPass),
+                "{garbage}"
+            );
+        }
+        assert_eq!(
+            k.verify_pass("w-1", "run-a", None),
+            Err(Rejection::Unsigned)
+        );
+        // No lease verifies as a pass, nor a pass as a lease's MAC.
+        let lease = k.mint("w-1", 1, "run-a", 0);
+        let lease_mac = lease.rsplit('.').next().unwrap();
+        assert_eq!(
+            k.verify_pass("w-1", "run-a", Some(lease_mac)),
+            Err(Rejection::BadPass)
+        );
     }
 
     #[test]

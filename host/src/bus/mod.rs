@@ -389,6 +389,10 @@ impl Subjects {
     pub fn worker_jobs(&self, worker_id: &str) -> String {
         format!("{}worker.{worker_id}.jobs", self.prefix)
     }
+    /// The pass hosts give a worker's instance (`{"kind":"pass",…}`): only that worker reads it.
+    pub fn worker_pass(&self, worker_id: &str) -> String {
+        format!("{}worker.{worker_id}.pass", self.prefix)
+    }
     pub fn started(&self) -> String {
         format!("{}sys.job.started", self.prefix)
     }

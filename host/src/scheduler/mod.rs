@@ -87,6 +87,7 @@ pub use coretex_core::{retry, strategy};
 
 mod drain;
 pub mod live;
+pub mod passes;
 pub mod progress;
 mod queue;
 pub mod registry;
@@ -122,6 +123,7 @@ use crate::store::{
 use crate::time::{Millis, now_ms};
 
 use live::LiveEvents;
+use passes::Admission;
 use queue::WaitQueue;
 use registry::{Placement, Registry};
 use safety::{Decision, SafetyGate};
@@ -543,14 +545,31 @@ impl Scheduler {
                 return;
             }
         };
+        let passes = passes::Passes::new(self.leases.clone());
         while let Some(msg) = sub.next().await {
-            match serde_json::from_slice::<HeartbeatMsg>(&msg.payload) {
-                Ok(hb) => {
+            let hb = match serde_json::from_slice::<HeartbeatMsg>(&msg.payload) {
+                Ok(hb) => hb,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ignoring malformed heartbeat");
+                    continue;
+                }
+            };
+            match passes.admit(hb) {
+                Admission::Counted(hb) => {
                     if self.registry.observe(hb) {
                         self.capacity.notify_one();
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "ignoring malformed heartbeat"),
+                Admission::Challenge { pass, refused } => {
+                    if let Some(r) = refused {
+                        r.record("heartbeat", "", &pass.worker_id);
+                    }
+                    let subject = self.bus.subjects().worker_pass(&pass.worker_id);
+                    if let Err(e) = publish_json(self.bus.as_ref(), &subject, &pass).await {
+                        tracing::debug!(worker_id = %pass.worker_id, error = %e, "pass not sent");
+                    }
+                }
+                Admission::Dropped(why) => tracing::debug!(why, "ignoring a heartbeat"),
             }
         }
     }

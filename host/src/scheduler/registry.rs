@@ -262,7 +262,7 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn hb(id: &str, pool: &str, topics: &[&str], active: u32, max: u32) -> HeartbeatMsg {
@@ -278,6 +278,7 @@ mod tests {
             capabilities: vec![],
             instance: None,
             draining: false,
+            pass: None,
         }
     }
 

@@ -537,6 +537,7 @@ impl<C: ConditionEvaluator> Plan<'_, C> {
             labels: def.route_labels.clone(),
             env,
             deadline_ms: None,
+            heartbeat_timeout_sec: def.heartbeat_timeout_sec,
             ..Default::default()
         };
         let ids = StepJobIds {

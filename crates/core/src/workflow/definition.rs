@@ -154,6 +154,15 @@ pub struct StepDef {
         deserialize_with = "whole::opt"
     )]
     pub timeout_sec: Option<u64>,
+    /// The step's job must send `progress` at least this often while it runs, or it fails
+    /// `heartbeat_timeout` (and is retried as the step's retry settings say): see
+    /// [`crate::job::JobRequest::heartbeat_timeout_sec`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt"
+    )]
+    pub heartbeat_timeout_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -394,6 +403,11 @@ pub fn validate(
         let field = |f: &str| format!("steps.{id}.{f}");
         check_step_id(&format!("steps.{id}"), id, &mut errors);
         check_timeout(&field("timeout_sec"), step.timeout_sec, &mut errors);
+        check_timeout(
+            &field("heartbeat_timeout_sec"),
+            step.heartbeat_timeout_sec,
+            &mut errors,
+        );
         check_labels(&field("route_labels"), &step.route_labels, &mut errors);
         if let Some(retry) = &step.retry {
             retry.check(&field("retry"), &mut errors);
