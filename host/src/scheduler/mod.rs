@@ -75,19 +75,21 @@
 //!
 //! # The parts
 //!
-//! This file holds submission, scheduling and placement (the safety gate, the strategy over
+//! This file holds submission, the scheduling pass (checks, the safety gate, the strategy over
 //! the registry, the lazy dispatch record) and cancel/approve. The rest are modules of their
-//! own: [`queue`] (the wait queue and when a waiting job's reason is written), [`slots`] (which
-//! job holds which worker's slot), [`registry`] (live workers from heartbeats), [`results`]
-//! (applying what workers report), [`settle`] (failure → retry or dead letter), [`safety`],
-//! [`live`] (the live stream's events) and [`drain`]. The contracts — [`strategy`] and
-//! [`retry`] — are `coretex-core`'s.
+//! own: [`placement`] (the checks a job passes again, the pool and labels it may go to, what it
+//! waits for), [`queue`] (the wait queue and when a waiting job's reason is written), [`slots`]
+//! (which job holds which worker's slot), [`registry`] (live workers from heartbeats),
+//! [`passes`] (which heartbeats count), [`results`] (applying what workers report), [`settle`]
+//! (failure → retry or dead letter), [`safety`], [`live`] (the live stream's events) and
+//! [`drain`]. The contracts — [`strategy`] and [`retry`] — are `coretex-core`'s.
 
 pub use coretex_core::{retry, strategy};
 
 mod drain;
 pub mod live;
 pub mod passes;
+pub mod placement;
 pub mod progress;
 mod queue;
 pub mod registry;
@@ -107,11 +109,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::bus::auth::{LeaseKey, Rejection};
 use crate::bus::{Feed, Outbox, SCHEDULER_GROUP, SharedBus, job_events, publish_json};
-use crate::configsvc::schema::{PREFERRED_POOL_LABEL, Tenancy};
+use crate::configsvc::schema::Tenancy;
 use crate::configsvc::{ConfigService, ConfigTarget, Effective};
-use crate::job::{
-    FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits, StepJobIds, env_refusal,
-};
+use crate::job::{FieldError, Job, JobError, JobRequest, JobSpec, JobState, Limits, StepJobIds};
 use crate::plugins::PluginRegistry;
 use crate::protocol::{
     CancelMsg, Clearance, HeartbeatMsg, JobEventMsg, JobMsg, SubmitMsg, VERSION,
@@ -124,8 +124,9 @@ use crate::time::{Millis, now_ms};
 
 use live::LiveEvents;
 use passes::Admission;
+use placement::Target;
 use queue::WaitQueue;
-use registry::{Placement, Registry};
+use registry::Registry;
 use safety::{Decision, SafetyGate};
 use slots::Slots;
 use strategy::{DispatchStrategy, Pick};
@@ -659,19 +660,7 @@ impl Scheduler {
         now: Millis,
     ) -> Result<(), SchedulerError> {
         // 1. Validate what came off the bus (the gateway validated the request already).
-        if spec.id.is_empty() || spec.topic.is_empty() {
-            let err = JobError::new("invalid_job", "a job needs an id and a topic");
-            return self.fail_now(&spec, err).await;
-        }
-        if spec.deadline.is_some_and(|d| d <= now) {
-            let err = JobError::new("deadline_exceeded", "the deadline passed before dispatch");
-            return self.fail_now(&spec, err).await;
-        }
-        if let Some(name) = spec.env.keys().find(|k| env_refusal(k).is_some()) {
-            let err = JobError::new(
-                "invalid_job",
-                format!("the job's env sets `{name}`, which is on the env deny list"),
-            );
+        if let Some(err) = placement::refusal(&spec, now) {
             return self.fail_now(&spec, err).await;
         }
         // 2. Effective config for (tenant, team, workflow, step).
@@ -736,42 +725,12 @@ impl Scheduler {
             }
             ("ALLOW".to_string(), verdict.reason)
         };
-        // 4. The strategy picks among the eligible workers — of the pools the tenant is granted
-        // (checked at submit and at config writes too; the grants may have changed since).
-        let pool = spec
-            .labels
-            .get(PREFERRED_POOL_LABEL)
-            .map(String::as_str)
-            .or_else(|| {
-                effective
-                    .value
-                    .get("pools")?
-                    .get(spec.topic.as_str())
-                    .and_then(|p| p.as_str())
-            })
-            .map(str::to_string);
-        let allowed_pools = effective.tenancy.allowed_pools(&spec.tenant_id);
-        if let Some(p) = &pool
-            && !effective.tenancy.may_use_pool(&spec.tenant_id, p)
-        {
-            let refusal = effective.tenancy.pool_refusal(&spec.tenant_id, p);
-            return self
-                .fail_now(&spec, JobError::new("pool_not_allowed", refusal))
-                .await;
-        }
-        let placement = Placement {
-            topic: &spec.topic,
-            pool: pool.as_deref(),
-            allowed_pools,
-            required_labels: spec
-                .labels
-                .iter()
-                .filter(|(k, _)| k.starts_with("placement."))
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            preferred_worker: spec.labels.get("preferred_worker_id").map(String::as_str),
+        // 4. The strategy picks among the eligible workers — of the pools the tenant is granted.
+        let target = match Target::of(&spec, &effective.value, &effective.tenancy) {
+            Ok(t) => t,
+            Err(err) => return self.fail_now(&spec, err).await,
         };
-        let candidates = self.registry.eligible_workers(&placement);
+        let candidates = self.registry.eligible_workers(&target.placement);
         // A plugin picks on the plugin threads, so that however long it takes, this thread goes
         // on serving HTTP, results and heartbeats meanwhile.
         let placed = self
@@ -807,19 +766,9 @@ impl Scheduler {
                     )
                     .await;
             }
-            Pick::NoWorker(reason) => {
-                let reason = match (pool, allowed_pools) {
-                    (Some(p), _) => format!("waiting for capacity in pool `{p}`: {reason}"),
-                    (None, Some(granted)) => format!(
-                        "waiting for capacity for topic `{}` in the pools granted to `{}` ({}): {reason}",
-                        spec.topic,
-                        spec.tenant_id,
-                        granted.join(", ")
-                    ),
-                    (None, None) => {
-                        format!("waiting for capacity for topic `{}`: {reason}", spec.topic)
-                    }
-                };
+            Pick::NoWorker(why) => {
+                let reason = Target::of(&spec, &effective.value, &effective.tenancy)
+                    .map_or(why.clone(), |t| t.waiting_reason(&why));
                 let busy = !candidates.is_empty();
                 return self.wait_for_capacity(spec, clearance, reason, busy).await;
             }

@@ -180,7 +180,10 @@ mod tests {
         // The budget refills as time passes (a loaded machine may take a while over the loop).
         let refilled = (began.elapsed().as_secs_f64() * PASSES_PER_SEC as f64).ceil() as u32;
         assert!(answered <= PASSES_PER_SEC + refilled + 1, "{answered}");
-        assert!(answered < PASSES_PER_SEC * 2, "{answered}: nothing was dropped");
+        assert!(
+            answered < PASSES_PER_SEC * 2,
+            "{answered}: nothing was dropped"
+        );
         assert!(answered >= PASSES_PER_SEC / 2, "{answered}");
     }
 }
