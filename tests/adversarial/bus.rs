@@ -72,6 +72,16 @@ impl Peer {
             .expect("the peer publishes");
     }
 
+    /// Says `started` for `job_id` under `lease`, at `at` by this peer's clock.
+    pub(crate) async fn start(&self, job_id: &str, lease: &Value, at: i64) {
+        self.say(
+            self.bus.subjects().started(),
+            json!({"v": 1, "kind": "started", "job_id": job_id, "worker_id": self.id,
+                   "at": to_rfc3339(at), "lease": lease}),
+        )
+        .await;
+    }
+
     /// A result for `job_id`, as this peer or as `worker_id`, under `lease`.
     pub(crate) fn result(&self, job_id: &str, status: &str, result: Value, lease: &Value) -> Value {
         json!({"v": 1, "kind": "result", "job_id": job_id, "worker_id": self.id,
@@ -351,13 +361,8 @@ async fn a_worker_clock_behind_times_nothing_out(backend: Backend) {
     let s = peer.bus.subjects().clone();
     let id = h.api.submit(json!({"topic": topic})).await;
     let job = peer.next_job().await;
-    let behind = to_rfc3339(now_ms() - TWO_HOURS);
-    peer.say(
-        s.started(),
-        json!({"v": 1, "kind": "started", "job_id": id, "worker_id": peer.id, "at": behind,
-               "lease": job["lease"]}),
-    )
-    .await;
+    let behind = now_ms() - TWO_HOURS;
+    peer.start(&id, &job["lease"], behind).await;
     h.api.wait_state(&id, "RUNNING", WAIT).await;
     // Ten reconciler ticks: a RUNNING time two hours old would have timed the job out.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -373,7 +378,7 @@ async fn a_worker_clock_behind_times_nothing_out(backend: Backend) {
     let quick = h.api.submit(json!({"topic": topic})).await;
     let job = peer.next_job().await;
     let mut result = peer.result(&quick, "succeeded", json!(1), &job["lease"]);
-    result["started_at"] = json!(behind);
+    result["started_at"] = json!(to_rfc3339(behind));
     peer.say(s.result(), result).await;
     let done = h.api.wait_state(&quick, "SUCCEEDED", WAIT).await;
     let at = entered(&done, "RUNNING");
@@ -397,12 +402,7 @@ async fn a_worker_clock_ahead_keeps_no_job_from_timing_out(backend: Backend) {
     let mut peer = Peer::join(&h, &topic).await;
     let id = h.api.submit(json!({"topic": topic})).await;
     let job = peer.next_job().await;
-    peer.say(
-        peer.bus.subjects().started(),
-        json!({"v": 1, "kind": "started", "job_id": id, "worker_id": peer.id,
-               "at": to_rfc3339(now_ms() + TWO_HOURS), "lease": job["lease"]}),
-    )
-    .await;
+    peer.start(&id, &job["lease"], now_ms() + TWO_HOURS).await;
     let timed_out = h.api.wait_state(&id, "TIMEOUT", WAIT).await;
     assert_eq!(timed_out["error"]["code"], "running_timeout", "{timed_out}");
     assert!(

@@ -189,13 +189,7 @@ async fn started_with_heartbeat_timeout(h: &Host, peer: &mut Peer, topic: &str) 
     let job = peer.next_job().await;
     assert_eq!(job["job_id"], id.as_str(), "{job}");
     let lease = job["lease"].clone();
-    let s = h.running.scheduler.bus.subjects().clone();
-    peer.say(
-        s.started(),
-        json!({"v": 1, "kind": "started", "job_id": id, "worker_id": peer.id,
-               "at": coretex::time::to_rfc3339(coretex::time::now_ms()), "lease": lease}),
-    )
-    .await;
+    peer.start(&id, &lease, coretex::time::now_ms()).await;
     h.api.wait_state(&id, "RUNNING", WAIT).await;
     (id, lease)
 }
@@ -421,12 +415,8 @@ async fn a_workflow_step_silent_past_its_heartbeat_timeout_is_retried(backend: B
     // Attempt 1 starts and falls silent.
     let first = peer.next_job().await;
     let first_id = first["job_id"].as_str().unwrap().to_string();
-    peer.say(
-        s.started(),
-        json!({"v": 1, "kind": "started", "job_id": first_id, "worker_id": peer.id,
-               "at": coretex::time::to_rfc3339(coretex::time::now_ms()), "lease": first["lease"]}),
-    )
-    .await;
+    peer.start(&first_id, &first["lease"], coretex::time::now_ms())
+        .await;
     let ended = h.api.wait_state(&first_id, "FAILED", WAIT).await;
     assert_eq!(ended["error"]["code"], "heartbeat_timeout", "{ended}");
 
