@@ -1,12 +1,10 @@
 //! Tests of `coretex_core::workflow::definition` that need the real expression language: the
 //! built-in `cel` component, which only the host can run.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
 use crate::job::FieldError;
-use crate::limits::{MAX_STEP_ID_LEN, MAX_STEPS};
+use crate::limits::MAX_STEP_ID_LEN;
 use crate::plugins::testing::builtin_expressions;
 use crate::plugins::{ConditionEvaluator, PluginExpressions};
 use crate::workflow::definition::*;
@@ -105,28 +103,6 @@ fn templates_and_for_each_accept_cel_expressions() {
 }
 
 #[test]
-fn a_workflow_past_the_step_limit_is_refused_before_its_steps_are_checked() {
-    let spec = WorkflowSpec {
-        id: None,
-        name: "w".into(),
-        org_id: None,
-        team_id: None,
-        version: None,
-        timeout_sec: None,
-        input_schema: None,
-        steps: chain(MAX_STEPS + 1, true),
-    };
-    let e = validate(&spec, &Fake, &cel());
-    assert_eq!(fields(&e), ["steps"]);
-    assert!(e[0].message.contains(&MAX_STEPS.to_string()), "{e:?}");
-    let at_limit = WorkflowSpec {
-        steps: chain(MAX_STEPS, false),
-        ..spec
-    };
-    assert!(validate(&at_limit, &Fake, &cel()).is_empty());
-}
-
-#[test]
 fn step_ids_that_could_not_be_part_of_a_job_id_are_refused() {
     let long = "s".repeat(MAX_STEP_ID_LEN + 1);
     let e = validate(
@@ -209,23 +185,4 @@ fn an_invalid_schema_is_named_where_it_is_wrong() {
         &cel(),
     );
     assert_eq!(fields(&e), ["input_schema.minimum"]);
-}
-
-/// `n` steps, each depending on the one before; the first on the last when `closed`.
-fn chain(n: usize, closed: bool) -> BTreeMap<String, StepDef> {
-    (0..n)
-        .map(|i| {
-            let dep = match i {
-                0 if closed => Some(n - 1),
-                0 => None,
-                i => Some(i - 1),
-            };
-            let step = StepDef {
-                topic: Some("t".into()),
-                depends_on: dep.map(|d| format!("s{d}")).into_iter().collect(),
-                ..Default::default()
-            };
-            (format!("s{i}"), step)
-        })
-        .collect()
 }

@@ -765,6 +765,47 @@ mod tests {
             .collect()
     }
 
+    /// An evaluator for workflows with no expressions: any call is a test failure.
+    struct NoExpressions;
+    impl ConditionEvaluator for NoExpressions {
+        fn compile(&self, e: &str) -> Result<(), String> {
+            panic!("no condition to compile here: {e}")
+        }
+        fn evaluate(&self, e: &str, _: &Value) -> Result<bool, String> {
+            panic!("no condition to evaluate here: {e}")
+        }
+    }
+    impl ExpressionEvaluator for NoExpressions {
+        fn check(&self, e: &str) -> Result<(), String> {
+            panic!("no expression to check here: {e}")
+        }
+        fn evaluate(&self, e: &str, _: &Scope) -> Result<Value, String> {
+            panic!("no expression to evaluate here: {e}")
+        }
+    }
+
+    #[test]
+    fn a_workflow_past_the_step_limit_is_refused_before_its_steps_are_checked() {
+        let spec = WorkflowSpec {
+            id: None,
+            name: "w".into(),
+            org_id: None,
+            team_id: None,
+            version: None,
+            timeout_sec: None,
+            input_schema: None,
+            steps: chain(MAX_STEPS + 1, true),
+        };
+        let e = validate(&spec, &NoExpressions, &NoExpressions);
+        assert_eq!(fields(&e), ["steps"]);
+        assert!(e[0].message.contains(&MAX_STEPS.to_string()), "{e:?}");
+        let at_limit = WorkflowSpec {
+            steps: chain(MAX_STEPS, false),
+            ..spec
+        };
+        assert!(validate(&at_limit, &NoExpressions, &NoExpressions).is_empty());
+    }
+
     #[test]
     fn the_cycle_check_walks_a_chain_of_any_length_without_recursion() {
         assert_eq!(find_cycle(&chain(200_000, false)), None);
