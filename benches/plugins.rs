@@ -9,6 +9,9 @@
 //! The machine these run on drifts: compare builds by alternating their bench binaries
 //! (`target/release/deps/plugins-*`, copied aside) run by run, not against yesterday's figures.
 //!
+//! `component, off-thread` is the pick as the scheduler makes it since plugin calls left the
+//! runtime's threads: handed to a plugin thread and awaited (README, "Where plugin calls run").
+//!
 //! `cargo bench --bench plugins -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Targets (SPEC §9): a warm call ≤ 0.3 µs at 1 candidate, ≤ 3× native at 1000; a cached load
@@ -102,6 +105,22 @@ fn pick(c: &mut Criterion) {
     };
     group.bench_function(BenchmarkId::new("runtime", 1), |b| {
         b.iter(|| plugin.component().pick(&call).unwrap())
+    });
+    // As the scheduler places a job: the pick handed to a plugin thread and awaited from the
+    // runtime's one thread (the job and candidates move there and back, no copies).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared = Arc::new(config.clone());
+    let mut held = Some((job.clone(), one.clone()));
+    group.bench_function(BenchmarkId::new("component, off-thread", 1), |b| {
+        b.iter(|| {
+            let (j, cs) = held.take().unwrap();
+            let placed = rt.block_on(registry.place(shared.clone(), j, cs)).unwrap();
+            placed.pick.as_ref().unwrap();
+            held = Some((placed.spec, placed.candidates));
+        })
     });
     group.finish();
 }

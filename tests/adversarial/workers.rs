@@ -441,7 +441,66 @@ async fn a_workflow_step_silent_past_its_heartbeat_timeout_is_retried(backend: B
     h.stop().await;
 }
 
+async fn a_worker_serves_only_the_pools_granted_to_its_id(backend: Backend) {
+    let h = host(backend, Duration::from_secs(30)).await;
+    let topic = unique("render.");
+    let (gpu, cpu) = (unique("gpu-"), unique("cpu-"));
+    let grants =
+        |workers: Value| json!({"scope": "system", "data": {"tenancy": {"workers": workers}}});
+    let (status, v) = h
+        .api
+        .post(
+            "/api/v1/config",
+            grants(json!({"gpu-*": ["gpu"], "*": ["cpu"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let refused = rejected(&h.api, "pool_not_granted").await;
+
+    // A worker whose id is not granted the pool it claims is never registered: the job for
+    // that pool waits instead of going to it.
+    h.worker(&cpu, "gpu", &[&topic], &[], Mode::Echo);
+    let id = h
+        .api
+        .submit(json!({"topic": topic, "labels": {"preferred_pool": "gpu"}}))
+        .await;
+    let until = tokio::time::Instant::now() + WAIT;
+    while rejected(&h.api, "pool_not_granted").await <= refused {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the claim is not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, workers) = h.api.get("/api/v1/workers").await;
+    assert!(!workers.to_string().contains(&cpu), "{workers}");
+    let (_, job) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "PENDING", "{job}");
+
+    // The pool's own worker takes it.
+    h.ready_worker(&gpu, "gpu", &[&topic], &[], Mode::Echo)
+        .await;
+    let done = h.api.wait_state(&id, "SUCCEEDED", WAIT).await;
+    assert_eq!(done["worker_id"], gpu.as_str(), "{done}");
+
+    // Revoked, the worker is forgotten at its next heartbeat.
+    let (status, v) = h
+        .api
+        .post("/api/v1/config", grants(json!({"*": ["cpu"]})))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    h.api
+        .wait_for(
+            "/api/v1/workers",
+            "the revoked worker is forgotten",
+            |_, v| !v.to_string().contains(&gpu),
+        )
+        .await;
+    h.stop().await;
+}
+
 on_both_backends!(
+    a_worker_serves_only_the_pools_granted_to_its_id,
     a_workflow_step_silent_past_its_heartbeat_timeout_is_retried,
     a_heartbeat_under_a_live_workers_id_requeues_nothing,
     a_heartbeat_nobody_answers_for_registers_no_worker,

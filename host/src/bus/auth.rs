@@ -238,6 +238,10 @@ pub enum Rejection {
     /// worker's, or from before the shared secret was rotated: the worker is sent its pass).
     #[error("its pass was not issued to this worker and instance")]
     BadPass,
+    /// A heartbeat naming a pool the system config does not grant that worker id
+    /// (`tenancy.workers`).
+    #[error("its pool is not granted to this worker id (system config `tenancy.workers`)")]
+    PoolNotGranted,
 }
 
 impl Rejection {
@@ -249,6 +253,7 @@ impl Rejection {
             Rejection::Clearance => "clearance",
             Rejection::UnknownJob => "unknown_job",
             Rejection::BadPass => "bad_pass",
+            Rejection::PoolNotGranted => "pool_not_granted",
         }
     }
 

@@ -310,10 +310,15 @@ fn check_pools(
 ///   any job may use any pool; with it, an org neither named nor covered by `*` may use none.
 /// * `teams`: the org each team belongs to. A bound team's config applies only to its org's jobs
 ///   and is shown only to its org's key; a team bound to no org is shared by all.
+/// * `workers`: the pools each worker id may serve — an id, a prefix ending in `*`, or `*`; the
+///   most specific entry decides. Without `workers` a worker serves the pool its heartbeat
+///   names; with it, a worker whose pool is not granted to its id is not registered, so a
+///   worker's credentials cannot claim a pool (and the tenants' jobs on it) that is not its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tenancy {
     pools: Option<BTreeMap<String, Vec<String>>>,
     teams: BTreeMap<String, String>,
+    workers: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// The `tenancy.pools` entry of every org not named.
@@ -349,7 +354,8 @@ impl Tenancy {
             match key.as_str() {
                 "pools" => out.pools = Some(parse_pool_grants(e, v)),
                 "teams" => out.teams = parse_team_owners(e, v),
-                _ => e.unknown("tenancy", key, &["pools", "teams"]),
+                "workers" => out.workers = Some(parse_worker_grants(e, v)),
+                _ => e.unknown("tenancy", key, &["pools", "teams", "workers"]),
             }
         }
         out
@@ -374,6 +380,27 @@ impl Tenancy {
     /// Why `org` may not use `pool`.
     pub fn pool_refusal(&self, org: &str, pool: &str) -> String {
         format!("pool `{pool}` is not granted to org `{org}` (system config `tenancy.pools`)")
+    }
+
+    /// Whether the worker `worker_id` may serve `pool` (`tenancy.workers`): the entry for its
+    /// id, else the one with the longest prefix (`gpu-*`) it starts with, else `*`.
+    pub fn may_serve(&self, worker_id: &str, pool: &str) -> bool {
+        let Some(grants) = &self.workers else {
+            return true;
+        };
+        let entry = grants.get(worker_id).or_else(|| {
+            grants
+                .iter()
+                .filter_map(|(pattern, pools)| {
+                    let prefix = pattern.strip_suffix('*')?;
+                    worker_id
+                        .starts_with(prefix)
+                        .then_some((prefix.len(), pools))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, pools)| pools)
+        });
+        entry.is_some_and(|pools| pools.iter().any(|p| p == pool))
     }
 
     /// The org `team` is bound to; `None` for a shared team.
@@ -423,19 +450,28 @@ impl Tenancy {
 pub const PREFERRED_POOL_LABEL: &str = "preferred_pool";
 
 fn parse_pool_grants(e: &mut Errors<'_>, v: &Value) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
     let Value::Object(m) = v else {
         e.push(
             "data.tenancy.pools",
             "must map orgs (or `*`) to lists of pools",
         );
-        return out;
+        return BTreeMap::new();
     };
-    for (org, pools) in m {
-        let field = format!("data.tenancy.pools.{org}");
-        if org != EVERY_OTHER_ORG {
-            check_ident(&field, org, e.0);
-        }
+    for org in m.keys().filter(|org| *org != EVERY_OTHER_ORG) {
+        check_ident(&format!("data.tenancy.pools.{org}"), org, e.0);
+    }
+    parse_grant_lists(e, "data.tenancy.pools", m)
+}
+
+/// Each key's list of at most [`MAX_POOLS`] pools (the keys are checked by the caller).
+fn parse_grant_lists(
+    e: &mut Errors<'_>,
+    at: &str,
+    m: &serde_json::Map<String, Value>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (key, pools) in m {
+        let field = format!("{at}.{key}");
         let Value::Array(items) = pools else {
             e.push(field, "must be a list of pools");
             continue;
@@ -454,9 +490,26 @@ fn parse_pool_grants(e: &mut Errors<'_>, v: &Value) -> BTreeMap<String, Vec<Stri
                 None => e.push(field, "must name a pool"),
             }
         }
-        out.insert(org.clone(), granted);
+        out.insert(key.clone(), granted);
     }
     out
+}
+
+fn parse_worker_grants(e: &mut Errors<'_>, v: &Value) -> BTreeMap<String, Vec<String>> {
+    let Value::Object(m) = v else {
+        e.push(
+            "data.tenancy.workers",
+            "must map worker ids (or `prefix*`, or `*`) to lists of pools",
+        );
+        return BTreeMap::new();
+    };
+    for pattern in m.keys() {
+        let id = pattern.strip_suffix('*').unwrap_or(pattern);
+        if !id.is_empty() {
+            check_ident(&format!("data.tenancy.workers.{pattern}"), id, e.0);
+        }
+    }
+    parse_grant_lists(e, "data.tenancy.workers", m)
 }
 
 fn parse_team_owners(e: &mut Errors<'_>, v: &Value) -> BTreeMap<String, String> {
@@ -661,6 +714,54 @@ mod tests {
         assert!(!t.team_belongs_elsewhere("beta", "unbound"));
         let malformed = Tenancy::from_system(Some(&json!({"tenancy": "legacy user value"})));
         assert_eq!(malformed, Tenancy::default());
+    }
+
+    #[test]
+    fn worker_ids_are_bound_to_the_pools_they_may_serve() {
+        assert!(Tenancy::default().may_serve("anyone", "any-pool"));
+        let t = Tenancy::from_system(Some(&json!({"tenancy": {"workers": {
+            "gpu-*": ["gpu"], "gpu-shared-*": ["gpu", "shared"], "w-7": ["special"],
+            "*": ["shared"]}}})));
+        assert!(t.may_serve("gpu-1", "gpu"));
+        assert!(
+            !t.may_serve("gpu-1", "shared"),
+            "its prefix's entry decides, not `*`"
+        );
+        assert!(
+            t.may_serve("gpu-shared-1", "shared"),
+            "the longest prefix decides"
+        );
+        assert!(t.may_serve("w-7", "special"));
+        assert!(!t.may_serve("w-7", "shared"), "an id's own entry decides");
+        assert!(t.may_serve("cpu-9", "shared"));
+        assert!(!t.may_serve("cpu-9", "gpu"));
+        let no_default = Tenancy::from_system(Some(&json!({"tenancy": {"workers": {
+            "gpu-*": ["gpu"]}}})));
+        assert!(
+            !no_default.may_serve("cpu-9", "gpu"),
+            "an id no entry covers serves nothing"
+        );
+        assert_eq!(
+            fields(
+                &Scope::System,
+                json!({"tenancy": {"workers": {"gpu-*": "gpu", "bad id*": ["p"],
+                                               "ok": ["bad pool"], "*": []}}}),
+                &Tenancy::default()
+            ),
+            [
+                "data.tenancy.workers.bad id*",
+                "data.tenancy.workers.gpu-*",
+                "data.tenancy.workers.ok[0]",
+            ]
+        );
+        assert_eq!(
+            fields(
+                &Scope::System,
+                json!({"tenancy": {"workers": ["gpu"]}}),
+                &Tenancy::default()
+            ),
+            ["data.tenancy.workers"]
+        );
     }
 
     #[test]

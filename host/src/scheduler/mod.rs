@@ -547,6 +547,8 @@ impl Scheduler {
             }
         };
         let passes = passes::Passes::new(self.leases.clone());
+        // The grants of the last config read: a store that cannot be read keeps them.
+        let mut tenancy = Arc::new(Tenancy::default());
         while let Some(msg) = sub.next().await {
             let hb = match serde_json::from_slice::<HeartbeatMsg>(&msg.payload) {
                 Ok(hb) => hb,
@@ -557,7 +559,19 @@ impl Scheduler {
             };
             match passes.admit(hb) {
                 Admission::Counted(hb) => {
-                    if self.registry.observe(hb) {
+                    match self.tenancy().await {
+                        Ok(t) => tenancy = t,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "tenancy not read; the last read stands")
+                        }
+                    }
+                    if !tenancy.may_serve(&hb.worker_id, &hb.pool) {
+                        Rejection::PoolNotGranted.record("heartbeat", "", &hb.worker_id);
+                        if self.registry.forget(&hb.worker_id) {
+                            tracing::warn!(worker_id = %hb.worker_id, pool = %hb.pool,
+                                "worker forgotten: its pool is no longer granted to it");
+                        }
+                    } else if self.registry.observe(hb) {
                         self.capacity.notify_one();
                     }
                 }

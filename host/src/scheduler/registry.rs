@@ -153,6 +153,12 @@ impl Registry {
         }
     }
 
+    /// Forgets a worker at once (its pool is no longer granted to it): it is sent nothing more,
+    /// and the jobs it held are lost with it.
+    pub fn forget(&self, worker_id: &str) -> bool {
+        self.workers.write().remove(worker_id).is_some()
+    }
+
     pub fn note_dispatched(&self, worker_id: &str) {
         if let Some(e) = self.workers.write().get_mut(worker_id) {
             e.local_delta += 1;
