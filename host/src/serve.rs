@@ -156,7 +156,7 @@ async fn start_plugins(
     tokio::task::spawn_blocking(move || loading.load_builtins())
         .await
         .context("loading the built-in plugins")?;
-    if let Err(e) = plugins.clone().sync_from_store(store).await {
+    if let Err(e) = plugins.clone().sync_from_store(store.as_ref()).await {
         tracing::warn!(error = %e, "cannot load the uploaded plugins yet; retrying in the background");
     }
     Ok(plugins)

@@ -8,7 +8,7 @@
 //! a **lease**, `{attempt}.{issued_at}.{nonce}.{mac}`, where the MAC is HMAC-SHA256 (truncated
 //! to 128 bits) over the job id, the attempt, the worker id, the time of the dispatch and a
 //! random nonce, under a secret all `serve` replicas share (made once, in the store:
-//! [`crate::store::Store::shared_secret`]). The worker echoes the lease in its `started` and
+//! [`crate::store::Locks::shared_secret`]). The worker echoes the lease in its `started` and
 //! result messages, unchanged. The host then checks two things:
 //!
 //! 1. *The lease is one a host minted for this job and this worker* ([`LeaseKey::verify`]): a

@@ -36,7 +36,12 @@ pub async fn put(
         .get(&name)
         .is_some_and(|p| p.source() == Source::Api);
     let info = plugins
-        .upload(&s.scheduler.store, &s.scheduler.bus, &name, body.to_vec())
+        .upload(
+            s.scheduler.store.as_ref(),
+            &s.scheduler.bus,
+            &name,
+            body.to_vec(),
+        )
         .await?;
     let code = if replaced {
         StatusCode::OK
@@ -54,7 +59,7 @@ pub async fn delete(
     caller.require_admin("deleting a plugin")?;
     let plugins = &s.scheduler.plugins;
     if plugins
-        .delete(&s.scheduler.store, &s.scheduler.bus, &name)
+        .delete(s.scheduler.store.as_ref(), &s.scheduler.bus, &name)
         .await?
     {
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -36,7 +36,7 @@ use crate::breaker::{BreakerConfig, BreakerState, TenantBreaker, TenantBreakers,
 use crate::bus::{SharedBus, publish_json};
 use crate::protocol::{PluginsChangedMsg, VERSION};
 use crate::scheduler::strategy::LeastLoaded;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{PluginBlobs, StoreError};
 use crate::time::{self, Millis, now_ms};
 
 /// Where a plugin came from; a later variant wins over an earlier one for the same name.
@@ -624,7 +624,7 @@ impl PluginRegistry {
     /// replicas. Until it is stored, whatever served the name still does.
     pub async fn upload(
         self: Arc<Self>,
-        store: &SharedStore,
+        store: &dyn PluginBlobs,
         bus: &SharedBus,
         name: &str,
         bytes: Vec<u8>,
@@ -647,7 +647,7 @@ impl PluginRegistry {
     /// Deletes an uploaded plugin everywhere. `Ok(false)`: there was none by that name.
     pub async fn delete(
         &self,
-        store: &SharedStore,
+        store: &dyn PluginBlobs,
         bus: &SharedBus,
         name: &str,
     ) -> Result<bool, UploadError> {
@@ -666,7 +666,10 @@ impl PluginRegistry {
     }
 
     /// Makes the API plugins in service match the store's.
-    pub async fn sync_from_store(self: Arc<Self>, store: &SharedStore) -> Result<(), StoreError> {
+    pub async fn sync_from_store(
+        self: Arc<Self>,
+        store: &dyn PluginBlobs,
+    ) -> Result<(), StoreError> {
         let stored = store.plugin_list().await?;
         let mut wanted = Vec::new();
         for meta in stored {
@@ -709,7 +712,7 @@ impl PluginRegistry {
 
     /// Follows uploads and deletes made through any replica: on each `sys.plugins.changed`, and
     /// every few seconds in case a notice was lost.
-    pub async fn follow_store(self: Arc<Self>, store: SharedStore, bus: SharedBus) {
+    pub async fn follow_store(self: Arc<Self>, store: Arc<dyn PluginBlobs>, bus: SharedBus) {
         let subject = bus.subjects().plugins_changed();
         let mut notices = match bus.subscribe(&subject).await {
             Ok(s) => Some(s),
@@ -719,7 +722,7 @@ impl PluginRegistry {
             }
         };
         loop {
-            if let Err(e) = self.clone().sync_from_store(&store).await {
+            if let Err(e) = self.clone().sync_from_store(store.as_ref()).await {
                 tracing::warn!(error = %e, "cannot read the uploaded plugins; retrying");
             }
             let notice = async {
