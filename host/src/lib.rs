@@ -18,6 +18,8 @@
 
 // The domain modules live in `coretex-core`; re-exported so paths read as one tree.
 pub use coretex_core::{ids, job, limits, protocol, time};
+// The store is `coretex-store`, under the same path.
+pub use coretex_store as store;
 
 pub mod breaker;
 pub mod bus;
@@ -33,7 +35,6 @@ pub mod plugins;
 pub mod reconciler;
 pub mod scheduler;
 pub mod serve;
-pub mod store;
 pub mod supervisor;
 pub mod ui;
 pub mod worker;

@@ -10,14 +10,28 @@
 //! not of any backend's data structures: how Redis keeps them (sorted-set scores, key names)
 //! is `redis.rs`'s alone.
 //!
+//! This is the `coretex-store` crate: it depends on the domain (`coretex-core`) and nothing of
+//! the host's; the host re-exports it as `coretex::store`.
+//!
 //! * [`redis::RedisStore`]: the real one. Every job state change is one Lua script (one round
-//!   trip, atomic, safe on a multiplexed connection); the key layout lives in `store/redis.rs`.
+//!   trip, atomic, safe on a multiplexed connection); the key layout lives in `redis.rs`.
 //! * [`memory::MemoryStore`]: the embedded default, with the same semantics, so `serve` runs with
 //!   nothing installed. One conformance suite (`tests/store_conformance.rs`) runs against both.
 //!
 //! Both answer list queries from server-side indexes ordered by `(updated_at, id)` descending, with
 //! an opaque cursor holding the last `(score, id)` returned: members that tie on the score are
 //! ordered by id, so a page boundary inside a tie neither skips nor repeats a job.
+
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod memory;
 pub mod redis;
@@ -30,8 +44,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// The domain modules, under the paths the backends name them by (`crate::job`, `crate::ids`, …).
+use coretex_core::{ids, job, time, workflow};
+
 use crate::job::{Job, JobError, JobSpec, JobState};
-use crate::time::{self, Millis};
+use crate::time::Millis;
 use crate::workflow::definition::{Run, Status, Workflow};
 
 pub type SharedStore = Arc<dyn Store>;
@@ -83,7 +100,7 @@ pub struct JobUpdate {
     pub execution_ms: Option<u64>,
     /// The effective config the job was dispatched with.
     pub effective_config: Option<Value>,
-    /// The lease of the dispatch (see [`crate::bus::auth`]): what the worker's `started` and
+    /// The lease of the dispatch (see the host's `bus::auth`): what the worker's `started` and
     /// result must carry.
     pub lease: Option<String>,
 }
@@ -107,7 +124,7 @@ impl JobUpdate {
 
 /// Who asks for a transition when a worker reports (its `started` or result): the worker and
 /// the lease its message carried, which the host has verified already (see
-/// [`crate::bus::auth`]). The store applies the transition only while the job's recorded
+/// the host's `bus::auth`). The store applies the transition only while the job's recorded
 /// assignment admits the claim ([`Claim::admits`]), in the same atomic step as the transition,
 /// and otherwise answers [`TransitionOutcome::OtherWorker`] and changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +442,7 @@ pub trait Locks: Backend {
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;
     /// Releases the lock only if `owner` holds it.
     async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool>;
-    /// The secret every host replica shares: the key of the bus leases ([`crate::bus::auth`]).
+    /// The secret every host replica shares: the key of the bus leases (the host's `bus::auth`).
     /// The first replica to ask makes it (32 random bytes), atomically: every replica of the
     /// deployment gets the same one, for good.
     async fn shared_secret(&self) -> StoreResult<Vec<u8>>;
