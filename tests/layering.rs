@@ -2,15 +2,20 @@
 //! below it, and the domain crate on no I/O at all. An upward arrow fails here, naming it.
 //!
 //! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex-store`
-//! (the store's traits and backends) → `coretex` (the bus, services, gateway and binary, still
-//! one crate while the split goes on).
+//! and `coretex-bus` (the backends, side by side: neither uses the other) → `coretex` (the
+//! services, plugin host, gateway and binary, still one crate while the split goes on).
 
 use std::process::Command;
 
 use serde_json::Value;
 
 /// Workspace crates by layer: a crate may depend only on crates of a lower layer.
-const LAYERS: &[(&str, u32)] = &[("coretex-core", 0), ("coretex-store", 1), ("coretex", 2)];
+const LAYERS: &[(&str, u32)] = &[
+    ("coretex-core", 0),
+    ("coretex-store", 1),
+    ("coretex-bus", 1),
+    ("coretex", 2),
+];
 
 /// What the domain crate must never reach: runtimes, backends, the sandbox, HTTP.
 const IO_CRATES: &[&str] = &[

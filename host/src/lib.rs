@@ -18,11 +18,11 @@
 
 // The domain modules live in `coretex-core`; re-exported so paths read as one tree.
 pub use coretex_core::{ids, job, limits, protocol, time};
-// The store is `coretex-store`, under the same path.
+// The backends are crates of their own (`coretex-store`, `coretex-bus`), under the same paths.
+pub use coretex_bus as bus;
 pub use coretex_store as store;
 
 pub mod breaker;
-pub mod bus;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
