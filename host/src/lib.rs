@@ -18,11 +18,11 @@
 
 // The domain modules live in `coretex-core`; re-exported so paths read as one tree.
 pub use coretex_core::{ids, job, limits, protocol, time};
-// The backends are crates of their own (`coretex-store`, `coretex-bus`), under the same paths.
+// The backends and the plugin host's breakers are crates of their own, under the same paths.
 pub use coretex_bus as bus;
+pub use coretex_plugin_host::breaker;
 pub use coretex_store as store;
 
-pub mod breaker;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
