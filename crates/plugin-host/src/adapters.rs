@@ -28,8 +28,7 @@ use super::{
 };
 use crate::job::{JobSpec, JobState};
 use crate::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
-use crate::strategy::Candidate;
-use crate::strategy::{DispatchStrategy, Pick, StrategyError};
+use crate::strategy::{Candidate, DispatchStrategy, Pick, StrategyError};
 use crate::workflow::expr::Scope;
 
 /// The retry policy when the config names none: backoff with jitter, from the `retry` object's

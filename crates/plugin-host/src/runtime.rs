@@ -114,8 +114,7 @@ use super::wasi_shim::{self, Blocked, HasWasiShim, WasiShim};
 use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
 use crate::job::{JobSpec, JobState, Priority};
 use crate::retry::RetryDecision;
-use crate::strategy::Candidate;
-use crate::strategy::Pick;
+use crate::strategy::{Candidate, Pick};
 
 /// The generated bindings of the three worlds, and of `expression-evaluator` (which the built-in
 /// `cel` exports beside `step-condition`); nothing outside this module sees them.
