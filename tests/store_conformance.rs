@@ -2438,6 +2438,239 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
     assert_eq!(recent, ids.len());
 }
 
+/// A rolling upgrade: a job written, and moved to DISPATCHED, by the version before the lean
+/// record (its whole spec as JSON in `spec`, its history as JSON events `h:1` … `h:{hn}`, long
+/// field names, every index entry) reads back whole, and this version moves it on — the claim
+/// checked against its recorded assignment, new events after the old ones, the fields it set
+/// earlier kept — and lists it.
+#[tokio::test]
+async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
+    use ::redis::AsyncCommands;
+    let (store, keys) = redis_store(StoreOptions::default()).await;
+    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let t0 = now_ms() - 10_000;
+    let mut spec = spec_at(
+        Req {
+            topic: "job.old",
+            tenant: Some("acme"),
+            team: Some("ops"),
+            ..Default::default()
+        },
+        t0,
+    );
+    spec.payload =
+        json!({"order": 42, "note": "a payload longer than sixty-four bytes, as many are"});
+    spec.labels.insert("region".into(), "eu".into());
+    let id = spec.id.clone();
+    let config = json!({"timeout_ms": 5000});
+    let event = |at: Millis, state: JobState, note: Option<&str>| {
+        serde_json::to_string(&JobEvent {
+            at,
+            state,
+            note: note.map(str::to_string),
+        })
+        .unwrap()
+    };
+    let p = &keys.prefix;
+    let key = format!("{p}job:{{{id}}}");
+    let fields: Vec<(&str, String)> = vec![
+        ("spec", serde_json::to_string(&spec).unwrap()),
+        ("state", "DISPATCHED".into()),
+        ("created", t0.to_string()),
+        ("updated_at", (t0 + 1).to_string()),
+        ("tenant", "acme".into()),
+        ("topic", "job.old".into()),
+        ("team", "ops".into()),
+        ("trace", id.clone()),
+        ("hn", "2".into()),
+        ("h:1", event(t0, Pending, Some("accepted"))),
+        ("h:2", event(t0 + 1, Dispatched, None)),
+        ("reason", String::new()),
+        ("worker_id", "w-old".into()),
+        ("lease", "lease-1".into()),
+        ("effective_config", config.to_string()),
+        ("safety_decision", "ALLOW".into()),
+        ("safety_reason", "no safety policy".into()),
+    ];
+    let _: () = conn.hset_multiple(&key, &fields).await.expect("HSET");
+    for index in [
+        "idx:state:DISPATCHED".to_string(),
+        "idx:recent".to_string(),
+        "idx:tenant:{acme}".to_string(),
+    ] {
+        let _: () = conn
+            .zadd(format!("{p}{index}"), &id, t0 + 1)
+            .await
+            .expect("ZADD");
+    }
+
+    let job = get(&store, &id).await;
+    assert_eq!(job.spec, spec, "the spec reads back whole");
+    assert_eq!(job.state, Dispatched);
+    assert_eq!(
+        job.history,
+        vec![
+            JobEvent {
+                at: t0,
+                state: Pending,
+                note: Some("accepted".into())
+            },
+            JobEvent {
+                at: t0 + 1,
+                state: Dispatched,
+                note: None
+            },
+        ]
+    );
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.safety_reason.as_deref(), Some("no safety policy"));
+    assert_eq!(job.reason, None);
+
+    // Another dispatch's claim is refused; the recorded one moves it on.
+    let t = Transition::to(Running, t0 + 2).claimed_by(claim("w-old", "lease-2"));
+    assert_eq!(
+        store.transition(&id, &t).await.unwrap(),
+        TransitionOutcome::OtherWorker
+    );
+    let mut t = Transition::to(Succeeded, t0 + 3)
+        .through(Running, t0 + 2)
+        .note("done, at last")
+        .claimed_by(claim("w-old", "lease-1"));
+    t.update.result = Some(json!({"ok": true}));
+    t.update.execution_ms = Some(7);
+    match store.transition(&id, &t).await.unwrap() {
+        TransitionOutcome::Applied {
+            from,
+            tenant_id,
+            created_at,
+            ..
+        } => assert_eq!(
+            (from, tenant_id.as_str(), created_at),
+            (Dispatched, "acme", t0)
+        ),
+        other => panic!("the transition should apply: {other:?}"),
+    }
+    let job = get(&store, &id).await;
+    assert_eq!(job.state, Succeeded);
+    assert_eq!(job.spec, spec);
+    assert_eq!(
+        job.history
+            .iter()
+            .map(|e| (e.at, e.state))
+            .collect::<Vec<_>>(),
+        vec![
+            (t0, Pending),
+            (t0 + 1, Dispatched),
+            (t0 + 2, Running),
+            (t0 + 3, Succeeded)
+        ]
+    );
+    assert_eq!(
+        job.history.last().and_then(|e| e.note.as_deref()),
+        Some("done, at last")
+    );
+    assert_eq!(job.result, Some(json!({"ok": true})));
+    assert_eq!(job.execution_ms, Some(7));
+    assert_eq!(job.worker_id.as_deref(), Some("w-old"));
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.updated_at, t0 + 3);
+    let listed = list_all(
+        &store,
+        &JobFilter {
+            tenant: Some("acme".into()),
+            team: Some("ops".into()),
+            state: Some(Succeeded),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(ids_of(&listed), vec![id.clone()]);
+    let ttl: i64 = conn.pttl(&key).await.expect("PTTL");
+    assert!(ttl > 0, "a finished job expires, whoever wrote it: {ttl}");
+}
+
+/// The lean record in Redis: an echo-sized job's hash stays in Redis's compact encoding
+/// (every value within 64 bytes) through its whole life, holds neither its tenant nor its
+/// trace (both follow from its id), and an effective config too large to inline is stored
+/// once for all the jobs dispatched with it, expiring with the last of them.
+#[tokio::test]
+async fn redis_job_records_are_compact_and_share_their_effective_config() {
+    use ::redis::AsyncCommands;
+    let (store, keys) = redis_store(StoreOptions::default()).await;
+    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let t0 = now_ms() - 10_000;
+    let config =
+        json!({"retry": {"max_attempts": 3}, "safety": {"denied_topics": ["job.danger.*"]}});
+    let small = json!({"a": 1});
+    let mut ids = Vec::new();
+    for (i, cfg) in [&config, &config, &small].into_iter().enumerate() {
+        let mut spec = simple_spec(t0);
+        spec.payload = json!({"i": i});
+        create(&store, &spec).await;
+        let mut t = Transition::to(Succeeded, t0 + 3)
+            .through(Dispatched, t0 + 1)
+            .through(Running, t0 + 2);
+        t.update = JobUpdate {
+            worker_id: Some("w1".into()),
+            worker_instance: Some(uuid::Uuid::new_v4().to_string()),
+            lease: Some(format!("1.{t0}.45bcb6b3925e4750.HsQhQ93pemxP1os4KJNwog")),
+            effective_config: Some(cfg.clone()),
+            safety_decision: Some("ALLOW".into()),
+            safety_reason: Some("no safety policy".into()),
+            result: Some(json!({"i": i})),
+            execution_ms: Some(0),
+            ..Default::default()
+        };
+        store.transition(&spec.id, &t).await.unwrap();
+        let job = get(&store, &spec.id).await;
+        assert_eq!(job.effective_config.as_ref(), Some(cfg));
+        assert_eq!(job.spec, spec);
+        assert_eq!(states(&job), vec![Pending, Dispatched, Running, Succeeded]);
+        ids.push(spec.id);
+    }
+    let p = &keys.prefix;
+    for id in &ids {
+        let key = format!("{p}job:{{{id}}}");
+        let encoding: String = ::redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("OBJECT ENCODING");
+        assert_eq!(encoding, "listpack", "{key}");
+        let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
+        for derived in ["tenant", "trace", "spec", "team", "reason"] {
+            assert!(
+                !stored.iter().any(|f| f == derived),
+                "{key} holds {derived}"
+            );
+        }
+    }
+    let configs: Vec<String> = conn.keys(format!("{p}cfg:*")).await.expect("KEYS");
+    assert_eq!(
+        configs.len(),
+        1,
+        "one stored config for two jobs: {configs:?}"
+    );
+    let ttl: i64 = conn.pttl(&configs[0]).await.expect("PTTL");
+    assert!(ttl > 0, "the stored config expires");
+    let jobs = store.get_jobs(&ids).await.unwrap();
+    let shown: Vec<Option<serde_json::Value>> = jobs
+        .into_iter()
+        .map(|j| j.and_then(|j| j.effective_config))
+        .collect();
+    assert_eq!(shown, vec![Some(config.clone()), Some(config), Some(small)]);
+}
+
 fn redis_unreachable(url: &str, e: StoreError) -> ! {
     panic!(
         "Redis is not reachable at {url} ({e}). The redis::* store conformance tests need a \
