@@ -2594,10 +2594,10 @@ async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
     assert!(ttl > 0, "a finished job expires, whoever wrote it: {ttl}");
 }
 
-/// The lean record in Redis: an echo-sized job's hash stays in Redis's compact encoding
-/// (every value within 64 bytes) through its whole life, holds neither its tenant nor its
-/// trace (both follow from its id), and an effective config too large to inline is stored
-/// once for all the jobs dispatched with it, expiring with the last of them.
+/// The lean record in Redis: a job's hash stays in Redis's compact encoding (every value
+/// within 64 bytes, longer ones in pieces) through its whole life, holds neither its tenant
+/// nor its trace (both follow from its id), and an effective config too large to inline is
+/// stored once for all the jobs dispatched with it, expiring with the last of them.
 #[tokio::test]
 async fn redis_job_records_are_compact_and_share_their_effective_config() {
     use ::redis::AsyncCommands;
@@ -2655,6 +2655,98 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
             );
         }
     }
+    // Values longer than 64 bytes — a payload, a waiting reason and its history note, a
+    // result, an error — go in pieces, cut between the bytes of a character or not, and the
+    // hash stays compact; a reason replaced by a shorter one leaves no piece behind.
+    let mut spec = simple_spec(t0);
+    let long = "ünïcödé ".repeat(40);
+    spec.payload = json!({"text": long, "n": [1, 2, 3]});
+    spec.labels.insert("region".into(), "~eu".into());
+    create(&store, &spec).await;
+    let waiting = format!(
+        "waiting for capacity in pool `echo`: {}",
+        "every worker is busy ".repeat(5)
+    );
+    for reason in [waiting.as_str(), "~short"] {
+        let a = Annotation {
+            expect: Pending,
+            at: t0 + 1,
+            reason: Some(reason.to_string()),
+            update: JobUpdate::default(),
+            recheck_at: None,
+        };
+        assert!(store.annotate(&spec.id, &a).await.unwrap());
+        assert_eq!(get(&store, &spec.id).await.reason.as_deref(), Some(reason));
+    }
+    let result = json!({"echo": long});
+    let mut t = Transition::to(Failed, t0 + 2).note(format!("failed: {long}"));
+    t.update = JobUpdate {
+        result: Some(result.clone()),
+        error: Some(JobError::new("boom", long.clone())),
+        safety_reason: Some(format!("~{long}")),
+        ..Default::default()
+    };
+    store.transition(&spec.id, &t).await.unwrap();
+    let job = get(&store, &spec.id).await;
+    assert_eq!(job.spec, spec);
+    assert_eq!(job.result, Some(result));
+    assert_eq!(job.error, Some(JobError::new("boom", long.clone())));
+    assert_eq!(job.safety_reason, Some(format!("~{long}")));
+    assert_eq!(job.reason, None);
+    assert_eq!(
+        job.history
+            .iter()
+            .map(|e| (e.state, e.note.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Pending, None),
+            (Pending, Some(waiting.clone())),
+            (Pending, Some("~short".into())),
+            (Failed, Some(format!("failed: {long}")))
+        ]
+    );
+    let key = format!("{p}job:{{{}}}", spec.id);
+    let encoding: String = ::redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("OBJECT ENCODING");
+    assert_eq!(encoding, "listpack", "{key}");
+    let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
+    assert!(
+        !stored.iter().any(|f| f.starts_with("reason")),
+        "the waiting reason goes, pieces and all: {stored:?}"
+    );
+
+    // A history that grows a piece at a time, past nine pieces and on.
+    let spec = simple_spec(t0);
+    create(&store, &spec).await;
+    let reasons: Vec<String> = (0..40)
+        .map(|i| format!("waiting, for the {i}th time, for a slot"))
+        .collect();
+    for (i, reason) in reasons.iter().enumerate() {
+        let a = Annotation {
+            expect: Pending,
+            at: t0 + i as Millis,
+            reason: Some(reason.clone()),
+            update: JobUpdate::default(),
+            recheck_at: None,
+        };
+        assert!(store.annotate(&spec.id, &a).await.unwrap());
+    }
+    go(&store, &spec.id, Cancelled, t0 + 100).await;
+    let job = get(&store, &spec.id).await;
+    let notes: Vec<Option<String>> = job.history.iter().map(|e| e.note.clone()).collect();
+    let mut expected = vec![None];
+    expected.extend(reasons.iter().cloned().map(Some));
+    expected.push(None);
+    assert_eq!(notes, expected);
+    assert_eq!(
+        job.history.last().map(|e| (e.at, e.state)),
+        Some((t0 + 100, Cancelled))
+    );
+
     let configs: Vec<String> = conn.keys(format!("{p}cfg:*")).await.expect("KEYS");
     assert_eq!(
         configs.len(),

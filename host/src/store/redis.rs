@@ -12,7 +12,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference) |
+//! | `P job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
 //! | `P cfg:{ref}` | string | an effective config too large to inline, stored once under `ref` (SHA-256 of its JSON, base64url) for every job dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
 //! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
@@ -49,8 +49,9 @@
 //! allocated entries, about four times the size. So the spec is not stored as one JSON
 //! document: its payload and the rest go in fields of their own, and what the id already says
 //! (the tenant, a trace named after the job) or what has a field anyway (topic, team, run,
-//! deadline, creation time) is left out of it and put back when the job is read. The history
-//! is one field of compact events (`{ms after created},{state code}[,{note as JSON}]`, one a
+//! deadline, creation time) is left out of it and put back when the job is read; a value still
+//! longer than 64 bytes (a payload, a result, a waiting reason) is stored in 64-byte pieces
+//! ([`LUA_PIECES`]). The history is one field of compact events (`{ms after created},{state code}[,{note as JSON}]`, one a
 //! line, about 5 bytes each where the JSON events took 55), appended by the scripts; the
 //! fields no script reads have short names. An effective config longer than 48 bytes — every
 //! job of a tenant or team carries the same merged document — is stored once under its digest
@@ -136,6 +137,81 @@ const LUA_TENANT_OF: &str = r#"
 local function tenant_of(id) return string.match(id, '^([^~]*)~') or '' end
 "#;
 
+/// Long values in pieces, so that a record keeps Redis's compact hash encoding (a listpack),
+/// which holds values of up to 64 bytes (`hash-max-listpack-value`): past that, one value
+/// turns the whole hash into a table of separately allocated entries, and it stays one. A
+/// value over 64 bytes (or one that starts with `~`) is stored as `~{n}~{first piece}` under
+/// its own name and pieces `{name}#2` … `{name}#{n}` of 64 bytes (bytes, not characters: the
+/// reader joins the bytes before it decodes them). A reader that meets a value starting with
+/// `~` whose pieces are not all there takes it as it is (a record of an earlier version). Only
+/// the fields no script compares are cut: payload, spec, history, result, error, safety
+/// decision and reason, the waiting reason, execution time and inline config.
+const LUA_PIECES: &str = r#"
+local PIECE = 64
+local function put(fields, k, v)
+  if #v <= PIECE and string.byte(v, 1) ~= 126 then
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+    return 1
+  end
+  local d, n = 1, 0
+  while true do
+    n = 1 + math.ceil(math.max(0, #v - (PIECE - 2 - d)) / PIECE)
+    if #tostring(n) <= d then break end
+    d = d + 1
+  end
+  local first = PIECE - 2 - d
+  fields[#fields + 1] = k
+  fields[#fields + 1] = '~' .. n .. '~' .. string.sub(v, 1, first)
+  local pos = first + 1
+  for i = 2, n do
+    fields[#fields + 1] = k .. '#' .. i
+    fields[#fields + 1] = string.sub(v, pos, pos + PIECE - 1)
+    pos = pos + PIECE
+  end
+  return n
+end
+-- How many pieces a stored value says it has (1 for a whole one, 0 for none).
+local function pieces_of(v)
+  if not v then return 0 end
+  if string.byte(v, 1) ~= 126 then return 1 end
+  return tonumber(string.match(v, '^~(%d+)~')) or 1
+end
+-- The whole value of field `k` whose stored value is `v`.
+local function full(key, k, v)
+  if not v or string.byte(v, 1) ~= 126 then return v end
+  local n, first = string.match(v, '^~(%d+)~(.*)$')
+  if not n then return v end
+  n = tonumber(n)
+  if n < 2 then return first end
+  local names = {}
+  for i = 2, n do names[#names + 1] = k .. '#' .. i end
+  local parts = redis.call('HMGET', key, unpack(names))
+  local out = {first}
+  for i = 1, #parts do
+    if not parts[i] then return v end
+    out[#out + 1] = parts[i]
+  end
+  return table.concat(out)
+end
+-- Whether field `k`, stored as `v`, holds `want` (its other pieces read only when its first
+-- one matches).
+local function holds(key, k, v, want)
+  if not v then return false end
+  local f = {}
+  local n = put(f, k, want)
+  if f[2] ~= v then return false end
+  return n == 1 or full(key, k, v) == want
+end
+-- Drops pieces `from` … `to` of field `k`.
+local function drop_pieces(key, k, from, to)
+  if from > to then return end
+  local names = {}
+  for i = from, to do names[#names + 1] = k .. '#' .. i end
+  redis.call('HDEL', key, unpack(names))
+end
+"#;
+
 /// The record's shared Lua: a history event in its compact form, and the update fields of a
 /// transition or annotation.
 ///
@@ -146,14 +222,42 @@ local function tenant_of(id) return string.match(id, '^([^~]*)~') or '' end
 /// `{ref} {json}`, an effective config too large to inline, stored once under its content's
 /// digest (`cfg:{ref}`) and referenced from the job's `ecr`.
 const LUA_RECORD: &str = r#"
+local PIECED = {r = true, err = true, sd = true, sr = true, ms = true, ec = true}
 local function event(created, at, state, note)
   local e = (tonumber(at) - (tonumber(created) or 0)) .. ',' .. CODE[state]
   if note ~= '' then e = e .. ',' .. note end
   return e
 end
-local function append(h, e)
-  if h == nil or h == false or h == '' then return e end
-  return h .. '\n' .. e
+-- Appends `add` (events, one a line) to the history whose stored value is `v`. A history in
+-- pieces keeps the pieces between its first and its last: only the first (which holds the
+-- count) and the last ones are written again, so a long history costs each transition a piece
+-- or two, not all of them.
+local function add_history(fields, key, v, add)
+  if not v or v == '' then put(fields, 'h', add); return end
+  local n, first = nil, nil
+  if string.byte(v, 1) == 126 then n, first = string.match(v, '^~(%d+)~(.*)$') end
+  n = tonumber(n)
+  local last = n and n >= 2 and redis.call('HGET', key, 'h#' .. n)
+  if not last then
+    put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
+    return
+  end
+  local tail = last .. '\n' .. add
+  local total = n - 1 + math.ceil(#tail / PIECE)
+  local head = '~' .. total .. '~' .. first
+  if #head > PIECE then
+    -- The count gained a digit: cut the whole history again.
+    put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
+    return
+  end
+  fields[#fields + 1] = 'h'
+  fields[#fields + 1] = head
+  local pos = 1
+  for i = n, total do
+    fields[#fields + 1] = 'h#' .. i
+    fields[#fields + 1] = string.sub(tail, pos, pos + PIECE - 1)
+    pos = pos + PIECE
+  end
 end
 local function add_fields(p, ttl, fields, first, last)
   local cfg = nil
@@ -165,6 +269,8 @@ local function add_fields(p, ttl, fields, first, last)
       redis.call('SET', braced(p, 'cfg', cfg), string.sub(v, sp + 1), 'PX', ttl)
       fields[#fields + 1] = 'ecr'
       fields[#fields + 1] = cfg
+    elseif PIECED[k] then
+      put(fields, k, v)
     else
       fields[#fields + 1] = k
       fields[#fields + 1] = v
@@ -197,10 +303,10 @@ local function create(id, created, payload, rest, tenant, topic, team, trace, de
   elseif redis.call('EXISTS', key) == 1 then
     return 'exists', id
   end
-  local f = {'state', 'PENDING', 'created', created, 'updated_at', created, 'topic', topic,
-    'h', event}
-  if payload ~= '' then f[#f + 1] = 'p'; f[#f + 1] = payload end
-  if rest ~= '' then f[#f + 1] = 'x'; f[#f + 1] = rest end
+  local f = {'state', 'PENDING', 'created', created, 'updated_at', created, 'topic', topic}
+  put(f, 'h', event)
+  if payload ~= '' then put(f, 'p', payload) end
+  if rest ~= '' then put(f, 'x', rest) end
   if tenant ~= tenant_of(id) then f[#f + 1] = 'tenant'; f[#f + 1] = tenant end
   if team ~= '' then f[#f + 1] = 'team'; f[#f + 1] = team end
   if trace ~= id then f[#f + 1] = 'trace'; f[#f + 1] = trace end
@@ -265,7 +371,7 @@ local function transition(id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, fir
   end
   if cur == to then return 'same', cur, run, tenant, created end
   local fields = {'state', to, 'updated_at', at}
-  local hist = h[5]
+  local add = {}
   -- The walk through the via states: after the current one when it is on the path.
   local start = vfirst
   for a = vfirst, vlast, 2 do
@@ -278,17 +384,19 @@ local function transition(id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, fir
   end
   if prev and ALLOWED[prev .. '>' .. to] then
     for a = start, vlast, 2 do
-      hist = append(hist, event(created, ARGV[a + 1], ARGV[a], ''))
+      add[#add + 1] = event(created, ARGV[a + 1], ARGV[a], '')
     end
   elseif not ALLOWED[cur .. '>' .. to] then
     return 'illegal', cur, run, tenant, created
   end
-  hist = append(hist, event(created, at, to, note))
-  fields[#fields + 1] = 'h'
-  fields[#fields + 1] = hist
+  add[#add + 1] = event(created, at, to, note)
+  add_history(fields, key, h[5], table.concat(add, '\n'))
   local cfg = add_fields(p, ttl, fields, first, last) or h[11]
   redis.call('HSET', key, unpack(fields))
-  if h[10] then redis.call('HDEL', key, 'reason') end
+  if h[10] then
+    redis.call('HDEL', key, 'reason')
+    drop_pieces(key, 'reason', 2, pieces_of(h[10]))
+  end
   zrem(p .. 'idx:state:' .. cur, id)
   zadd(p .. 'idx:state:' .. to, at, id)
   zadd(p .. 'idx:recent', at, id)
@@ -337,8 +445,10 @@ local h = redis.call('HMGET', key, 'state', 'reason', 'created', 'h')
 if not h[1] then return 'missing' end
 if h[1] ~= expect then return 'skip' end
 local fields = {}
-if ARGV[5] ~= '' and h[2] ~= ARGV[5] then
-  fields = {'reason', ARGV[5], 'h', append(h[4], event(h[3], ARGV[8], expect, ARGV[6]))}
+if ARGV[5] ~= '' and not holds(key, 'reason', h[2], ARGV[5]) then
+  local n = put(fields, 'reason', ARGV[5])
+  drop_pieces(key, 'reason', n + 1, pieces_of(h[2]))
+  add_history(fields, key, h[4], event(h[3], ARGV[8], expect, ARGV[6]))
 end
 add_fields(p, ttl, fields, 9, #ARGV)
 if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
@@ -767,7 +877,9 @@ impl RedisStore {
         let tables = lua_state_tables();
         let creates = Batcher::start(
             conn.clone(),
-            Script::new(&format!("{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_CREATE}")),
+            Script::new(&format!(
+                "{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}"
+            )),
             vec![
                 prefix.to_string(),
                 opts.job_ttl_ms.to_string(),
@@ -778,14 +890,14 @@ impl RedisStore {
         let transitions = Batcher::start(
             conn.clone(),
             Script::new(&format!(
-                "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_RECORD}{LUA_TRANSITION}"
+                "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
             )),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
             5,
         );
         let scripts = Scripts {
             annotate: Script::new(&format!(
-                "{tables}{LUA_INDEX_WRITES}{LUA_RECORD}{LUA_ANNOTATE}"
+                "{tables}{LUA_INDEX_WRITES}{LUA_PIECES}{LUA_RECORD}{LUA_ANNOTATE}"
             )),
             list: Script::new(&format!("{LUA_BYTE_LT}{LUA_TENANT_OF}{LUA_LIST}")),
             after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
@@ -966,8 +1078,13 @@ impl RedisStore {
             pipe.hgetall(self.named("job", id));
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<std::collections::HashMap<String, String>> =
+        let raw: Vec<std::collections::HashMap<String, Vec<u8>>> =
             pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let replies = raw
+            .into_iter()
+            .zip(ids)
+            .map(|(h, id)| joined(id, h))
+            .collect::<StoreResult<Vec<_>>>()?;
         // The effective configs the records reference: one more round trip, only when some do.
         let mut refs: Vec<&String> = replies.iter().filter_map(|h| h.get("ecr")).collect();
         refs.sort();
@@ -992,6 +1109,50 @@ impl RedisStore {
         }
         Ok(out)
     }
+}
+
+/// A record's fields with the pieces of its long values joined (see [`LUA_PIECES`]) and every
+/// value decoded.
+fn joined(
+    id: &str,
+    mut raw: std::collections::HashMap<String, Vec<u8>>,
+) -> StoreResult<std::collections::HashMap<String, String>> {
+    let names: Vec<String> = raw.keys().filter(|k| !k.contains('#')).cloned().collect();
+    let mut out = std::collections::HashMap::with_capacity(names.len());
+    for name in names {
+        let Some(value) = raw.remove(&name) else {
+            continue;
+        };
+        let value = match pieced(&value) {
+            Some((n, first)) => {
+                let mut whole = first.to_vec();
+                let mut complete = true;
+                for i in 2..=n {
+                    match raw.get(&format!("{name}#{i}")) {
+                        Some(piece) => whole.extend_from_slice(piece),
+                        None => {
+                            complete = false;
+                            break;
+                        }
+                    }
+                }
+                if complete { whole } else { value }
+            }
+            None => value,
+        };
+        let value = String::from_utf8(value)
+            .map_err(|_| StoreError::Corrupt(format!("job {id}: field `{name}` is not UTF-8")))?;
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// The piece count and first piece of a value stored in pieces (`~{n}~{first piece}`).
+fn pieced(value: &[u8]) -> Option<(usize, &[u8])> {
+    let rest = value.strip_prefix(b"~")?;
+    let end = rest.iter().position(|b| *b == b'~')?;
+    let n = std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()?;
+    Some((n, rest.get(end + 1..)?))
 }
 
 /// An event's note as the compact history holds it: a JSON string (which holds no raw newline,
