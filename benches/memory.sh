@@ -72,6 +72,7 @@ one_run() {
     "$(echo "${script_us:-0} / $N" | bc -l)" "$(echo "($scpu1 - $scpu0) * 1000000 / $N" | bc -l)" |
     tee -a "$work/figures"
   if [ "$run" = 1 ]; then
+    report_redis "$rp" "$N"
     # Where the bytes are: one job's keys (exactly), and each index per entry.
     job=$(redis-cli -p "$rp" zrange 'coretex:idx:state:SUCCEEDED' 0 0)
     echo "== one job: $job"
@@ -83,6 +84,10 @@ one_run() {
     redis-cli -p "$rp" hkeys "coretex:job:{$job}" |
       while read -r f; do printf '%s: %s  ' "$f" "$(redis-cli -p "$rp" hstrlen "coretex:job:{$job}" "$f")"; done
     echo
+    echo "== the encoding of 500 jobs' hashes picked at random (listpack is the compact one)"
+    redis-cli -p "$rp" zrandmember 'coretex:idx:recent' 500 | while read -r j; do
+      redis-cli -p "$rp" object encoding "coretex:job:{$j}"
+    done | sort | uniq -c | sed 's/^/  /'
     echo "== keys other than the jobs' own (MEMORY USAGE, exact; per entry for sorted sets)"
     redis-cli -p "$rp" --scan --pattern 'coretex:*' | grep -v "{$job}" | grep -v '^coretex:job:{' |
       grep -v '^coretex:cfg:{' | sort | while read -r k; do

@@ -2746,6 +2746,28 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         job.history.last().map(|e| (e.at, e.state)),
         Some((t0 + 100, Cancelled))
     );
+    // Past 1 KB it went whole, its pieces dropped.
+    let stored: Vec<String> = conn
+        .hkeys(format!("{p}job:{{{}}}", spec.id))
+        .await
+        .expect("HKEYS");
+    assert!(!stored.iter().any(|f| f.contains('#')), "{stored:?}");
+
+    // Values over 1 KB stay whole, one that starts with the pieces' mark too; one far over
+    // (a megabyte) is no harder.
+    for len in [5000, 1 << 20] {
+        let mut spec = simple_spec(t0);
+        spec.payload = json!("x".repeat(len));
+        create(&store, &spec).await;
+        let mut t = Transition::to(Denied, t0 + 1);
+        t.update.safety_reason = Some(format!("~3~{}", "y".repeat(2000)));
+        t.update.result = Some(json!("z".repeat(len)));
+        store.transition(&spec.id, &t).await.unwrap();
+        let job = get(&store, &spec.id).await;
+        assert_eq!(job.spec, spec);
+        assert_eq!(job.safety_reason, t.update.safety_reason);
+        assert_eq!(job.result, t.update.result);
+    }
 
     let configs: Vec<String> = conn.keys(format!("{p}cfg:*")).await.expect("KEYS");
     assert_eq!(

@@ -142,16 +142,24 @@ local function tenant_of(id) return string.match(id, '^([^~]*)~') or '' end
 /// turns the whole hash into a table of separately allocated entries, and it stays one. A
 /// value over 64 bytes (or one that starts with `~`) is stored as `~{n}~{first piece}` under
 /// its own name and pieces `{name}#2` … `{name}#{n}` of 64 bytes (bytes, not characters: the
-/// reader joins the bytes before it decodes them). A reader that meets a value starting with
+/// reader joins the bytes before it decodes them). A value over 1 KB stays whole: its hash
+/// could not stay compact (Redis allows it 128 entries, `hash-max-listpack-entries`), and its
+/// pieces would only cost time. A reader that meets a value starting with
 /// `~` whose pieces are not all there takes it as it is (a record of an earlier version). Only
 /// the fields no script compares are cut: payload, spec, history, result, error, safety
 /// decision and reason, the waiting reason, execution time and inline config.
 const LUA_PIECES: &str = r#"
-local PIECE = 64
+local PIECE, MAX_CUT = 64, 1024
 local function put(fields, k, v)
   if #v <= PIECE and string.byte(v, 1) ~= 126 then
     fields[#fields + 1] = k
     fields[#fields + 1] = v
+    return 1
+  end
+  if #v > MAX_CUT then
+    -- Too long to keep the hash compact anyway: whole (marked, if it starts with the mark).
+    fields[#fields + 1] = k
+    fields[#fields + 1] = string.byte(v, 1) == 126 and ('~1~' .. v) or v
     return 1
   end
   local d, n = 1, 0
@@ -238,16 +246,14 @@ local function add_history(fields, key, v, add)
   if string.byte(v, 1) == 126 then n, first = string.match(v, '^~(%d+)~(.*)$') end
   n = tonumber(n)
   local last = n and n >= 2 and redis.call('HGET', key, 'h#' .. n)
-  if not last then
-    put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
-    return
-  end
-  local tail = last .. '\n' .. add
-  local total = n - 1 + math.ceil(#tail / PIECE)
-  local head = '~' .. total .. '~' .. first
-  if #head > PIECE then
-    -- The count gained a digit: cut the whole history again.
-    put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
+  local tail = last and (last .. '\n' .. add)
+  local total = tail and (n - 1 + math.ceil(#tail / PIECE))
+  local head = tail and ('~' .. total .. '~' .. first)
+  if not tail or #head > PIECE or total * PIECE > MAX_CUT then
+    -- Whole, or cut again from the start (the count gained a digit, or the history outgrew
+    -- its pieces): pieces it no longer has are dropped.
+    local m = put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
+    drop_pieces(key, 'h', m + 1, pieces_of(v))
     return
   end
   fields[#fields + 1] = 'h'
