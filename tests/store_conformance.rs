@@ -2421,11 +2421,7 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
     use ::redis::AsyncCommands;
     let (store, keys) = redis_store(StoreOptions::default()).await;
     let ids = two_moves_queued_together(&store).await;
-    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut conn = raw_connection(&keys).await;
     for (state, count) in [("PENDING", 0), ("DISPATCHED", 0), ("RUNNING", ids.len())] {
         let key = format!("{}idx:state:{state}", keys.prefix);
         let n: usize = conn.zcard(&key).await.expect("ZCARD");
@@ -2447,11 +2443,7 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
 async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
     use ::redis::AsyncCommands;
     let (store, keys) = redis_store(StoreOptions::default()).await;
-    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut conn = raw_connection(&keys).await;
     let t0 = now_ms() - 10_000;
     let mut spec = spec_at(
         Req {
@@ -2511,20 +2503,14 @@ async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
     let job = get(&store, &id).await;
     assert_eq!(job.spec, spec, "the spec reads back whole");
     assert_eq!(job.state, Dispatched);
+    let events: Vec<_> = job
+        .history
+        .iter()
+        .map(|e| (e.at, e.state, e.note.as_deref()))
+        .collect();
     assert_eq!(
-        job.history,
-        vec![
-            JobEvent {
-                at: t0,
-                state: Pending,
-                note: Some("accepted".into())
-            },
-            JobEvent {
-                at: t0 + 1,
-                state: Dispatched,
-                note: None
-            },
-        ]
+        events,
+        [(t0, Pending, Some("accepted")), (t0 + 1, Dispatched, None)]
     );
     assert_eq!(job.effective_config.as_ref(), Some(&config));
     assert_eq!(job.safety_reason.as_deref(), Some("no safety policy"));
@@ -2602,11 +2588,7 @@ async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
 async fn redis_job_records_are_compact_and_share_their_effective_config() {
     use ::redis::AsyncCommands;
     let (store, keys) = redis_store(StoreOptions::default()).await;
-    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut conn = raw_connection(&keys).await;
     let t0 = now_ms() - 10_000;
     let config =
         json!({"retry": {"max_attempts": 3}, "safety": {"denied_topics": ["job.danger.*"]}});
@@ -2640,13 +2622,7 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
     let p = &keys.prefix;
     for id in &ids {
         let key = format!("{p}job:{{{id}}}");
-        let encoding: String = ::redis::cmd("OBJECT")
-            .arg("ENCODING")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("OBJECT ENCODING");
-        assert_eq!(encoding, "listpack", "{key}");
+        assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
         let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
         for derived in ["tenant", "trace", "spec", "team", "reason"] {
             assert!(
@@ -2706,13 +2682,7 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         ]
     );
     let key = format!("{p}job:{{{}}}", spec.id);
-    let encoding: String = ::redis::cmd("OBJECT")
-        .arg("ENCODING")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .expect("OBJECT ENCODING");
-    assert_eq!(encoding, "listpack", "{key}");
+    assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
     let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
     assert!(
         !stored.iter().any(|f| f.starts_with("reason")),
@@ -2783,6 +2753,25 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         .map(|j| j.and_then(|j| j.effective_config))
         .collect();
     assert_eq!(shown, vec![Some(config.clone()), Some(config), Some(small)]);
+}
+
+/// A connection of the test's own to its Redis, to look at (or write) keys directly.
+async fn raw_connection(keys: &RedisKeys) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(keys.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+/// How Redis holds `key` (`OBJECT ENCODING`).
+async fn encoding(conn: &mut ::redis::aio::MultiplexedConnection, key: &str) -> String {
+    ::redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("OBJECT ENCODING")
 }
 
 fn redis_unreachable(url: &str, e: StoreError) -> ! {
