@@ -27,7 +27,7 @@ use coretex::bus::Subjects;
 use coretex::bus::nats::NatsBus;
 use coretex::job::JobState;
 use coretex::store::redis::RedisStore;
-use coretex::store::{Store, StoreOptions};
+use coretex::store::{JobStore, StoreOptions};
 use futures::StreamExt;
 use serde_json::{Value, json};
 

@@ -1,15 +1,33 @@
 //! The workspace's layering, checked over `cargo metadata`: each crate depends only on crates
 //! below it, and the domain crate on no I/O at all. An upward arrow fails here, naming it.
 //!
-//! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex` (the
-//! backends, services, gateway and binary, still one crate while the split goes on).
+//! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex-store`,
+//! `coretex-bus` and `coretex-plugin-host` (side by side: none uses another) → `coretex` (the
+//! services, gateway and binary, still one crate while the split goes on).
+//!
+//! A foreign API is narrowed in one crate: only `coretex-store` may depend on `redis`, only
+//! `coretex-bus` on `async-nats`, only `coretex-plugin-host` on `wasmtime` (tests may use them
+//! to set up or inspect what they check).
 
 use std::process::Command;
 
 use serde_json::Value;
 
 /// Workspace crates by layer: a crate may depend only on crates of a lower layer.
-const LAYERS: &[(&str, u32)] = &[("coretex-core", 0), ("coretex", 1)];
+const LAYERS: &[(&str, u32)] = &[
+    ("coretex-core", 0),
+    ("coretex-store", 1),
+    ("coretex-bus", 1),
+    ("coretex-plugin-host", 1),
+    ("coretex", 2),
+];
+
+/// Foreign crates that exactly one workspace crate may depend on (outside its tests).
+const OWNED_BY: &[(&str, &str)] = &[
+    ("redis", "coretex-store"),
+    ("async-nats", "coretex-bus"),
+    ("wasmtime", "coretex-plugin-host"),
+];
 
 /// What the domain crate must never reach: runtimes, backends, the sandbox, HTTP.
 const IO_CRATES: &[&str] = &[
@@ -75,6 +93,12 @@ fn workspace_crates_depend_only_downward() {
                 assert!(
                     !IO_CRATES.contains(&dep_name),
                     "the domain crate `{name}` depends on `{dep_name}`: it does no I/O"
+                );
+            }
+            if let Some((_, owner)) = OWNED_BY.iter().find(|(d, _)| *d == dep_name) {
+                assert!(
+                    !normal || name == *owner,
+                    "`{name}` depends on `{dep_name}`, which only `{owner}` may use"
                 );
             }
         }

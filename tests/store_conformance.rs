@@ -19,9 +19,9 @@ use coretex::job::{
 use coretex::store::memory::MemoryStore;
 use coretex::store::redis::RedisStore;
 use coretex::store::{
-    Annotation, Claim, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter, JobUpdate,
-    NewJob, PARKED, PageRequest, RunFilter, SHARED_SECRET_BYTES, SharedStore, Store, StoreError,
-    StoreOptions, Transition, TransitionOutcome,
+    Annotation, Backend, Claim, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter,
+    JobUpdate, Locks, NewJob, PARKED, PageRequest, RunFilter, SHARED_SECRET_BYTES, SharedStore,
+    StoreError, StoreOptions, Transition, TransitionOutcome,
 };
 use coretex::time::{Millis, now_ms};
 use coretex::workflow::definition::{Run, Status};

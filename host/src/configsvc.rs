@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use crate::bus::{SharedBus, publish_json};
 use crate::job::{FieldError, check_ident};
 use crate::protocol::{ConfigChangedMsg, VERSION};
-use crate::store::{ConfigDoc, SharedStore, StoreError};
+use crate::store::{ConfigDoc, ConfigStore, StoreError};
 use crate::time::now_ms;
 use schema::Tenancy;
 
@@ -374,13 +374,13 @@ fn changed_keys(before: &Value, after: &Value) -> Vec<String> {
 }
 
 pub struct ConfigService {
-    store: SharedStore,
+    store: Arc<dyn ConfigStore>,
     bus: SharedBus,
     cache: Mutex<HashMap<ConfigTarget, (Instant, Arc<Effective>)>>,
 }
 
 impl ConfigService {
-    pub fn new(store: SharedStore, bus: SharedBus) -> Arc<Self> {
+    pub fn new(store: Arc<dyn ConfigStore>, bus: SharedBus) -> Arc<Self> {
         Arc::new(ConfigService {
             store,
             bus,

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::job::JobState;
-use crate::store::{Store, StoreResult};
+use crate::store::{JobStore, StoreResult};
 use crate::time::Millis;
 
 /// Jobs that ended, by terminal state (a counter).
@@ -255,7 +255,7 @@ fn quantile(q: f64, counts: &[u64; LATENCY_BUCKETS.len() + 1]) -> Option<f64> {
 
 /// The jobs in each live state now, counted in the store (the cluster's, not only this
 /// replica's), and set as the `coretex_jobs{state}` gauges on the way.
-pub async fn count_live(store: &dyn Store) -> StoreResult<BTreeMap<&'static str, u64>> {
+pub async fn count_live(store: &dyn JobStore) -> StoreResult<BTreeMap<&'static str, u64>> {
     let counts = store.count_jobs(&LIVE).await?;
     Ok(LIVE
         .iter()

@@ -6,11 +6,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::store::{SharedStore, StoreError};
+use std::sync::Arc;
+
+use crate::store::{Locks, StoreError};
 
 /// One lock, held by this replica under its own token.
 pub struct Leadership {
-    store: SharedStore,
+    store: Arc<dyn Locks>,
     lock: &'static str,
     owner: String,
     ttl: Duration,
@@ -18,7 +20,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// The lock `lock`, held as `owner`; it outlives a tick that did not renew it by `ttl`.
-    pub fn new(store: SharedStore, lock: &'static str, owner: String, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn Locks>, lock: &'static str, owner: String, ttl: Duration) -> Self {
         Leadership {
             store,
             lock,

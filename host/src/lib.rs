@@ -18,9 +18,11 @@
 
 // The domain modules live in `coretex-core`; re-exported so paths read as one tree.
 pub use coretex_core::{ids, job, limits, protocol, time};
+// The backends and the plugin host's breakers are crates of their own, under the same paths.
+pub use coretex_bus as bus;
+pub use coretex_plugin_host::breaker;
+pub use coretex_store as store;
 
-pub mod breaker;
-pub mod bus;
 pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
@@ -33,7 +35,6 @@ pub mod plugins;
 pub mod reconciler;
 pub mod scheduler;
 pub mod serve;
-pub mod store;
 pub mod supervisor;
 pub mod ui;
 pub mod worker;

@@ -31,7 +31,7 @@ use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
 use crate::gateway::{self, AppState};
 use crate::plugins::runtime::PluginRuntime;
-use crate::plugins::{PluginRegistry, PluginSettings};
+use crate::plugins::{PluginRegistry, PluginSettings, uploads};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
 use crate::scheduler::registry::Registry;
 use crate::scheduler::safety::{BuiltinPolicy, SafetyGate};
@@ -153,10 +153,10 @@ async fn start_plugins(
     let runtime = PluginRuntime::new(&opts.plugins).context("starting the plugin runtime")?;
     let plugins = PluginRegistry::new(runtime, BreakerConfig::default());
     let loading = plugins.clone();
-    tokio::task::spawn_blocking(move || loading.load_builtins())
+    tokio::task::spawn_blocking(move || crate::plugins::load_builtins(&loading))
         .await
         .context("loading the built-in plugins")?;
-    if let Err(e) = plugins.clone().sync_from_store(store).await {
+    if let Err(e) = uploads::sync_from_store(plugins.clone(), store.as_ref()).await {
         tracing::warn!(error = %e, "cannot load the uploaded plugins yet; retrying in the background");
     }
     Ok(plugins)
@@ -268,7 +268,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     {
         let (plugins, store, bus) = (plugins.clone(), store.clone(), bus.clone());
         loops.spawn("plugins.follow_store", move || {
-            plugins.clone().follow_store(store.clone(), bus.clone())
+            uploads::follow_store(plugins.clone(), store.clone(), bus.clone())
         });
     }
     {

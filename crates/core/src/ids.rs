@@ -16,7 +16,7 @@
 //!   workflow step's job `{run}~{step}~{attempt}` — hold a `~` past the tenant's, so no client
 //!   can submit one first ([`derive`]).
 //! * No id equals a key the host keeps for itself: the store puts each id between braces
-//!   (`job:{acme~x}`), which no id holds (see `store/redis.rs`).
+//!   (`job:{acme~x}`), which no id holds (see `store::redis`).
 //!
 //! The API answers qualified ids, and takes either form: an unqualified id is the caller's — a
 //! tenant key's own tenant, or for an admin the default tenant.

@@ -474,7 +474,7 @@ impl JobSpec {
         let ours = |local: &String| ids::qualify(&tenant, local);
         let id = ours(&req.id.clone().unwrap_or_else(new_id));
         // A job that starts a trace names it after itself (the store needs no trace index
-        // entry for it: see `store/redis.rs`).
+        // entry for it: see `store::redis`).
         let trace_id = req.trace_id.as_ref().map_or_else(|| id.clone(), ours);
         let workflow_id = req.workflow_id.as_ref().map(ours);
         let run_id = req.run_id.as_ref().map(ours);

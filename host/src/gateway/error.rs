@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::configsvc::ConfigError;
 use crate::job::FieldError;
 use crate::plugins::LoadError;
-use crate::plugins::registry::UploadError;
+use crate::plugins::uploads::UploadError;
 use crate::scheduler::SchedulerError;
 use crate::store::StoreError;
 use crate::workflow::engine::WorkflowError;

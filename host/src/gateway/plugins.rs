@@ -9,7 +9,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Path, RawBody};
-use crate::plugins::Source;
+use crate::plugins::{Source, uploads};
 
 pub async fn list(State(s): State<AppState>, caller: Caller) -> Response {
     let items = s.scheduler.plugins.list_for(caller.tenant());
@@ -35,9 +35,14 @@ pub async fn put(
     let replaced = plugins
         .get(&name)
         .is_some_and(|p| p.source() == Source::Api);
-    let info = plugins
-        .upload(&s.scheduler.store, &s.scheduler.bus, &name, body.to_vec())
-        .await?;
+    let info = uploads::upload(
+        plugins,
+        s.scheduler.store.as_ref(),
+        &s.scheduler.bus,
+        &name,
+        body.to_vec(),
+    )
+    .await?;
     let code = if replaced {
         StatusCode::OK
     } else {
@@ -53,10 +58,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     caller.require_admin("deleting a plugin")?;
     let plugins = &s.scheduler.plugins;
-    if plugins
-        .delete(&s.scheduler.store, &s.scheduler.bus, &name)
-        .await?
-    {
+    if uploads::delete(plugins, s.scheduler.store.as_ref(), &s.scheduler.bus, &name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("no uploaded plugin `{name}`")))

@@ -33,7 +33,7 @@
 //! **Batching without waiting.** No step holds a lock or awaits another job, and nothing waits
 //! for a batch to fill. The store queues concurrent create and transition calls and sends what
 //! is queued as one script call per up to 128 jobs, a few calls in flight (group commit, in
-//! `store/redis.rs`; inside a call, the index writes of all its jobs go out as one `ZADD` or
+//! `store::redis`; inside a call, the index writes of all its jobs go out as one `ZADD` or
 //! `ZREM` per index); NATS publishes go through an [`Outbox`] that sends what is ready together
 //! as one message (jobs for one worker, job events; the worker does the same
 //! with its results). At a trickle every call and message goes alone, immediately; under load

@@ -2,7 +2,7 @@
 //! and borrows it for the one decision; every call goes through the plugin's breaker for the
 //! job's tenant ([`Plugin::call`]: one tenant's settings that make a plugin fail open only that
 //! tenant's breaker) and, when it fails for any reason, the native default decides instead:
-//! [`LeastLoaded`](crate::scheduler::strategy::LeastLoaded) for dispatch, dead-lettering (the job
+//! [`LeastLoaded`](crate::strategy::LeastLoaded) for dispatch, dead-lettering (the job
 //! waits in the DLQ, whole and retryable) for retry. Nothing a plugin does stops a job.
 //!
 //! The one exception is [`PluginExpressions`], the built-in `cel` evaluating workflow templates and
@@ -27,9 +27,8 @@ use super::{
     CallError, ConditionEvaluator, ExpressionEvaluator, FailureReason, PluginKind, latency_budget,
 };
 use crate::job::{JobSpec, JobState};
-use crate::scheduler::registry::Candidate;
-use crate::scheduler::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
-use crate::scheduler::strategy::{DispatchStrategy, Pick, StrategyError};
+use crate::retry::{DeadLetterAtOnce, Failure, RetryDecision, RetryPolicy};
+use crate::strategy::{Candidate, DispatchStrategy, Pick, StrategyError};
 use crate::workflow::expr::Scope;
 
 /// The retry policy when the config names none: backoff with jitter, from the `retry` object's

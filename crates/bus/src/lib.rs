@@ -8,6 +8,21 @@
 //! * [`memory::MemoryBus`]: the in-process default with the same delivery rules.
 //!
 //! Subjects are named in one place, [`Subjects`]; who may say what on them is [`auth`]'s.
+//!
+//! This is the `coretex-bus` crate: it depends on the domain (`coretex-core`) and nothing of the
+//! host's (the leases' key comes in as bytes, from the store, through the host); the host
+//! re-exports it as `coretex::bus`.
+
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod auth;
 pub mod memory;
@@ -20,6 +35,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use serde::Serialize;
+
+// The domain modules, under the paths the backends name them by (`crate::protocol`, …).
+use coretex_core::{limits, protocol, time};
 
 pub type SharedBus = Arc<dyn Bus>;
 

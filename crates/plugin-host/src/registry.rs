@@ -7,7 +7,8 @@
 //! * **api** — uploaded with `PUT /api/v1/plugins/{name}` and kept in the store, so every replica
 //!   loads it: the replica that took the upload announces `sys.plugins.changed`, the others
 //!   compare the store's list with what they run (also every few seconds, in case a notice was
-//!   missed) and load what differs.
+//!   missed) and load what differs. That part needs the store and the bus, so it is the host's
+//!   (`coretex::plugins::uploads`); this crate knows neither.
 //!
 //! A name may come from several sources at once; api wins over dir, dir over built-in, so an
 //! upload or a file named `least-loaded` replaces the built-in, and removing it brings the
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -33,10 +33,7 @@ use super::{
     CallError, FailureReason, LATENCY_BUDGET_KEY, LoadError, PluginKind, check_name, name_from_stem,
 };
 use crate::breaker::{BreakerConfig, BreakerState, TenantBreaker, TenantBreakers, TenantLimits};
-use crate::bus::{SharedBus, publish_json};
-use crate::protocol::{PluginsChangedMsg, VERSION};
-use crate::scheduler::strategy::LeastLoaded;
-use crate::store::{SharedStore, StoreError};
+use crate::strategy::LeastLoaded;
 use crate::time::{self, Millis, now_ms};
 
 /// Where a plugin came from; a later variant wins over an earlier one for the same name.
@@ -184,7 +181,7 @@ impl Plugin {
 
     /// Its row in the listing; for a tenant's key, only what concerns that tenant (other
     /// tenants' names and failures are theirs).
-    fn info(&self, seen_by: Option<&str>) -> PluginInfo {
+    pub fn info(&self, seen_by: Option<&str>) -> PluginInfo {
         let (breaker, breakers_open, breaker_open_for, last_failure) = match seen_by {
             None => {
                 let (n, open) = self.breakers.not_closed(LISTED_TENANTS);
@@ -272,16 +269,6 @@ pub struct LoadProblem {
     pub hash: String,
     #[serde(with = "time::rfc3339")]
     pub at: Millis,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("plugin `{name}` comes from {from:?}, not from the API; it cannot be deleted here")]
-    NotUploaded { name: String, from: Source },
 }
 
 pub struct PluginRegistry {
@@ -396,9 +383,6 @@ struct Seen {
     hash: String,
 }
 
-/// How often replicas compare their API plugins with the store, besides on each notice.
-const STORE_RESYNC: Duration = Duration::from_secs(10);
-
 impl PluginRegistry {
     pub fn new(runtime: Arc<PluginRuntime>, breaker: BreakerConfig) -> Arc<Self> {
         Arc::new(PluginRegistry {
@@ -500,8 +484,9 @@ impl PluginRegistry {
         Ok(self.put_in_service(name, source, component))
     }
 
-    /// Loads a component for `name`, recording (and logging) why when it cannot be loaded.
-    fn load(
+    /// Loads a component for `name`, recording (and logging) why when it cannot be loaded; puts
+    /// nothing in service (see [`Self::put_in_service`]). Compiles when the cache misses.
+    pub fn load(
         &self,
         name: &str,
         source: Source,
@@ -527,7 +512,9 @@ impl PluginRegistry {
         }
     }
 
-    fn put_in_service(
+    /// Puts a loaded component in service as `name` from `source` (if no higher source holds
+    /// the name), replacing that source's previous version.
+    pub fn put_in_service(
         &self,
         name: &str,
         source: Source,
@@ -599,15 +586,33 @@ impl PluginRegistry {
         self.active.store(Arc::new(winners));
     }
 
-    pub(super) fn loaded_from(&self, name: &str, source: Source) -> Option<Arc<Plugin>> {
+    /// The version of `name` loaded from `source`, in service or not.
+    pub fn loaded_from(&self, name: &str, source: Source) -> Option<Arc<Plugin>> {
         self.loaded.lock().get(name)?.get(&source).cloned()
     }
 
-    /// Loads the plugins embedded in the binary.
-    pub fn load_builtins(&self) {
-        for (name, bytes) in super::builtin::BUILTINS {
-            let _ = self.install(name, Source::Builtin, bytes);
+    /// Whether the `source` version of `name` with content hash `hash` is still to be loaded:
+    /// neither loaded already nor failed to load the last time it was tried.
+    pub fn wants(&self, name: &str, source: Source, hash: &str) -> bool {
+        let current = self.loaded_from(name, source);
+        if current.is_some_and(|p| p.component.hash() == hash) {
+            return false;
         }
+        !self
+            .problems
+            .lock()
+            .get(name)
+            .is_some_and(|p| p.source == source && p.hash == hash)
+    }
+
+    /// The names with a version loaded from `source`.
+    pub fn names_from(&self, source: Source) -> Vec<String> {
+        self.loaded
+            .lock()
+            .iter()
+            .filter(|(_, versions)| versions.contains_key(&source))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// A watcher of `dir`; its first [`DirWatcher::scan`] loads what is there.
@@ -617,131 +622,5 @@ impl PluginRegistry {
             dir,
             seen: HashMap::new(),
         }
-    }
-
-    /// Uploads a plugin through the API: loads it here first (so a broken component is refused
-    /// with the reason and stored nowhere), stores it, puts it in service, and tells the other
-    /// replicas. Until it is stored, whatever served the name still does.
-    pub async fn upload(
-        self: Arc<Self>,
-        store: &SharedStore,
-        bus: &SharedBus,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<PluginInfo, UploadError> {
-        check_name(name)?;
-        let bytes = Arc::new(bytes);
-        let (this, owned_name, b) = (self.clone(), name.to_string(), bytes.clone());
-        let component =
-            tokio::task::spawn_blocking(move || this.load(&owned_name, Source::Api, &b))
-                .await
-                .map_err(|e| LoadError::Instantiate(format!("the loader stopped: {e}")))??;
-        store
-            .plugin_put(name, &bytes, component.hash(), now_ms())
-            .await?;
-        let plugin = self.put_in_service(name, Source::Api, component);
-        announce(bus, name).await;
-        Ok(plugin.info(None))
-    }
-
-    /// Deletes an uploaded plugin everywhere. `Ok(false)`: there was none by that name.
-    pub async fn delete(
-        &self,
-        store: &SharedStore,
-        bus: &SharedBus,
-        name: &str,
-    ) -> Result<bool, UploadError> {
-        if self.loaded_from(name, Source::Api).is_none()
-            && let Some(other) = self.get(name)
-        {
-            return Err(UploadError::NotUploaded {
-                name: name.to_string(),
-                from: other.source(),
-            });
-        }
-        let existed = store.plugin_delete(name).await?;
-        let removed = self.remove(name, Source::Api);
-        announce(bus, name).await;
-        Ok(existed || removed)
-    }
-
-    /// Makes the API plugins in service match the store's.
-    pub async fn sync_from_store(self: Arc<Self>, store: &SharedStore) -> Result<(), StoreError> {
-        let stored = store.plugin_list().await?;
-        let mut wanted = Vec::new();
-        for meta in stored {
-            wanted.push(meta.name.clone());
-            let current = self.loaded_from(&meta.name, Source::Api);
-            if current.is_some_and(|p| p.component.hash() == meta.hash) {
-                continue;
-            }
-            let failed_before = self
-                .problems
-                .lock()
-                .get(&meta.name)
-                .is_some_and(|p| p.source == Source::Api && p.hash == meta.hash);
-            if failed_before {
-                continue;
-            }
-            let Some(stored) = store.plugin_get(&meta.name).await? else {
-                continue;
-            };
-            let this = self.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                this.install(&stored.name, Source::Api, &stored.bytes)
-            })
-            .await;
-        }
-        let running: Vec<String> = self
-            .loaded
-            .lock()
-            .iter()
-            .filter(|(_, versions)| versions.contains_key(&Source::Api))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in running {
-            if !wanted.contains(&name) {
-                self.remove(&name, Source::Api);
-            }
-        }
-        Ok(())
-    }
-
-    /// Follows uploads and deletes made through any replica: on each `sys.plugins.changed`, and
-    /// every few seconds in case a notice was lost.
-    pub async fn follow_store(self: Arc<Self>, store: SharedStore, bus: SharedBus) {
-        let subject = bus.subjects().plugins_changed();
-        let mut notices = match bus.subscribe(&subject).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to plugin changes; polling the store");
-                None
-            }
-        };
-        loop {
-            if let Err(e) = self.clone().sync_from_store(&store).await {
-                tracing::warn!(error = %e, "cannot read the uploaded plugins; retrying");
-            }
-            let notice = async {
-                match notices.as_mut() {
-                    Some(n) => n.next().await.is_some(),
-                    None => std::future::pending().await,
-                }
-            };
-            if let Ok(false) = tokio::time::timeout(STORE_RESYNC, notice).await {
-                notices = None;
-            }
-        }
-    }
-}
-
-async fn announce(bus: &SharedBus, name: &str) {
-    let msg = PluginsChangedMsg {
-        v: VERSION,
-        name: name.to_string(),
-    };
-    let subject = bus.subjects().plugins_changed();
-    if let Err(e) = publish_json(bus.as_ref(), &subject, &msg).await {
-        tracing::warn!(error = %e, "could not announce a plugin change; other replicas catch up within seconds");
     }
 }

@@ -113,36 +113,35 @@ use super::wasi_shim::{self, Blocked, HasWasiShim, WasiShim};
 
 use super::{CallError, FailureReason, LoadError, PluginKind, PluginSettings};
 use crate::job::{JobSpec, JobState, Priority};
-use crate::scheduler::registry::Candidate;
-use crate::scheduler::retry::RetryDecision;
-use crate::scheduler::strategy::Pick;
+use crate::retry::RetryDecision;
+use crate::strategy::{Candidate, Pick};
 
 /// The generated bindings of the three worlds, and of `expression-evaluator` (which the built-in
 /// `cel` exports beside `step-condition`); nothing outside this module sees them.
 mod wit {
     pub mod dispatch {
         wasmtime::component::bindgen!({
-            path: "../wit",
+            path: "../../wit",
             world: "dispatch-strategy",
         });
     }
     pub mod condition {
         wasmtime::component::bindgen!({
-            path: "../wit",
+            path: "../../wit",
             world: "step-condition",
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
     pub mod retry {
         wasmtime::component::bindgen!({
-            path: "../wit",
+            path: "../../wit",
             world: "retry-policy",
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
         });
     }
     pub mod expression {
         wasmtime::component::bindgen!({
-            path: "../wit",
+            path: "../../wit",
             world: "expression-evaluator",
             with: { "coretex:plugin/types": super::dispatch::coretex::plugin::types },
             // A scope's variables go in as borrowed text: no copy of `steps` per call.

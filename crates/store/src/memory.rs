@@ -131,7 +131,7 @@ struct Inner {
     runs: HashMap<String, (Run, Option<Millis>)>,
     /// The run indexes, as Redis keeps them.
     run_indexes: HashMap<RunIndexKey, ZSet>,
-    /// [`Store::shared_secret`], once made.
+    /// [`Locks::shared_secret`], once made.
     secret: Option<Vec<u8>>,
 }
 
@@ -336,7 +336,7 @@ pub(crate) fn plan_path(
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Backend for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
     }
@@ -344,7 +344,10 @@ impl Store for MemoryStore {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl JobStore for MemoryStore {
     async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
         Ok(self.inner.lock().create(job, &self.opts, now_ms()))
     }
@@ -596,7 +599,10 @@ impl Store for MemoryStore {
         indexes.retain(|_, z| !z.scores.is_empty());
         Ok(removed)
     }
+}
 
+#[async_trait]
+impl DeadLetters for MemoryStore {
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
         Ok(self.inner.lock().dlq.get(job_id).cloned())
     }
@@ -634,7 +640,10 @@ impl Store for MemoryStore {
         }
         Ok(inner.dlq.remove(job_id).is_some())
     }
+}
 
+#[async_trait]
+impl ConfigStore for MemoryStore {
     async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>> {
         let inner = self.inner.lock();
         Ok(keys.iter().map(|k| inner.config.get(k).cloned()).collect())
@@ -670,14 +679,6 @@ impl Store for MemoryStore {
         Ok(inner.config.remove(key).is_some())
     }
 
-    async fn shared_secret(&self) -> StoreResult<Vec<u8>> {
-        let mut inner = self.inner.lock();
-        Ok(inner
-            .secret
-            .get_or_insert_with(|| fresh_secret().to_vec())
-            .clone())
-    }
-
     async fn config_keys(
         &self,
         prefix: &str,
@@ -698,7 +699,10 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+#[async_trait]
+impl Locks for MemoryStore {
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
         let mut inner = self.inner.lock();
         let now = now_ms();
@@ -726,6 +730,17 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn shared_secret(&self) -> StoreResult<Vec<u8>> {
+        let mut inner = self.inner.lock();
+        Ok(inner
+            .secret
+            .get_or_insert_with(|| fresh_secret().to_vec())
+            .clone())
+    }
+}
+
+#[async_trait]
+impl PluginBlobs for MemoryStore {
     async fn plugin_put(
         &self,
         name: &str,
@@ -764,7 +779,10 @@ impl Store for MemoryStore {
     async fn plugin_delete(&self, name: &str) -> StoreResult<bool> {
         Ok(self.inner.lock().plugins.remove(name).is_some())
     }
+}
 
+#[async_trait]
+impl WorkflowStore for MemoryStore {
     async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()> {
         let mut inner = self.inner.lock();
         let head = inner.workflows.get(&wf.id).copied();

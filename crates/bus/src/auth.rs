@@ -8,7 +8,7 @@
 //! a **lease**, `{attempt}.{issued_at}.{nonce}.{mac}`, where the MAC is HMAC-SHA256 (truncated
 //! to 128 bits) over the job id, the attempt, the worker id, the time of the dispatch and a
 //! random nonce, under a secret all `serve` replicas share (made once, in the store:
-//! [`crate::store::Store::shared_secret`]). The worker echoes the lease in its `started` and
+//! `coretex_store::Locks::shared_secret`). The worker echoes the lease in its `started` and
 //! result messages, unchanged. The host then checks two things:
 //!
 //! 1. *The lease is one a host minted for this job and this worker* ([`LeaseKey::verify`]): a
@@ -16,14 +16,14 @@
 //!    the store. Any replica can check a lease any other replica minted — including one that
 //!    died before it wrote the dispatch down, whose job is still PENDING in the store.
 //! 2. *It is the job's current assignment*: the store's atomic transition takes the claim
-//!    (worker and lease, [`crate::store::Claim`]) and applies the transition only if the job
+//!    (worker and lease, `coretex_store::Claim`) and applies the transition only if the job
 //!    records that lease (or records none yet), in the same step as the state change. A
 //!    worker holding a genuine lease for a dispatch that has since been superseded is turned
 //!    away as surely as a stranger.
 //!
 //! A MAC rather than a random token stored per dispatch: the token would have to be written
 //! before the job is sent (the hot path writes a quick job's dispatch together with its result,
-//! see [`crate::scheduler`]) or be unknown to the replica that takes the result. The attempt is
+//! see the host's `scheduler`) or be unknown to the replica that takes the result. The attempt is
 //! in the MAC although each attempt has a job id of its own: a lease names the one dispatch it
 //! was made for, whatever ids future versions give attempts. The dispatch time is in it so that
 //! the host knows, from the message alone, the earliest a worker can have started: times a

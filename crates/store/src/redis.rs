@@ -64,6 +64,14 @@
 //! name to its long one. (A replica of that version reads no lean record: upgrade every
 //! replica before it serves reads, or accept that its reads miss the new jobs meanwhile.)
 //!
+//! # Recheck times are state-index scores
+//!
+//! A job's score in `idx:state:{STATE}` is its recheck time: when it entered the state, or the
+//! [`Annotation::recheck_at`] set since. [`JobStore::jobs_due`] is a score range, a
+//! [`Holding::since`] is the score read back, and [`PARKED`] is a score: 2^52 ms is past any
+//! real time (some 140,000 years), yet a sorted-set score is a double, exact up to 2^53, so a
+//! parked job's score neither rounds nor falls inside a due query's range.
+//!
 //! # The transition script
 //!
 //! A state change is one `EVALSHA`: read the current state, check the move against the table
@@ -1408,7 +1416,7 @@ fn score_of(s: &str) -> Option<i64> {
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl Backend for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
     }
@@ -1421,7 +1429,10 @@ impl Store for RedisStore {
             .map(drop)
             .map_err(unavailable)
     }
+}
 
+#[async_trait]
+impl JobStore for RedisStore {
     async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
         Self::parse_create(self.creates.call(Self::create_args(job)).await?)
     }
@@ -1672,7 +1683,10 @@ impl Store for RedisStore {
         }
         Ok(removed)
     }
+}
 
+#[async_trait]
+impl DeadLetters for RedisStore {
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn
@@ -1763,7 +1777,10 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(deleted == 1)
     }
+}
 
+#[async_trait]
+impl ConfigStore for RedisStore {
     async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>> {
         if keys.is_empty() {
             // Redis refuses an empty pipeline.
@@ -1864,7 +1881,10 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)
     }
+}
 
+#[async_trait]
+impl Locks for RedisStore {
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
         let got: i64 = self
@@ -1917,7 +1937,10 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(n == 1)
     }
+}
 
+#[async_trait]
+impl PluginBlobs for RedisStore {
     async fn plugin_put(
         &self,
         name: &str,
@@ -2009,7 +2032,10 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(deleted == 1)
     }
+}
 
+#[async_trait]
+impl WorkflowStore for RedisStore {
     async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()> {
         let mut conn = self.conn.clone();
         let doc = serde_json::to_string(wf).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -1,14 +1,37 @@
-//! The store: everything Coretex keeps — jobs with their indexes and history, config documents,
-//! dead letters and singleton locks — behind one trait with two backends.
+//! The store: everything Coretex keeps — jobs with their indexes and history, dead letters,
+//! config documents, singleton locks, uploaded plugins, workflows and their runs — behind one
+//! trait per role, with two backends.
+//!
+//! The roles are [`JobStore`], [`DeadLetters`], [`ConfigStore`], [`Locks`], [`PluginBlobs`] and
+//! [`WorkflowStore`]; [`Store`] is all of them at once, what a backend implements and what the
+//! composition point (`serve`) holds. A service that uses one role is handed that role only
+//! (the config service an `Arc<dyn ConfigStore>`, the leader election an `Arc<dyn Locks>`), so
+//! its signature says what it may touch. The contracts speak of jobs, recheck times and lists,
+//! not of any backend's data structures: how Redis keeps them (sorted-set scores, key names)
+//! is `redis.rs`'s alone.
+//!
+//! This is the `coretex-store` crate: it depends on the domain (`coretex-core`) and nothing of
+//! the host's; the host re-exports it as `coretex::store`.
 //!
 //! * [`redis::RedisStore`]: the real one. Every job state change is one Lua script (one round
-//!   trip, atomic, safe on a multiplexed connection); the key layout lives in `store/redis.rs`.
+//!   trip, atomic, safe on a multiplexed connection); the key layout lives in `redis.rs`.
 //! * [`memory::MemoryStore`]: the embedded default, with the same semantics, so `serve` runs with
 //!   nothing installed. One conformance suite (`tests/store_conformance.rs`) runs against both.
 //!
 //! Both answer list queries from server-side indexes ordered by `(updated_at, id)` descending, with
 //! an opaque cursor holding the last `(score, id)` returned: members that tie on the score are
 //! ordered by id, so a page boundary inside a tie neither skips nor repeats a job.
+
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod memory;
 pub mod redis;
@@ -21,8 +44,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// The domain modules, under the paths the backends name them by (`crate::job`, `crate::ids`, …).
+use coretex_core::{ids, job, time, workflow};
+
 use crate::job::{Job, JobError, JobSpec, JobState};
-use crate::time::{self, Millis};
+use crate::time::Millis;
 use crate::workflow::definition::{Run, Status, Workflow};
 
 pub type SharedStore = Arc<dyn Store>;
@@ -74,7 +100,7 @@ pub struct JobUpdate {
     pub execution_ms: Option<u64>,
     /// The effective config the job was dispatched with.
     pub effective_config: Option<Value>,
-    /// The lease of the dispatch (see [`crate::bus::auth`]): what the worker's `started` and
+    /// The lease of the dispatch (see the host's `bus::auth`): what the worker's `started` and
     /// result must carry.
     pub lease: Option<String>,
 }
@@ -98,7 +124,7 @@ impl JobUpdate {
 
 /// Who asks for a transition when a worker reports (its `started` or result): the worker and
 /// the lease its message carried, which the host has verified already (see
-/// [`crate::bus::auth`]). The store applies the transition only while the job's recorded
+/// the host's `bus::auth`). The store applies the transition only while the job's recorded
 /// assignment admits the claim ([`Claim::admits`]), in the same atomic step as the transition,
 /// and otherwise answers [`TransitionOutcome::OtherWorker`] and changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +220,7 @@ pub enum TransitionOutcome {
     OtherWorker,
 }
 
-/// A job and the worker it was given to (see [`Store::holdings`]).
+/// A job and the worker it was given to (see [`JobStore::holdings`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holding {
     pub job_id: String,
@@ -204,7 +230,7 @@ pub struct Holding {
     pub lease: Option<String>,
     /// The job's `heartbeat_timeout_sec`, in ms (none: its progress is not checked).
     pub heartbeat_timeout_ms: Option<u64>,
-    /// Its score in the state index: when it entered the state (or was last looked at).
+    /// When it entered the state (or its recheck time, when an annotation set one since).
     pub since: crate::time::Millis,
 }
 
@@ -217,8 +243,9 @@ pub struct Annotation {
     /// Recorded (and added to the history when it differs from the last one).
     pub reason: Option<String>,
     pub update: JobUpdate,
-    /// New score in the state index: the reconciler looks at the job again once this time is
-    /// past by its grace period (`Millis::MAX`-like values park it, e.g. awaiting approval).
+    /// When the reconciler looks at the job again: once this time is past by its grace period
+    /// ([`JobStore::jobs_due`]). [`PARKED`] takes it out of every such look (e.g. a job awaiting
+    /// approval, which an event moves, not a clock).
     pub recheck_at: Option<Millis>,
 }
 
@@ -322,12 +349,19 @@ pub struct PluginMeta {
     pub updated_at: Millis,
 }
 
+/// What every handle on the store can say, whatever its role: which backend answers, and
+/// whether it is reachable.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Backend: Send + Sync + 'static {
     /// Which backend this is, for status and logs.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Jobs: their records, atomic transitions and annotations, the lists the API pages through,
+/// and the queries the reconciler walks (due rechecks, holdings, deadlines).
+#[async_trait]
+pub trait JobStore: Backend {
     async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome>;
     /// Many creates in one round trip; one outcome per job, in order.
     async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>>;
@@ -339,19 +373,19 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false (and changes nothing) when the job is not in `a.expect`.
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool>;
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>>;
-    /// How many jobs are in each of `states` now, in order (the size of each state's index).
+    /// How many jobs are in each of `states` now, in order.
     async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>>;
-    /// Ids in `state` whose index score (time entered, or the last recheck time) is ≤ `before`,
-    /// oldest first.
+    /// Ids in `state` whose recheck time (when they entered the state, or the
+    /// [`Annotation::recheck_at`] set since) is ≤ `before`, oldest first.
     async fn jobs_due(
         &self,
         state: JobState,
         before: Millis,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
-    /// Up to `limit` jobs of the `state` index after `after` (newest first), each with the
-    /// worker it was given to, and the position to go on from (`None` once the index is done):
-    /// how the reconciler walks every DISPATCHED and RUNNING job for lost workers.
+    /// Up to `limit` jobs in `state` after `after` (newest first), each with the worker it was
+    /// given to, and the position to go on from (`None` once every such job was seen): how the
+    /// reconciler walks every DISPATCHED and RUNNING job for lost workers.
     async fn holdings(
         &self,
         state: JobState,
@@ -360,15 +394,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<(Vec<Holding>, Option<Cursor>)>;
     /// Non-terminal jobs whose deadline is ≤ `now`, earliest first.
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>>;
-    /// Drops the index entries scored before `before` whose job expired (a job expires a TTL
-    /// after it finished; a live one never does, however old).
+    /// Forgets, in the lists and queries above, the jobs last listed before `before` that
+    /// expired (a job expires a TTL after it finished; a live one never does, however old);
+    /// answers how many entries went.
     async fn prune_indexes(&self, before: Millis) -> StoreResult<u64>;
+}
 
+/// Dead letters: written with a job's failure ([`Transition::dead_letter`]), read, paged and
+/// removed here.
+#[async_trait]
+pub trait DeadLetters: Backend {
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>>;
     async fn dlq_list(&self, filter: &DlqFilter, page: &PageRequest)
     -> StoreResult<Page<DlqEntry>>;
     async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool>;
+}
 
+/// Config documents by scope key, each with a revision for optimistic concurrency.
+#[async_trait]
+pub trait ConfigStore: Backend {
     async fn config_get(&self, keys: &[String]) -> StoreResult<Vec<Option<ConfigDoc>>>;
     /// Replaces the document; with `if_match`, only when the current revision equals it (a
     /// missing document has revision 0).
@@ -388,17 +432,25 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
+}
 
-    /// The secret every host replica shares: the key of the bus leases ([`crate::bus::auth`]).
-    /// The first replica to ask makes it (32 random bytes), atomically: every replica of the
-    /// deployment gets the same one, for good.
-    async fn shared_secret(&self) -> StoreResult<Vec<u8>>;
-
+/// What the host replicas agree on through the store: singleton locks (who leads the
+/// reconciler, the workflow tick) and the secret they share.
+#[async_trait]
+pub trait Locks: Backend {
     /// Takes the lock, or renews it when `owner` holds it already.
     async fn lock_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;
     /// Releases the lock only if `owner` holds it.
     async fn lock_release(&self, name: &str, owner: &str) -> StoreResult<bool>;
+    /// The secret every host replica shares: the key of the bus leases (the host's `bus::auth`).
+    /// The first replica to ask makes it (32 random bytes), atomically: every replica of the
+    /// deployment gets the same one, for good.
+    async fn shared_secret(&self) -> StoreResult<Vec<u8>>;
+}
 
+/// Plugins uploaded through the API, kept so that every replica loads the same bytes.
+#[async_trait]
+pub trait PluginBlobs: Backend {
     /// Stores (or replaces) an uploaded plugin.
     async fn plugin_put(
         &self,
@@ -411,7 +463,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored plugin, by name.
     async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>>;
     async fn plugin_delete(&self, name: &str) -> StoreResult<bool>;
+}
 
+/// Workflow definitions (versioned) and their runs.
+#[async_trait]
+pub trait WorkflowStore: Backend {
     /// Saves version `wf.version` of a workflow (and makes it the latest) only when the latest
     /// version ever stored is `wf.version - 1` (0: none) and the workflow is live for an update
     /// (`create` false) or not live — never created, or deleted — for a create; else `Conflict`
@@ -434,14 +490,28 @@ pub trait Store: Send + Sync + 'static {
     async fn workflow_delete(&self, id: &str) -> StoreResult<bool>;
 
     /// Saves a run when the stored revision is `run.revision` (0: a new run), as revision + 1,
-    /// moving it between the status indexes in the same atomic step; returns the new revision.
+    /// listing it under its new status in the same atomic step; returns the new revision.
     /// A run saved finished expires `job_ttl_ms` later: it lives as long as its steps' jobs.
     async fn run_put(&self, run: &Run) -> StoreResult<u64>;
-    /// Drops the index entries of runs that expired; returns how many went.
+    /// Forgets, in the run lists, the runs that expired; returns how many went.
     async fn run_prune_indexes(&self) -> StoreResult<u64>;
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>>;
-    /// Runs newest first (by `started_at`, ties by id), from the workflow or status index.
+    /// Runs newest first (by `started_at`, ties by id), filtered by workflow, org or status.
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>>;
+}
+
+/// Every role at once: what a backend is, and what the composition point holds
+/// ([`SharedStore`]). Implemented for anything that implements all the roles; a service that
+/// needs one role takes that narrow handle (`Arc<dyn ConfigStore>`, `&dyn JobStore`), which an
+/// `Arc<dyn Store>` coerces to.
+pub trait Store:
+    JobStore + DeadLetters + ConfigStore + Locks + PluginBlobs + WorkflowStore
+{
+}
+
+impl<T> Store for T where
+    T: JobStore + DeadLetters + ConfigStore + Locks + PluginBlobs + WorkflowStore + ?Sized
+{
 }
 
 /// Where a workflow's versions stand.
@@ -520,7 +590,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// Bytes in the [`Store::shared_secret`] a store makes.
+/// Bytes in the [`Locks::shared_secret`] a store makes.
 pub const SHARED_SECRET_BYTES: usize = 32;
 
 /// A new shared secret, from the operating system's random source (through the thread-local
@@ -532,7 +602,8 @@ pub(crate) fn fresh_secret() -> [u8; SHARED_SECRET_BYTES] {
     secret
 }
 
-/// The score that parks a job in its state index (nobody rechecks it by time).
+/// The recheck time of a parked job: later than any time a due query asks about, so nobody
+/// rechecks it by time (every backend must keep it exactly; `redis.rs` says why this value).
 pub const PARKED: Millis = 1 << 52;
 
 /// The index a job list is answered from: the most selective filter that has one.
