@@ -2421,11 +2421,7 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
     use ::redis::AsyncCommands;
     let (store, keys) = redis_store(StoreOptions::default()).await;
     let ids = two_moves_queued_together(&store).await;
-    let client = ::redis::Client::open(keys.url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut conn = raw_connection(&keys).await;
     for (state, count) in [("PENDING", 0), ("DISPATCHED", 0), ("RUNNING", ids.len())] {
         let key = format!("{}idx:state:{state}", keys.prefix);
         let n: usize = conn.zcard(&key).await.expect("ZCARD");
@@ -2436,6 +2432,346 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
         .await
         .expect("ZCARD");
     assert_eq!(recent, ids.len());
+}
+
+/// A rolling upgrade: a job written, and moved to DISPATCHED, by the version before the lean
+/// record (its whole spec as JSON in `spec`, its history as JSON events `h:1` … `h:{hn}`, long
+/// field names, every index entry) reads back whole, and this version moves it on — the claim
+/// checked against its recorded assignment, new events after the old ones, the fields it set
+/// earlier kept — and lists it.
+#[tokio::test]
+async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
+    use ::redis::AsyncCommands;
+    let (store, keys) = redis_store(StoreOptions::default()).await;
+    let mut conn = raw_connection(&keys).await;
+    let t0 = now_ms() - 10_000;
+    let mut spec = spec_at(
+        Req {
+            topic: "job.old",
+            tenant: Some("acme"),
+            team: Some("ops"),
+            ..Default::default()
+        },
+        t0,
+    );
+    spec.payload =
+        json!({"order": 42, "note": "a payload longer than sixty-four bytes, as many are"});
+    spec.labels.insert("region".into(), "eu".into());
+    let id = spec.id.clone();
+    let config = json!({"timeout_ms": 5000});
+    let event = |at: Millis, state: JobState, note: Option<&str>| {
+        serde_json::to_string(&JobEvent {
+            at,
+            state,
+            note: note.map(str::to_string),
+        })
+        .unwrap()
+    };
+    let p = &keys.prefix;
+    let key = format!("{p}job:{{{id}}}");
+    let fields: Vec<(&str, String)> = vec![
+        ("spec", serde_json::to_string(&spec).unwrap()),
+        ("state", "DISPATCHED".into()),
+        ("created", t0.to_string()),
+        ("updated_at", (t0 + 1).to_string()),
+        ("tenant", "acme".into()),
+        ("topic", "job.old".into()),
+        ("team", "ops".into()),
+        ("trace", id.clone()),
+        ("hn", "2".into()),
+        ("h:1", event(t0, Pending, Some("accepted"))),
+        ("h:2", event(t0 + 1, Dispatched, None)),
+        ("reason", String::new()),
+        ("worker_id", "w-old".into()),
+        ("lease", "lease-1".into()),
+        ("effective_config", config.to_string()),
+        ("safety_decision", "ALLOW".into()),
+        ("safety_reason", "no safety policy".into()),
+    ];
+    let _: () = conn.hset_multiple(&key, &fields).await.expect("HSET");
+    for index in [
+        "idx:state:DISPATCHED".to_string(),
+        "idx:recent".to_string(),
+        "idx:tenant:{acme}".to_string(),
+    ] {
+        let _: () = conn
+            .zadd(format!("{p}{index}"), &id, t0 + 1)
+            .await
+            .expect("ZADD");
+    }
+
+    let job = get(&store, &id).await;
+    assert_eq!(job.spec, spec, "the spec reads back whole");
+    assert_eq!(job.state, Dispatched);
+    let events: Vec<_> = job
+        .history
+        .iter()
+        .map(|e| (e.at, e.state, e.note.as_deref()))
+        .collect();
+    assert_eq!(
+        events,
+        [(t0, Pending, Some("accepted")), (t0 + 1, Dispatched, None)]
+    );
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.safety_reason.as_deref(), Some("no safety policy"));
+    assert_eq!(job.reason, None);
+
+    // Another dispatch's claim is refused; the recorded one moves it on.
+    let t = Transition::to(Running, t0 + 2).claimed_by(claim("w-old", "lease-2"));
+    assert_eq!(
+        store.transition(&id, &t).await.unwrap(),
+        TransitionOutcome::OtherWorker
+    );
+    let mut t = Transition::to(Succeeded, t0 + 3)
+        .through(Running, t0 + 2)
+        .note("done, at last")
+        .claimed_by(claim("w-old", "lease-1"));
+    t.update.result = Some(json!({"ok": true}));
+    t.update.execution_ms = Some(7);
+    match store.transition(&id, &t).await.unwrap() {
+        TransitionOutcome::Applied {
+            from,
+            tenant_id,
+            created_at,
+            ..
+        } => assert_eq!(
+            (from, tenant_id.as_str(), created_at),
+            (Dispatched, "acme", t0)
+        ),
+        other => panic!("the transition should apply: {other:?}"),
+    }
+    let job = get(&store, &id).await;
+    assert_eq!(job.state, Succeeded);
+    assert_eq!(job.spec, spec);
+    assert_eq!(
+        job.history
+            .iter()
+            .map(|e| (e.at, e.state))
+            .collect::<Vec<_>>(),
+        vec![
+            (t0, Pending),
+            (t0 + 1, Dispatched),
+            (t0 + 2, Running),
+            (t0 + 3, Succeeded)
+        ]
+    );
+    assert_eq!(
+        job.history.last().and_then(|e| e.note.as_deref()),
+        Some("done, at last")
+    );
+    assert_eq!(job.result, Some(json!({"ok": true})));
+    assert_eq!(job.execution_ms, Some(7));
+    assert_eq!(job.worker_id.as_deref(), Some("w-old"));
+    assert_eq!(job.effective_config.as_ref(), Some(&config));
+    assert_eq!(job.updated_at, t0 + 3);
+    let listed = list_all(
+        &store,
+        &JobFilter {
+            tenant: Some("acme".into()),
+            team: Some("ops".into()),
+            state: Some(Succeeded),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(ids_of(&listed), vec![id.clone()]);
+    let ttl: i64 = conn.pttl(&key).await.expect("PTTL");
+    assert!(ttl > 0, "a finished job expires, whoever wrote it: {ttl}");
+}
+
+/// The lean record in Redis: a job's hash stays in Redis's compact encoding (every value
+/// within 64 bytes, longer ones in pieces) through its whole life, holds neither its tenant
+/// nor its trace (both follow from its id), and an effective config too large to inline is
+/// stored once for all the jobs dispatched with it, expiring with the last of them.
+#[tokio::test]
+async fn redis_job_records_are_compact_and_share_their_effective_config() {
+    use ::redis::AsyncCommands;
+    let (store, keys) = redis_store(StoreOptions::default()).await;
+    let mut conn = raw_connection(&keys).await;
+    let t0 = now_ms() - 10_000;
+    let config =
+        json!({"retry": {"max_attempts": 3}, "safety": {"denied_topics": ["job.danger.*"]}});
+    let small = json!({"a": 1});
+    let mut ids = Vec::new();
+    for (i, cfg) in [&config, &config, &small].into_iter().enumerate() {
+        let mut spec = simple_spec(t0);
+        spec.payload = json!({"i": i});
+        create(&store, &spec).await;
+        let mut t = Transition::to(Succeeded, t0 + 3)
+            .through(Dispatched, t0 + 1)
+            .through(Running, t0 + 2);
+        t.update = JobUpdate {
+            worker_id: Some("w1".into()),
+            worker_instance: Some(uuid::Uuid::new_v4().to_string()),
+            lease: Some(format!("1.{t0}.45bcb6b3925e4750.HsQhQ93pemxP1os4KJNwog")),
+            effective_config: Some(cfg.clone()),
+            safety_decision: Some("ALLOW".into()),
+            safety_reason: Some("no safety policy".into()),
+            result: Some(json!({"i": i})),
+            execution_ms: Some(0),
+            ..Default::default()
+        };
+        store.transition(&spec.id, &t).await.unwrap();
+        let job = get(&store, &spec.id).await;
+        assert_eq!(job.effective_config.as_ref(), Some(cfg));
+        assert_eq!(job.spec, spec);
+        assert_eq!(states(&job), vec![Pending, Dispatched, Running, Succeeded]);
+        ids.push(spec.id);
+    }
+    let p = &keys.prefix;
+    for id in &ids {
+        let key = format!("{p}job:{{{id}}}");
+        assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
+        let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
+        for derived in ["tenant", "trace", "spec", "team", "reason"] {
+            assert!(
+                !stored.iter().any(|f| f == derived),
+                "{key} holds {derived}"
+            );
+        }
+    }
+    // Values longer than 64 bytes — a payload, a waiting reason and its history note, a
+    // result, an error — go in pieces, cut between the bytes of a character or not, and the
+    // hash stays compact; a reason replaced by a shorter one leaves no piece behind.
+    let mut spec = simple_spec(t0);
+    let long = "ünïcödé ".repeat(40);
+    spec.payload = json!({"text": long, "n": [1, 2, 3]});
+    spec.labels.insert("region".into(), "~eu".into());
+    create(&store, &spec).await;
+    let waiting = format!(
+        "waiting for capacity in pool `echo`: {}",
+        "every worker is busy ".repeat(5)
+    );
+    for reason in [waiting.as_str(), "~short"] {
+        let a = Annotation {
+            expect: Pending,
+            at: t0 + 1,
+            reason: Some(reason.to_string()),
+            update: JobUpdate::default(),
+            recheck_at: None,
+        };
+        assert!(store.annotate(&spec.id, &a).await.unwrap());
+        assert_eq!(get(&store, &spec.id).await.reason.as_deref(), Some(reason));
+    }
+    let result = json!({"echo": long});
+    let mut t = Transition::to(Failed, t0 + 2).note(format!("failed: {long}"));
+    t.update = JobUpdate {
+        result: Some(result.clone()),
+        error: Some(JobError::new("boom", long.clone())),
+        safety_reason: Some(format!("~{long}")),
+        ..Default::default()
+    };
+    store.transition(&spec.id, &t).await.unwrap();
+    let job = get(&store, &spec.id).await;
+    assert_eq!(job.spec, spec);
+    assert_eq!(job.result, Some(result));
+    assert_eq!(job.error, Some(JobError::new("boom", long.clone())));
+    assert_eq!(job.safety_reason, Some(format!("~{long}")));
+    assert_eq!(job.reason, None);
+    assert_eq!(
+        job.history
+            .iter()
+            .map(|e| (e.state, e.note.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Pending, None),
+            (Pending, Some(waiting.clone())),
+            (Pending, Some("~short".into())),
+            (Failed, Some(format!("failed: {long}")))
+        ]
+    );
+    let key = format!("{p}job:{{{}}}", spec.id);
+    assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
+    let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
+    assert!(
+        !stored.iter().any(|f| f.starts_with("reason")),
+        "the waiting reason goes, pieces and all: {stored:?}"
+    );
+
+    // A history that grows a piece at a time, past nine pieces and on.
+    let spec = simple_spec(t0);
+    create(&store, &spec).await;
+    let reasons: Vec<String> = (0..40)
+        .map(|i| format!("waiting, for the {i}th time, for a slot"))
+        .collect();
+    for (i, reason) in reasons.iter().enumerate() {
+        let a = Annotation {
+            expect: Pending,
+            at: t0 + i as Millis,
+            reason: Some(reason.clone()),
+            update: JobUpdate::default(),
+            recheck_at: None,
+        };
+        assert!(store.annotate(&spec.id, &a).await.unwrap());
+    }
+    go(&store, &spec.id, Cancelled, t0 + 100).await;
+    let job = get(&store, &spec.id).await;
+    let notes: Vec<Option<String>> = job.history.iter().map(|e| e.note.clone()).collect();
+    let mut expected = vec![None];
+    expected.extend(reasons.iter().cloned().map(Some));
+    expected.push(None);
+    assert_eq!(notes, expected);
+    assert_eq!(
+        job.history.last().map(|e| (e.at, e.state)),
+        Some((t0 + 100, Cancelled))
+    );
+    // Past 1 KB it went whole, its pieces dropped.
+    let stored: Vec<String> = conn
+        .hkeys(format!("{p}job:{{{}}}", spec.id))
+        .await
+        .expect("HKEYS");
+    assert!(!stored.iter().any(|f| f.contains('#')), "{stored:?}");
+
+    // Values over 1 KB stay whole, one that starts with the pieces' mark too; one far over
+    // (a megabyte) is no harder.
+    for len in [5000, 1 << 20] {
+        let mut spec = simple_spec(t0);
+        spec.payload = json!("x".repeat(len));
+        create(&store, &spec).await;
+        let mut t = Transition::to(Denied, t0 + 1);
+        t.update.safety_reason = Some(format!("~3~{}", "y".repeat(2000)));
+        t.update.result = Some(json!("z".repeat(len)));
+        store.transition(&spec.id, &t).await.unwrap();
+        let job = get(&store, &spec.id).await;
+        assert_eq!(job.spec, spec);
+        assert_eq!(job.safety_reason, t.update.safety_reason);
+        assert_eq!(job.result, t.update.result);
+    }
+
+    let configs: Vec<String> = conn.keys(format!("{p}cfg:*")).await.expect("KEYS");
+    assert_eq!(
+        configs.len(),
+        1,
+        "one stored config for two jobs: {configs:?}"
+    );
+    let ttl: i64 = conn.pttl(&configs[0]).await.expect("PTTL");
+    assert!(ttl > 0, "the stored config expires");
+    let jobs = store.get_jobs(&ids).await.unwrap();
+    let shown: Vec<Option<serde_json::Value>> = jobs
+        .into_iter()
+        .map(|j| j.and_then(|j| j.effective_config))
+        .collect();
+    assert_eq!(shown, vec![Some(config.clone()), Some(config), Some(small)]);
+}
+
+/// A connection of the test's own to its Redis, to look at (or write) keys directly.
+async fn raw_connection(keys: &RedisKeys) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(keys.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+/// How Redis holds `key` (`OBJECT ENCODING`).
+async fn encoding(conn: &mut ::redis::aio::MultiplexedConnection, key: &str) -> String {
+    ::redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("OBJECT ENCODING")
 }
 
 fn redis_unreachable(url: &str, e: StoreError) -> ! {

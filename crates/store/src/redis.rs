@@ -12,7 +12,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | `spec` (immutable JSON), `state`, `created`, `updated_at`, `tenant`, `topic`, `team`, `trace`, `run` and `deadline` (when set), the changing fields (`worker_id`, `worker_instance`, `lease`, `result`, `error`, `safety_decision`, `safety_reason`, `reason`, `execution_ms`, `effective_config`), and the history: `hn` events, `h:1` … `h:{hn}`, one JSON event each (in the hash, not a list of its own: one key per job to write and expire) |
+//! | `P job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
+//! | `P cfg:{ref}` | string | an effective config too large to inline, stored once under `ref` (SHA-256 of its JSON, base64url) for every job dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
 //! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
 //! | `P idx:recent` | zset | every job, scored by `updated_at` |
 //! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
@@ -39,6 +40,30 @@
 //! The layout changed with tenant-qualified ids: a store written by an older build is not read
 //! (start with a fresh key prefix).
 //!
+//! # The job record
+//!
+//! A retained job costs Redis its hash, its key (and the key's TTL entry) and its index
+//! entries. The hash is kept within Redis's compact encoding (a listpack: the fields in one
+//! allocation), which Redis keeps only while every value is at most 64 bytes
+//! (`hash-max-listpack-value`): one longer value turns the hash into a table of separately
+//! allocated entries, about four times the size. So the spec is not stored as one JSON
+//! document: its payload and the rest go in fields of their own, and what the id already says
+//! (the tenant, a trace named after the job) or what has a field anyway (topic, team, run,
+//! deadline, creation time) is left out of it and put back when the job is read; a value still
+//! longer than 64 bytes (a payload, a result, a waiting reason) is stored in 64-byte pieces
+//! ([`LUA_PIECES`]). The history is one field of compact events (`{ms after created},{state code}[,{note as JSON}]`, one a
+//! line, about 5 bytes each where the JSON events took 55), appended by the scripts; the
+//! fields no script reads have short names. An effective config longer than 48 bytes — every
+//! job of a tenant or team carries the same merged document — is stored once under its digest
+//! (`cfg:{ref}`) and referenced (`ecr`); a shorter one, such as the empty config, inline (`ec`).
+//! Figures are in the README's Performance section (`benches/memory.sh`).
+//!
+//! A record written by the version before (its whole spec in `spec`, its history as JSON
+//! events `h:1` … `h:{hn}`, the long field names, its tenant and trace) is still read, and
+//! moved on: new events go to `h` after the old ones, and the reader prefers a short field
+//! name to its long one. (A replica of that version reads no lean record: upgrade every
+//! replica before it serves reads, or accept that its reads miss the new jobs meanwhile.)
+//!
 //! # Recheck times are state-index scores
 //!
 //! A job's score in `idx:state:{STATE}` is its recheck time: when it entered the state, or the
@@ -51,7 +76,7 @@
 //!
 //! A state change is one `EVALSHA`: read the current state, check the move against the table
 //! (the Lua table is generated from [`crate::job::TRANSITIONS`] when the store starts), then set
-//! the fields, append the history, move the job between state indexes, re-score the recent and
+//! the fields, append to the history, move the job between state indexes, re-score the recent and
 //! tenant indexes, drop the deadline entry of a terminal job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
 //! A transition a worker's report asks for carries its claim (worker and lease), and the script
@@ -76,7 +101,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::*;
-use crate::job::{Job, JobEvent, JobSpec, JobState, TRANSITIONS};
+use crate::job::{Job, JobEvent, JobSpec, JobState, Priority, TRANSITIONS};
 use crate::time::now_ms;
 use crate::workflow::definition::{Run, Status, Workflow};
 
@@ -114,16 +139,174 @@ local function write_indexes()
 end
 "#;
 
-/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 13 per job: id,
-/// created_at, spec JSON, tenant, topic, team, trace, deadline, the PENDING event, idempotency
-/// key, PENDING index score, run id, heartbeat timeout (ms, or empty). Answers two per job: `created` or `exists`, and the id
-/// (for `exists`, of the job that already holds the id or the key).
+/// The tenant a job id names (`{tenant}~…`, see [`crate::ids`]): a record stores its tenant
+/// only when it is another.
+const LUA_TENANT_OF: &str = r#"
+local function tenant_of(id) return string.match(id, '^([^~]*)~') or '' end
+"#;
+
+/// Long values in pieces, so that a record keeps Redis's compact hash encoding (a listpack),
+/// which holds values of up to 64 bytes (`hash-max-listpack-value`): past that, one value
+/// turns the whole hash into a table of separately allocated entries, and it stays one. A
+/// value over 64 bytes (or one that starts with `~`) is stored as `~{n}~{first piece}` under
+/// its own name and pieces `{name}#2` … `{name}#{n}` of 64 bytes (bytes, not characters: the
+/// reader joins the bytes before it decodes them). A value over 1 KB stays whole: its hash
+/// could not stay compact (Redis allows it 128 entries, `hash-max-listpack-entries`), and its
+/// pieces would only cost time. A reader that meets a value starting with
+/// `~` whose pieces are not all there takes it as it is (a record of an earlier version). Only
+/// the fields no script compares are cut: payload, spec, history, result, error, safety
+/// decision and reason, the waiting reason, execution time and inline config.
+const LUA_PIECES: &str = r#"
+local PIECE, MAX_CUT = 64, 1024
+local function put(fields, k, v)
+  if #v <= PIECE and string.byte(v, 1) ~= 126 then
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+    return 1
+  end
+  if #v > MAX_CUT then
+    -- Too long to keep the hash compact anyway: whole (marked, if it starts with the mark).
+    fields[#fields + 1] = k
+    fields[#fields + 1] = string.byte(v, 1) == 126 and ('~1~' .. v) or v
+    return 1
+  end
+  local d, n = 1, 0
+  while true do
+    n = 1 + math.ceil(math.max(0, #v - (PIECE - 2 - d)) / PIECE)
+    if #tostring(n) <= d then break end
+    d = d + 1
+  end
+  local first = PIECE - 2 - d
+  fields[#fields + 1] = k
+  fields[#fields + 1] = '~' .. n .. '~' .. string.sub(v, 1, first)
+  local pos = first + 1
+  for i = 2, n do
+    fields[#fields + 1] = k .. '#' .. i
+    fields[#fields + 1] = string.sub(v, pos, pos + PIECE - 1)
+    pos = pos + PIECE
+  end
+  return n
+end
+-- How many pieces a stored value says it has (1 for a whole one, 0 for none).
+local function pieces_of(v)
+  if not v then return 0 end
+  if string.byte(v, 1) ~= 126 then return 1 end
+  return tonumber(string.match(v, '^~(%d+)~')) or 1
+end
+-- The whole value of field `k` whose stored value is `v`.
+local function full(key, k, v)
+  if not v or string.byte(v, 1) ~= 126 then return v end
+  local n, first = string.match(v, '^~(%d+)~(.*)$')
+  if not n then return v end
+  n = tonumber(n)
+  if n < 2 then return first end
+  local names = {}
+  for i = 2, n do names[#names + 1] = k .. '#' .. i end
+  local parts = redis.call('HMGET', key, unpack(names))
+  local out = {first}
+  for i = 1, #parts do
+    if not parts[i] then return v end
+    out[#out + 1] = parts[i]
+  end
+  return table.concat(out)
+end
+-- Whether field `k`, stored as `v`, holds `want` (its other pieces read only when its first
+-- one matches).
+local function holds(key, k, v, want)
+  if not v then return false end
+  local f = {}
+  local n = put(f, k, want)
+  if f[2] ~= v then return false end
+  return n == 1 or full(key, k, v) == want
+end
+-- Drops pieces `from` … `to` of field `k`.
+local function drop_pieces(key, k, from, to)
+  if from > to then return end
+  local names = {}
+  for i = from, to do names[#names + 1] = k .. '#' .. i end
+  redis.call('HDEL', key, unpack(names))
+end
+"#;
+
+/// The record's shared Lua: a history event in its compact form, and the update fields of a
+/// transition or annotation.
+///
+/// An event is `{ms after created},{state code}[,{note as a JSON string}]`, and a record's
+/// events are one string, `\n`-separated (a JSON string holds no raw newline): about 5 bytes
+/// for an event without a note, where the JSON form took 55, and one field however many.
+/// An update field whose name starts with `@` is not a hash field: `@cfg` carries
+/// `{ref} {json}`, an effective config too large to inline, stored once under its content's
+/// digest (`cfg:{ref}`) and referenced from the job's `ecr`.
+const LUA_RECORD: &str = r#"
+local PIECED = {r = true, err = true, sd = true, sr = true, ms = true, ec = true}
+local function event(created, at, state, note)
+  local e = (tonumber(at) - (tonumber(created) or 0)) .. ',' .. CODE[state]
+  if note ~= '' then e = e .. ',' .. note end
+  return e
+end
+-- Appends `add` (events, one a line) to the history whose stored value is `v`. A history in
+-- pieces keeps the pieces between its first and its last: only the first (which holds the
+-- count) and the last ones are written again, so a long history costs each transition a piece
+-- or two, not all of them.
+local function add_history(fields, key, v, add)
+  if not v or v == '' then put(fields, 'h', add); return end
+  local n, first = nil, nil
+  if string.byte(v, 1) == 126 then n, first = string.match(v, '^~(%d+)~(.*)$') end
+  n = tonumber(n)
+  local last = n and n >= 2 and redis.call('HGET', key, 'h#' .. n)
+  local tail = last and (last .. '\n' .. add)
+  local total = tail and (n - 1 + math.ceil(#tail / PIECE))
+  local head = tail and ('~' .. total .. '~' .. first)
+  if not tail or #head > PIECE or total * PIECE > MAX_CUT then
+    -- Whole, or cut again from the start (the count gained a digit, or the history outgrew
+    -- its pieces): pieces it no longer has are dropped.
+    local m = put(fields, 'h', full(key, 'h', v) .. '\n' .. add)
+    drop_pieces(key, 'h', m + 1, pieces_of(v))
+    return
+  end
+  fields[#fields + 1] = 'h'
+  fields[#fields + 1] = head
+  local pos = 1
+  for i = n, total do
+    fields[#fields + 1] = 'h#' .. i
+    fields[#fields + 1] = string.sub(tail, pos, pos + PIECE - 1)
+    pos = pos + PIECE
+  end
+end
+local function add_fields(p, ttl, fields, first, last)
+  local cfg = nil
+  for i = first, last, 2 do
+    local k, v = ARGV[i], ARGV[i + 1]
+    if k == '@cfg' then
+      local sp = string.find(v, ' ', 1, true)
+      cfg = string.sub(v, 1, sp - 1)
+      redis.call('SET', braced(p, 'cfg', cfg), string.sub(v, sp + 1), 'PX', ttl)
+      fields[#fields + 1] = 'ecr'
+      fields[#fields + 1] = cfg
+    elseif PIECED[k] then
+      put(fields, k, v)
+    else
+      fields[#fields + 1] = k
+      fields[#fields + 1] = v
+    end
+  end
+  return cfg
+end
+"#;
+
+/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 14 per job: id,
+/// created_at, payload JSON (or ''), the rest of the spec (see [`spec_rest`]; or ''), tenant,
+/// topic, team, trace, deadline, the PENDING event (compact), idempotency key, PENDING index
+/// score, run id, heartbeat timeout (ms, or empty). Answers two per job: `created` or
+/// `exists`, and the id (for `exists`, of the job that already holds the id or the key).
+/// A field that would hold what the id already says (the tenant, a trace named after the job)
+/// or nothing (an empty team) is left out.
 const LUA_CREATE: &str = r#"
 local p, idem_ttl = ARGV[1], ARGV[3]
 local names = p .. 'idx:names'
 local named, persisted = {}, {}
 local out = {}
-local function create(id, created, spec, tenant, topic, team, trace, deadline, event, idem, score, run, hbt)
+local function create(id, created, payload, rest, tenant, topic, team, trace, deadline, event, idem, score, run, hbt)
   local key = braced(p, 'job', id)
   if idem ~= '' then
     local ik = braced(p, 'idem', tenant .. '~' .. idem)
@@ -134,8 +317,13 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   elseif redis.call('EXISTS', key) == 1 then
     return 'exists', id
   end
-  local f = {'spec', spec, 'state', 'PENDING', 'created', created, 'updated_at', created,
-    'tenant', tenant, 'topic', topic, 'team', team, 'trace', trace, 'hn', 1, 'h:1', event}
+  local f = {'state', 'PENDING', 'created', created, 'updated_at', created, 'topic', topic}
+  put(f, 'h', event)
+  if payload ~= '' then put(f, 'p', payload) end
+  if rest ~= '' then put(f, 'x', rest) end
+  if tenant ~= tenant_of(id) then f[#f + 1] = 'tenant'; f[#f + 1] = tenant end
+  if team ~= '' then f[#f + 1] = 'team'; f[#f + 1] = team end
+  if trace ~= id then f[#f + 1] = 'trace'; f[#f + 1] = trace end
   if run ~= '' then f[#f + 1] = 'run'; f[#f + 1] = run end
   if hbt ~= '' then f[#f + 1] = 'hbt'; f[#f + 1] = hbt end
   if deadline ~= '' then
@@ -158,10 +346,10 @@ local function create(id, created, spec, tenant, topic, team, trace, deadline, e
   end
   return 'created', id
 end
-for i = 4, #ARGV, 13 do
+for i = 4, #ARGV, 14 do
   local verdict, id = create(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11],
-    ARGV[i + 12])
+    ARGV[i + 12], ARGV[i + 13])
   out[#out + 1] = verdict
   out[#out + 1] = id
 end
@@ -170,31 +358,34 @@ return out
 "#;
 
 /// Applies a batch of transitions, each on its own (one failing its check does not stop the
-/// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event JSON, dead
-/// letter JSON (or ''), dead letter time, the claim's worker and lease (or '' and ''), the
-/// number of via states `v`, then `v` pairs of via state and its event JSON (the walk of
-/// `Transition::via`), the number of field pairs `n`, then `n` field/value pairs. Answers five
-/// per transition: `ok` (with the state it left), `same`, `illegal` (with the current state),
-/// `other` (the claim is not the job's assignment) or `missing`; then the job's run id, its
-/// tenant and its `created` time (or '').
+/// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event's note (a JSON
+/// string, or ''), dead letter JSON (or ''), dead letter time, the claim's worker and lease (or
+/// '' and ''), the number of via states `v`, then `v` pairs of via state and the time it was
+/// entered (the walk of `Transition::via`), the number of field pairs `n`, then `n` field/value
+/// pairs. Answers five per transition: `ok` (with the state it left), `same`, `illegal` (with
+/// the current state), `other` (the claim is not the job's assignment) or `missing`; then the
+/// job's run id, its tenant and its `created` time (or '').
+///
+/// A record written before the compact history keeps its events in `h:1` … `h:{hn}`; the new
+/// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
 local p, ttl = ARGV[1], ARGV[2]
 local out = {}
-local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, first, last)
+local function transition(id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
-  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'hn', 'deadline',
-    'worker_id', 'lease', 'created')
+  local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'h', 'deadline',
+    'worker_id', 'lease', 'created', 'reason', 'ecr')
   local cur = h[1]
   if not cur then return 'missing', '', '', '', '' end
-  local run, tenant, created = h[4] or '', h[2] or '', h[9] or ''
+  local run, tenant, created = h[4] or '', h[2] or tenant_of(id), h[9] or ''
   -- A worker's claim: the recorded lease (and worker) must be its own; with none recorded,
   -- the recorded worker; with neither, the host has verified the lease (Claim::admits).
   if cw ~= '' and ((h[8] and h[8] ~= cl) or (h[7] and h[7] ~= cw)) then
     return 'other', cur, run, tenant, created
   end
   if cur == to then return 'same', cur, run, tenant, created end
-  local fields = {'state', to, 'updated_at', at, 'reason', ''}
-  local n = tonumber(h[5] or '0')
+  local fields = {'state', to, 'updated_at', at}
+  local add = {}
   -- The walk through the via states: after the current one when it is on the path.
   local start = vfirst
   for a = vfirst, vlast, 2 do
@@ -207,29 +398,30 @@ local function transition(id, to, at, evj, dl, dlat, cw, cl, vfirst, vlast, firs
   end
   if prev and ALLOWED[prev .. '>' .. to] then
     for a = start, vlast, 2 do
-      n = n + 1
-      fields[#fields + 1] = 'h:' .. n
-      fields[#fields + 1] = ARGV[a + 1]
+      add[#add + 1] = event(created, ARGV[a + 1], ARGV[a], '')
     end
   elseif not ALLOWED[cur .. '>' .. to] then
     return 'illegal', cur, run, tenant, created
   end
-  n = n + 1
-  fields[#fields + 1] = 'h:' .. n
-  fields[#fields + 1] = evj
-  fields[#fields + 1] = 'hn'
-  fields[#fields + 1] = n
-  for i = first, last do fields[#fields + 1] = ARGV[i] end
+  add[#add + 1] = event(created, at, to, note)
+  add_history(fields, key, h[5], table.concat(add, '\n'))
+  local cfg = add_fields(p, ttl, fields, first, last) or h[11]
   redis.call('HSET', key, unpack(fields))
+  if h[10] then
+    redis.call('HDEL', key, 'reason')
+    drop_pieces(key, 'reason', 2, pieces_of(h[10]))
+  end
   zrem(p .. 'idx:state:' .. cur, id)
   zadd(p .. 'idx:state:' .. to, at, id)
   zadd(p .. 'idx:recent', at, id)
-  zadd(braced(p, 'idx:tenant', h[2]), at, id)
+  zadd(braced(p, 'idx:tenant', tenant), at, id)
   if TERMINAL[to] then
-    -- A record expires a TTL after it finished (a live job never does), its trace with it.
+    -- A record expires a TTL after it finished (a live job never does), its trace with it,
+    -- and the config it references no sooner.
     redis.call('PEXPIRE', key, ttl)
     if h[3] and h[3] ~= id then redis.call('PEXPIRE', braced(p, 'idx:trace', h[3]), ttl) end
     if h[6] then zrem(p .. 'idx:deadline', id) end
+    if cfg then redis.call('PEXPIRE', braced(p, 'cfg', cfg), ttl, 'GT') end
   end
   if dl ~= '' then
     redis.call('SET', braced(p, 'dlq', id), dl)
@@ -258,20 +450,23 @@ write_indexes()
 return out
 "#;
 
+/// ARGV: prefix, record TTL, id, the expected state, the reason (or ''), the reason as a JSON
+/// string (the event's note), the recheck score (or ''), the time, then field/value pairs.
 const LUA_ANNOTATE: &str = r#"
-local p, id, expect = ARGV[1], ARGV[2], ARGV[3]
-local key = p .. 'job:{' .. id .. '}'
-local h = redis.call('HMGET', key, 'state', 'reason', 'hn')
+local p, ttl, id, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = braced(p, 'job', id)
+local h = redis.call('HMGET', key, 'state', 'reason', 'created', 'h')
 if not h[1] then return 'missing' end
 if h[1] ~= expect then return 'skip' end
 local fields = {}
-if ARGV[4] ~= '' and h[2] ~= ARGV[4] then
-  local n = tonumber(h[3] or '0') + 1
-  fields = {'reason', ARGV[4], 'h:' .. n, ARGV[5], 'hn', n}
+if ARGV[5] ~= '' and not holds(key, 'reason', h[2], ARGV[5]) then
+  local n = put(fields, 'reason', ARGV[5])
+  drop_pieces(key, 'reason', n + 1, pieces_of(h[2]))
+  add_history(fields, key, h[4], event(h[3], ARGV[8], expect, ARGV[6]))
 end
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+add_fields(p, ttl, fields, 9, #ARGV)
 if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
-if ARGV[6] ~= '' then redis.call('ZADD', p .. 'idx:state:' .. expect, ARGV[6], id) end
+if ARGV[7] ~= '' then redis.call('ZADD', p .. 'idx:state:' .. expect, ARGV[7], id) end
 return 'ok'
 "#;
 
@@ -300,8 +495,9 @@ local items, scanned, offset, ls, lid = {}, 0, 0, '', ''
 -- in its place by creation time, once, when it is after the cursor.
 local root, rs, rss = ARGV[13], nil, nil
 if root ~= '' then
+  -- (A record leaves out a trace named after its job.)
   local r = redis.call('HMGET', p .. 'job:{' .. root .. '}', 'trace', 'created')
-  if r[1] == root and r[2] then
+  if (r[1] or root) == root and r[2] then
     rss = r[2]
     rs = tonumber(rss)
     if cs and (rs > cs or (rs == cs and not lt(root, cid))) then rs = nil end
@@ -312,7 +508,7 @@ local function visit(id, s)
   ls, lid = s, id
   local h = redis.call('HMGET', p .. 'job:{' .. id .. '}', 'state', 'topic', 'tenant', 'team', 'updated_at')
   if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
-    and (ften == '' or h[3] == ften) and (fteam == '' or h[4] == fteam)
+    and (ften == '' or (h[3] or tenant_of(id)) == ften) and (fteam == '' or h[4] == fteam)
     and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
     items[#items + 1] = id
     if #items == limit then return {items, ls, lid, 1} end
@@ -465,8 +661,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// The Lua tables of legal moves and terminal states, generated from the one table in
-/// [`crate::job`].
+/// The Lua tables of legal moves, terminal states and the states' codes in the compact history
+/// (see [`history_code`]), generated from the one table in [`crate::job`].
 fn lua_state_tables() -> String {
     let mut s = String::from("local ALLOWED = {");
     for (from, tos) in TRANSITIONS {
@@ -478,8 +674,20 @@ fn lua_state_tables() -> String {
     for st in JobState::ALL.iter().filter(|s| s.is_terminal()) {
         s.push_str(&format!("['{st}']=true,"));
     }
+    s.push_str("}\nlocal CODE = {");
+    for st in JobState::ALL {
+        s.push_str(&format!("['{st}']='{}',", history_code(st)));
+    }
     s.push_str("}\n");
     s
+}
+
+/// A state's one-character code in the compact history: its place in [`JobState::ALL`].
+fn history_code(state: JobState) -> usize {
+    JobState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or_default()
 }
 
 struct Scripts {
@@ -683,7 +891,9 @@ impl RedisStore {
         let tables = lua_state_tables();
         let creates = Batcher::start(
             conn.clone(),
-            Script::new(&format!("{LUA_INDEX_WRITES}{LUA_CREATE}")),
+            Script::new(&format!(
+                "{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}"
+            )),
             vec![
                 prefix.to_string(),
                 opts.job_ttl_ms.to_string(),
@@ -693,13 +903,17 @@ impl RedisStore {
         );
         let transitions = Batcher::start(
             conn.clone(),
-            Script::new(&format!("{tables}{LUA_INDEX_WRITES}{LUA_TRANSITION}")),
+            Script::new(&format!(
+                "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
+            )),
             vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
             5,
         );
         let scripts = Scripts {
-            annotate: Script::new(LUA_ANNOTATE),
-            list: Script::new(&format!("{LUA_BYTE_LT}{LUA_LIST}")),
+            annotate: Script::new(&format!(
+                "{tables}{LUA_INDEX_WRITES}{LUA_PIECES}{LUA_RECORD}{LUA_ANNOTATE}"
+            )),
+            list: Script::new(&format!("{LUA_BYTE_LT}{LUA_TENANT_OF}{LUA_LIST}")),
             after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
             config_put: Script::new(LUA_CONFIG_PUT),
             config_delete: Script::new(LUA_CONFIG_DELETE),
@@ -751,20 +965,27 @@ impl RedisStore {
     /// A job's arguments to the create script.
     fn create_args(new: &NewJob) -> Args {
         let spec = &new.spec;
-        let spec_json = serde_json::to_vec(spec).unwrap_or_default();
-        let mut a = Args::with_capacity(13, spec_json.len() + 256);
+        let payload = match &spec.payload {
+            Value::Null => Vec::new(),
+            p => serde_json::to_vec(p).unwrap_or_default(),
+        };
+        let rest = spec_rest(spec);
+        let mut a = Args::with_capacity(14, payload.len() + rest.len() + 256);
         a.push(&spec.id)
             .push_num(spec.created_at)
-            .push(spec_json)
+            .push(payload)
+            .push(rest)
             .push(&spec.tenant_id)
             .push(&spec.topic)
             .push(spec.team_id.as_deref().unwrap_or(""))
             .push(&spec.trace_id)
             .push(spec.deadline.map(|d| d.to_string()).unwrap_or_default())
-            .push(event_json(
-                spec.created_at,
-                JobState::Pending,
-                new.note.as_deref(),
+            .push(format!(
+                "0,{}{}",
+                history_code(JobState::Pending),
+                note_json(new.note.as_deref())
+                    .map(|n| format!(",{n}"))
+                    .unwrap_or_default()
             ))
             .push(new.idempotency_key.as_deref().unwrap_or(""))
             .push_num(spec.not_before.unwrap_or(spec.created_at))
@@ -871,25 +1092,99 @@ impl RedisStore {
             pipe.hgetall(self.named("job", id));
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<std::collections::HashMap<String, String>> =
+        let raw: Vec<std::collections::HashMap<String, Vec<u8>>> =
             pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let replies = raw
+            .into_iter()
+            .zip(ids)
+            .map(|(h, id)| joined(id, h))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // The effective configs the records reference: one more round trip, only when some do.
+        let mut refs: Vec<&String> = replies.iter().filter_map(|h| h.get("ecr")).collect();
+        refs.sort();
+        refs.dedup();
+        let mut configs = std::collections::HashMap::new();
+        if !refs.is_empty() {
+            let keys: Vec<String> = refs.iter().map(|r| self.named("cfg", r)).collect();
+            let docs: Vec<Option<String>> = ::redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for (r, doc) in refs.into_iter().zip(docs) {
+                if let Some(doc) = doc {
+                    configs.insert(r.clone(), doc);
+                }
+            }
+        }
         let mut out = Vec::with_capacity(ids.len());
-        for hash in replies {
-            out.push(job_from_hash(hash)?);
+        for (id, hash) in ids.iter().zip(replies) {
+            out.push(job_from_hash(id, hash, &configs)?);
         }
         Ok(out)
     }
 }
 
-fn event_json(at: Millis, state: JobState, note: Option<&str>) -> String {
-    serde_json::to_string(&JobEvent {
-        at,
-        state,
-        note: note.map(str::to_string),
-    })
-    .unwrap_or_default()
+/// A record's fields with the pieces of its long values joined (see [`LUA_PIECES`]) and every
+/// value decoded.
+fn joined(
+    id: &str,
+    mut raw: std::collections::HashMap<String, Vec<u8>>,
+) -> StoreResult<std::collections::HashMap<String, String>> {
+    let names: Vec<String> = raw.keys().filter(|k| !k.contains('#')).cloned().collect();
+    let mut out = std::collections::HashMap::with_capacity(names.len());
+    for name in names {
+        let Some(value) = raw.remove(&name) else {
+            continue;
+        };
+        let value = match pieced(&value) {
+            Some((n, first)) => {
+                let mut whole = first.to_vec();
+                let mut complete = true;
+                for i in 2..=n {
+                    match raw.get(&format!("{name}#{i}")) {
+                        Some(piece) => whole.extend_from_slice(piece),
+                        None => {
+                            complete = false;
+                            break;
+                        }
+                    }
+                }
+                if complete { whole } else { value }
+            }
+            None => value,
+        };
+        let value = String::from_utf8(value)
+            .map_err(|_| StoreError::Corrupt(format!("job {id}: field `{name}` is not UTF-8")))?;
+        out.insert(name, value);
+    }
+    Ok(out)
 }
 
+/// The piece count and first piece of a value stored in pieces (`~{n}~{first piece}`).
+fn pieced(value: &[u8]) -> Option<(usize, &[u8])> {
+    let rest = value.strip_prefix(b"~")?;
+    let end = rest.iter().position(|b| *b == b'~')?;
+    let n = std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()?;
+    Some((n, rest.get(end + 1..)?))
+}
+
+/// An event's note as the compact history holds it: a JSON string (which holds no raw newline,
+/// the events' separator, and may hold commas: it is the event's last part).
+fn note_json(note: Option<&str>) -> Option<String> {
+    note.map(|n| serde_json::to_string(n).unwrap_or_default())
+}
+
+/// The longest effective config (JSON) a record holds inline; a longer one is stored once per
+/// distinct document, under its digest (see [`LUA_RECORD`]). At this size or under, the
+/// reference (43 bytes) would save nothing; above it, one config shared by many jobs costs each
+/// of them 43 bytes, and keeps the hash's every value within Redis's compact (listpack)
+/// encoding, which holds values of up to 64 bytes.
+const INLINE_CONFIG_MAX: usize = 48;
+
+/// The hash fields a transition or annotation sets. A record written before the lean layout
+/// has the long names of these (`result`, `error`, `safety_decision`, `safety_reason`,
+/// `execution_ms`, `effective_config`): the reader takes a short one first, then the long one.
 fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
     let mut f = Vec::new();
     if let Some(v) = &u.worker_id {
@@ -902,41 +1197,182 @@ fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
         f.push(("lease", v.clone()));
     }
     if let Some(v) = &u.result {
-        f.push(("result", v.to_string()));
+        f.push(("r", v.to_string()));
     }
     if let Some(v) = &u.error {
-        f.push(("error", serde_json::to_string(v).unwrap_or_default()));
+        f.push(("err", serde_json::to_string(v).unwrap_or_default()));
     }
     if let Some(v) = &u.safety_decision {
-        f.push(("safety_decision", v.clone()));
+        f.push(("sd", v.clone()));
     }
     if let Some(v) = &u.safety_reason {
-        f.push(("safety_reason", v.clone()));
+        f.push(("sr", v.clone()));
     }
     if let Some(v) = u.execution_ms {
-        f.push(("execution_ms", v.to_string()));
+        f.push(("ms", v.to_string()));
     }
     if let Some(v) = &u.effective_config {
-        f.push(("effective_config", v.to_string()));
+        let json = v.to_string();
+        if json.len() <= INLINE_CONFIG_MAX {
+            f.push(("ec", json));
+        } else {
+            f.push(("@cfg", format!("{} {json}", config_ref(&json))));
+        }
     }
     f
 }
 
-fn job_from_hash(mut h: std::collections::HashMap<String, String>) -> StoreResult<Option<Job>> {
-    let Some(spec) = h.remove("spec") else {
-        return Ok(None);
+/// The content address of an effective config: SHA-256 of its JSON, base64url (43 bytes).
+fn config_ref(json: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(json.as_bytes()))
+}
+
+/// The spec's fields the record does not hold elsewhere, as a JSON object ('' when none): its
+/// id, tenant, topic, trace, team, run, deadline, creation time and payload have fields of their
+/// own (or follow from the id), and a default priority or a first attempt is left out.
+fn spec_rest(spec: &JobSpec) -> String {
+    let Ok(Value::Object(mut m)) = serde_json::to_value(spec) else {
+        return String::new();
     };
+    for k in [
+        "id",
+        "tenant_id",
+        "topic",
+        "trace_id",
+        "team_id",
+        "run_id",
+        "deadline",
+        "created_at",
+        "payload",
+    ] {
+        m.remove(k);
+    }
+    if m.get("priority") == Some(&Value::from(Priority::default().as_str())) {
+        m.remove("priority");
+    }
+    if m.get("attempt") == Some(&Value::from(1)) {
+        m.remove("attempt");
+    }
+    if m.is_empty() {
+        String::new()
+    } else {
+        Value::Object(m).to_string()
+    }
+}
+
+/// The spec of a lean record: [`spec_rest`] with the fields it left out put back.
+fn spec_of(
+    id: &str,
+    h: &mut std::collections::HashMap<String, String>,
+    created: Millis,
+) -> StoreResult<JobSpec> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!("job {id}: {what}: {e}"))
+    };
+    let mut m = match h.remove("x") {
+        Some(x) => match serde_json::from_str::<Value>(&x).map_err(|e| corrupt("spec", &e))? {
+            Value::Object(m) => m,
+            other => return Err(corrupt("spec", &format!("not an object: {other}"))),
+        },
+        None => serde_json::Map::new(),
+    };
+    let tenant = h
+        .remove("tenant")
+        .unwrap_or_else(|| crate::ids::tenant_of(id).unwrap_or_default().to_string());
+    m.insert("id".into(), id.into());
+    m.insert("tenant_id".into(), tenant.into());
+    m.insert("topic".into(), h.remove("topic").unwrap_or_default().into());
+    m.insert(
+        "trace_id".into(),
+        h.remove("trace").unwrap_or_else(|| id.to_string()).into(),
+    );
+    m.insert("created_at".into(), created.into());
+    if let Some(team) = h.remove("team").filter(|t| !t.is_empty()) {
+        m.insert("team_id".into(), team.into());
+    }
+    if let Some(run) = h.remove("run") {
+        m.insert("run_id".into(), run.into());
+    }
+    if let Some(d) = h.get("deadline").and_then(|d| d.parse::<Millis>().ok()) {
+        m.insert("deadline".into(), d.into());
+    }
+    if let Some(p) = h.remove("p") {
+        let payload: Value = serde_json::from_str(&p).map_err(|e| corrupt("payload", &e))?;
+        m.insert("payload".into(), payload);
+    }
+    serde_json::from_value(Value::Object(m)).map_err(|e| corrupt("spec", &e))
+}
+
+/// The compact history (`h`): one event a line, `{ms after created},{state code}[,{note}]`.
+fn compact_history(id: &str, h: &str, created: Millis) -> StoreResult<Vec<JobEvent>> {
+    let corrupt = |line: &str| StoreError::Corrupt(format!("job {id}: history event `{line}`"));
+    h.split('\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let mut parts = line.splitn(3, ',');
+            let offset: Millis = parts
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| corrupt(line))?;
+            let state = parts
+                .next()
+                .and_then(|c| c.parse::<usize>().ok())
+                .and_then(|c| JobState::ALL.get(c).copied())
+                .ok_or_else(|| corrupt(line))?;
+            let note = parts
+                .next()
+                .map(serde_json::from_str::<String>)
+                .transpose()
+                .map_err(|_| corrupt(line))?;
+            Ok(JobEvent {
+                at: created + offset,
+                state,
+                note,
+            })
+        })
+        .collect()
+}
+
+/// A job from its hash: the lean record, or one an earlier version wrote (its whole spec as
+/// JSON in `spec`, its history as JSON events `h:1` … `h:{hn}`, long field names), or one of
+/// those moved on by this version (new events in `h` after the old ones, new fields under the
+/// short names). `configs` holds the effective configs the records reference, by reference.
+fn job_from_hash(
+    id: &str,
+    mut h: std::collections::HashMap<String, String>,
+    configs: &std::collections::HashMap<String, String>,
+) -> StoreResult<Option<Job>> {
     let corrupt =
         |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
-    let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| corrupt("spec", &e))?;
-    let state: JobState = h
-        .get("state")
-        .ok_or_else(|| StoreError::Corrupt("no state".into()))?
-        .parse()
-        .map_err(|e: String| corrupt("state", &e))?;
+    let Some(state) = h.get("state") else {
+        return Ok(None);
+    };
+    let state: JobState = state.parse().map_err(|e: String| corrupt("state", &e))?;
+    let created: Option<Millis> = h.get("created").and_then(|c| c.parse().ok());
+    let spec: JobSpec = match h.remove("spec") {
+        Some(spec) => serde_json::from_str(&spec).map_err(|e| corrupt("spec", &e))?,
+        None => spec_of(
+            id,
+            &mut h,
+            created.ok_or_else(|| StoreError::Corrupt(format!("job {id}: no creation time")))?,
+        )?,
+    };
     let json = |v: Option<String>| v.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let config_ref = h.remove("ecr");
+    let mut take = |short: &str, long: &str| h.remove(short).or_else(|| h.remove(long));
+    let result = json(take("r", "result"));
+    let error = take("err", "error").and_then(|s| serde_json::from_str(&s).ok());
+    let safety_decision = take("sd", "safety_decision");
+    let safety_reason = take("sr", "safety_reason");
+    let execution_ms = take("ms", "execution_ms").and_then(|v| v.parse().ok());
+    let effective_config = match config_ref {
+        Some(r) => configs.get(&r).and_then(|c| serde_json::from_str(c).ok()),
+        None => json(take("ec", "effective_config")),
+    };
     let events: usize = h.get("hn").and_then(|n| n.parse().ok()).unwrap_or(0);
-    let history = (1..=events)
+    let mut history = (1..=events)
         .map(|n| {
             let event = h
                 .remove(&format!("h:{n}"))
@@ -944,20 +1380,25 @@ fn job_from_hash(mut h: std::collections::HashMap<String, String>) -> StoreResul
             serde_json::from_str(&event).map_err(|err| corrupt("event", &err))
         })
         .collect::<StoreResult<Vec<JobEvent>>>()?;
+    if let Some(compact) = h.remove("h") {
+        history.extend(compact_history(
+            id,
+            &compact,
+            created.unwrap_or(spec.created_at),
+        )?);
+    }
     Ok(Some(Job {
         state,
         worker_id: h.remove("worker_id"),
         worker_instance: h.remove("worker_instance"),
         lease: h.remove("lease"),
-        safety_decision: h.remove("safety_decision"),
-        safety_reason: h.remove("safety_reason"),
+        safety_decision,
+        safety_reason,
         reason: h.remove("reason").filter(|r| !r.is_empty()),
-        result: json(h.remove("result")),
-        error: h
-            .remove("error")
-            .and_then(|s| serde_json::from_str(&s).ok()),
-        execution_ms: h.get("execution_ms").and_then(|v| v.parse().ok()),
-        effective_config: json(h.remove("effective_config")),
+        result,
+        error,
+        execution_ms,
+        effective_config,
         updated_at: h
             .get("updated_at")
             .and_then(|v| v.parse().ok())
@@ -1022,7 +1463,7 @@ impl JobStore for RedisStore {
         args.push(id)
             .push(t.to.as_str())
             .push_num(t.at)
-            .push(event_json(t.at, t.to, t.note.as_deref()));
+            .push(note_json(t.note.as_deref()).unwrap_or_default());
         match &t.dead_letter {
             Some(dl) => args
                 .push(serde_json::to_vec(dl).unwrap_or_default())
@@ -1035,8 +1476,7 @@ impl JobStore for RedisStore {
         };
         args.push_num(t.via.len() as i64);
         for (state, at) in &t.via {
-            args.push(state.as_str())
-                .push(event_json(*at, *state, None));
+            args.push(state.as_str()).push_num(*at);
         }
         args.push_num(fields.len() as i64);
         for (k, v) in fields {
@@ -1075,11 +1515,13 @@ impl JobStore for RedisStore {
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool> {
         let mut inv = self.scripts.annotate.prepare_invoke();
         inv.arg(&self.prefix)
+            .arg(self.opts.job_ttl_ms)
             .arg(id)
             .arg(a.expect.as_str())
             .arg(a.reason.as_deref().unwrap_or(""))
-            .arg(event_json(a.at, a.expect, a.reason.as_deref()))
-            .arg(a.recheck_at.map(|r| r.to_string()).unwrap_or_default());
+            .arg(note_json(a.reason.as_deref()).unwrap_or_default())
+            .arg(a.recheck_at.map(|r| r.to_string()).unwrap_or_default())
+            .arg(a.at);
         for (k, v) in update_fields(&a.update) {
             inv.arg(k).arg(v);
         }

@@ -43,9 +43,10 @@
 //! **Where the time goes** (`benches/e2e.sh` on the 2-core machine, 20,000 jobs through real
 //! Redis and NATS; CPU per job, the range of one evening's runs: the machine's speed drifts, so
 //! the shares matter more than the figures): Redis 35–55 µs — inside the two scripts, the
-//! record is one hash (its fields and its history, `h:1`…), written twice, seven sorted-set
-//! changes (into the PENDING index, out of it and into the final state's, recency and tenant at
-//! the create and at the end: the largest part, sent as one `ZADD`/`ZREM` per index per batch),
+//! record is one compact hash (its fields and its history: see `store/redis.rs`), written
+//! twice, seven sorted-set changes (into the PENDING index, out of it and into the final
+//! state's, recency and tenant at the create and at the end: the largest part, sent as one
+//! `ZADD`/`ZREM` per index per batch),
 //! the existence check, the read of the state and the record's TTL, set once the job has
 //! finished; the rest is the Lua interpreter around them. A job that joins another's trace adds
 //! its trace index entry (and the TTL of that index). This is the floor while every job keeps
