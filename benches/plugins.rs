@@ -10,7 +10,9 @@
 //! (`target/release/deps/plugins-*`, copied aside) run by run, not against yesterday's figures.
 //!
 //! `component, off-thread` is the pick as the scheduler makes it since plugin calls left the
-//! runtime's threads: handed to a plugin thread and awaited (README, "Where plugin calls run").
+//! runtime's threads: handed to a plugin thread and awaited (README, "Where plugin calls run") —
+//! alone (its latency: the plugin thread woken, the caller woken back), and 64 in flight at
+//! once (its cost per pick under load, against the same 64 picks made inline).
 //!
 //! `cargo bench --bench plugins -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -120,6 +122,37 @@ fn pick(c: &mut Criterion) {
             let placed = rt.block_on(registry.place(shared.clone(), j, cs)).unwrap();
             placed.pick.as_ref().unwrap();
             held = Some((placed.spec, placed.candidates));
+        })
+    });
+    group.finish();
+
+    // A burst, as under load: 64 picks in flight at once, so the plugin thread goes from one to
+    // the next without sleeping and the runtime's thread parks once per burst, not per pick.
+    // Per pick (throughput in elements): what placing costs when jobs keep coming.
+    let mut group = c.benchmark_group("least-loaded pick, 64 in flight");
+    group.throughput(criterion::Throughput::Elements(64));
+    let mut burst: Vec<_> = (0..64).map(|_| (job.clone(), one.clone())).collect();
+    group.bench_function("component, off-thread", |b| {
+        b.iter(|| {
+            let calls = std::mem::take(&mut burst)
+                .into_iter()
+                .map(|(j, cs)| registry.place(shared.clone(), j, cs));
+            burst = rt
+                .block_on(futures::future::join_all(calls))
+                .into_iter()
+                .map(|placed| {
+                    let placed = placed.unwrap();
+                    placed.pick.as_ref().unwrap();
+                    (placed.spec, placed.candidates)
+                })
+                .collect();
+        })
+    });
+    group.bench_function("component, inline", |b| {
+        b.iter(|| {
+            for (j, cs) in &burst {
+                registry.strategy_for(&config).pick(j, cs).unwrap();
+            }
         })
     });
     group.finish();

@@ -800,6 +800,12 @@ async fn sigterm_of_serve_after_a_burst_loses_no_job_and_runs_none_twice() {
     )
     .await
     .expect("connecting to Redis");
+    // A job sent before the stop starts on its worker meanwhile (a command takes a moment to
+    // start on a loaded machine): the premise is given a few seconds to show.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while runs_by_job(&runs).is_empty() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let taken: Vec<String> = runs_by_job(&runs).into_keys().collect();
     assert!(
         !taken.is_empty(),
