@@ -64,7 +64,11 @@ one_run() {
   used1=$(info_field "$rp" memory used_memory); cpu1=$(redis_cpu "$rp"); scpu1=$(cpu_of "$serve")
   script_us=$(redis-cli -p "$rp" info commandstats | tr -d '\r' |
     sed -n 's/^cmdstat_evalsha:calls=[0-9]*,usec=\([0-9]*\),.*/\1/p')
-  ok=$(redis-cli -p "$rp" zcard 'coretex:idx:state:SUCCEEDED')
+  # Each shard keeps its own indexes (`coretex:{tag}:idx:…`): the count is their sum.
+  ok=0
+  for k in $(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:idx:state:SUCCEEDED'); do
+    ok=$((ok + $(redis-cli -p "$rp" zcard "$k")))
+  done
   [ "$ok" = "$N" ] || { echo "only $ok of $N jobs SUCCEEDED" >&2; exit 1; }
   echo "run $run: used_memory before=$used0 after=$used1 keys=$(redis-cli -p "$rp" dbsize)"
   printf 'run %s: bytes_per_job=%.0f redis_cpu_us_per_job=%.2f script_us_per_job=%.2f serve_cpu_us_per_job=%.2f\n' \
@@ -74,29 +78,30 @@ one_run() {
   if [ "$run" = 1 ]; then
     report_redis "$rp" "$N"
     # Where the bytes are: one job's keys (exactly), and each index per entry.
-    job=$(redis-cli -p "$rp" zrange 'coretex:idx:state:SUCCEEDED' 0 0)
+    job_key=$(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:job:{*' | head -1)
+    job=${job_key#*:job:\{}; job=${job%\}}
     echo "== one job: $job"
     redis-cli -p "$rp" --scan --pattern "coretex:*{$job}*" | while read -r k; do
       printf '  %-60s %-8s %-10s %6s B\n' "$k" "$(redis-cli -p "$rp" type "$k")" \
         "$(redis-cli -p "$rp" object encoding "$k")" "$(redis-cli -p "$rp" memory usage "$k" samples 0)"
     done
     echo "  its fields (name: bytes of the value):"
-    redis-cli -p "$rp" hkeys "coretex:job:{$job}" |
-      while read -r f; do printf '%s: %s  ' "$f" "$(redis-cli -p "$rp" hstrlen "coretex:job:{$job}" "$f")"; done
+    redis-cli -p "$rp" hkeys "$job_key" |
+      while read -r f; do printf '%s: %s  ' "$f" "$(redis-cli -p "$rp" hstrlen "$job_key" "$f")"; done
     echo
     echo "== the encoding of 500 jobs' hashes picked at random (listpack is the compact one)"
-    redis-cli -p "$rp" zrandmember 'coretex:idx:recent' 500 | while read -r j; do
-      redis-cli -p "$rp" object encoding "coretex:job:{$j}"
+    redis-cli -p "$rp" --scan --pattern 'coretex:{*}:job:{*' | shuf -n 500 | while read -r k; do
+      redis-cli -p "$rp" object encoding "$k"
     done | sort | uniq -c | sed 's/^/  /'
     echo "== keys other than the jobs' own (MEMORY USAGE, exact; per entry for sorted sets)"
-    redis-cli -p "$rp" --scan --pattern 'coretex:*' | grep -v "{$job}" | grep -v '^coretex:job:{' |
-      grep -v '^coretex:cfg:{' | sort | while read -r k; do
+    redis-cli -p "$rp" --scan --pattern 'coretex:*' | grep -v "{$job}" | grep -v ':job:{' |
+      grep -v ':cfg:{' | sort | while read -r k; do
         local t bytes n
         t=$(redis-cli -p "$rp" type "$k"); bytes=$(redis-cli -p "$rp" memory usage "$k" samples 0)
         case $t in zset) n=$(redis-cli -p "$rp" zcard "$k") ;; hash) n=$(redis-cli -p "$rp" hlen "$k") ;; *) n=1 ;; esac
         printf '  %-60s %-6s %8s entries %10s B %8.1f B/entry\n' "$k" "$t" "$n" "$bytes" "$(echo "$bytes / $n" | bc -l)"
       done
-    echo "  (config records: $(redis-cli -p "$rp" --scan --pattern 'coretex:cfg:{*' | wc -l) keys)"
+    echo "  (config records: $(redis-cli -p "$rp" --scan --pattern 'coretex:*:cfg:{*' | wc -l) keys)"
   fi
   # This run's processes end here; the next run starts on fresh servers.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -1,9 +1,10 @@
 //! Store conformance: one suite of behaviour checks, run against both backends.
 //!
 //! Every `check_*` function takes a fresh, empty [`SharedStore`]; the `conformance!` macro at the
-//! bottom turns each into two tests, `memory::<name>` on a [`MemoryStore`] and `redis::<name>` on
+//! bottom turns each into three tests, `memory::<name>` on a [`MemoryStore`], `redis::<name>` on
 //! a [`RedisStore`] talking to a real server (`REDIS_URL`, else a private `redis-server` the tests
-//! start).
+//! start) and `cluster::<name>` on the same store over a three-master Redis Cluster
+//! (`REDIS_CLUSTER_URL`, else a private one the tests start): one layout, both deployments.
 //! Each Redis test works under its own random key prefix, so the tests run in parallel, and
 //! deletes that prefix's keys when it ends (even when it fails). When Redis is not reachable the
 //! Redis tests fail, saying so: they never skip.
@@ -18,10 +19,11 @@ use coretex::job::{
 };
 use coretex::store::memory::MemoryStore;
 use coretex::store::redis::RedisStore;
+use coretex::store::shards::{shard_of, shard_prefix, shard_tags};
 use coretex::store::{
-    Annotation, Backend, Claim, ConfigDoc, CreateOutcome, Cursor, DlqEntry, DlqFilter, JobFilter,
-    JobUpdate, Locks, NewJob, PARKED, PageRequest, RunFilter, SHARED_SECRET_BYTES, SharedStore,
-    StoreError, StoreOptions, Transition, TransitionOutcome,
+    Annotation, Backend, Claim, ConfigDoc, CreateOutcome, Cursor, DEFAULT_SHARDS, DlqEntry,
+    DlqFilter, JobFilter, JobUpdate, Locks, NewJob, PARKED, PageRequest, RunFilter,
+    SHARED_SECRET_BYTES, SharedStore, StoreError, StoreOptions, Transition, TransitionOutcome,
 };
 use coretex::time::{Millis, now_ms};
 use coretex::workflow::definition::{Run, Status};
@@ -2084,6 +2086,8 @@ async fn redis_replicas_share_one_secret_and_deployments_do_not() {
 const SHORT_TTL: StoreOptions = StoreOptions {
     job_ttl_ms: 600,
     idempotency_ttl_ms: 600,
+    shards: coretex::store::DEFAULT_SHARDS,
+    wait_replicas: 0,
 };
 
 async fn check_jobs_expire_after_their_ttl(store: SharedStore) {
@@ -2259,7 +2263,7 @@ fn memory_store(opts: StoreOptions) -> SharedStore {
 
 #[path = "common/servers.rs"]
 mod servers;
-use servers::redis_url;
+use servers::{redis_cluster_url, redis_url};
 
 /// Deletes a test's keys when the test ends, passed or failed.
 struct RedisKeys {
@@ -2422,16 +2426,19 @@ async fn redis_two_moves_queued_together_leave_no_stale_index_entry() {
     let (store, keys) = redis_store(StoreOptions::default()).await;
     let ids = two_moves_queued_together(&store).await;
     let mut conn = raw_connection(&keys).await;
+    // Each shard keeps its own indexes: the counts are their sums.
+    let mut zcard = async |index: &str| -> usize {
+        let mut n = 0;
+        for tag in shard_tags(DEFAULT_SHARDS) {
+            let key = format!("{}{tag}:{index}", keys.prefix);
+            n += conn.zcard::<_, usize>(&key).await.expect("ZCARD");
+        }
+        n
+    };
     for (state, count) in [("PENDING", 0), ("DISPATCHED", 0), ("RUNNING", ids.len())] {
-        let key = format!("{}idx:state:{state}", keys.prefix);
-        let n: usize = conn.zcard(&key).await.expect("ZCARD");
-        assert_eq!(n, count, "{key}");
+        assert_eq!(zcard(&format!("idx:state:{state}")).await, count, "{state}");
     }
-    let recent: usize = conn
-        .zcard(format!("{}idx:recent", keys.prefix))
-        .await
-        .expect("ZCARD");
-    assert_eq!(recent, ids.len());
+    assert_eq!(zcard("idx:recent").await, ids.len());
 }
 
 /// A rolling upgrade: a job written, and moved to DISPATCHED, by the version before the lean
@@ -2467,7 +2474,7 @@ async fn redis_a_record_written_before_the_lean_layout_is_read_and_moved_on() {
         })
         .unwrap()
     };
-    let p = &keys.prefix;
+    let p = &shard_prefix(&keys.prefix, &id, DEFAULT_SHARDS);
     let key = format!("{p}job:{{{id}}}");
     let fields: Vec<(&str, String)> = vec![
         ("spec", serde_json::to_string(&spec).unwrap()),
@@ -2593,9 +2600,13 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
     let config =
         json!({"retry": {"max_attempts": 3}, "safety": {"denied_topics": ["job.danger.*"]}});
     let small = json!({"a": 1});
-    let mut ids = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for (i, cfg) in [&config, &config, &small].into_iter().enumerate() {
         let mut spec = simple_spec(t0);
+        // The two jobs that share a config in one shard (a config is stored once per shard).
+        while i == 1 && shard_of(&spec.id, DEFAULT_SHARDS) != shard_of(&ids[0], DEFAULT_SHARDS) {
+            spec = simple_spec(t0);
+        }
         spec.payload = json!({"i": i});
         create(&store, &spec).await;
         let mut t = Transition::to(Succeeded, t0 + 3)
@@ -2619,9 +2630,11 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         assert_eq!(states(&job), vec![Pending, Dispatched, Running, Succeeded]);
         ids.push(spec.id);
     }
-    let p = &keys.prefix;
     for id in &ids {
-        let key = format!("{p}job:{{{id}}}");
+        let key = format!(
+            "{}job:{{{id}}}",
+            shard_prefix(&keys.prefix, id, DEFAULT_SHARDS)
+        );
         assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
         let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
         for derived in ["tenant", "trace", "spec", "team", "reason"] {
@@ -2681,6 +2694,7 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
             (Failed, Some(format!("failed: {long}")))
         ]
     );
+    let p = &shard_prefix(&keys.prefix, &spec.id, DEFAULT_SHARDS);
     let key = format!("{p}job:{{{}}}", spec.id);
     assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
     let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
@@ -2739,7 +2753,10 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         assert_eq!(job.result, t.update.result);
     }
 
-    let configs: Vec<String> = conn.keys(format!("{p}cfg:*")).await.expect("KEYS");
+    let configs: Vec<String> = conn
+        .keys(format!("{}*cfg:*", keys.prefix))
+        .await
+        .expect("KEYS");
     assert_eq!(
         configs.len(),
         1,
@@ -2794,7 +2811,206 @@ async fn redis_store(opts: StoreOptions) -> (SharedStore, RedisKeys) {
     (Arc::new(store), RedisKeys { url, prefix })
 }
 
-/// `name => check_fn [with options]`: one `memory::name` and one `redis::name` test per check.
+/// Pages of a list merged across shards: in order, each job once, none missed — while new jobs
+/// arrive at the top between pages (a page boundary is one position in the whole listing, so a
+/// job added above it is not listed and nothing below it moves).
+async fn check_pages_stay_in_order_while_jobs_are_added(store: SharedStore) {
+    let t = now_ms() - 100_000;
+    let req = Req {
+        tenant: Some("pager"),
+        ..Default::default()
+    };
+    // Scores with ties (three jobs a millisecond), spread over every shard.
+    let mut initial = Vec::new();
+    for i in 0..150 {
+        initial.push(created(&store, req.clone(), t + i / 3).await.id);
+    }
+    let expected = {
+        let mut by_score: Vec<(Millis, String)> = Vec::new();
+        for id in &initial {
+            by_score.push((get(&store, id).await.updated_at, id.clone()));
+        }
+        by_score.sort_by(|a, b| b.cmp(a));
+        by_score.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    };
+    for filter in [
+        JobFilter::default(),
+        JobFilter {
+            tenant: Some("pager".into()),
+            ..Default::default()
+        },
+    ] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        for round in 0.. {
+            assert!(round < 200, "the listing does not end");
+            let page = store
+                .list_jobs(&filter, &PageRequest { limit: 7, cursor })
+                .await
+                .expect("list_jobs");
+            seen.extend(ids_of(&page.items));
+            // Newer than every job listed so far: above the cursor.
+            created(&store, req.clone(), t + 50_000 + round).await;
+            match page.next_cursor {
+                Some(c) => cursor = Some(Cursor::decode(&c).expect("a cursor")),
+                None => break,
+            }
+        }
+        let from_start: Vec<String> = seen.into_iter().filter(|id| initial.contains(id)).collect();
+        assert_eq!(from_start, expected, "{filter:?}");
+    }
+}
+
+/// The cluster's key space holds a test's jobs evenly: each master within ±20% of an even
+/// share (the shards' tags spread over the masters' slot ranges, the jobs over the shards).
+#[tokio::test]
+async fn cluster_keys_spread_evenly_over_the_masters() {
+    let url = redis_cluster_url();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let store: SharedStore = Arc::new(
+        RedisStore::connect(&url, &prefix, StoreOptions::default())
+            .await
+            .unwrap_or_else(|e| redis_unreachable(&url, e)),
+    );
+    let now = now_ms();
+    let jobs: Vec<NewJob> = (0..3_000).map(|_| new_job(&simple_spec(now))).collect();
+    for chunk in jobs.chunks(500) {
+        for outcome in store.create_jobs(chunk).await.unwrap() {
+            assert_eq!(outcome.unwrap(), CreateOutcome::Created);
+        }
+    }
+    let ports: Vec<u16> = url
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .filter_map(|h| h.rsplit(':').next()?.parse().ok())
+        .collect();
+    let masters: Vec<u16> = ports
+        .into_iter()
+        .filter(|p| servers::RedisCluster::cli(*p, &["role"]).starts_with("master"))
+        .collect();
+    assert_eq!(masters.len(), 3, "a three-master cluster");
+    let counts: Vec<usize> = masters
+        .iter()
+        .map(|p| {
+            servers::RedisCluster::cli(*p, &["--scan", "--pattern", &format!("{prefix}*job:*")])
+                .lines()
+                .count()
+        })
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 3_000, "{counts:?}");
+    for n in &counts {
+        assert!((800..=1_200).contains(n), "jobs per master {counts:?}");
+    }
+}
+
+/// A master killed while jobs are being created and moved: its replica takes over, the store
+/// follows it, and every job a create acknowledged (with `wait_replicas: 1`) is there after, its
+/// last acknowledged state with it — and the store goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_a_master_failover_loses_no_acknowledged_job() {
+    let cluster = servers::RedisCluster::start(3, 1);
+    let url = cluster.url();
+    let opts = StoreOptions {
+        wait_replicas: 1,
+        ..StoreOptions::default()
+    };
+    let store: SharedStore = Arc::new(
+        RedisStore::connect(&url, "failover:", opts)
+            .await
+            .unwrap_or_else(|e| redis_unreachable(&url, e)),
+    );
+    let acknowledged = Arc::new(parking_lot::Mutex::new(BTreeMap::<String, JobState>::new()));
+    let writer = {
+        let (store, acknowledged) = (store.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut refused = 0;
+            while acknowledged.lock().len() < 600 {
+                let now = now_ms();
+                let batch: Vec<NewJob> = (0..20).map(|_| new_job(&simple_spec(now))).collect();
+                let outcomes = store.create_jobs(&batch).await.unwrap();
+                for (job, outcome) in batch.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(CreateOutcome::Created) => {
+                            acknowledged.lock().insert(job.spec.id.clone(), Pending);
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(_) => refused += 1,
+                    }
+                }
+                // Half of them on: a transition acknowledged is kept as well.
+                for job in batch.iter().step_by(2) {
+                    let id = &job.spec.id;
+                    if !acknowledged.lock().contains_key(id) {
+                        continue;
+                    }
+                    if let Ok(TransitionOutcome::Applied { .. }) = store
+                        .transition(id, &Transition::to(Scheduled, now_ms()))
+                        .await
+                    {
+                        acknowledged.lock().insert(id.clone(), Scheduled);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            refused
+        })
+    };
+    while acknowledged.lock().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = cluster.masters()[0];
+    cluster.kill(victim);
+    let refused = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the store goes on after the failover")
+        .unwrap();
+    cluster.wait_ok(Duration::from_secs(30));
+    assert_eq!(
+        cluster.masters().len(),
+        3,
+        "a replica took the master's place"
+    );
+    let acknowledged = acknowledged.lock().clone();
+    let ids: Vec<String> = acknowledged.keys().cloned().collect();
+    let jobs = store.get_jobs(&ids).await.unwrap();
+    let lost: Vec<&String> = ids
+        .iter()
+        .zip(&jobs)
+        .filter(|(_, j)| j.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged jobs lost: {lost:?}",
+        lost.len()
+    );
+    for (job, want) in jobs.iter().flatten().zip(acknowledged.values()) {
+        assert_eq!(job.state, *want, "{}", job.spec.id);
+    }
+    println!(
+        "failover: {} jobs acknowledged, {refused} creates refused while the slots moved",
+        ids.len()
+    );
+}
+
+/// A store on a Redis Cluster (`REDIS_CLUSTER_URL`, else a private three-master cluster the
+/// tests start), under a key prefix of its own. Its keys are left behind: the private cluster
+/// goes with the test process.
+async fn redis_cluster_store(opts: StoreOptions) -> SharedStore {
+    let url = redis_cluster_url();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let store = match RedisStore::connect(&url, &prefix, opts).await {
+        Ok(s) => s,
+        Err(e) => redis_unreachable(&url, e),
+    };
+    if let Err(e) = store.ping().await {
+        redis_unreachable(&url, e);
+    }
+    Arc::new(store)
+}
+
+/// `name => check_fn [with options]`: one `memory::name`, one `redis::name` and one
+/// `cluster::name` (a three-master Redis Cluster) test per check.
 macro_rules! conformance {
     (@opts) => { StoreOptions::default() };
     (@opts $opts:expr) => { $opts };
@@ -2815,6 +3031,15 @@ macro_rules! conformance {
                 async fn $name() {
                     let (store, _keys) = redis_store(conformance!(@opts $($opts)?)).await;
                     $check(store).await;
+                }
+            )*
+        }
+        mod cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $check(redis_cluster_store(conformance!(@opts $($opts)?)).await).await;
                 }
             )*
         }
@@ -2865,4 +3090,5 @@ conformance! {
     jobs_expire_after_their_ttl => check_jobs_expire_after_their_ttl with SHORT_TTL;
     finished_runs_expire_and_their_index_entries_are_pruned =>
         check_finished_runs_expire_and_their_index_entries_are_pruned with SHORT_TTL;
+    pages_stay_in_order_while_jobs_are_added => check_pages_stay_in_order_while_jobs_are_added;
 }

@@ -186,9 +186,19 @@ struct ServeArgs {
     /// Mark the dashboard's cookies Secure: it is reached over TLS (through a proxy).
     #[arg(long, env = "CORETEX_UI_SECURE_COOKIES")]
     ui_secure_cookies: bool,
-    /// Redis URL; without it, an embedded in-memory store.
+    /// Redis URL: `redis://host:port` for one Redis, `redis+cluster://host:port,host:port,…`
+    /// for a Redis Cluster (any reachable nodes of it); without it, an embedded in-memory store.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
+    /// Logical shards of a new Redis store (jobs and runs spread over them; each a hash slot of
+    /// a Redis Cluster). A store keeps the count it was first written with.
+    #[arg(long, env = "CORETEX_REDIS_SHARDS", default_value_t = coretex::store::DEFAULT_SHARDS,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    redis_shards: u16,
+    /// Replicas each batch of job writes waits for (Redis `WAIT`, up to 100 ms) before it is
+    /// answered: 1 on a cluster with replicas makes an acknowledged job survive a master's loss.
+    #[arg(long, env = "CORETEX_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u8,
     /// NATS URL (credentials may go in it: `nats://user:pass@host`, `nats://token@host`;
     /// `tls://` for TLS); without it, an in-process bus. Several seed servers of one cluster may
     /// be given, comma-separated (`nats://a:4222,nats://b:4222`).
@@ -790,6 +800,8 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         demo_workers: a.demo_workers,
         store: StoreOptions {
             job_ttl_ms: a.job_ttl.as_millis() as u64,
+            shards: a.redis_shards,
+            wait_replicas: a.redis_wait_replicas,
             ..Default::default()
         },
         scheduler: SchedulerSettings {

@@ -212,3 +212,159 @@ impl NatsCluster {
         assert!(status.success(), "kill -9 {pid} failed");
     }
 }
+
+/// A private Redis Cluster: `masters` masters, each with `replicas` replicas, every node on
+/// free ports with its own directory, watched like the single servers. The slots are split in
+/// equal contiguous ranges over the masters (`redis-cli --cluster create`). Tests kill nodes
+/// with [`RedisCluster::kill`] to prove a failover loses nothing.
+pub struct RedisCluster {
+    /// Every node's port, masters first as created.
+    pub ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let n = masters * (1 + replicas);
+        let mut ports = Vec::new();
+        for i in 0..n {
+            let port = free_port();
+            // The cluster bus port is `port + 10000` unless given: an ephemeral port plus 10000
+            // may not exist, so it gets a free port of its own.
+            let bus = free_port();
+            let dir = private_dir(&format!("redis-cluster-{i}"));
+            let (port_arg, bus_arg) = (port.to_string(), bus.to_string());
+            let dir_arg = dir.display().to_string();
+            let args = [
+                "--port",
+                port_arg.as_str(),
+                "--cluster-port",
+                bus_arg.as_str(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                // A master silent for a second is failed over to its replica.
+                "--cluster-node-timeout",
+                "1000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir_arg.as_str(),
+            ];
+            spawn_watched("redis-server", "REDIS_CLUSTER_URL", &args, &dir, port);
+            ports.push(port);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("running redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { ports };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The cluster's URL for the store: every node as a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// `redis-cli -p port args…`, its output.
+    pub fn cli(port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("running redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until every live node says the cluster is ok (all slots served).
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self
+                .live_ports()
+                .iter()
+                .all(|p| Self::cli(*p, &["cluster", "info"]).contains("cluster_state:ok"));
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not come up within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ports of the nodes that answer.
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            .collect()
+    }
+
+    /// The ports of the masters that answer.
+    pub fn masters(&self) -> Vec<u16> {
+        self.live_ports()
+            .into_iter()
+            .filter(|p| Self::cli(*p, &["role"]).starts_with("master"))
+            .collect()
+    }
+
+    /// Keys on the node at `port`.
+    pub fn dbsize(port: u16) -> u64 {
+        Self::cli(port, &["dbsize"]).trim().parse().unwrap_or(0)
+    }
+
+    /// Kills (SIGKILL) the node at `port`.
+    pub fn kill(&self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster");
+        let pid = Self::cli(port, &["info", "server"])
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_else(|| panic!("the pid of node {i}"));
+        let status = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -9 {pid} failed");
+    }
+}
+
+/// The Redis Cluster URL the tests use: `REDIS_CLUSTER_URL`, or a private three-master cluster
+/// started on first use.
+pub fn redis_cluster_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+        return url;
+    }
+    static CLUSTER: OnceLock<String> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| RedisCluster::start(3, 0).url())
+        .clone()
+}

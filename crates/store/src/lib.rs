@@ -579,13 +579,30 @@ pub struct StoreOptions {
     pub job_ttl_ms: u64,
     /// How long an idempotency key keeps answering the first job.
     pub idempotency_ttl_ms: u64,
+    /// Logical shards of the Redis layout (see `redis.rs`), for a store not written yet: a
+    /// store keeps the count it was first written with, whatever a later replica is given.
+    pub shards: u16,
+    /// Redis replicas a batched write (job creates and state changes) waits for before it is
+    /// answered (`WAIT`, at most [`WAIT_REPLICAS_TIMEOUT_MS`]): with 1, a write acknowledged
+    /// survives the loss of its master, which replicates asynchronously. 0 waits for none.
+    pub wait_replicas: u8,
 }
+
+/// How long a batched write waits for [`StoreOptions::wait_replicas`] before it is answered
+/// anyway (the write stands on its master; only a failover in that window could lose it).
+pub const WAIT_REPLICAS_TIMEOUT_MS: u64 = 100;
+
+/// Shards of a new Redis store: enough to spread over the masters of a small cluster (16 over
+/// 3 masters: 5, 5 and 6), few enough that a listing — one query per shard — stays cheap.
+pub const DEFAULT_SHARDS: u16 = 16;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             job_ttl_ms: 7 * 24 * 3600 * 1000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
+            shards: DEFAULT_SHARDS,
+            wait_replicas: 0,
         }
     }
 }

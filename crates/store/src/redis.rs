@@ -7,38 +7,54 @@
 //! No name holds a brace (ids, tenants, scopes and plugin names are identifiers; see
 //! [`crate::ids`]), so no name — whatever a client chooses — can make its key equal another's
 //! or one of the host's own (a job named `idx` is `dlq:{…~idx}`, never the index `idx:dlq`;
-//! a workflow `w1:v:2` is `wf:{…~w1:v:2}`, never version 2 of `w1`). The braces are also Redis
-//! Cluster hash tags: each thing's keys hash by its name alone.
+//! a workflow `w1:v:2` is `wf:{…~w1:v:2}`, never version 2 of `w1`).
+//!
+//! # Shards
+//!
+//! Jobs and runs live in one of S logical shards ([`crate::shards`]; S is [`StoreOptions::shards`]
+//! when the store is first written, 16 by default, and kept in `P layout` from then on). A
+//! record's shard is a stable hash of its id, and every key of shard `i` starts with `P{tag}:`,
+//! where `{tag}` is the shard's Redis Cluster hash tag ([`crate::shards::shard_tags`]: `{s0}`,
+//! `{s1.3}`, …; Redis Cluster hashes a key by the first braced part alone). So a shard's keys —
+//! its jobs, their dead letters, the shard's own indexes — are in one hash slot, and every
+//! script touches the keys of one shard only, which Redis Cluster requires of a script. Lists
+//! are the merge of the shards' own lists ([`crate::shards::merge`]); a count, a due query or
+//! a prune asks every shard. The other families have a tag each (`{c}` config, `{w}`
+//! workflows, `{p}` plugins: small, and each written by scripts that touch its index too);
+//! locks and the secret are one key each. The same layout runs on one Redis (`redis://`) and on
+//! Redis Cluster (`redis+cluster://`): on one Redis a batched script carries the jobs of every
+//! shard in one call; on a cluster, one call per shard.
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
-//! | `P cfg:{ref}` | string | an effective config too large to inline, stored once under `ref` (SHA-256 of its JSON, base64url) for every job dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
-//! | `P idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair) |
-//! | `P idx:recent` | zset | every job, scored by `updated_at` |
-//! | `P idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
-//! | `P idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
-//! | `P idx:trace:{t}` | zset | the jobs of a trace, scored by `created_at`, but for the one it is named after (a job submitted without a trace starts its own, named after it: it is listed from its record, and most traces need no key at all); a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
-//! | `P idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
-//! | `P idx:names` | set | the tenant index keys, for pruning |
-//! | `P dlq:{id}` | string | a dead letter (JSON) |
-//! | `P idx:dlq`, `P idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
-//! | `P config:{scope}` | hash | `data`, `revision`, `updated_at` |
-//! | `P configs` | zset | the scopes that hold a document, all scored 0 (listed by key: a scope kind, or an org's workflows and steps, is one lexicographic range; a document written by an older build is listed once it is written again) |
-//! | `P lock:{name}` | string | the owner token, with a TTL |
+//! | `P layout` | string | `shards={S}`: the shard count this store was first written with |
+//! | `S job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
+//! | `S cfg:{ref}` | string | an effective config too large to inline, stored once per shard under `ref` (SHA-256 of its JSON, base64url) for every job of the shard dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
+//! | `S idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair), in the shard of `tenant~key` |
+//! | `S idx:recent` | zset | every job of the shard, scored by `updated_at` |
+//! | `S idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
+//! | `S idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
+//! | `S idx:trace:{t}` | zset | the shard's jobs of a trace, scored by `created_at`, but for the one it is named after (a job submitted without a trace starts its own, named after it: it is listed from its record, and most traces need no key at all); a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
+//! | `S idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
+//! | `S idx:names` | set | the shard's tenant index keys, for pruning |
+//! | `S dlq:{id}` | string | a dead letter (JSON), in its job's shard |
+//! | `S idx:dlq`, `S idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
+//! | `S run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status`; once the run has finished it expires `job_ttl` after its last save, as a job does |
+//! | `S runs:all`, `S runs:wf:{workflow_id}`, `S runs:org:{org}`, `S runs:status:{status}` | zset | the shard's runs scored by `started_at`; a save moves the run between status indexes in the same script; entries of expired runs are dropped by `run_prune_indexes` |
+//! | `S runs:names` | set | the `runs:wf:{…}` and `runs:org:{…}` index keys, for pruning |
+//! | `P{c}:config:{scope}` | hash | `data`, `revision`, `updated_at` |
+//! | `P{c}:configs` | zset | the scopes that hold a document, all scored 0 (listed by key: a scope kind, or an org's workflows and steps, is one lexicographic range) |
+//! | `P{w}:wf:{id}` | hash | a workflow's `latest` version number (kept when it is deleted, so a workflow created again under its id continues the numbering) and, while it is live, its JSON `doc` |
+//! | `P{w}:wf:{id}:v:{n}` | string | version `n` of a workflow (JSON), written once (`SET NX`); kept after a delete for the runs following it |
+//! | `P{w}:wfs` | zset | the live workflow ids, all scored 0 (listed by id: an org's ids, `org~…`, are one lexicographic range) |
+//! | `P{p}:plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
+//! | `P{p}:plugins` | set | the names of the uploaded plugins |
+//! | `P lock:{name}` | string | the owner token, with a TTL (a run's lock is `lock:{wf-run:id}`, held by the replica advancing the run) |
 //! | `P secret:bus` | string | the replicas' shared secret, the key of the bus leases (base64; written once, `SET NX`) |
-//! | `P plugin:{name}` | hash | an uploaded plugin: `bytes` (the component), `hash` (its SHA-256, hex), `updated_at` |
-//! | `P plugins` | set | the names of the uploaded plugins |
-//! | `P wf:{id}` | hash | a workflow's `latest` version number (kept when it is deleted, so a workflow created again under its id continues the numbering) and, while it is live, its JSON `doc` |
-//! | `P wf:{id}:v:{n}` | string | version `n` of a workflow (JSON), written once (`SET NX`); kept after a delete for the runs following it |
-//! | `P wfs` | zset | the live workflow ids, all scored 0 (listed by id: an org's ids, `org~…`, are one lexicographic range) |
-//! | `P run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status`; once the run has finished it expires `job_ttl` after its last save, as a job does |
-//! | `P runs:all`, `P runs:wf:{workflow_id}`, `P runs:org:{org}`, `P runs:status:{status}` | zset | runs scored by `started_at`; a save moves the run between status indexes in the same script; entries of expired runs are dropped by `run_prune_indexes` |
-//! | `P runs:names` | set | the `runs:wf:{…}` and `runs:org:{…}` index keys, for pruning |
-//! | `P lock:{wf-run:id}` | string | a run's lock (see `lock:{name}`): held by the replica advancing the run |
 //!
-//! The layout changed with tenant-qualified ids: a store written by an older build is not read
-//! (start with a fresh key prefix).
+//! (`S` is a shard's prefix, `P{tag}:`.) The layout changed with the shards: a store written by
+//! an older build is not read (start with a fresh key prefix, or let the old jobs finish on the
+//! old build first).
 //!
 //! # The job record
 //!
@@ -88,8 +104,9 @@
 //! operation it runs.
 //! The original used WATCH/MULTI, which needs a dedicated connection per attempt and retries
 //! under contention; a script needs neither and is safe on the shared multiplexed connection.
-//! Keys are built inside the scripts from the prefix, which ties us to one Redis node (not
-//! Cluster) — the trade we take for one round trip per transition.
+//! Keys are built inside the scripts from each job's shard prefix (which the call names as its
+//! key on a cluster, so the cluster client routes it to the shard's node): one round trip per
+//! batch, on one Redis or on a cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -294,22 +311,23 @@ local function add_fields(p, ttl, fields, first, last)
 end
 "#;
 
-/// Creates a batch of jobs. ARGV: prefix, record TTL, idempotency TTL, then 14 per job: id,
-/// created_at, payload JSON (or ''), the rest of the spec (see [`spec_rest`]; or ''), tenant,
-/// topic, team, trace, deadline, the PENDING event (compact), idempotency key, PENDING index
-/// score, run id, heartbeat timeout (ms, or empty). Answers two per job: `created` or
-/// `exists`, and the id (for `exists`, of the job that already holds the id or the key).
+/// Creates a batch of jobs. ARGV: record TTL, idempotency TTL, then 16 per job: its shard's
+/// prefix, the prefix of its idempotency key's shard, id, created_at, payload JSON (or ''), the
+/// rest of the spec (see [`spec_rest`]; or ''), tenant, topic, team, trace, deadline, the
+/// PENDING event (compact), idempotency key (or '' when there is none, or when the key was
+/// reserved in another shard already, see [`RedisStore::reserve_key`]), PENDING index score,
+/// run id, heartbeat timeout (ms, or empty). Answers two per job: `created` or `exists`, and the
+/// id (for `exists`, of the job that already holds the id or the key).
 /// A field that would hold what the id already says (the tenant, a trace named after the job)
 /// or nothing (an empty team) is left out.
 const LUA_CREATE: &str = r#"
-local p, idem_ttl = ARGV[1], ARGV[3]
-local names = p .. 'idx:names'
+local idem_ttl = ARGV[2]
 local named, persisted = {}, {}
 local out = {}
-local function create(id, created, payload, rest, tenant, topic, team, trace, deadline, event, idem, score, run, hbt)
+local function create(p, ip, id, created, payload, rest, tenant, topic, team, trace, deadline, event, idem, score, run, hbt)
   local key = braced(p, 'job', id)
   if idem ~= '' then
-    local ik = braced(p, 'idem', tenant .. '~' .. idem)
+    local ik = braced(ip, 'idem', tenant .. '~' .. idem)
     local existing = redis.call('GET', ik)
     if existing then return 'exists', existing end
     if redis.call('EXISTS', key) == 1 then return 'exists', id end
@@ -335,7 +353,7 @@ local function create(id, created, payload, rest, tenant, topic, team, trace, de
   zadd(p .. 'idx:recent', created, id)
   local tk = braced(p, 'idx:tenant', tenant)
   zadd(tk, created, id)
-  if not named[tk] then named[tk] = true; redis.call('SADD', names, tk) end
+  if not named[tk] then named[tk] = true; redis.call('SADD', p .. 'idx:names', tk) end
   -- A job that starts its trace (the trace named after it) is listed from its own record;
   -- the others join the trace's index. A finished sibling may have set the index's TTL: a
   -- live job keeps its trace.
@@ -346,10 +364,10 @@ local function create(id, created, payload, rest, tenant, topic, team, trace, de
   end
   return 'created', id
 end
-for i = 4, #ARGV, 14 do
+for i = 3, #ARGV, 16 do
   local verdict, id = create(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11],
-    ARGV[i + 12], ARGV[i + 13])
+    ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15])
   out[#out + 1] = verdict
   out[#out + 1] = id
 end
@@ -358,7 +376,7 @@ return out
 "#;
 
 /// Applies a batch of transitions, each on its own (one failing its check does not stop the
-/// others). ARGV: prefix, record TTL, then per transition: id, to, at, the event's note (a JSON
+/// others). ARGV: record TTL, then per transition: its job's shard prefix, id, to, at, the event's note (a JSON
 /// string, or ''), dead letter JSON (or ''), dead letter time, the claim's worker and lease (or
 /// '' and ''), the number of via states `v`, then `v` pairs of via state and the time it was
 /// entered (the walk of `Transition::via`), the number of field pairs `n`, then `n` field/value
@@ -369,9 +387,9 @@ return out
 /// A record written before the compact history keeps its events in `h:1` … `h:{hn}`; the new
 /// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
-local p, ttl = ARGV[1], ARGV[2]
+local ttl = ARGV[1]
 local out = {}
-local function transition(id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
+local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'h', 'deadline',
     'worker_id', 'lease', 'created', 'reason', 'ecr')
@@ -430,15 +448,16 @@ local function transition(id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, fir
   end
   return 'ok', cur, run, tenant, created
 end
-local i = 3
+local i = 2
 while i <= #ARGV do
-  local vfirst = i + 9
-  local vlast = vfirst + 2 * tonumber(ARGV[i + 8]) - 2
+  local vfirst = i + 10
+  local vlast = vfirst + 2 * tonumber(ARGV[i + 9]) - 2
   local n = tonumber(ARGV[vlast + 2])
   local first = vlast + 3
   local last = first + 2 * n - 1
   local status, cur, run, tenant, created = transition(ARGV[i], ARGV[i + 1], ARGV[i + 2],
-    ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], vfirst, vlast, first, last)
+    ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], vfirst, vlast,
+    first, last)
   out[#out + 1] = status
   out[#out + 1] = cur
   out[#out + 1] = run
@@ -511,7 +530,8 @@ local function visit(id, s)
     and (ften == '' or (h[3] or tenant_of(id)) == ften) and (fteam == '' or h[4] == fteam)
     and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
     items[#items + 1] = id
-    if #items == limit then return {items, ls, lid, 1} end
+    items[#items + 1] = s
+    if #items == 2 * limit then return {items, ls, lid, 1} end
   end
   if scanned >= budget then return {items, ls, lid, 1} end
 end
@@ -690,10 +710,22 @@ fn history_code(state: JobState) -> usize {
         .unwrap_or_default()
 }
 
+/// Reserves an idempotency key for a job whose own shard is another (on a cluster, where one
+/// script cannot touch both shards). KEYS[1]: the key. ARGV: the job id, the key's TTL, and the
+/// id the key may hold now to be taken over ('' for none). Answers the id the key holds after
+/// the call: the job's own when it got the key.
+const LUA_RESERVE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[3] then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"#;
+
 struct Scripts {
     annotate: Script,
     list: Script,
     after: Script,
+    reserve: Script,
     config_put: Script,
     config_delete: Script,
     lock_acquire: Script,
@@ -703,9 +735,70 @@ struct Scripts {
     prune: Script,
 }
 
+/// A connection to one Redis, or to a Redis Cluster: the two clients of the redis crate behind
+/// one [`ConnectionLike`](::redis::aio::ConnectionLike), so every command and script is written
+/// once. Both reconnect by themselves; the cluster client also follows MOVED and ASK replies
+/// (a resharding in progress) and reloads the slot map after a failover.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl ::redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The nodes of a `redis+cluster://[user:pass@]host:port,host:port,…` URL (any reachable
+/// subset of the cluster's nodes), each as a `redis://` URL; `None` for a single-node URL.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{auth}{}", h.trim_end_matches('/')))
+            .collect(),
+    )
+}
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
+    /// Each shard's key prefix, `P{tag}:`.
+    shards: Vec<String>,
     opts: StoreOptions,
     scripts: Scripts,
     creates: Batcher,
@@ -758,8 +851,10 @@ impl Args {
     }
 }
 
-/// One job's part of a batched script call, and where its answer goes.
+/// One job's part of a batched script call (its shard, and its arguments, which start with the
+/// shard's prefix), and where its answer goes.
 struct BatchItem {
+    shard: usize,
     args: Args,
     reply: oneshot::Sender<StoreResult<Vec<String>>>,
 }
@@ -771,21 +866,29 @@ struct BatchItem {
 /// before; under load the batches fill by themselves while earlier ones are in flight, and
 /// Redis runs one script call — one parse, one Lua entry, one reply — for many jobs instead of
 /// one per job. Each item's answer is `width` strings of the script's flat reply.
+///
+/// On one Redis a call carries the jobs of every shard; on a cluster, a batch is cut into one
+/// call per shard, each naming its shard's prefix as its key (so it is routed to the node that
+/// holds the shard, and Redis checks the script's keys are in that slot).
 struct Batcher {
     tx: mpsc::UnboundedSender<BatchItem>,
 }
 
 impl Batcher {
-    fn start(conn: ConnectionManager, script: Script, head: Vec<String>, width: usize) -> Self {
+    fn start(
+        conn: Conn,
+        script: Script,
+        head: Vec<String>,
+        width: usize,
+        routes: Option<Arc<Vec<String>>>,
+        wait_replicas: u8,
+    ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<BatchItem>();
         let script = Arc::new(script);
         let head = Arc::new(head);
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
             while let Some(first) = rx.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -793,72 +896,145 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let (mut conn, script, head) = (conn.clone(), script.clone(), head.clone());
-                tokio::spawn(async move {
-                    // EVALSHA built as one command buffer: the script invocation helper of the
-                    // redis crate copies every argument into a vector of its own, twice.
-                    let count =
-                        3 + head.len() + batch.iter().map(|i| i.args.ends.len()).sum::<usize>();
-                    let bytes = 64
-                        + head.iter().map(String::len).sum::<usize>()
-                        + batch.iter().map(|i| i.args.data.len()).sum::<usize>();
-                    let mut cmd = ::redis::Cmd::with_capacity(count, bytes);
-                    cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
-                    for a in head.iter() {
-                        cmd.arg(a);
-                    }
-                    for item in &batch {
-                        for a in item.args.iter() {
-                            cmd.arg(a);
+                let calls: Vec<(Option<String>, Vec<BatchItem>)> = match &routes {
+                    None => vec![(None, batch)],
+                    Some(routes) => {
+                        let mut by_shard: std::collections::BTreeMap<usize, Vec<BatchItem>> =
+                            std::collections::BTreeMap::new();
+                        for item in batch {
+                            by_shard.entry(item.shard).or_default().push(item);
                         }
+                        by_shard
+                            .into_iter()
+                            .map(|(shard, items)| (routes.get(shard).cloned(), items))
+                            .collect()
                     }
-                    let mut answer = cmd.query_async::<Vec<String>>(&mut conn).await;
-                    if let Err(e) = &answer
-                        && e.kind()
-                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript)
-                    {
-                        // A Redis that restarted (or was flushed) lost the script: load it
-                        // and try once more.
-                        answer = match script.load_async(&mut conn).await {
-                            Ok(_) => cmd.query_async::<Vec<String>>(&mut conn).await,
-                            Err(e) => Err(e),
-                        };
-                    }
-                    match answer {
-                        Ok(reply) if reply.len() == batch.len() * width => {
-                            for (item, answer) in batch.into_iter().zip(reply.chunks(width)) {
-                                let _ = item.reply.send(Ok(answer.to_vec()));
-                            }
-                        }
-                        Ok(reply) => {
-                            let msg = format!(
-                                "batch script answered {} values for {} items",
-                                reply.len(),
-                                batch.len()
-                            );
-                            for item in batch {
-                                let _ = item.reply.send(Err(StoreError::Corrupt(msg.clone())));
-                            }
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            for item in batch {
-                                let _ = item.reply.send(Err(StoreError::Unavailable(msg.clone())));
-                            }
-                        }
-                    }
-                    drop(slot);
-                });
+                };
+                for (route, batch) in calls {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (mut conn, script, head) = (conn.clone(), script.clone(), head.clone());
+                    tokio::spawn(async move {
+                        let answer = Self::call_once(
+                            &mut conn,
+                            &script,
+                            &head,
+                            route,
+                            &batch,
+                            wait_replicas,
+                        )
+                        .await;
+                        Self::answer(batch, answer, width);
+                        drop(slot);
+                    });
+                }
             }
         });
         Batcher { tx }
     }
 
+    /// One `EVALSHA` for a batch, built as one command buffer (the script invocation helper of
+    /// the redis crate copies every argument into a vector of its own, twice).
+    async fn call_once(
+        conn: &mut Conn,
+        script: &Script,
+        head: &[String],
+        route: Option<String>,
+        batch: &[BatchItem],
+        wait_replicas: u8,
+    ) -> ::redis::RedisResult<Vec<String>> {
+        let count = 4 + head.len() + batch.iter().map(|i| i.args.ends.len()).sum::<usize>();
+        let bytes = 64
+            + route.as_ref().map_or(0, String::len)
+            + head.iter().map(String::len).sum::<usize>()
+            + batch.iter().map(|i| i.args.data.len()).sum::<usize>();
+        let mut cmd = ::redis::Cmd::with_capacity(count, bytes);
+        cmd.arg("EVALSHA").arg(script.get_hash());
+        match &route {
+            Some(key) => cmd.arg(1).arg(key),
+            None => cmd.arg(0),
+        };
+        for a in head {
+            cmd.arg(a);
+        }
+        for item in batch {
+            for a in item.args.iter() {
+                cmd.arg(a);
+            }
+        }
+        let answer = Self::send(conn, &cmd, wait_replicas).await;
+        match answer {
+            Err(e)
+                if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+            {
+                // A Redis that restarted (or was flushed, or a replica just promoted) lost the
+                // script: load it (on every node of a cluster) and try once more.
+                script.load_async(conn).await?;
+                Self::send(conn, &cmd, wait_replicas).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends the batch's call; with `wait_replicas`, followed by a `WAIT` in the same pipeline
+    /// (so on the same node), answered once that many replicas have the batch — or after
+    /// [`WAIT_REPLICAS_TIMEOUT_MS`], with a warning: the write stands on its master.
+    async fn send(
+        conn: &mut Conn,
+        cmd: &::redis::Cmd,
+        wait_replicas: u8,
+    ) -> ::redis::RedisResult<Vec<String>> {
+        if wait_replicas == 0 {
+            return cmd.query_async::<Vec<String>>(conn).await;
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(cmd.clone())
+            .cmd("WAIT")
+            .arg(wait_replicas)
+            .arg(WAIT_REPLICAS_TIMEOUT_MS);
+        let (reply, acked): (Vec<String>, u64) = pipe.query_async(conn).await?;
+        if acked < u64::from(wait_replicas) {
+            tracing::warn!(
+                acked,
+                wanted = wait_replicas,
+                "a batch of job writes reached fewer replicas than asked within {WAIT_REPLICAS_TIMEOUT_MS} ms"
+            );
+        }
+        Ok(reply)
+    }
+
+    fn answer(batch: Vec<BatchItem>, answer: ::redis::RedisResult<Vec<String>>, width: usize) {
+        match answer {
+            Ok(reply) if reply.len() == batch.len() * width => {
+                for (item, answer) in batch.into_iter().zip(reply.chunks(width)) {
+                    let _ = item.reply.send(Ok(answer.to_vec()));
+                }
+            }
+            Ok(reply) => {
+                let msg = format!(
+                    "batch script answered {} values for {} items",
+                    reply.len(),
+                    batch.len()
+                );
+                for item in batch {
+                    let _ = item.reply.send(Err(StoreError::Corrupt(msg.clone())));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for item in batch {
+                    let _ = item.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+
     /// Queues one item and waits for its answer.
-    async fn call(&self, args: Args) -> StoreResult<Vec<String>> {
+    async fn call(&self, shard: usize, args: Args) -> StoreResult<Vec<String>> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(BatchItem { args, reply })
+            .send(BatchItem { shard, args, reply })
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         answer
             .await
@@ -870,24 +1046,62 @@ fn unavailable(e: ::redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Where a listing continues: after the cursor, or from the top.
+fn after_args(cursor: Option<&Cursor>) -> (String, String) {
+    cursor.map_or((String::new(), String::new()), |c| {
+        (c.score.to_string(), c.id.clone())
+    })
+}
+
 impl RedisStore {
     /// Connects (failing fast when Redis is down) and keeps reconnecting on its own afterwards.
+    /// `url` is `redis://…` (one Redis) or `redis+cluster://host:port,host:port,…` (a Redis
+    /// Cluster, any reachable subset of its nodes).
     pub async fn connect(url: &str, prefix: &str, opts: StoreOptions) -> StoreResult<Self> {
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!(
+                "key prefix `{prefix}` holds a brace: braces mark Redis Cluster hash tags"
+            )));
+        }
         // TCP_NODELAY: the redis crate leaves Nagle's algorithm on, which holds each small
         // script call back until the previous one is acknowledged — 40 ms of delayed-ACK
         // stall per round trip on Linux, the whole latency budget many times over.
-        let info = ::redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(unavailable)?
-            .set_tcp_settings(::redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = ::redis::Client::open(info).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(unavailable)?;
+        let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let conn = match cluster_nodes(url) {
+            Some(nodes) => {
+                let client = ::redis::cluster::ClusterClient::builder(nodes)
+                    .tcp_settings(tcp)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .retries(6)
+                    .max_retry_wait(1_000)
+                    .build()
+                    .map_err(unavailable)?;
+                Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
+            None => {
+                let info = ::redis::IntoConnectionInfo::into_connection_info(url)
+                    .map_err(unavailable)?
+                    .set_tcp_settings(tcp);
+                let client = ::redis::Client::open(info).map_err(unavailable)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                Conn::Single(
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+        };
+        let count = Self::shard_count(&mut conn.clone(), prefix, opts.shards).await?;
+        let shards: Vec<String> = crate::shards::shard_tags(count)
+            .into_iter()
+            .map(|tag| format!("{prefix}{tag}:"))
+            .collect();
+        let routes = matches!(conn, Conn::Cluster(_)).then(|| Arc::new(shards.clone()));
         let tables = lua_state_tables();
         let creates = Batcher::start(
             conn.clone(),
@@ -895,19 +1109,22 @@ impl RedisStore {
                 "{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}"
             )),
             vec![
-                prefix.to_string(),
                 opts.job_ttl_ms.to_string(),
                 opts.idempotency_ttl_ms.to_string(),
             ],
             2,
+            routes.clone(),
+            opts.wait_replicas,
         );
         let transitions = Batcher::start(
             conn.clone(),
             Script::new(&format!(
                 "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
             )),
-            vec![prefix.to_string(), opts.job_ttl_ms.to_string()],
+            vec![opts.job_ttl_ms.to_string()],
             5,
+            routes,
+            opts.wait_replicas,
         );
         let scripts = Scripts {
             annotate: Script::new(&format!(
@@ -915,6 +1132,7 @@ impl RedisStore {
             )),
             list: Script::new(&format!("{LUA_BYTE_LT}{LUA_TENANT_OF}{LUA_LIST}")),
             after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
+            reserve: Script::new(LUA_RESERVE),
             config_put: Script::new(LUA_CONFIG_PUT),
             config_delete: Script::new(LUA_CONFIG_DELETE),
             lock_acquire: Script::new(LUA_LOCK_ACQUIRE),
@@ -926,6 +1144,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
+            shards,
             opts,
             scripts,
             creates,
@@ -933,7 +1152,56 @@ impl RedisStore {
         })
     }
 
-    /// A key of the host's own (an index, a set of names).
+    /// The store's shard count: the one it was first written with (`P layout`), or `wanted`
+    /// for a store not written yet.
+    async fn shard_count(conn: &mut Conn, prefix: &str, wanted: u16) -> StoreResult<u16> {
+        let key = format!("{prefix}layout");
+        let _: Option<String> = ::redis::cmd("SET")
+            .arg(&key)
+            .arg(format!("shards={}", wanted.max(1)))
+            .arg("NX")
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+        let count = stored
+            .as_deref()
+            .and_then(|s| s.strip_prefix("shards="))
+            .and_then(|n| n.parse::<u16>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| StoreError::Corrupt(format!("`{key}` holds {stored:?}")))?;
+        if count != wanted {
+            tracing::warn!(
+                stored = count,
+                configured = wanted,
+                "the store was written with another shard count; keeping its own"
+            );
+        }
+        Ok(count)
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    fn clustered(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The shard of the record `id`.
+    fn shard(&self, id: &str) -> usize {
+        usize::from(crate::shards::shard_of(id, self.shard_count_u16()))
+    }
+
+    fn shard_count_u16(&self) -> u16 {
+        u16::try_from(self.shards.len()).unwrap_or(1)
+    }
+
+    /// Shard `i`'s key prefix, `P{tag}:`.
+    fn sp(&self, i: usize) -> &str {
+        self.shards
+            .get(i)
+            .map_or(self.prefix.as_str(), String::as_str)
+    }
+
+    /// A key of the host's own (a lock, the secret, the layout).
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
@@ -944,34 +1212,63 @@ impl RedisStore {
         format!("{}{family}:{{{name}}}", self.prefix)
     }
 
-    fn run_index(&self, index: &RunIndex<'_>) -> String {
+    /// A named thing of a family kept in shard `i`.
+    fn in_shard(&self, i: usize, family: &str, name: &str) -> String {
+        format!("{}{family}:{{{name}}}", self.sp(i))
+    }
+
+    /// The key of a job's record (its dead letter is `dlq`, a run's `run`): in its shard.
+    fn record(&self, family: &str, id: &str) -> String {
+        self.in_shard(self.shard(id), family, id)
+    }
+
+    /// A key of one of the families kept together under a tag of their own: `c` config, `w`
+    /// workflows, `p` plugins (see the module docs).
+    fn family_key(&self, tag: char, rest: &str) -> String {
+        format!("{}{{{tag}}}:{rest}", self.prefix)
+    }
+
+    fn family_named(&self, tag: char, family: &str, name: &str) -> String {
+        self.family_key(tag, &format!("{family}:{{{name}}}"))
+    }
+
+    fn run_index(&self, shard: usize, index: &RunIndex<'_>) -> String {
         match index {
-            RunIndex::Workflow(w) => self.named("runs:wf", w),
-            RunIndex::Org(o) => self.named("runs:org", o),
-            RunIndex::Status(s) => self.key(&format!("runs:status:{s}")),
-            RunIndex::All => self.key("runs:all"),
+            RunIndex::Workflow(w) => self.in_shard(shard, "runs:wf", w),
+            RunIndex::Org(o) => self.in_shard(shard, "runs:org", o),
+            RunIndex::Status(s) => format!("{}runs:status:{s}", self.sp(shard)),
+            RunIndex::All => format!("{}runs:all", self.sp(shard)),
         }
     }
 
-    fn index_key(&self, name: IndexName<'_>) -> String {
+    fn index_key(&self, shard: usize, name: IndexName<'_>) -> String {
         match name {
-            IndexName::Recent => self.key("idx:recent"),
-            IndexName::Tenant(t) => self.named("idx:tenant", t),
-            IndexName::Trace(t) => self.named("idx:trace", t),
-            IndexName::State(s) => self.key(&format!("idx:state:{s}")),
+            IndexName::Recent => format!("{}idx:recent", self.sp(shard)),
+            IndexName::Tenant(t) => self.in_shard(shard, "idx:tenant", t),
+            IndexName::Trace(t) => self.in_shard(shard, "idx:trace", t),
+            IndexName::State(s) => format!("{}idx:state:{s}", self.sp(shard)),
         }
     }
 
-    /// A job's arguments to the create script.
-    fn create_args(new: &NewJob) -> Args {
+    /// A job's arguments to the create script (its idempotency key left out when `key_reserved`:
+    /// it was reserved in its own shard already).
+    fn create_args(&self, new: &NewJob, key_reserved: bool) -> Args {
         let spec = &new.spec;
         let payload = match &spec.payload {
             Value::Null => Vec::new(),
             p => serde_json::to_vec(p).unwrap_or_default(),
         };
         let rest = spec_rest(spec);
-        let mut a = Args::with_capacity(14, payload.len() + rest.len() + 256);
-        a.push(&spec.id)
+        let idem = new
+            .idempotency_key
+            .as_deref()
+            .filter(|_| !key_reserved)
+            .unwrap_or("");
+        let idem_shard = self.shard(&format!("{}~{idem}", spec.tenant_id));
+        let mut a = Args::with_capacity(16, payload.len() + rest.len() + 320);
+        a.push(self.sp(self.shard(&spec.id)))
+            .push(self.sp(idem_shard))
+            .push(&spec.id)
             .push_num(spec.created_at)
             .push(payload)
             .push(rest)
@@ -987,7 +1284,7 @@ impl RedisStore {
                     .map(|n| format!(",{n}"))
                     .unwrap_or_default()
             ))
-            .push(new.idempotency_key.as_deref().unwrap_or(""))
+            .push(idem)
             .push_num(spec.not_before.unwrap_or(spec.created_at))
             .push(spec.run_id.as_deref().unwrap_or(""))
             .push(
@@ -1010,7 +1307,76 @@ impl RedisStore {
         }
     }
 
-    /// Up to `want` `(id, score)` entries of an index after the cursor, in list order (score
+    /// Creates one job. Its idempotency key lives in the shard of `tenant~key`, which is seldom
+    /// the job's own: on one Redis the create script checks and sets it all the same (a script
+    /// there may touch any key), but on a cluster the two shards may be on two nodes, so the
+    /// key is first reserved for the job ([`LUA_RESERVE`]) and the job created after. A key
+    /// that names a job not there (yet) is another create between its two steps — or one that
+    /// died there: the job is awaited for a while, then the key is taken over.
+    async fn create_one(&self, new: &NewJob) -> StoreResult<CreateOutcome> {
+        let spec = &new.spec;
+        let shard = self.shard(&spec.id);
+        let Some(idem) = new.idempotency_key.as_deref().filter(|_| self.clustered()) else {
+            return Self::parse_create(
+                self.creates
+                    .call(shard, self.create_args(new, false))
+                    .await?,
+            );
+        };
+        let ik_name = format!("{}~{idem}", spec.tenant_id);
+        let ik_shard = self.shard(&ik_name);
+        if ik_shard == shard {
+            return Self::parse_create(
+                self.creates
+                    .call(shard, self.create_args(new, false))
+                    .await?,
+            );
+        }
+        let ik = self.in_shard(ik_shard, "idem", &ik_name);
+        let mut takeover = String::new();
+        let mut waited = Duration::ZERO;
+        loop {
+            let holder = self.reserve_key(&ik, &spec.id, &takeover).await?;
+            if holder == spec.id {
+                return Self::parse_create(
+                    self.creates
+                        .call(shard, self.create_args(new, true))
+                        .await?,
+                );
+            }
+            let mut conn = self.conn.clone();
+            let there: bool = conn
+                .exists(self.record("job", &holder))
+                .await
+                .map_err(unavailable)?;
+            if there {
+                return Ok(CreateOutcome::Exists { job_id: holder });
+            }
+            if waited >= RESERVATION_WAIT {
+                takeover = holder;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+    }
+
+    /// Reserves the idempotency key `ik` for the job `id` (taking it over from `takeover` when
+    /// it holds that), answering the id the key holds after the call.
+    async fn reserve_key(&self, ik: &str, id: &str, takeover: &str) -> StoreResult<String> {
+        let mut conn = self.conn.clone();
+        self.scripts
+            .reserve
+            .key(ik)
+            .arg(id)
+            .arg(self.opts.idempotency_ttl_ms)
+            .arg(takeover)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Up to `want` `(id, score)` entries of one index after the cursor, in list order (score
     /// descending, ties by id descending), however long the tie at the cursor.
     async fn index_after(
         &self,
@@ -1018,9 +1384,7 @@ impl RedisStore {
         cursor: Option<&Cursor>,
         want: usize,
     ) -> StoreResult<Vec<(String, i64)>> {
-        let (after_score, after_id) = cursor.map_or((String::new(), String::new()), |c| {
-            (c.score.to_string(), c.id.clone())
-        });
+        let (after_score, after_id) = after_args(cursor);
         let mut conn = self.conn.clone();
         let flat: Vec<String> = self
             .scripts
@@ -1032,14 +1396,71 @@ impl RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        flat.chunks(2)
-            .map(|pair| match pair {
-                [id, score] => score_of(score)
-                    .map(|s| (id.clone(), s))
-                    .ok_or_else(|| StoreError::Corrupt(format!("score `{score}` in {index}"))),
-                _ => Err(StoreError::Corrupt(format!("odd reply from {index}"))),
-            })
-            .collect()
+        pairs(&flat, index)
+    }
+
+    /// Up to `want` entries after the cursor of an index every shard keeps (`index(shard)` its
+    /// key), merged in list order — `(id, score, shard)` — and where the walk goes on (`None`
+    /// when every shard is done).
+    async fn merged_after(
+        &self,
+        index: &(dyn Fn(usize) -> String + Sync),
+        cursor: Option<&Cursor>,
+        want: usize,
+    ) -> StoreResult<(Vec<(String, i64, usize)>, Option<Cursor>)> {
+        let calls = (0..self.shards.len()).map(|i| async move {
+            self.index_after(&index(i), cursor, want)
+                .await
+                .map(|entries| (i, entries))
+        });
+        let mut pages = Vec::with_capacity(self.shards.len());
+        for answer in futures::future::join_all(calls).await {
+            let (i, entries) = answer?;
+            let full = entries.len() >= want;
+            let items: Vec<(Cursor, (String, i64, usize))> = entries
+                .into_iter()
+                .map(|(id, score)| {
+                    (
+                        Cursor {
+                            score,
+                            id: id.clone(),
+                        },
+                        (id, score, i),
+                    )
+                })
+                .collect();
+            let stopped_at = full.then(|| items.last().map(|(c, _)| c.clone())).flatten();
+            pages.push(crate::shards::ShardPage { items, stopped_at });
+        }
+        Ok(crate::shards::merge(pages, want))
+    }
+
+    /// Up to `limit` ids of an index every shard keeps, lowest scores first up to `max`
+    /// (inclusive): what is due.
+    async fn merged_due(&self, index: &str, max: Millis, limit: usize) -> StoreResult<Vec<String>> {
+        let calls = (0..self.shards.len()).map(|i| async move {
+            let mut conn = self.conn.clone();
+            let flat: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(format!("{}{index}", self.sp(i)))
+                .arg("-inf")
+                .arg(max)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            pairs(&flat, index)
+        });
+        let mut all = Vec::new();
+        for answer in futures::future::join_all(calls).await {
+            all.extend(answer?);
+        }
+        all.sort_by(|(a, sa), (b, sb)| (sa, a).cmp(&(sb, b)));
+        all.truncate(limit);
+        Ok(all.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Drops the entries scored before `before` of the indexes `keys` whose record (`record`
@@ -1053,7 +1474,6 @@ impl RedisStore {
         before: Millis,
     ) -> StoreResult<(u64, Vec<String>)> {
         let mut conn = self.conn.clone();
-        let record = self.key(record);
         let (mut removed, mut empty) = (0, Vec::new());
         for (i, k) in keys.iter().enumerate() {
             let mut offset = 0i64;
@@ -1062,7 +1482,7 @@ impl RedisStore {
                     .scripts
                     .prune
                     .key(k)
-                    .arg(&record)
+                    .arg(record)
                     .arg(before)
                     .arg(offset)
                     .arg(PRUNE_BUDGET)
@@ -1082,36 +1502,90 @@ impl RedisStore {
         Ok((removed, empty))
     }
 
-    /// Reads jobs with one pipeline: each job's hash holds its history.
+    /// The positions of `ids` grouped by shard: one pipeline per shard (a pipeline to a cluster
+    /// must stay in one slot).
+    fn by_shard(&self, ids: &[String]) -> std::collections::BTreeMap<usize, Vec<usize>> {
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (pos, id) in ids.iter().enumerate() {
+            groups.entry(self.shard(id)).or_default().push(pos);
+        }
+        groups
+    }
+
+    /// One pipeline per shard of the ids' records, `command(id)` each, run side by side; the
+    /// replies back in the order of `ids`.
+    async fn per_record<T: ::redis::FromRedisValue + Send>(
+        &self,
+        ids: &[String],
+        command: &(dyn Fn(&str) -> ::redis::Cmd + Sync),
+    ) -> StoreResult<Vec<T>> {
+        let groups = self.by_shard(ids);
+        let calls = groups.into_values().map(|positions| async move {
+            let mut pipe = ::redis::pipe();
+            for &pos in &positions {
+                if let Some(id) = ids.get(pos) {
+                    pipe.add_command(command(id));
+                }
+            }
+            let mut conn = self.conn.clone();
+            let replies: Vec<T> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok::<_, StoreError>(positions.into_iter().zip(replies).collect::<Vec<_>>())
+        });
+        let mut slots: Vec<Option<T>> = (0..ids.len()).map(|_| None).collect();
+        for answer in futures::future::join_all(calls).await {
+            for (pos, reply) in answer? {
+                if let Some(slot) = slots.get_mut(pos) {
+                    *slot = Some(reply);
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .map(|r| r.ok_or_else(|| StoreError::Corrupt("a pipeline answered short".into())))
+            .collect()
+    }
+
+    /// Reads jobs with one pipeline per shard: each job's hash holds its history.
     async fn load_jobs(&self, ids: &[String]) -> StoreResult<Vec<Option<Job>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for id in ids {
-            pipe.hgetall(self.named("job", id));
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<std::collections::HashMap<String, Vec<u8>>> =
-            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let raw: Vec<std::collections::HashMap<String, Vec<u8>>> = self
+            .per_record(ids, &|id| {
+                let mut c = ::redis::cmd("HGETALL");
+                c.arg(self.record("job", id));
+                c
+            })
+            .await?;
         let replies = raw
             .into_iter()
             .zip(ids)
             .map(|(h, id)| joined(id, h))
             .collect::<StoreResult<Vec<_>>>()?;
-        // The effective configs the records reference: one more round trip, only when some do.
-        let mut refs: Vec<&String> = replies.iter().filter_map(|h| h.get("ecr")).collect();
+        // The effective configs the records reference, in their shards: one more round trip,
+        // only when some do.
+        let mut refs: Vec<(usize, &String)> = ids
+            .iter()
+            .zip(&replies)
+            .filter_map(|(id, h)| h.get("ecr").map(|r| (self.shard(id), r)))
+            .collect();
         refs.sort();
         refs.dedup();
         let mut configs = std::collections::HashMap::new();
         if !refs.is_empty() {
-            let keys: Vec<String> = refs.iter().map(|r| self.named("cfg", r)).collect();
-            let docs: Vec<Option<String>> = ::redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for (r, doc) in refs.into_iter().zip(docs) {
+            let keys: Vec<String> = refs
+                .iter()
+                .map(|(shard, r)| self.in_shard(*shard, "cfg", r))
+                .collect();
+            let docs: Vec<Option<String>> = self
+                .per_key(&keys, refs.iter().map(|(s, _)| *s).collect(), &|k| {
+                    let mut c = ::redis::cmd("GET");
+                    c.arg(k);
+                    c
+                })
+                .await?;
+            for ((_, r), doc) in refs.into_iter().zip(docs) {
                 if let Some(doc) = doc {
                     configs.insert(r.clone(), doc);
                 }
@@ -1123,6 +1597,60 @@ impl RedisStore {
         }
         Ok(out)
     }
+
+    /// Like [`Self::per_record`], for keys whose shards are given.
+    async fn per_key<T: ::redis::FromRedisValue + Send>(
+        &self,
+        keys: &[String],
+        shards: Vec<usize>,
+        command: &(dyn Fn(&str) -> ::redis::Cmd + Sync),
+    ) -> StoreResult<Vec<T>> {
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (pos, shard) in shards.into_iter().enumerate() {
+            groups.entry(shard).or_default().push(pos);
+        }
+        let calls = groups.into_values().map(|positions| async move {
+            let mut pipe = ::redis::pipe();
+            for &pos in &positions {
+                if let Some(k) = keys.get(pos) {
+                    pipe.add_command(command(k));
+                }
+            }
+            let mut conn = self.conn.clone();
+            let replies: Vec<T> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok::<_, StoreError>(positions.into_iter().zip(replies).collect::<Vec<_>>())
+        });
+        let mut slots: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+        for answer in futures::future::join_all(calls).await {
+            for (pos, reply) in answer? {
+                if let Some(slot) = slots.get_mut(pos) {
+                    *slot = Some(reply);
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .map(|r| r.ok_or_else(|| StoreError::Corrupt("a pipeline answered short".into())))
+            .collect()
+    }
+}
+
+/// How long a create waits for the job an idempotency key names (reserved by another create
+/// that has not written it yet) before it takes the key over: far longer than the two steps of
+/// a create take, short enough that a create that died between them holds its key up briefly.
+const RESERVATION_WAIT: Duration = Duration::from_secs(2);
+
+/// `(member, score)` pairs of a flat `member, score, …` reply.
+fn pairs(flat: &[String], index: &str) -> StoreResult<Vec<(String, i64)>> {
+    flat.chunks(2)
+        .map(|pair| match pair {
+            [id, score] => score_of(score)
+                .map(|s| (id.clone(), s))
+                .ok_or_else(|| StoreError::Corrupt(format!("score `{score}` in {index}"))),
+            _ => Err(StoreError::Corrupt(format!("odd reply from {index}"))),
+        })
+        .collect()
 }
 
 /// A record's fields with the pieces of its long values joined (see [`LUA_PIECES`]) and every
@@ -1423,8 +1951,10 @@ impl Backend for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.conn.clone();
-        ::redis::cmd("PING")
-            .query_async::<String>(&mut conn)
+        // On a cluster: the node of shard 0's slot (a keyless PING would go to every node).
+        ::redis::cmd("EXISTS")
+            .arg(self.key("layout"))
+            .query_async::<i64>(&mut conn)
             .await
             .map(drop)
             .map_err(unavailable)
@@ -1434,14 +1964,12 @@ impl Backend for RedisStore {
 #[async_trait]
 impl JobStore for RedisStore {
     async fn create_job(&self, job: &NewJob) -> StoreResult<CreateOutcome> {
-        Self::parse_create(self.creates.call(Self::create_args(job)).await?)
+        self.create_one(job).await
     }
 
     async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<CreateOutcome>>> {
         // Queued together, the creates share a few batched script calls.
-        let calls = jobs.iter().map(|j| async move {
-            Self::parse_create(self.creates.call(Self::create_args(j)).await?)
-        });
+        let calls = jobs.iter().map(|j| self.create_one(j));
         Ok(futures::future::join_all(calls).await)
     }
 
@@ -1459,8 +1987,10 @@ impl JobStore for RedisStore {
 
     async fn transition(&self, id: &str, t: &Transition) -> StoreResult<TransitionOutcome> {
         let fields = update_fields(&t.update);
-        let mut args = Args::with_capacity(10 + 2 * t.via.len() + 2 * fields.len(), 256);
-        args.push(id)
+        let shard = self.shard(id);
+        let mut args = Args::with_capacity(11 + 2 * t.via.len() + 2 * fields.len(), 256);
+        args.push(self.sp(shard))
+            .push(id)
             .push(t.to.as_str())
             .push_num(t.at)
             .push(note_json(t.note.as_deref()).unwrap_or_default());
@@ -1482,7 +2012,7 @@ impl JobStore for RedisStore {
         for (k, v) in fields {
             args.push(k).push(v);
         }
-        let reply = self.transitions.call(args).await?;
+        let reply = self.transitions.call(shard, args).await?;
         let [verdict, state, run_id, tenant_id, created_at] = reply.as_slice() else {
             return Err(StoreError::Corrupt(format!(
                 "transition script answered {reply:?}"
@@ -1513,8 +2043,11 @@ impl JobStore for RedisStore {
     }
 
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool> {
+        let sp = self.sp(self.shard(id));
         let mut inv = self.scripts.annotate.prepare_invoke();
-        inv.arg(&self.prefix)
+        // The shard's prefix as the call's key routes it to the shard's node on a cluster.
+        inv.key(sp)
+            .arg(sp)
             .arg(self.opts.job_ttl_ms)
             .arg(id)
             .arg(a.expect.as_str())
@@ -1538,61 +2071,101 @@ impl JobStore for RedisStore {
         if states.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for s in states {
-            pipe.zcard(self.index_key(IndexName::State(*s)));
+        let calls = (0..self.shards.len()).map(|i| async move {
+            let mut pipe = ::redis::pipe();
+            for s in states {
+                pipe.zcard(self.index_key(i, IndexName::State(*s)));
+            }
+            let mut conn = self.conn.clone();
+            pipe.query_async::<Vec<u64>>(&mut conn)
+                .await
+                .map_err(unavailable)
+        });
+        let mut totals = vec![0u64; states.len()];
+        for counts in futures::future::join_all(calls).await {
+            for (total, n) in totals.iter_mut().zip(counts?) {
+                *total += n;
+            }
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await.map_err(unavailable)
+        Ok(totals)
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-        let mut inv = self.scripts.list.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(self.index_key(list_index(filter)))
-            .arg(
-                page.cursor
-                    .as_ref()
-                    .map(|c| c.score.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(
-                page.cursor
-                    .as_ref()
-                    .map(|c| c.id.clone())
-                    .unwrap_or_default(),
-            )
-            .arg(page.limit)
-            .arg(scan_budget(page.limit))
-            .arg(filter.state.map(|s| s.as_str()).unwrap_or(""))
-            .arg(opt(&filter.topic))
-            .arg(opt(&filter.tenant))
-            .arg(opt(&filter.team))
-            .arg(
-                filter
-                    .updated_after
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(
-                filter
-                    .updated_before
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(match list_index(filter) {
-                IndexName::Trace(t) => t,
-                _ => "",
-            });
-        let mut conn = self.conn.clone();
-        let (ids, last_score, last_id, more): (Vec<String>, String, String, i64) =
-            inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let (after_score, after_id) = after_args(page.cursor.as_ref());
+        let index = list_index(filter);
+        // A trace's own job is met from its record, in its own shard only.
+        let root = match index {
+            IndexName::Trace(t) => Some((self.shard(t), t)),
+            _ => None,
+        };
+        // The page's scan budget shared among the shards (each looks at least a page's worth),
+        // so a selective filter answers a short page with a cursor as soon on many shards as on
+        // one, instead of scanning the shard count's multiple of entries.
+        let budget = (scan_budget(page.limit) / self.shards.len().max(1)).max(page.limit);
+        let calls = (0..self.shards.len()).map(|i| {
+            let sp = self.sp(i);
+            let mut inv = self.scripts.list.prepare_invoke();
+            inv.key(sp)
+                .arg(sp)
+                .arg(self.index_key(i, index))
+                .arg(&after_score)
+                .arg(&after_id)
+                .arg(page.limit)
+                .arg(budget)
+                .arg(filter.state.map(|s| s.as_str()).unwrap_or(""))
+                .arg(opt(&filter.topic))
+                .arg(opt(&filter.tenant))
+                .arg(opt(&filter.team))
+                .arg(
+                    filter
+                        .updated_after
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(
+                    filter
+                        .updated_before
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(match root {
+                    Some((shard, t)) if shard == i => t,
+                    _ => "",
+                });
+            async move {
+                let mut conn = self.conn.clone();
+                inv.invoke_async::<(Vec<String>, String, String, i64)>(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            }
+        });
+        let mut pages = Vec::with_capacity(self.shards.len());
+        for answer in futures::future::join_all(calls).await {
+            let (flat, last_score, last_id, more) = answer?;
+            let items = pairs(&flat, "a job list")?
+                .into_iter()
+                .map(|(id, score)| {
+                    (
+                        Cursor {
+                            score,
+                            id: id.clone(),
+                        },
+                        id,
+                    )
+                })
+                .collect();
+            let stopped_at = (more == 1)
+                .then(|| score_of(&last_score).map(|score| Cursor { score, id: last_id }))
+                .flatten();
+            pages.push(crate::shards::ShardPage { items, stopped_at });
+        }
+        let (ids, next) = crate::shards::merge(pages, page.limit);
         let items = self.load_jobs(&ids).await?.into_iter().flatten().collect();
-        let next_cursor = (more == 1)
-            .then(|| score_of(&last_score).map(|score| Cursor { score, id: last_id }.encode()))
-            .flatten();
-        Ok(Page { items, next_cursor })
+        Ok(Page {
+            items,
+            next_cursor: next.map(|c| c.encode()),
+        })
     }
 
     async fn jobs_due(
@@ -1601,16 +2174,8 @@ impl JobStore for RedisStore {
         before: Millis,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        conn.zrangebyscore_limit(
-            self.index_key(IndexName::State(state)),
-            "-inf",
-            before,
-            0,
-            limit as isize,
-        )
-        .await
-        .map_err(unavailable)
+        self.merged_due(&format!("idx:state:{state}"), before, limit)
+            .await
     }
 
     async fn holdings(
@@ -1619,30 +2184,34 @@ impl JobStore for RedisStore {
         after: Option<&Cursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Holding>, Option<Cursor>)> {
-        let entries = self
-            .index_after(&self.index_key(IndexName::State(state)), after, limit)
+        let (entries, next) = self
+            .merged_after(
+                &|i| self.index_key(i, IndexName::State(state)),
+                after,
+                limit,
+            )
             .await?;
-        let Some((last_id, last_score)) = entries.last().cloned() else {
-            return Ok((Vec::new(), None));
-        };
-        let mut pipe = ::redis::pipe();
-        for (id, _) in &entries {
-            pipe.cmd("HMGET")
-                .arg(self.named("job", id))
-                .arg("worker_id")
-                .arg("worker_instance")
-                .arg("lease")
-                .arg("hbt");
+        if entries.is_empty() {
+            return Ok((Vec::new(), next));
         }
-        let mut conn = self.conn.clone();
+        let ids: Vec<String> = entries.iter().map(|(id, _, _)| id.clone()).collect();
         type Fields = (Option<String>, Option<String>, Option<String>, Option<u64>);
-        let workers: Vec<Fields> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let more = entries.len() == limit;
+        let workers: Vec<Fields> = self
+            .per_record(&ids, &|id| {
+                let mut c = ::redis::cmd("HMGET");
+                c.arg(self.record("job", id))
+                    .arg("worker_id")
+                    .arg("worker_instance")
+                    .arg("lease")
+                    .arg("hbt");
+                c
+            })
+            .await?;
         let held = entries
             .into_iter()
             .zip(workers)
             .map(
-                |((job_id, since), (worker_id, worker_instance, lease, hbt))| Holding {
+                |((job_id, since, _), (worker_id, worker_instance, lease, hbt))| Holding {
                     job_id,
                     worker_id,
                     worker_instance,
@@ -1652,34 +2221,32 @@ impl JobStore for RedisStore {
                 },
             )
             .collect();
-        let next = more.then_some(Cursor {
-            score: last_score,
-            id: last_id,
-        });
         Ok((held, next))
     }
 
     async fn deadlines_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        conn.zrangebyscore_limit(self.key("idx:deadline"), "-inf", now, 0, limit as isize)
-            .await
-            .map_err(unavailable)
+        self.merged_due("idx:deadline", now, limit).await
     }
 
     async fn prune_indexes(&self, before: Millis) -> StoreResult<u64> {
-        let mut conn = self.conn.clone();
-        let names_key = self.key("idx:names");
-        let named: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
-        let mut keys = named.clone();
-        keys.push(self.index_key(IndexName::Recent));
-        keys.extend(
-            JobState::ALL
-                .iter()
-                .map(|s| self.index_key(IndexName::State(*s))),
-        );
-        let (removed, empty) = self.prune(&keys, named.len(), "job:{", before).await?;
-        if !empty.is_empty() {
-            let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+        let mut removed = 0;
+        for i in 0..self.shards.len() {
+            let mut conn = self.conn.clone();
+            let names_key = format!("{}idx:names", self.sp(i));
+            let named: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+            let mut keys = named.clone();
+            keys.push(self.index_key(i, IndexName::Recent));
+            keys.extend(
+                JobState::ALL
+                    .iter()
+                    .map(|s| self.index_key(i, IndexName::State(*s))),
+            );
+            let record = format!("{}job:{{", self.sp(i));
+            let (gone, empty) = self.prune(&keys, named.len(), &record, before).await?;
+            removed += gone;
+            if !empty.is_empty() {
+                let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+            }
         }
         Ok(removed)
     }
@@ -1690,7 +2257,7 @@ impl DeadLetters for RedisStore {
     async fn dlq_get(&self, job_id: &str) -> StoreResult<Option<DlqEntry>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn
-            .get(self.named("dlq", job_id))
+            .get(self.record("dlq", job_id))
             .await
             .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -1702,15 +2269,14 @@ impl DeadLetters for RedisStore {
         filter: &DlqFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<DlqEntry>> {
-        // Dead letters are read by people, not by the hot path: walk the index in chunks from the
-        // cursor (a script finds the entries after it, however long the tie it sits in) and
-        // filter here, with the same tie order and budget as the job lists.
-        let mut conn = self.conn.clone();
-        // A tenant's entries from its own index: a cursor holds the last entry looked at,
-        // which must never be another tenant's.
-        let index = match &filter.tenant {
-            Some(t) => self.named("idx:dlq", t),
-            None => self.key("idx:dlq"),
+        // Dead letters are read by people, not by the hot path: walk the shards' indexes merged,
+        // in chunks from the cursor (a script finds each shard's entries after it, however long
+        // the tie it sits in), and filter here, with the same tie order and budget as the job
+        // lists. A tenant's entries come from its own indexes: a cursor holds the last entry
+        // looked at, which must never be another tenant's.
+        let index = |i: usize| match &filter.tenant {
+            Some(t) => self.in_shard(i, "idx:dlq", t),
+            None => format!("{}idx:dlq", self.sp(i)),
         };
         let budget = scan_budget(page.limit);
         let mut cursor = page.cursor.clone();
@@ -1718,22 +2284,24 @@ impl DeadLetters for RedisStore {
         let mut scanned = 0;
         let mut chunk_len = page.limit.clamp(1, 256);
         loop {
-            let want = chunk_len.min(budget - scanned);
-            let fresh = self.index_after(&index, cursor.as_ref(), want).await?;
+            let want = chunk_len.min(budget - scanned).max(1);
+            let (fresh, next) = self.merged_after(&index, cursor.as_ref(), want).await?;
             if fresh.is_empty() {
                 return Ok(Page {
                     items,
-                    next_cursor: None,
+                    next_cursor: next.map(|c| c.encode()),
                 });
             }
-            let exhausted = fresh.len() < want;
-            let keys: Vec<String> = fresh.iter().map(|(id, _)| self.named("dlq", id)).collect();
-            let raws: Vec<Option<String>> = ::redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for ((id, score), raw) in fresh.into_iter().zip(raws) {
+            let ids: Vec<String> = fresh.iter().map(|(id, _, _)| id.clone()).collect();
+            let raws: Vec<Option<String>> = self
+                .per_record(&ids, &|id| {
+                    let mut c = ::redis::cmd("GET");
+                    c.arg(self.record("dlq", id));
+                    c
+                })
+                .await?;
+            let mut full = false;
+            for ((id, score, _), raw) in fresh.into_iter().zip(raws) {
                 scanned += 1;
                 cursor = Some(Cursor { score, id });
                 let Some(raw) = raw else { continue };
@@ -1742,34 +2310,41 @@ impl DeadLetters for RedisStore {
                 if filter.matches(&entry) {
                     items.push(entry);
                     if items.len() == page.limit {
+                        full = true;
                         break;
                     }
                 }
             }
-            if items.len() == page.limit || scanned >= budget {
+            if full || scanned >= budget {
                 return Ok(Page {
                     items,
                     next_cursor: cursor.map(|c| c.encode()),
                 });
             }
-            if exhausted {
+            let Some(next) = next else {
                 return Ok(Page {
                     items,
                     next_cursor: None,
                 });
-            }
+            };
+            cursor = Some(next);
             chunk_len = (chunk_len * 2).min(256);
         }
     }
 
     async fn dlq_delete(&self, job_id: &str) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
+        let shard = self.shard(job_id);
         let (deleted, _, _): (u64, u64, u64) = ::redis::pipe()
             .atomic()
-            .del(self.named("dlq", job_id))
-            .zrem(self.key("idx:dlq"), job_id)
+            .del(self.in_shard(shard, "dlq", job_id))
+            .zrem(format!("{}idx:dlq", self.sp(shard)), job_id)
             .zrem(
-                self.named("idx:dlq", crate::ids::tenant_of(job_id).unwrap_or_default()),
+                self.in_shard(
+                    shard,
+                    "idx:dlq",
+                    crate::ids::tenant_of(job_id).unwrap_or_default(),
+                ),
                 job_id,
             )
             .query_async(&mut conn)
@@ -1789,7 +2364,7 @@ impl ConfigStore for RedisStore {
         let mut pipe = ::redis::pipe();
         for k in keys {
             pipe.cmd("HMGET")
-                .arg(self.named("config", k))
+                .arg(self.family_named('c', "config", k))
                 .arg("data")
                 .arg("revision")
                 .arg("updated_at");
@@ -1822,8 +2397,8 @@ impl ConfigStore for RedisStore {
         let (status, revision): (String, u64) = self
             .scripts
             .config_put
-            .key(self.named("config", key))
-            .key(self.key("configs"))
+            .key(self.family_named('c', "config", key))
+            .key(self.family_key('c', "configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .arg(data.to_string())
             .arg(now)
@@ -1846,8 +2421,8 @@ impl ConfigStore for RedisStore {
         let (status, n): (String, u64) = self
             .scripts
             .config_delete
-            .key(self.named("config", key))
-            .key(self.key("configs"))
+            .key(self.family_named('c', "config", key))
+            .key(self.family_key('c', "configs"))
             .arg(if_match.map(|m| m.to_string()).unwrap_or_default())
             .arg(key)
             .invoke_async(&mut conn)
@@ -1877,7 +2452,7 @@ impl ConfigStore for RedisStore {
             _ => from,
         };
         let mut conn = self.conn.clone();
-        conn.zrangebylex_limit(self.key("configs"), min, to, 0, limit as isize)
+        conn.zrangebylex_limit(self.family_key('c', "configs"), min, to, 0, limit as isize)
             .await
             .map_err(unavailable)
     }
@@ -1952,7 +2527,7 @@ impl PluginBlobs for RedisStore {
         ::redis::pipe()
             .atomic()
             .hset_multiple(
-                self.named("plugin", name),
+                self.family_named('p', "plugin", name),
                 &[
                     ("bytes", bytes),
                     ("hash", hash.as_bytes()),
@@ -1960,7 +2535,7 @@ impl PluginBlobs for RedisStore {
                 ],
             )
             .ignore()
-            .sadd(self.key("plugins"), name)
+            .sadd(self.family_key('p', "plugins"), name)
             .ignore()
             .query_async::<()>(&mut conn)
             .await
@@ -1971,7 +2546,7 @@ impl PluginBlobs for RedisStore {
         let mut conn = self.conn.clone();
         let (bytes, hash, updated_at): (Option<Vec<u8>>, Option<String>, Option<i64>) =
             ::redis::cmd("HMGET")
-                .arg(self.named("plugin", name))
+                .arg(self.family_named('p', "plugin", name))
                 .arg("bytes")
                 .arg("hash")
                 .arg("updated_at")
@@ -1992,7 +2567,7 @@ impl PluginBlobs for RedisStore {
     async fn plugin_list(&self) -> StoreResult<Vec<PluginMeta>> {
         let mut conn = self.conn.clone();
         let mut names: Vec<String> = conn
-            .smembers(self.key("plugins"))
+            .smembers(self.family_key('p', "plugins"))
             .await
             .map_err(unavailable)?;
         if names.is_empty() {
@@ -2002,7 +2577,7 @@ impl PluginBlobs for RedisStore {
         let mut pipe = ::redis::pipe();
         for name in &names {
             pipe.cmd("HMGET")
-                .arg(self.named("plugin", name))
+                .arg(self.family_named('p', "plugin", name))
                 .arg("hash")
                 .arg("updated_at");
         }
@@ -2025,8 +2600,8 @@ impl PluginBlobs for RedisStore {
         let mut conn = self.conn.clone();
         let (deleted, _): (i64, i64) = ::redis::pipe()
             .atomic()
-            .del(self.named("plugin", name))
-            .srem(self.key("plugins"), name)
+            .del(self.family_named('p', "plugin", name))
+            .srem(self.family_key('p', "plugins"), name)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -2039,12 +2614,13 @@ impl WorkflowStore for RedisStore {
     async fn workflow_put(&self, wf: &Workflow, create: bool) -> StoreResult<()> {
         let mut conn = self.conn.clone();
         let doc = serde_json::to_string(wf).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let head = self.family_named('w', "wf", &wf.id);
         let (status, current): (String, u64) = self
             .scripts
             .workflow_put
-            .key(self.named("wf", &wf.id))
-            .key(format!("{}:v:{}", self.named("wf", &wf.id), wf.version))
-            .key(self.key("wfs"))
+            .key(&head)
+            .key(format!("{head}:v:{}", wf.version))
+            .key(self.family_key('w', "wfs"))
             .arg(wf.version)
             .arg(doc)
             .arg(&wf.id)
@@ -2060,9 +2636,10 @@ impl WorkflowStore for RedisStore {
 
     async fn workflow_head(&self, id: &str) -> StoreResult<Option<WorkflowHead>> {
         let mut conn = self.conn.clone();
+        let head = self.family_named('w', "wf", id);
         let (latest, live): (Option<u64>, bool) = ::redis::pipe()
-            .hget(self.named("wf", id), "latest")
-            .hexists(self.named("wf", id), "doc")
+            .hget(&head, "latest")
+            .hexists(&head, "doc")
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -2071,9 +2648,10 @@ impl WorkflowStore for RedisStore {
 
     async fn workflow_get(&self, id: &str, version: Option<u64>) -> StoreResult<Option<Workflow>> {
         let mut conn = self.conn.clone();
+        let head = self.family_named('w', "wf", id);
         let raw: Option<String> = match version {
-            Some(v) => conn.get(format!("{}:v:{v}", self.named("wf", id))).await,
-            None => conn.hget(self.named("wf", id), "doc").await,
+            Some(v) => conn.get(format!("{head}:v:{v}")).await,
+            None => conn.hget(&head, "doc").await,
         }
         .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -2097,7 +2675,7 @@ impl WorkflowStore for RedisStore {
         };
         let min = page.cursor.as_ref().map_or(from, |c| format!("({}", c.id));
         let ids: Vec<String> = conn
-            .zrangebylex_limit(self.key("wfs"), min, to, 0, page.limit as isize)
+            .zrangebylex_limit(self.family_key('w', "wfs"), min, to, 0, page.limit as isize)
             .await
             .map_err(unavailable)?;
         let Some(last) = ids.last().cloned() else {
@@ -2108,7 +2686,7 @@ impl WorkflowStore for RedisStore {
         };
         let mut pipe = ::redis::pipe();
         for id in &ids {
-            pipe.hget(self.named("wf", id), "doc");
+            pipe.hget(self.family_named('w', "wf", id), "doc");
         }
         let raws: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let items = raws
@@ -2129,8 +2707,8 @@ impl WorkflowStore for RedisStore {
         let mut conn = self.conn.clone();
         let (deleted, _): (u64, u64) = ::redis::pipe()
             .atomic()
-            .hdel(self.named("wf", id), "doc")
-            .zrem(self.key("wfs"), id)
+            .hdel(self.family_named('w', "wf", id), "doc")
+            .zrem(self.family_key('w', "wfs"), id)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -2142,21 +2720,22 @@ impl WorkflowStore for RedisStore {
         let mut saved = run.clone();
         saved.revision = run.revision + 1;
         let doc = serde_json::to_string(&saved).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let shard = self.shard(&run.id);
         let (status, revision): (String, u64) = self
             .scripts
             .run_put
-            .key(self.named("run", &run.id))
-            .key(self.run_index(&RunIndex::Workflow(&run.workflow_id)))
-            .key(self.run_index(&RunIndex::All))
-            .key(self.run_index(&RunIndex::Status(run.status)))
-            .key(self.key("runs:names"))
-            .key(self.run_index(&RunIndex::Org(&run.org_id)))
+            .key(self.in_shard(shard, "run", &run.id))
+            .key(self.run_index(shard, &RunIndex::Workflow(&run.workflow_id)))
+            .key(self.run_index(shard, &RunIndex::All))
+            .key(self.run_index(shard, &RunIndex::Status(run.status)))
+            .key(format!("{}runs:names", self.sp(shard)))
+            .key(self.run_index(shard, &RunIndex::Org(&run.org_id)))
             .arg(run.revision)
             .arg(doc)
             .arg(run.status.as_str())
             .arg(run.started_at)
             .arg(&run.id)
-            .arg(self.key("runs:status:"))
+            .arg(format!("{}runs:status:", self.sp(shard)))
             .arg(if run.status.is_terminal() {
                 self.opts.job_ttl_ms.to_string()
             } else {
@@ -2172,20 +2751,25 @@ impl WorkflowStore for RedisStore {
     }
 
     async fn run_prune_indexes(&self) -> StoreResult<u64> {
-        let mut conn = self.conn.clone();
-        let names_key = self.key("runs:names");
-        let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
-        let by_workflow = keys.len();
-        keys.push(self.run_index(&RunIndex::All));
-        keys.extend(
-            Status::RUN_ENDS
-                .iter()
-                .map(|s| self.run_index(&RunIndex::Status(*s))),
-        );
         let before = now_ms() - self.opts.job_ttl_ms as Millis;
-        let (removed, empty) = self.prune(&keys, by_workflow, "run:{", before).await?;
-        if !empty.is_empty() {
-            let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+        let mut removed = 0;
+        for i in 0..self.shards.len() {
+            let mut conn = self.conn.clone();
+            let names_key = format!("{}runs:names", self.sp(i));
+            let mut keys: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
+            let by_workflow = keys.len();
+            keys.push(self.run_index(i, &RunIndex::All));
+            keys.extend(
+                Status::RUN_ENDS
+                    .iter()
+                    .map(|s| self.run_index(i, &RunIndex::Status(*s))),
+            );
+            let record = format!("{}run:{{", self.sp(i));
+            let (gone, empty) = self.prune(&keys, by_workflow, &record, before).await?;
+            removed += gone;
+            if !empty.is_empty() {
+                let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
+            }
         }
         Ok(removed)
     }
@@ -2193,7 +2777,7 @@ impl WorkflowStore for RedisStore {
     async fn run_get(&self, id: &str) -> StoreResult<Option<Run>> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn
-            .hget(self.named("run", id), "doc")
+            .hget(self.record("run", id), "doc")
             .await
             .map_err(unavailable)?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -2201,26 +2785,33 @@ impl WorkflowStore for RedisStore {
     }
 
     async fn run_list(&self, filter: &RunFilter, page: &PageRequest) -> StoreResult<Page<Run>> {
-        // One chunk of the index after the cursor (the same tie order as the job lists), then
-        // the documents in one pipeline; filtered here.
-        let mut conn = self.conn.clone();
-        let index = self.run_index(&RunIndex::of(filter));
+        // One chunk of the shards' indexes after the cursor, merged (the same tie order as the
+        // job lists), then the documents in one pipeline per shard; filtered here.
         let want = scan_budget(page.limit).min(page.limit * 4);
-        let entries = self.index_after(&index, page.cursor.as_ref(), want).await?;
+        let (entries, next) = self
+            .merged_after(
+                &|i| self.run_index(i, &RunIndex::of(filter)),
+                page.cursor.as_ref(),
+                want,
+            )
+            .await?;
         if entries.is_empty() {
             return Ok(Page {
                 items: Vec::new(),
-                next_cursor: None,
+                next_cursor: next.map(|c| c.encode()),
             });
         }
-        let mut pipe = ::redis::pipe();
-        for (id, _) in &entries {
-            pipe.hget(self.named("run", id), "doc");
-        }
-        let raws: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let ids: Vec<String> = entries.iter().map(|(id, _, _)| id.clone()).collect();
+        let raws: Vec<Option<String>> = self
+            .per_record(&ids, &|id| {
+                let mut c = ::redis::cmd("HGET");
+                c.arg(self.record("run", id)).arg("doc");
+                c
+            })
+            .await?;
         let mut items = Vec::new();
         let mut last = None;
-        for ((id, score), raw) in entries.iter().zip(raws) {
+        for ((id, score, _), raw) in entries.iter().zip(raws) {
             last = Some(Cursor {
                 score: *score,
                 id: id.clone(),
@@ -2235,10 +2826,15 @@ impl WorkflowStore for RedisStore {
                 }
             }
         }
-        let more = items.len() == page.limit || entries.len() == want;
+        let next_cursor = if items.len() == page.limit {
+            last
+        } else {
+            // Every entry of the chunk was looked at: on from where the merged walk stopped.
+            next
+        };
         Ok(Page {
             items,
-            next_cursor: more.then(|| last.map(|c| c.encode())).flatten(),
+            next_cursor: next_cursor.map(|c| c.encode()),
         })
     }
 }

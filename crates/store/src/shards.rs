@@ -4,17 +4,22 @@
 //!
 //! A job (or run) lives in one of S shards, chosen by a stable hash of its whole, tenant-qualified
 //! id, and every index it is in is its shard's own; an atomic script then touches one shard's
-//! keys only, which is what Redis Cluster requires of a script (its keys in one hash slot). A
-//! listing — jobs newest first, a state, a tenant — is the k-way merge of the shards' own
-//! listings by score, and its cursor holds a position per shard: paging on reads, from each
-//! shard, what comes after that shard's position, so a page never repeats or skips an entry of
-//! any shard, whichever shards the entries of the previous pages came from.
+//! keys only, which is what Redis Cluster requires of a script (its keys in one hash slot).
+//!
+//! A listing — jobs newest first, a state, a tenant — is the merge of the shards' own listings
+//! in listing order (score descending, ties by id descending). That order is total, so one
+//! position in it — the last `(score, id)` a page returned — says where every shard stands:
+//! each shard goes on strictly after it. The cursor a merged page hands out is therefore the
+//! same one-position cursor a single index hands out, and a page never repeats or skips an
+//! entry of any shard, whichever shards the entries of the previous pages came from. What a
+//! merge must take care of is a shard that stopped early (it answered its whole page, or ran
+//! out of its scan budget) at a position above the others: an entry of that shard below its
+//! stop is unknown, so the page ends at the highest such stop — its [`frontier`](merge).
 
-use std::collections::VecDeque;
+use crate::Cursor;
 
-use base64::Engine as _;
-
-use super::Cursor;
+/// Hash slots in Redis Cluster.
+const SLOTS: u32 = 16_384;
 
 /// Which of `shards` shards the record `id` belongs to: FNV-1a (64-bit) of the id, modulo the
 /// shard count. Stable across processes and versions — the shard is part of where the record is
@@ -28,154 +33,91 @@ pub fn shard_of(id: &str, shards: u16) -> u16 {
     u16::try_from(hash % u64::from(shards.max(1))).unwrap_or(0)
 }
 
-/// The hash tag of shard `shard`: every key of the shard carries it, so Redis Cluster keeps the
-/// shard's keys in one slot and a script may touch them together.
-pub fn hash_tag(shard: u16) -> String {
-    format!("{{s{shard}}}")
+/// The Redis Cluster hash slot of a hash tag (CRC16/XMODEM modulo 16384, as Redis computes it).
+pub fn slot_of(tag: &str) -> u16 {
+    let crc = crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes());
+    u16::try_from(u32::from(crc) % SLOTS).unwrap_or(0)
 }
 
-/// An entry of a listing. Listings run by score descending, ties by id descending.
-pub trait Listed {
-    fn score(&self) -> i64;
-    fn id(&self) -> &str;
+/// The hash tags of `shards` shards, braces included (`{s0}`, `{s1.7}`, …): shard `i`'s tag
+/// falls in the `i`-th of `shards` equal ranges of hash slots. A cluster made by `redis-cli
+/// --cluster create` gives each master one contiguous range of slots, so the shards — and the
+/// jobs, spread evenly over the shards by [`shard_of`] — spread over the masters as evenly as
+/// `shards` allows (16 shards on 3 masters: 5, 5 and 6), where tags picked at random would
+/// leave one master with twice another's share now and then. A tag is `s{i}`, or `s{i}.{n}`
+/// for the first `n` that lands in range: the same on every replica and in every version.
+pub fn shard_tags(shards: u16) -> Vec<String> {
+    let count = u32::from(shards.max(1));
+    (0..count)
+        .map(|i| {
+            let (lo, hi) = (i * SLOTS / count, (i + 1) * SLOTS / count);
+            let in_range = |t: &str| (lo..hi).contains(&u32::from(slot_of(t)));
+            let plain = format!("s{i}");
+            if in_range(&plain) {
+                return format!("{{{plain}}}");
+            }
+            (1u32..)
+                .map(|n| format!("s{i}.{n}"))
+                .find(|t| in_range(t))
+                .map_or_else(|| format!("{{{plain}}}"), |t| format!("{{{t}}}"))
+        })
+        .collect()
 }
 
-/// Where a merged listing stands in one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Position {
-    /// Nothing read from this shard yet.
-    Start,
-    /// The last entry of this shard a page returned.
-    After(Cursor),
-    /// Every entry of this shard has been returned.
-    Done,
+/// The key prefix of the shard that holds the record `id`, in a Redis store under `prefix` with
+/// `shards` shards: what every key of that record starts with (see `redis.rs`).
+pub fn shard_prefix(prefix: &str, id: &str, shards: u16) -> String {
+    let tags = shard_tags(shards);
+    let tag = tags
+        .get(usize::from(shard_of(id, shards)))
+        .map_or("", String::as_str);
+    format!("{prefix}{tag}:")
 }
 
-/// Where a merged listing stands in each shard: the cursor a page hands out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergedCursor(pub Vec<Position>);
-
-impl MergedCursor {
-    /// The cursor of a listing not begun, over `shards` shards.
-    pub fn start(shards: u16) -> Self {
-        MergedCursor(vec![Position::Start; usize::from(shards)])
-    }
-
-    /// As text for an API cursor: per shard `*` (start), `!` (done) or `score:id`, joined by
-    /// `,` (ids never hold one), in URL-safe base64.
-    pub fn encode(&self) -> String {
-        let text = self
-            .0
-            .iter()
-            .map(|p| match p {
-                Position::Start => "*".to_string(),
-                Position::Done => "!".to_string(),
-                Position::After(c) => format!("{}:{}", c.score, c.id),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
-    }
-
-    /// A cursor handed out by [`MergedCursor::encode`] for a listing over `shards` shards;
-    /// `None` for anything else (a cursor of another shard count included).
-    pub fn decode(s: &str, shards: u16) -> Option<Self> {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let positions = text
-            .split(',')
-            .map(|p| match p {
-                "*" => Some(Position::Start),
-                "!" => Some(Position::Done),
-                _ => {
-                    let (score, id) = p.split_once(':')?;
-                    (!id.is_empty()).then_some(())?;
-                    Some(Position::After(Cursor {
-                        score: score.parse().ok()?,
-                        id: id.to_string(),
-                    }))
-                }
-            })
-            .collect::<Option<Vec<_>>>()?;
-        (positions.len() == usize::from(shards)).then_some(MergedCursor(positions))
-    }
+/// Where `(score, id)` stands in listing order: greater comes first.
+fn key(c: &Cursor) -> (i64, &str) {
+    (c.score, c.id.as_str())
 }
 
-/// What one shard answered: up to the page's limit of entries after its position, in listing
-/// order, and whether more follow them.
+/// What one shard answered for a page: its entries after the page's cursor in listing order
+/// (`(score, id)` and the item), and where it stopped when it may hold more (the last entry it
+/// looked at — a listing that filters looks at more than it answers), `None` when it has
+/// nothing more after its entries.
 #[derive(Debug, Clone)]
 pub struct ShardPage<T> {
-    pub items: Vec<T>,
-    pub more: bool,
+    pub items: Vec<(Cursor, T)>,
+    pub stopped_at: Option<Cursor>,
 }
 
-/// The next page of a listing merged across shards: the first `limit` entries of the shards'
-/// pages in listing order, and the cursor after them (`None` when every shard is done).
-/// `pages[i]` is what shard `i` answered from `from.0[i]` (an empty page for a shard that is
-/// done).
-pub fn merge<T: Listed>(
-    from: &MergedCursor,
-    pages: Vec<ShardPage<T>>,
-    limit: usize,
-) -> (Vec<T>, Option<MergedCursor>) {
-    let mut positions = from.0.clone();
-    let more: Vec<bool> = pages.iter().map(|p| p.more).collect();
-    let mut heads: Vec<VecDeque<T>> = pages.into_iter().map(|p| p.items.into()).collect();
-    let mut out = Vec::with_capacity(limit);
-    let mut contributed = vec![false; heads.len()];
-    while out.len() < limit {
-        // The shard whose head comes first: the highest score, ties by the highest id.
-        let mut best: Option<(usize, i64, &str)> = None;
-        for (i, head) in heads.iter().enumerate() {
-            let Some(item) = head.front() else { continue };
-            let key = (item.score(), item.id());
-            if best.is_none_or(|(_, score, id)| key > (score, id)) {
-                best = Some((i, key.0, key.1));
-            }
-        }
-        let Some((i, _, _)) = best else { break };
-        let Some(item) = heads.get_mut(i).and_then(VecDeque::pop_front) else {
-            break;
-        };
-        if let Some(p) = positions.get_mut(i) {
-            *p = Position::After(Cursor {
-                score: item.score(),
-                id: item.id().to_string(),
-            });
-        }
-        if let Some(c) = contributed.get_mut(i) {
-            *c = true;
-        }
-        out.push(item);
-    }
-    // A shard that gave nothing to this page moves to its end all the same: whatever it holds
-    // after its position comes after the page's last entry (or it would be in the page). Left
-    // where it was, a shard not read yet would start from its top on the next page, and return
-    // entries added since the listing began, above the cursor.
-    if let Some(last) = out.last() {
-        let boundary = Cursor {
-            score: last.score(),
-            id: last.id().to_string(),
-        };
-        for (p, gave) in positions.iter_mut().zip(&contributed) {
-            if !gave && *p != Position::Done {
-                *p = Position::After(boundary.clone());
-            }
-        }
-    }
-    // A shard whose page was its last and was taken whole is done.
-    for ((p, head), more) in positions.iter_mut().zip(&heads).zip(&more) {
-        if head.is_empty() && !more {
-            *p = Position::Done;
-        }
-    }
-    let next = positions
+/// One page of a listing merged across shards: up to `limit` entries in listing order, and the
+/// cursor after them — `None` when the page is short and every shard is exhausted.
+///
+/// The frontier is the highest position at which a shard stopped with more to come; entries
+/// below it are not known for that shard yet, so the page takes only entries at or above it,
+/// and when fewer than `limit` are, the next page starts from the frontier itself (every shard
+/// has been looked at down to it).
+pub fn merge<T>(pages: Vec<ShardPage<T>>, limit: usize) -> (Vec<T>, Option<Cursor>) {
+    let frontier: Option<Cursor> = pages
         .iter()
-        .any(|p| *p != Position::Done)
-        .then_some(MergedCursor(positions));
-    (out, next)
+        .filter_map(|p| p.stopped_at.clone())
+        .max_by(|a, b| key(a).cmp(&key(b)));
+    let mut all: Vec<(Cursor, T)> = pages
+        .into_iter()
+        .flat_map(|p| p.items)
+        .filter(|(c, _)| frontier.as_ref().is_none_or(|f| key(c) >= key(f)))
+        .collect();
+    all.sort_by(|(a, _), (b, _)| key(b).cmp(&key(a)));
+    let total = all.len();
+    all.truncate(limit);
+    // A full page hands out a cursor at its last entry (as a single index does, whether or not
+    // anything follows it).
+    let next = if total >= limit {
+        all.last().map(|(c, _)| c.clone())
+    } else {
+        // Everything down to the frontier is in the page (with no frontier: everything).
+        frontier
+    };
+    (all.into_iter().map(|(_, t)| t).collect(), next)
 }
 
 #[cfg(test)]
@@ -186,15 +128,6 @@ mod tests {
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Entry(i64, String);
-
-    impl Listed for Entry {
-        fn score(&self) -> i64 {
-            self.0
-        }
-        fn id(&self) -> &str {
-            &self.1
-        }
-    }
 
     /// Shards as a store keeps them, each its own index in listing order.
     struct Shards(Vec<Vec<Entry>>);
@@ -211,33 +144,56 @@ mod tests {
             u16::try_from(self.0.len()).unwrap()
         }
 
-        /// What shard `i` answers: up to `limit` entries strictly after `from`.
-        fn page(&self, i: usize, from: &Position, limit: usize) -> ShardPage<Entry> {
-            let after: Vec<Entry> = match from {
-                Position::Done => Vec::new(),
-                Position::Start => self.0[i].clone(),
-                Position::After(c) => self.0[i]
-                    .iter()
-                    .filter(|e| (e.0, e.1.as_str()) < (c.score, c.id.as_str()))
-                    .cloned()
-                    .collect(),
-            };
+        /// What shard `i` answers: the entries strictly after `from` that pass `keep`, up to
+        /// `limit` of them or `budget` entries looked at.
+        fn page(
+            &self,
+            i: usize,
+            from: Option<&Cursor>,
+            limit: usize,
+            budget: usize,
+            keep: &dyn Fn(&Entry) -> bool,
+        ) -> ShardPage<Entry> {
+            let after = self.0[i]
+                .iter()
+                .filter(|e| from.is_none_or(|c| (e.0, e.1.as_str()) < (c.score, c.id.as_str())));
+            let mut items = Vec::new();
+            let mut looked = 0;
+            for e in after {
+                looked += 1;
+                let at = Cursor {
+                    score: e.0,
+                    id: e.1.clone(),
+                };
+                if keep(e) {
+                    items.push((at.clone(), e.clone()));
+                }
+                if items.len() == limit || looked == budget {
+                    return ShardPage {
+                        items,
+                        stopped_at: Some(at),
+                    };
+                }
+            }
             ShardPage {
-                more: after.len() > limit,
-                items: after.into_iter().take(limit).collect(),
+                items,
+                stopped_at: None,
             }
         }
 
         /// One page of the whole listing, through the cursor's text as a client would hold it.
-        fn list(&self, cursor: Option<&str>, limit: usize) -> (Vec<Entry>, Option<String>) {
-            let from = match cursor {
-                None => MergedCursor::start(self.count()),
-                Some(c) => MergedCursor::decode(c, self.count()).expect("our own cursor"),
-            };
+        fn list(
+            &self,
+            cursor: Option<&str>,
+            limit: usize,
+            budget: usize,
+            keep: &dyn Fn(&Entry) -> bool,
+        ) -> (Vec<Entry>, Option<String>) {
+            let from = cursor.map(|c| Cursor::decode(c).expect("our own cursor"));
             let pages = (0..self.0.len())
-                .map(|i| self.page(i, &from.0[i], limit))
+                .map(|i| self.page(i, from.as_ref(), limit, budget, keep))
                 .collect();
-            let (items, next) = merge(&from, pages, limit);
+            let (items, next) = merge(pages, limit);
             (items, next.map(|c| c.encode()))
         }
     }
@@ -258,16 +214,19 @@ mod tests {
     }
 
     proptest! {
-        /// Paging through every shard returns each entry once, in listing order, and entries
-        /// added at the top meanwhile (newer than every page read) neither repeat nor shift
-        /// what follows.
+        /// Paging through every shard returns each entry that passes the filter once, in
+        /// listing order, however small the scan budget; entries added at the top meanwhile
+        /// (newer than every page read) neither repeat nor shift what follows.
         #[test]
         fn pages_merge_in_order_without_gaps_or_repeats(
             initial in entries(),
             added in entries(),
             shards in 1u16..6,
             limit in 1usize..12,
+            budget in 1usize..30,
+            modulo in 1usize..4,
         ) {
+            let keep = move |e: &Entry| e.1.len().is_multiple_of(modulo);
             let initial = sorted(initial);
             let mut store = Shards(vec![Vec::new(); usize::from(shards)]);
             for e in &initial {
@@ -277,8 +236,8 @@ mod tests {
             let mut cursor: Option<String> = None;
             let mut newer = added.into_iter().map(|Entry(s, id)| Entry(s + 1_000, format!("n~{id}")));
             for round in 0.. {
-                prop_assert!(round <= initial.len(), "the listing does not end");
-                let (items, next) = store.list(cursor.as_deref(), limit);
+                prop_assert!(round <= initial.len() + 1, "the listing does not end");
+                let (items, next) = store.list(cursor.as_deref(), limit, budget.max(limit), &keep);
                 prop_assert!(items.len() <= limit);
                 seen.extend(items);
                 if let Some(e) = newer.next() {
@@ -289,25 +248,8 @@ mod tests {
                     None => break,
                 }
             }
-            prop_assert_eq!(seen, initial);
-        }
-
-        #[test]
-        fn a_cursor_reads_back_as_it_was_written(
-            positions in proptest::collection::vec(
-                prop_oneof![
-                    Just(Position::Start),
-                    Just(Position::Done),
-                    (any::<i64>(), "[a-zA-Z0-9._:~-]{1,20}")
-                        .prop_map(|(score, id)| Position::After(Cursor { score, id })),
-                ],
-                1..8,
-            )
-        ) {
-            let c = MergedCursor(positions);
-            let shards = u16::try_from(c.0.len()).unwrap();
-            prop_assert_eq!(MergedCursor::decode(&c.encode(), shards), Some(c.clone()));
-            prop_assert_eq!(MergedCursor::decode(&c.encode(), shards + 1), None);
+            let want: Vec<Entry> = initial.into_iter().filter(|e| keep(e)).collect();
+            prop_assert_eq!(seen, want);
         }
     }
 
@@ -322,13 +264,39 @@ mod tests {
             counts.iter().all(|n| (800..1_200).contains(n)),
             "{counts:?}"
         );
-        assert_eq!(hash_tag(7), "{s7}");
     }
 
     #[test]
-    fn foreign_cursors_are_refused() {
-        assert_eq!(MergedCursor::decode("not base64!", 2), None);
-        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("*,12:");
-        assert_eq!(MergedCursor::decode(&text, 2), None);
+    fn slots_are_redis_cluster_slots() {
+        // Values from Redis itself (`CLUSTER KEYSLOT`).
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("bar"), 5061);
+        assert_eq!(slot_of("123456789"), 12739);
+    }
+
+    #[test]
+    fn shard_tags_spread_over_equal_slot_ranges() {
+        for shards in [1u16, 3, 16, 64] {
+            let tags = shard_tags(shards);
+            assert_eq!(tags.len(), usize::from(shards));
+            for (i, tag) in tags.iter().enumerate() {
+                let inner = tag.trim_start_matches('{').trim_end_matches('}');
+                let slot = u32::from(slot_of(inner));
+                let (lo, hi) = (
+                    i as u32 * SLOTS / u32::from(shards),
+                    (i as u32 + 1) * SLOTS / u32::from(shards),
+                );
+                assert!((lo..hi).contains(&slot), "{tag} in slot {slot}");
+            }
+        }
+        assert_eq!(shard_tags(16), shard_tags(16), "stable");
+        // Three masters with equal contiguous ranges hold 5, 5 and 6 of 16 shards.
+        let mut per_master = [0; 3];
+        for tag in shard_tags(16) {
+            let slot = u32::from(slot_of(tag.trim_start_matches('{').trim_end_matches('}')));
+            per_master[(slot * 3 / SLOTS) as usize] += 1;
+        }
+        per_master.sort();
+        assert_eq!(per_master, [5, 5, 6]);
     }
 }
