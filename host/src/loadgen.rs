@@ -38,6 +38,8 @@ pub struct Summary {
     pub jobs: usize,
     pub ok: usize,
     pub failed: usize,
+    /// Of the failed, submits the gateways refused (never accepted, so nothing to lose).
+    pub rejected: usize,
     pub lost: usize,
     pub submit_per_s: f64,
     pub e2e_per_s: f64,
@@ -58,6 +60,9 @@ impl std::fmt::Display for Summary {
             self.p50_ms,
             self.p99_ms
         )?;
+        if self.rejected > 0 {
+            write!(f, " rejected={}", self.rejected)?;
+        }
         if self.lost > 0 {
             write!(f, " lost={}", self.lost)?;
         }
@@ -237,6 +242,7 @@ pub async fn run(opts: LoadgenOptions) -> anyhow::Result<Summary> {
         jobs: opts.jobs,
         ok,
         failed,
+        rejected: l.rejected,
         lost,
         submit_per_s: accepted as f64 / submit_secs.max(1e-9),
         e2e_per_s: (ok as f64) / e2e_secs,
