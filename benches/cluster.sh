@@ -20,7 +20,7 @@ N=${N:-100000}
 KILL_N=${KILL_N:-50000}
 C=${C:-50}
 BATCH=${BATCH:-1000}
-SHARDS=${SHARDS:-16}
+SHARDS=${SHARDS:-12}
 
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet

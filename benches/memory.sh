@@ -78,7 +78,7 @@ one_run() {
   if [ "$run" = 1 ]; then
     report_redis "$rp" "$N"
     # Where the bytes are: one job's keys (exactly), and each index per entry.
-    job_key=$(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:job:{*' | head -1)
+    job_key=$(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:job:{*' | sed -n 1p)
     job=${job_key#*:job:\{}; job=${job%\}}
     echo "== one job: $job"
     redis-cli -p "$rp" --scan --pattern "coretex:*{$job}*" | while read -r k; do

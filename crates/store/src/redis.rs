@@ -12,7 +12,7 @@
 //! # Shards
 //!
 //! Jobs and runs live in one of S logical shards ([`crate::shards`]; S is [`StoreOptions::shards`]
-//! when the store is first written, 16 by default, and kept in `P layout` from then on). A
+//! when the store is first written, 12 by default, and kept in `P layout` from then on). A
 //! record's shard is a stable hash of its id, and every key of shard `i` starts with `P{tag}:`,
 //! where `{tag}` is the shard's Redis Cluster hash tag ([`crate::shards::shard_tags`]: `{s0}`,
 //! `{s1.3}`, …; Redis Cluster hashes a key by the first braced part alone). So a shard's keys —
@@ -1946,7 +1946,11 @@ fn score_of(s: &str) -> Option<i64> {
 #[async_trait]
 impl Backend for RedisStore {
     fn backend(&self) -> &'static str {
-        "redis"
+        if self.clustered() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     async fn ping(&self) -> StoreResult<()> {

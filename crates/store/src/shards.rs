@@ -290,13 +290,22 @@ mod tests {
             }
         }
         assert_eq!(shard_tags(16), shard_tags(16), "stable");
-        // Three masters with equal contiguous ranges hold 5, 5 and 6 of 16 shards.
-        let mut per_master = [0; 3];
-        for tag in shard_tags(16) {
-            let slot = u32::from(slot_of(tag.trim_start_matches('{').trim_end_matches('}')));
-            per_master[(slot * 3 / SLOTS) as usize] += 1;
+        // Masters with equal contiguous ranges hold equal numbers of shards, or nearly.
+        let per_master = |shards: u16, masters: u32| {
+            let mut counts = vec![0; masters as usize];
+            for tag in shard_tags(shards) {
+                let slot = u32::from(slot_of(tag.trim_start_matches('{').trim_end_matches('}')));
+                counts[(slot * masters / SLOTS) as usize] += 1;
+            }
+            counts.sort();
+            counts
+        };
+        assert_eq!(per_master(16, 3), [5, 5, 6]);
+        for masters in [2, 3, 4, 6] {
+            assert_eq!(
+                per_master(12, masters),
+                vec![12 / masters; masters as usize]
+            );
         }
-        per_master.sort();
-        assert_eq!(per_master, [5, 5, 6]);
     }
 }
