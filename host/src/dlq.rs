@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::job::JobSpec;
 use crate::protocol::Clearance;
 use crate::scheduler::{Scheduler, SchedulerError};
-use crate::store::{CreateOutcome, DlqEntry, DlqFilter, NewJob, Page, PageRequest};
+use crate::store::{
+    CreateOutcome, DeadLetters, DlqEntry, DlqFilter, JobStore, NewJob, Page, PageRequest,
+};
 use crate::time::now_ms;
 
 /// Retry ids tried before giving up (`~retry-1` … `~retry-1000`).
@@ -37,12 +39,24 @@ pub struct BulkFailure {
 }
 
 pub struct Dlq {
+    /// The entries the scheduler wrote.
+    dead: Arc<dyn DeadLetters>,
+    /// Where a replay is stored, before the scheduler announces it.
+    jobs: Arc<dyn JobStore>,
     scheduler: Arc<Scheduler>,
 }
 
 impl Dlq {
-    pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Dlq { scheduler }
+    pub fn new(
+        dead: Arc<dyn DeadLetters>,
+        jobs: Arc<dyn JobStore>,
+        scheduler: Arc<Scheduler>,
+    ) -> Self {
+        Dlq {
+            dead,
+            jobs,
+            scheduler,
+        }
     }
 
     pub async fn list(
@@ -50,15 +64,15 @@ impl Dlq {
         filter: &DlqFilter,
         page: &PageRequest,
     ) -> Result<Page<DlqEntry>, SchedulerError> {
-        Ok(self.scheduler.store.dlq_list(filter, page).await?)
+        Ok(self.dead.dlq_list(filter, page).await?)
     }
 
     pub async fn get(&self, job_id: &str) -> Result<Option<DlqEntry>, SchedulerError> {
-        Ok(self.scheduler.store.dlq_get(job_id).await?)
+        Ok(self.dead.dlq_get(job_id).await?)
     }
 
     pub async fn delete(&self, job_id: &str) -> Result<bool, SchedulerError> {
-        Ok(self.scheduler.store.dlq_delete(job_id).await?)
+        Ok(self.dead.dlq_delete(job_id).await?)
     }
 
     /// Replays one entry as a new job.
@@ -67,7 +81,6 @@ impl Dlq {
             .get(job_id)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(job_id.to_string()))?;
-        let store = &self.scheduler.store;
         for n in 1..=MAX_RETRY_SUFFIX {
             let spec = replay(&entry.request, n);
             let new = NewJob {
@@ -75,10 +88,10 @@ impl Dlq {
                 idempotency_key: None,
                 note: Some(format!("retry of dead letter {job_id}")),
             };
-            if store.create_job(&new).await? == CreateOutcome::Created {
+            if self.jobs.create_job(&new).await? == CreateOutcome::Created {
                 let new_job_id = spec.id.clone();
                 self.scheduler.announce(spec, Clearance::None).await;
-                store.dlq_delete(job_id).await?;
+                self.dead.dlq_delete(job_id).await?;
                 return Ok(RetryOutcome {
                     job_id: job_id.to_string(),
                     new_job_id,

@@ -30,9 +30,9 @@ use parking_lot::Mutex;
 use crate::job::{HEARTBEAT_TIMEOUT, Job, JobError, JobState, WORKER_LOST};
 use crate::leader::Leadership;
 use crate::protocol::Clearance;
-use crate::scheduler::registry::Holder;
+use crate::scheduler::registry::{Holder, Registry};
 use crate::scheduler::{Scheduler, SchedulerError};
-use crate::store::{Annotation, Cursor, JobUpdate, StoreError};
+use crate::store::{Annotation, Cursor, JobStore, JobUpdate, Locks, StoreError};
 use crate::time::{Millis, now_ms};
 
 #[derive(Debug, Clone)]
@@ -66,7 +66,12 @@ const LOCK: &str = "reconciler";
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Reconciler {
+    /// The scheduler's own operations: announce, re-send, settle a failure, cancel.
     scheduler: Arc<Scheduler>,
+    /// The jobs it watches, read and annotated directly.
+    jobs: Arc<dyn JobStore>,
+    /// The live workers, whose silence or restart loses their jobs.
+    registry: Arc<Registry>,
     settings: ReconcilerSettings,
     leadership: Leadership,
     failures: Mutex<HashMap<String, u32>>,
@@ -82,15 +87,22 @@ fn ms(d: Duration) -> Millis {
 impl Reconciler {
     pub fn new(
         scheduler: Arc<Scheduler>,
+        jobs: Arc<dyn JobStore>,
+        locks: Arc<dyn Locks>,
+        registry: Arc<Registry>,
         settings: ReconcilerSettings,
         owner: String,
     ) -> Arc<Self> {
         let ttl = Leadership::ttl_for(settings.interval);
         // A beat older than the running timeout can save no job from it.
-        scheduler.progress.set_horizon(ms(settings.running_timeout));
+        scheduler
+            .progress()
+            .set_horizon(ms(settings.running_timeout));
         Arc::new(Reconciler {
-            leadership: Leadership::new(scheduler.store.clone(), LOCK, owner, ttl),
+            leadership: Leadership::new(locks, LOCK, owner, ttl),
             scheduler,
+            jobs,
+            registry,
             settings,
             failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(Vec::new()),
@@ -115,7 +127,7 @@ impl Reconciler {
                 PRUNE_EVERY,
                 || async {
                     let before = now_ms() - ms(self.settings.job_ttl);
-                    match self.scheduler.store.prune_indexes(before).await {
+                    match self.jobs.prune_indexes(before).await {
                         Ok(n) if n > 0 => {
                             tracing::info!(removed = n, "pruned expired index entries")
                         }
@@ -136,7 +148,7 @@ impl Reconciler {
     pub async fn tick(&self) -> Result<(), SchedulerError> {
         let now = now_ms();
         let s = &self.settings;
-        let store = &self.scheduler.store;
+        let store = &self.jobs;
 
         let due = store
             .jobs_due(JobState::Dispatched, now - ms(s.redeliver_after), s.page)
@@ -213,14 +225,13 @@ impl Reconciler {
     async fn find_lost(&self, state: JobState) -> Result<(), SchedulerError> {
         let after = self.walks.lock().remove(&state);
         let (held, next) = self
-            .scheduler
-            .store
+            .jobs
             .holdings(state, after.as_ref(), self.settings.page)
             .await?;
         if let Some(next) = next {
             self.walks.lock().insert(state, next);
         }
-        let registry = &self.scheduler.registry;
+        let registry = &self.registry;
         let now = now_ms();
         let lost: HashMap<String, (&'static str, String)> = held
             .into_iter()
@@ -273,7 +284,7 @@ impl Reconciler {
             .filter(|_| state == JobState::Running)?;
         let since = self
             .scheduler
-            .progress
+            .progress()
             .silent_since(&h.job_id, h.lease.as_deref(), h.since);
         let silent = now.saturating_sub(since);
         (silent > Millis::try_from(timeout).unwrap_or(Millis::MAX)).then(|| {
@@ -303,7 +314,7 @@ impl Reconciler {
         let Some(worker) = job.worker_id.clone() else {
             return Ok(());
         };
-        if !self.scheduler.registry.is_alive(&worker) {
+        if !self.registry.is_alive(&worker) {
             return Ok(());
         }
         let recheck = Annotation {
@@ -313,12 +324,7 @@ impl Reconciler {
             update: JobUpdate::default(),
             recheck_at: Some(now_ms()),
         };
-        if self
-            .scheduler
-            .store
-            .annotate(&job.spec.id, &recheck)
-            .await?
-        {
+        if self.jobs.annotate(&job.spec.id, &recheck).await? {
             let effective = job
                 .effective_config
                 .as_ref()
@@ -363,7 +369,7 @@ impl Reconciler {
         if ids.is_empty() {
             return Ok(());
         }
-        let jobs = self.scheduler.store.get_jobs(&ids).await?;
+        let jobs = self.jobs.get_jobs(&ids).await?;
         for (id, job) in ids.into_iter().zip(jobs) {
             let Some(job) = job else { continue };
             if self.skipped.lock().contains(&id) {

@@ -95,7 +95,7 @@ pub async fn set(
     let data = req
         .data
         .ok_or_else(|| ApiError::field("data", "is required"))?;
-    let plugins = &s.scheduler.plugins;
+    let plugins = &s.plugins;
     let plugin_kind = |name: &str| plugins.get(name).map(|p| p.kind());
     let doc = s
         .config
@@ -266,7 +266,7 @@ pub async fn preview(
         None => scope.target(),
     };
     let target = target_of(&s, &caller, target).await?;
-    let plugins = &s.scheduler.plugins;
+    let plugins = &s.plugins;
     let plugin_kind = |name: &str| plugins.get(name).map(|p| p.kind());
     let p = s
         .config

@@ -167,7 +167,7 @@ pub async fn list(
         updated_after: time_param("updated_after", q.updated_after.as_deref())?,
         updated_before: time_param("updated_before", q.updated_before.as_deref())?,
     };
-    let page = s.scheduler.store.list_jobs(&filter, &page).await?;
+    let page = s.store.list_jobs(&filter, &page).await?;
     Ok(Json(page).into_response())
 }
 
@@ -177,7 +177,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = caller.resolve("id", "job", &id)?;
-    match s.scheduler.store.get_job(&id).await? {
+    match s.store.get_job(&id).await? {
         Some(job) => Ok(Json(job).into_response()),
         None => Err(ApiError::not_found(format!("no such job `{id}`"))),
     }
@@ -244,10 +244,10 @@ pub async fn trace(
         tenant: caller.tenant().map(str::to_string),
         ..Default::default()
     };
-    let page = s.scheduler.store.list_jobs(&filter, &page).await?;
+    let page = s.store.list_jobs(&filter, &page).await?;
     Ok(Json(page).into_response())
 }
 
 pub async fn workers(State(s): State<AppState>) -> Response {
-    Json(json!({"items": s.scheduler.registry.list(), "next_cursor": null})).into_response()
+    Json(json!({"items": s.registry.list(), "next_cursor": null})).into_response()
 }

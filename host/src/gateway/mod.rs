@@ -28,10 +28,15 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::bus::SharedBus;
 use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
+use crate::job_metrics::JobMetrics;
+use crate::plugins::PluginRegistry;
 use crate::reconciler::Reconciler;
 use crate::scheduler::Scheduler;
+use crate::scheduler::registry::Registry;
+use crate::store::SharedStore;
 use crate::workflow::engine::Engine;
 use error::ApiError;
 pub use extract::{Body, Path, Query, RawBody, optional_body};
@@ -39,6 +44,13 @@ pub use extract::{Body, Path, Query, RawBody, optional_body};
 #[derive(Clone)]
 pub struct AppState {
     pub scheduler: Arc<Scheduler>,
+    /// Jobs listed and read, plugin blobs, the backend's health: the gateway answers from the
+    /// whole store.
+    pub store: SharedStore,
+    pub bus: SharedBus,
+    pub registry: Arc<Registry>,
+    pub plugins: Arc<PluginRegistry>,
+    pub job_metrics: Arc<JobMetrics>,
     pub config: Arc<ConfigService>,
     pub dlq: Arc<Dlq>,
     pub reconciler: Arc<Reconciler>,
@@ -154,10 +166,7 @@ async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
     let (open_count, open) = match caller.tenant() {
         None => {
             let (safety, mut open) = s.scheduler.safety().breakers().not_closed(LISTED_BREAKERS);
-            let (plugins, more) = s
-                .scheduler
-                .plugins
-                .open_breakers(LISTED_BREAKERS - open.len());
+            let (plugins, more) = s.plugins.open_breakers(LISTED_BREAKERS - open.len());
             open.extend(more);
             (safety + plugins, open)
         }
@@ -166,26 +175,26 @@ async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
             (own.len(), own)
         }
     };
-    let store_ok = s.scheduler.store.ping().await.is_ok();
+    let store_ok = s.store.ping().await.is_ok();
     // The metrics carry no tenant: what all jobs do is the admin's to see.
     let jobs = match caller.tenant() {
         None => Some(jobs_now(&s).await),
         Some(_) => None,
     };
-    let bus_ok = s.scheduler.bus.is_connected();
+    let bus_ok = s.bus.is_connected();
     // A loop restarted lately makes the host degraded, but still able to serve (200); a
     // backend it cannot reach makes it unable to (503).
     let healthy = store_ok && bus_ok && !s.loops.degraded();
     let mut body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "uptime_s": s.started.elapsed().as_secs(),
-        "store": {"backend": s.scheduler.store.backend(), "ok": store_ok},
-        "bus": {"backend": s.scheduler.bus.backend(), "connected": bus_ok},
-        "workers": s.scheduler.registry.list().len(),
+        "store": {"backend": s.store.backend(), "ok": store_ok},
+        "bus": {"backend": s.bus.backend(), "connected": bus_ok},
+        "workers": s.registry.list().len(),
         "waiting_jobs": s.scheduler.waiting_jobs(),
         "breakers": {"open": open_count, "tenants": open},
         "reconciler_skipped": s.reconciler.skipped(),
-        "plugins": s.scheduler.plugins.list_for(caller.tenant()),
+        "plugins": s.plugins.list_for(caller.tenant()),
         "loops": s.loops.status(),
     });
     if let (Some(jobs), Some(obj)) = (jobs, body.as_object_mut()) {
@@ -201,7 +210,7 @@ async fn status(State(s): State<AppState>, caller: auth::Caller) -> Response {
 
 /// `tenant`'s breakers that are not closed: the safety gate's and each plugin's.
 fn open_own(s: &AppState, tenant: &str) -> Vec<crate::breaker::TenantBreaker> {
-    let plugins = s.scheduler.plugins.list_for(Some(tenant));
+    let plugins = s.plugins.list_for(Some(tenant));
     let safety = s.scheduler.safety().breakers();
     let own = std::iter::once((safety.name().to_string(), safety.state(tenant))).chain(
         plugins
@@ -221,10 +230,8 @@ fn open_own(s: &AppState, tenant: &str) -> Vec<crate::breaker::TenantBreaker> {
 /// live states counted in the store (`null` when it cannot answer), and this replica's ended
 /// jobs, throughput and latency.
 async fn jobs_now(s: &AppState) -> serde_json::Value {
-    let live = crate::job_metrics::count_live(s.scheduler.store.as_ref())
-        .await
-        .ok();
-    let now = s.scheduler.job_metrics.now();
+    let live = crate::job_metrics::count_live(s.store.as_ref()).await.ok();
+    let now = s.job_metrics.now();
     json!({
         "live": live,
         "ended": now.ended,
@@ -239,7 +246,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Some(h) => {
             // The live-state gauges are counted when read; without the store they keep their
             // last values.
-            if let Err(e) = crate::job_metrics::count_live(s.scheduler.store.as_ref()).await {
+            if let Err(e) = crate::job_metrics::count_live(s.store.as_ref()).await {
                 tracing::debug!(error = %e, "cannot count the live jobs for /metrics");
             }
             h.render().into_response()

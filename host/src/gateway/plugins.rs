@@ -12,7 +12,7 @@ use super::{AppState, Path, RawBody};
 use crate::plugins::{Source, uploads};
 
 pub async fn list(State(s): State<AppState>, caller: Caller) -> Response {
-    let items = s.scheduler.plugins.list_for(caller.tenant());
+    let items = s.plugins.list_for(caller.tenant());
     Json(json!({"items": items, "next_cursor": null})).into_response()
 }
 
@@ -31,18 +31,11 @@ pub async fn put(
             "must be a WebAssembly component (the .wasm file's bytes)",
         ));
     }
-    let plugins = s.scheduler.plugins.clone();
+    let plugins = s.plugins.clone();
     let replaced = plugins
         .get(&name)
         .is_some_and(|p| p.source() == Source::Api);
-    let info = uploads::upload(
-        plugins,
-        s.scheduler.store.as_ref(),
-        &s.scheduler.bus,
-        &name,
-        body.to_vec(),
-    )
-    .await?;
+    let info = uploads::upload(plugins, s.store.as_ref(), &s.bus, &name, body.to_vec()).await?;
     let code = if replaced {
         StatusCode::OK
     } else {
@@ -57,8 +50,8 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require_admin("deleting a plugin")?;
-    let plugins = &s.scheduler.plugins;
-    if uploads::delete(plugins, s.scheduler.store.as_ref(), &s.scheduler.bus, &name).await? {
+    let plugins = &s.plugins;
+    if uploads::delete(plugins, s.store.as_ref(), &s.bus, &name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("no uploaded plugin `{name}`")))

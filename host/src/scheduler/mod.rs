@@ -210,14 +210,16 @@ pub struct Scheduler {
     replica: Arc<str>,
     /// This replica's live-stream clients' events.
     live: LiveEvents,
+    /// The store and bus the scheduler works with; readable (tests and diagnostics look through
+    /// them), but the other services are handed their own handles where `serve` wires them.
     pub store: SharedStore,
     pub bus: SharedBus,
-    pub config: Arc<ConfigService>,
-    pub registry: Arc<Registry>,
+    config: Arc<ConfigService>,
+    registry: Arc<Registry>,
     /// Resolves each job's dispatch strategy and retry policy from its effective config.
-    pub plugins: Arc<PluginRegistry>,
+    plugins: Arc<PluginRegistry>,
     /// The jobs this replica saw end: counters and latency (what `/metrics` serves).
-    pub job_metrics: crate::job_metrics::JobMetrics,
+    job_metrics: Arc<crate::job_metrics::JobMetrics>,
     safety: SafetyGate,
     /// Mints the lease of each dispatch and verifies those workers echo (see
     /// [`crate::bus::auth`]).
@@ -241,7 +243,7 @@ pub struct Scheduler {
     /// The worker slot each job this replica dispatched holds, until the job ends.
     slots: Slots,
     /// The last progress beat of each running job (see [`progress`]).
-    pub progress: progress::Progress,
+    progress: progress::Progress,
 }
 
 /// A dispatch sent to its worker whose DISPATCHED is not written yet: written by
@@ -270,6 +272,7 @@ impl Scheduler {
         config: Arc<ConfigService>,
         registry: Arc<Registry>,
         plugins: Arc<PluginRegistry>,
+        job_metrics: Arc<crate::job_metrics::JobMetrics>,
         safety: SafetyGate,
         leases: LeaseKey,
         settings: SchedulerSettings,
@@ -293,7 +296,7 @@ impl Scheduler {
             config,
             registry,
             plugins,
-            job_metrics: crate::job_metrics::JobMetrics::new(),
+            job_metrics,
             safety,
             leases,
             settings,
@@ -315,6 +318,12 @@ impl Scheduler {
 
     pub fn safety(&self) -> &SafetyGate {
         &self.safety
+    }
+
+    /// The last progress beat of each running job, which the reconciler checks heartbeat
+    /// timeouts against.
+    pub fn progress(&self) -> &progress::Progress {
+        &self.progress
     }
 
     pub fn waiting_jobs(&self) -> usize {

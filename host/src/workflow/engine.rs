@@ -43,14 +43,14 @@ use tokio_util::task::TaskTracker;
 
 use super::definition::{self, Approval, Run, Status, StepRun, StepType, Workflow, WorkflowSpec};
 use super::plan::{Effect, Plan, StepJob, end_step, running_jobs, step_of_job};
-use crate::bus::{Feed, job_events};
-use crate::configsvc::ConfigTarget;
+use crate::bus::{Feed, SharedBus, job_events};
+use crate::configsvc::{ConfigService, ConfigTarget};
 use crate::ids;
 use crate::job::{DEFAULT_TENANT, FieldError, Job};
 use crate::leader::Leadership;
-use crate::plugins::ConditionEvaluator;
+use crate::plugins::{ConditionEvaluator, PluginRegistry};
 use crate::scheduler::{Scheduler, SchedulerError};
-use crate::store::{Page, PageRequest, RunFilter, SharedStore, StoreError};
+use crate::store::{JobStore, Locks, Page, PageRequest, RunFilter, StoreError, WorkflowStore};
 use crate::time::{Millis, now_ms};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +99,27 @@ impl Default for EngineSettings {
 /// The queue group of the engines: one replica advances a run per job event.
 pub const WORKFLOW_GROUP: &str = "coretex-workflow";
 
+/// What the engine works with, handed to it where the host is wired (`serve`): the scheduler
+/// for the step jobs' submits and cancels, the store by role, the bus for the job events, the
+/// config and plugins that resolve a step's conditions.
+#[derive(Clone)]
+pub struct Handles {
+    pub scheduler: Arc<Scheduler>,
+    /// Definitions and runs.
+    pub workflows: Arc<dyn WorkflowStore>,
+    /// The step jobs, read when a run advances.
+    pub jobs: Arc<dyn JobStore>,
+    /// The run locks and the workflow reconciler's.
+    pub locks: Arc<dyn Locks>,
+    pub bus: SharedBus,
+    pub config: Arc<ConfigService>,
+    pub plugins: Arc<PluginRegistry>,
+}
+
 pub struct Engine {
+    handles: Handles,
     scheduler: Arc<Scheduler>,
-    store: SharedStore,
+    store: Arc<dyn WorkflowStore>,
     settings: EngineSettings,
     /// Runs being advanced in this process, and whether another advance was asked meanwhile.
     busy: Mutex<HashMap<String, bool>>,
@@ -121,16 +139,17 @@ pub struct Engine {
 type Change = Box<dyn FnOnce(&Workflow, &mut Run, Millis) -> Result<()> + Send>;
 
 impl Engine {
-    pub fn new(scheduler: Arc<Scheduler>, settings: EngineSettings) -> Arc<Self> {
+    pub fn new(handles: Handles, settings: EngineSettings) -> Arc<Self> {
         let leadership = Leadership::new(
-            scheduler.store.clone(),
+            handles.locks.clone(),
             RECONCILER_LOCK,
             format!("workflows-{}", uuid::Uuid::new_v4()),
             Leadership::ttl_for(settings.tick),
         );
         Arc::new(Engine {
-            store: scheduler.store.clone(),
-            scheduler,
+            store: handles.workflows.clone(),
+            scheduler: handles.scheduler.clone(),
+            handles,
             settings,
             leadership,
             busy: Mutex::new(HashMap::new()),
@@ -141,6 +160,11 @@ impl Engine {
             advances: TaskTracker::new(),
             stopping: CancellationToken::new(),
         })
+    }
+
+    /// The handles this engine was given (another engine on the same ones is another replica's).
+    pub fn handles(&self) -> &Handles {
+        &self.handles
     }
 
     /// Runs the synchronous part of a save or an advance — conditions, templates and `for_each`,
@@ -175,7 +199,7 @@ impl Engine {
             step_id: None,
         };
         let effective = self
-            .scheduler
+            .handles
             .config
             .effective(&target)
             .await
@@ -184,7 +208,7 @@ impl Engine {
                 other => WorkflowError::Conflict(other.to_string()),
             })?;
         Ok(self
-            .scheduler
+            .handles
             .plugins
             .conditions_for(org_id, &effective.value))
     }
@@ -198,7 +222,7 @@ impl Engine {
             .unwrap_or_else(|| DEFAULT_TENANT.to_string());
         let team_id = spec.team_id.clone().unwrap_or_default();
         let conditions = self.conditions(&org_id, &team_id, Some(&id)).await?;
-        let expressions = self.scheduler.plugins.expressions();
+        let expressions = self.handles.plugins.expressions();
         let (spec, mut errors) = self
             .off_thread(move || {
                 let errors = definition::validate(&spec, &conditions, &expressions);
@@ -539,7 +563,7 @@ impl Engine {
                     "the host is shutting down; try again".into(),
                 ));
             }
-            if self.store.lock_acquire(&lock, &token, ttl).await? {
+            if self.handles.locks.lock_acquire(&lock, &token, ttl).await? {
                 break;
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -552,7 +576,7 @@ impl Engine {
         }
         self.held.lock().insert(lock.clone(), token.clone());
         let r = self.advance_held(run_id, change).await;
-        match self.store.lock_release(&lock, &token).await {
+        match self.handles.locks.lock_release(&lock, &token).await {
             Ok(_) => {
                 self.held.lock().remove(&lock);
             }
@@ -579,7 +603,8 @@ impl Engine {
             .map(|(j, _)| j.to_string())
             .collect();
         let jobs: HashMap<String, Job> = self
-            .store
+            .handles
+            .jobs
             .get_jobs(&job_ids)
             .await?
             .into_iter()
@@ -589,8 +614,8 @@ impl Engine {
         let conditions = self
             .conditions(&run.org_id, &run.team_id, Some(&run.workflow_id))
             .await?;
-        let expressions = self.scheduler.plugins.expressions();
-        let plugins = self.scheduler.plugins.clone();
+        let expressions = self.handles.plugins.expressions();
+        let plugins = self.handles.plugins.clone();
         let retry_bounds = self.scheduler.retry_bounds();
         let (mut run, mut effects, jobs) = self
             .off_thread(move || {
@@ -678,7 +703,7 @@ impl Engine {
     /// per event, by queue group).
     pub async fn run_events(self: Arc<Self>) {
         let mut events = std::pin::pin!(job_events(
-            self.scheduler.bus.clone(),
+            self.handles.bus.clone(),
             Feed::Steps,
             Some(WORKFLOW_GROUP)
         ));
@@ -756,7 +781,7 @@ impl Engine {
         self.leadership.release().await;
         let held: Vec<(String, String)> = self.held.lock().drain().collect();
         for (lock, token) in held {
-            if let Err(e) = self.store.lock_release(&lock, &token).await {
+            if let Err(e) = self.handles.locks.lock_release(&lock, &token).await {
                 tracing::warn!(lock, error = %e, "could not release a run lock; it expires");
             }
         }
