@@ -22,18 +22,18 @@ pub use coretex_core::{ids, job, limits, protocol, time};
 pub use coretex_bus as bus;
 pub use coretex_plugin_host::breaker;
 pub use coretex_store as store;
+// The scheduler is a crate of its own, with the config service, job metrics and leader lock it
+// needs; under the same paths.
+pub use coretex_scheduler as scheduler;
+pub use coretex_scheduler::{configsvc, job_metrics, leader};
 
-pub mod configsvc;
 pub mod dlq;
 pub mod gateway;
-pub mod job_metrics;
-pub mod leader;
 #[cfg(test)]
 mod limits_docs;
 pub mod loadgen;
 pub mod plugins;
 pub mod reconciler;
-pub mod scheduler;
 pub mod serve;
 pub mod supervisor;
 pub mod ui;

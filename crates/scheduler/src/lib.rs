@@ -87,6 +87,17 @@
 
 pub use coretex_core::{retry, strategy};
 
+// The layers below, under the paths the modules name them by.
+use coretex_bus as bus;
+use coretex_core::{ids, job, limits, protocol, time};
+use coretex_plugin_host as plugins;
+use coretex_plugin_host::breaker;
+use coretex_store as store;
+
+pub mod configsvc;
+pub mod job_metrics;
+pub mod leader;
+
 mod drain;
 pub mod live;
 pub mod passes;

@@ -91,7 +91,7 @@ impl Passes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::registry::tests::hb;
+    use crate::registry::tests::hb;
 
     fn passes() -> Passes {
         Passes::new(LeaseKey::new(&[3u8; 32]).unwrap())

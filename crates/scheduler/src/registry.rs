@@ -190,7 +190,7 @@ impl Registry {
         self.workers.read().get(worker_id).is_some_and(|e| {
             e.hb.capabilities
                 .iter()
-                .any(|c| c == crate::worker::BATCH_CAPABILITY)
+                .any(|c| c == crate::protocol::BATCH_CAPABILITY)
         })
     }
 

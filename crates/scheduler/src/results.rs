@@ -9,7 +9,7 @@
 //! counted, acked and otherwise ignored.
 //!
 //! A `started` is held for `started_coalesce` so that a short job's RUNNING and its result are
-//! written by one script (see the module docs of [`crate::scheduler`]). Both events of a job
+//! written by one script (see the module docs of [the crate's docs](crate)). Both events of a job
 //! come through the same ordered stream, so a result always finds its `started` if it is held.
 
 use std::sync::Arc;
