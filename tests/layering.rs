@@ -20,8 +20,10 @@ const LAYERS: &[(&str, u32)] = &[
     ("coretex-store", 1),
     ("coretex-bus", 1),
     ("coretex-plugin-host", 1),
+    ("coretex-builtins", 1),
     ("coretex-scheduler", 2),
-    ("coretex", 3),
+    ("coretex-workflow", 3),
+    ("coretex", 4),
 ];
 
 /// Foreign crates that exactly one workspace crate may depend on (outside its tests).

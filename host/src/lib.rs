@@ -1,9 +1,11 @@
 //! Coretex: a job and workflow orchestrator whose scheduling decisions are pluggable.
 //!
-//! The modules follow SPEC.md's components. Domain types without I/O sit at the bottom
-//! ([`job`], [`ids`], [`protocol`], [`time`]); the backends ([`store`], [`bus`]) sit on them; the
-//! services ([`scheduler`], [`reconciler`], [`configsvc`], [`dlq`], [`worker`]) use the
-//! backends through their traits; [`gateway`] serves them over HTTP and [`serve`] wires a process.
+//! The modules follow SPEC.md's components, in crates along the layers (README, "Layout").
+//! Domain types without I/O sit at the bottom ([`job`], [`ids`], [`protocol`], [`time`]); the
+//! backends ([`store`], [`bus`]) and the plugin host ([`plugins`]) sit on them; the
+//! [`scheduler`] (with [`configsvc`]) on those, the [`workflow`] engine on the scheduler. This
+//! crate holds what is above: the [`reconciler`], [`dlq`] and [`worker`]; [`gateway`] serves
+//! them over HTTP, and [`serve`] wires a process, handing each service the handles it needs.
 
 // Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
 #![cfg_attr(
@@ -26,6 +28,8 @@ pub use coretex_store as store;
 // needs; under the same paths.
 pub use coretex_scheduler as scheduler;
 pub use coretex_scheduler::{configsvc, job_metrics, leader};
+// The workflow engine likewise, above the scheduler.
+pub use coretex_workflow as workflow;
 
 pub mod dlq;
 pub mod gateway;
@@ -38,4 +42,3 @@ pub mod serve;
 pub mod supervisor;
 pub mod ui;
 pub mod worker;
-pub mod workflow;

@@ -3,12 +3,12 @@
 
 use serde_json::{Value, json};
 
+use crate::definition::*;
+use crate::expr::Scope;
 use crate::job::FieldError;
 use crate::limits::MAX_STEP_ID_LEN;
-use crate::plugins::testing::builtin_expressions;
 use crate::plugins::{ConditionEvaluator, PluginExpressions};
-use crate::workflow::definition::*;
-use crate::workflow::expr::Scope;
+use crate::testing::builtin_expressions;
 
 /// Templates and `for_each` are checked by the real built-in language.
 fn cel() -> PluginExpressions {

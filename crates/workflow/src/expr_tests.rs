@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
-use crate::plugins::testing::builtin_expressions;
-use crate::workflow::expr::*;
+use crate::expr::*;
+use crate::testing::builtin_expressions;
 
 #[test]
 fn one_template_keeps_the_type_and_mixed_text_interpolates() {

@@ -8,7 +8,17 @@ mod plan;
 
 pub use coretex_core::workflow::{definition, expr};
 
+// The layers below, under the paths the modules name them by.
+use coretex_bus as bus;
+use coretex_core::{ids, job, limits, time};
+use coretex_plugin_host as plugins;
+use coretex_scheduler as scheduler;
+use coretex_scheduler::{configsvc, leader};
+use coretex_store as store;
+
 #[cfg(test)]
 mod definition_tests;
 #[cfg(test)]
 mod expr_tests;
+#[cfg(test)]
+mod testing;

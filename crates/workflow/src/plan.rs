@@ -599,7 +599,7 @@ mod tests {
 
     use super::*;
     use crate::job::JobSpec;
-    use crate::plugins::testing::builtin_registry;
+    use crate::testing::builtin_registry;
 
     /// Conditions are their own answer: `"true"` runs a step, anything else skips it.
     struct Literal;
