@@ -2,9 +2,9 @@
 //! below it, and the domain crate on no I/O at all. An upward arrow fails here, naming it.
 //!
 //! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex-store`,
-//! `coretex-bus` and `coretex-plugin-host` (side by side: none uses another) →
-//! `coretex-scheduler` (with the config service, job metrics and leader lock it needs) →
-//! `coretex` (the workflow engine, reconciler, DLQ, gateway, dashboard and binary).
+//! `coretex-bus`, `coretex-plugin-host` and `coretex-builtins` (side by side: none uses another)
+//! → `coretex-scheduler` (with the config service, job metrics and leader lock it needs) →
+//! `coretex-workflow` → `coretex` (the reconciler, DLQ, gateway, dashboard and binary).
 //!
 //! A foreign API is narrowed in one crate: only `coretex-store` may depend on `redis`, only
 //! `coretex-bus` on `async-nats`, only `coretex-plugin-host` on `wasmtime` (tests may use them

@@ -84,6 +84,16 @@
 //! [`passes`] (which heartbeats count), [`results`] (applying what workers report), [`settle`]
 //! (failure → retry or dead letter), [`safety`], [`live`] (the live stream's events) and
 //! [`drain`]. The contracts — [`strategy`] and [`retry`] — are `coretex-core`'s.
+//!
+//! # The crate
+//!
+//! `coretex-scheduler` sits on the store, the bus and the plugin host, and under the workflow
+//! engine and the host. With the scheduler it holds what the scheduler needs that is not the
+//! host's composition: the [`configsvc`] (every dispatch reads a job's effective config), the
+//! [`job_metrics`] it records as jobs end, and the [`leader`] lock that the loops run by one
+//! replica at a time (the host's reconciler, the workflow engine's) share. It is handed its
+//! store, bus, config, registry and plugins by the host (`serve`), which hands the other
+//! services their own rather than letting them reach through the scheduler.
 
 pub use coretex_core::{retry, strategy};
 
