@@ -2,9 +2,10 @@
 //! below it, and the domain crate on no I/O at all. An upward arrow fails here, naming it.
 //!
 //! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex-store`,
-//! `coretex-bus`, `coretex-plugin-host` and `coretex-builtins` (side by side: none uses another)
-//! → `coretex-scheduler` (with the config service, job metrics and leader lock it needs) →
-//! `coretex-workflow` → `coretex` (the reconciler, DLQ, gateway, dashboard and binary).
+//! `coretex-bus`, `coretex-plugin-host`, `coretex-builtins` and `coretex-supervisor` (side by
+//! side: none uses another) → `coretex-scheduler` (with the services on it: config, reconciler,
+//! dead letters, plugin uploads) → `coretex-workflow` → `coretex-gateway` (the API and the
+//! dashboard) → `coretex` (the binary and its composition).
 //!
 //! A foreign API is narrowed in one crate: only `coretex-store` may depend on `redis`, only
 //! `coretex-bus` on `async-nats`, only `coretex-plugin-host` on `wasmtime` (tests may use them
@@ -21,9 +22,11 @@ const LAYERS: &[(&str, u32)] = &[
     ("coretex-bus", 1),
     ("coretex-plugin-host", 1),
     ("coretex-builtins", 1),
+    ("coretex-supervisor", 1),
     ("coretex-scheduler", 2),
     ("coretex-workflow", 3),
-    ("coretex", 4),
+    ("coretex-gateway", 4),
+    ("coretex", 5),
 ];
 
 /// Foreign crates that exactly one workspace crate may depend on (outside its tests).

@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use crate::configsvc::ConfigError;
 use crate::job::FieldError;
-use crate::plugins::LoadError;
-use crate::plugins::uploads::UploadError;
 use crate::scheduler::SchedulerError;
 use crate::store::StoreError;
 use crate::workflow::engine::WorkflowError;
+use coretex_plugin_host::LoadError;
+use coretex_scheduler::uploads::UploadError;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -6,6 +6,23 @@
 //! needs one (`Authorization: Bearer …` or `X-API-Key`), and a tenant key sees only its tenant
 //! (see [`auth`]); without any, `serve` refuses to listen beyond loopback.
 
+//!
+//! The dashboard ([`ui`]) lives here too: its pages ask this crate's router, in process.
+//!
+//! A crate above the scheduler and the workflow engine, and under the host only: the host
+//! (`serve`) builds the [`AppState`], handing the gateway each service and handle it answers from.
+
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod auth;
 mod config;
 mod dlq;
@@ -14,7 +31,18 @@ mod extract;
 mod jobs;
 mod plugins;
 mod stream;
+pub mod ui;
 mod workflows;
+
+// The layers below, under the paths the modules name them by (the plugin host, the DLQ service
+// and the plugin uploads by their crates': `plugins` and `dlq` are this crate's handlers).
+use coretex_bus as bus;
+use coretex_core::{ids, job, limits, time};
+use coretex_plugin_host::breaker;
+use coretex_scheduler as scheduler;
+use coretex_scheduler::{configsvc, job_metrics};
+use coretex_store as store;
+use coretex_workflow as workflow;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,14 +58,14 @@ use serde_json::json;
 
 use crate::bus::SharedBus;
 use crate::configsvc::ConfigService;
-use crate::dlq::Dlq;
 use crate::job_metrics::JobMetrics;
-use crate::plugins::PluginRegistry;
-use crate::reconciler::Reconciler;
 use crate::scheduler::Scheduler;
 use crate::scheduler::registry::Registry;
 use crate::store::SharedStore;
 use crate::workflow::engine::Engine;
+use coretex_plugin_host::PluginRegistry;
+use coretex_scheduler::dlq::Dlq;
+use coretex_scheduler::reconciler::Reconciler;
 use error::ApiError;
 pub use extract::{Body, Path, Query, RawBody, optional_body};
 
@@ -63,7 +91,7 @@ pub struct AppState {
     pub started: Instant,
     pub max_body_bytes: usize,
     /// The host's background loops, for the status page.
-    pub loops: crate::supervisor::Supervisor,
+    pub loops: coretex_supervisor::Supervisor,
 }
 
 /// The largest page a list answers.

@@ -9,7 +9,8 @@ use serde_json::json;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{AppState, Path, RawBody};
-use crate::plugins::{Source, uploads};
+use coretex_plugin_host::Source;
+use coretex_scheduler::uploads;
 
 pub async fn list(State(s): State<AppState>, caller: Caller) -> Response {
     let items = s.plugins.list_for(caller.tenant());

@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use crate::job::JobSpec;
 use crate::protocol::Clearance;
-use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{
     CreateOutcome, DeadLetters, DlqEntry, DlqFilter, JobStore, NewJob, Page, PageRequest,
 };
 use crate::time::now_ms;
+use crate::{Scheduler, SchedulerError};
 
 /// Retry ids tried before giving up (`~retry-1` … `~retry-1000`).
 const MAX_RETRY_SUFFIX: u32 = 1000;

@@ -95,6 +95,17 @@
 //! store, bus, config, registry and plugins by the host (`serve`), which hands the other
 //! services their own rather than letting them reach through the scheduler.
 
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub use coretex_core::{retry, strategy};
 
 // The layers below, under the paths the modules name them by.
@@ -105,8 +116,11 @@ use coretex_plugin_host::breaker;
 use coretex_store as store;
 
 pub mod configsvc;
+pub mod dlq;
 pub mod job_metrics;
 pub mod leader;
+pub mod reconciler;
+pub mod uploads;
 
 mod drain;
 pub mod live;

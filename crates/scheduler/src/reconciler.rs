@@ -13,7 +13,7 @@
 //!   walk going on where the last tick left it);
 //! * RUNNING jobs submitted with `heartbeat_timeout_sec` whose worker, alive, has sent no
 //!   `progress` for the job within it → FAILED `heartbeat_timeout`, through the retry policy
-//!   (in the same walk; see [`crate::scheduler::progress`]);
+//!   (in the same walk; see [`crate::progress`]);
 //! * jobs past their deadline → TIMEOUT (FAILED when they never reached a worker);
 //! * PENDING jobs nobody scheduled within `pending_grace` are published again;
 //! * index entries of expired records are pruned (every minute).
@@ -30,10 +30,10 @@ use parking_lot::Mutex;
 use crate::job::{HEARTBEAT_TIMEOUT, Job, JobError, JobState, WORKER_LOST};
 use crate::leader::Leadership;
 use crate::protocol::Clearance;
-use crate::scheduler::registry::{Holder, Registry};
-use crate::scheduler::{Scheduler, SchedulerError};
+use crate::registry::{Holder, Registry};
 use crate::store::{Annotation, Cursor, JobStore, JobUpdate, Locks, StoreError};
 use crate::time::{Millis, now_ms};
+use crate::{Scheduler, SchedulerError};
 
 #[derive(Debug, Clone)]
 pub struct ReconcilerSettings {

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::registry::{PluginInfo, PluginRegistry, Source};
-use super::{LoadError, check_name};
 use crate::bus::{SharedBus, publish_json};
+use crate::plugins::{LoadError, PluginInfo, PluginRegistry, Source, check_name};
 use crate::protocol::{PluginsChangedMsg, VERSION};
 use crate::store::{PluginBlobs, StoreError};
 use crate::time::now_ms;

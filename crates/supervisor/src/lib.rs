@@ -6,6 +6,17 @@
 //! waits to restart or has restarted within the last five minutes. Before this, loops were
 //! spawned detached: one that ended early (a subscription that failed) was noticed by nobody.
 
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

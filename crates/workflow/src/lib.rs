@@ -3,6 +3,17 @@
 //! runs as their jobs end ([`engine`]). Templates and `for_each` are CEL expressions
 //! ([`expr`]), the language of the built-in condition evaluator, evaluated in its sandbox.
 
+// Nothing a caller sends may panic the host: outside tests, failures are errors, not unwinds.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod engine;
 mod plan;
 

@@ -6,7 +6,8 @@
 
 pub use coretex_plugin_host::*;
 
-pub mod uploads;
+/// The uploaded plugins, kept in the store and announced on the bus (in `coretex-scheduler`).
+pub use coretex_scheduler::uploads;
 
 /// Loads the plugins embedded in the binary (built from `plugins/` by `coretex-builtins`).
 /// Compiles when the cache misses: call it off the async threads.

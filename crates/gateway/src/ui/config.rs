@@ -599,7 +599,7 @@ fn node(item: &Value, session: &Session, current: &Edited) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::auth::Caller;
+    use crate::auth::Caller;
 
     fn session(caller: Caller) -> Session {
         Session {

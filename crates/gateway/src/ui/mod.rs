@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use tower_http::compression::CompressionLayer;
 
-use crate::gateway::auth::Keys;
+use crate::auth::Keys;
 pub use api::UiError;
 use session::Session;
 

@@ -3,7 +3,7 @@
 //! The session is the API key itself, in a cookie the page's scripts cannot read (HttpOnly),
 //! that no other site's page sends (SameSite=Strict), sent only under `/ui`, and `Secure` when
 //! the dashboard is reached over TLS. Every request names its caller through the gateway's own
-//! [`Keys`](crate::gateway::auth::Keys), so a key removed from the host's configuration signs
+//! [`Keys`](crate::auth::Keys), so a key removed from the host's configuration signs
 //! its sessions out at once.
 //!
 //! Every form carries a CSRF token, checked before the form is read ([`Posted`]): the HMAC of a
@@ -28,7 +28,7 @@ use maud::html;
 use sha2::Sha256;
 
 use super::{UiError, UiState, views};
-use crate::gateway::auth::Caller;
+use crate::auth::Caller;
 
 const KEY_COOKIE: &str = "coretex_ui_key";
 const SIGN_IN_COOKIE: &str = "coretex_ui_signin";
