@@ -2,8 +2,10 @@
 //! below it, and the domain crate on no I/O at all. An upward arrow fails here, naming it.
 //!
 //! The layers, bottom up (README, "Layout"): `coretex-core` (domain, no I/O) → `coretex-store`,
-//! `coretex-bus` and `coretex-plugin-host` (side by side: none uses another) → `coretex` (the
-//! services, gateway and binary, still one crate while the split goes on).
+//! `coretex-bus`, `coretex-plugin-host`, `coretex-builtins` and `coretex-supervisor` (side by
+//! side: none uses another) → `coretex-scheduler` (with the services on it: config, reconciler,
+//! dead letters, plugin uploads) → `coretex-workflow` → `coretex-gateway` (the API and the
+//! dashboard) → `coretex` (the binary and its composition).
 //!
 //! A foreign API is narrowed in one crate: only `coretex-store` may depend on `redis`, only
 //! `coretex-bus` on `async-nats`, only `coretex-plugin-host` on `wasmtime` (tests may use them
@@ -19,7 +21,12 @@ const LAYERS: &[(&str, u32)] = &[
     ("coretex-store", 1),
     ("coretex-bus", 1),
     ("coretex-plugin-host", 1),
-    ("coretex", 2),
+    ("coretex-builtins", 1),
+    ("coretex-supervisor", 1),
+    ("coretex-scheduler", 2),
+    ("coretex-workflow", 3),
+    ("coretex-gateway", 4),
+    ("coretex", 5),
 ];
 
 /// Foreign crates that exactly one workspace crate may depend on (outside its tests).

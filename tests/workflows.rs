@@ -732,7 +732,10 @@ async fn workflow_reconciler_runs_in_one_replica_at_a_time(b: Backend) {
     let mut h = Host::start(b).await;
     // A second replica's engine on the same store and bus: the host's own reconciler holds the
     // lock (it ticks every 100 ms), so this one stands by.
-    let other = Engine::new(h.running.scheduler.clone(), EngineSettings::default());
+    let other = Engine::new(
+        h.running.workflows.handles().clone(),
+        EngineSettings::default(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
         assert_eq!(other.reconcile_as_leader().await.unwrap(), None);

@@ -83,7 +83,7 @@ fn the_readme_table_states_these_limits() {
 #[test]
 fn the_openapi_document_states_these_limits() {
     let doc: serde_json::Value =
-        serde_json::from_str(include_str!("gateway/openapi.json")).unwrap();
+        serde_json::from_str(include_str!("../../crates/gateway/src/openapi.json")).unwrap();
     let job = "/components/schemas/JobRequest/properties";
     let step = "/components/schemas/Step/properties";
     let spec = "/components/schemas/WorkflowSpec/properties";

@@ -30,6 +30,7 @@ use crate::bus::{SharedBus, Subjects};
 use crate::configsvc::ConfigService;
 use crate::dlq::Dlq;
 use crate::gateway::{self, AppState};
+use crate::job_metrics::JobMetrics;
 use crate::plugins::runtime::PluginRuntime;
 use crate::plugins::{PluginRegistry, PluginSettings, uploads};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
@@ -41,7 +42,7 @@ use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreOptions};
 use crate::supervisor::Supervisor;
 use crate::worker::{Mode, Worker, WorkerOptions};
-use crate::workflow::engine::{Engine, EngineSettings};
+use crate::workflow::engine::{self, Engine, EngineSettings};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -243,12 +244,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let config = ConfigService::new(store.clone(), bus.clone());
     let registry = Arc::new(Registry::new(opts.worker_ttl));
     let plugins = start_plugins(&opts, &store).await?;
+    let job_metrics = Arc::new(JobMetrics::new());
     let scheduler = Scheduler::new(
         store.clone(),
         bus.clone(),
         config.clone(),
-        registry,
+        registry.clone(),
         plugins.clone(),
+        job_metrics.clone(),
         SafetyGate::new(
             Arc::new(BuiltinPolicy),
             BreakerConfig::default(),
@@ -259,8 +262,27 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         scheduler_settings(&opts),
     );
     let owner = format!("serve-{}", uuid::Uuid::new_v4());
-    let reconciler = Reconciler::new(scheduler.clone(), opts.reconciler.clone(), owner);
-    let workflows = Engine::new(scheduler.clone(), opts.workflows.clone());
+    // Each service is handed the store by the roles it plays, not the scheduler's.
+    let reconciler = Reconciler::new(
+        scheduler.clone(),
+        store.clone(),
+        store.clone(),
+        registry.clone(),
+        opts.reconciler.clone(),
+        owner,
+    );
+    let workflows = Engine::new(
+        engine::Handles {
+            scheduler: scheduler.clone(),
+            workflows: store.clone(),
+            jobs: store.clone(),
+            locks: store.clone(),
+            bus: bus.clone(),
+            config: config.clone(),
+            plugins: plugins.clone(),
+        },
+        opts.workflows.clone(),
+    );
 
     // The loops stop after the drain, not with `stop`: the drain needs them (results applied,
     // dispatches recorded) until the work in flight has settled.
@@ -342,8 +364,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
 
     let state = AppState {
         scheduler: scheduler.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        registry,
+        plugins: plugins.clone(),
+        job_metrics,
         config,
-        dlq: Arc::new(Dlq::new(scheduler.clone())),
+        dlq: Arc::new(Dlq::new(store.clone(), store.clone(), scheduler.clone())),
         reconciler: reconciler.clone(),
         workflows: workflows.clone(),
         metrics,

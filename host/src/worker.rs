@@ -83,8 +83,8 @@ pub struct WorkerOptions {
 /// The default of [`WorkerOptions::started_delay`].
 pub const STARTED_DELAY: Duration = Duration::from_millis(50);
 
-/// The capability a worker lists to receive jobs in batches.
-pub const BATCH_CAPABILITY: &str = "batch";
+/// The capability a worker lists to receive jobs in batches (the protocol's).
+pub use crate::protocol::BATCH_CAPABILITY;
 
 /// How many finished jobs a worker remembers, to answer re-deliveries.
 const REMEMBERED: usize = 10_000;

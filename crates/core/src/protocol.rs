@@ -13,6 +13,9 @@ use crate::time::{self, Millis};
 
 pub const VERSION: u8 = 1;
 
+/// The capability a worker lists in its heartbeats to receive jobs in batches.
+pub const BATCH_CAPABILITY: &str = "batch";
+
 fn v1() -> u8 {
     VERSION
 }
