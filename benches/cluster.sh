@@ -21,6 +21,9 @@ KILL_N=${KILL_N:-50000}
 C=${C:-50}
 BATCH=${BATCH:-1000}
 SHARDS=${SHARDS:-12}
+# What phase 2 kills: `both` (a Redis master and a NATS node), `redis` or `nats`.
+KILL=${KILL:-both}
+TIMEOUT=${TIMEOUT:-10m}
 
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
@@ -50,6 +53,17 @@ cluster_ok() {
 }
 for _ in $(seq 1 300); do cluster_ok && break; sleep 0.1; done
 cluster_ok || { echo "the Redis Cluster never came up" >&2; exit 1; }
+# A replica that has not synced yet may not take over from its master (Redis finds it too
+# stale), and would have nothing to take over with.
+replicas_synced() {
+  for p in "${redis_ports[@]}"; do
+    info=$(redis-cli -p "$p" info replication | tr -d '\r')
+    echo "$info" | grep -q '^role:slave' || continue
+    echo "$info" | grep -q '^master_link_status:up' || return 1
+  done
+}
+for _ in $(seq 1 300); do replicas_synced && break; sleep 0.1; done
+replicas_synced || { echo "the Redis Cluster's replicas never synced" >&2; exit 1; }
 masters() {
   for p in "${redis_ports[@]}"; do
     redis-cli -p "$p" role 2>/dev/null | head -1 | grep -q '^master$' && echo "$p"
@@ -88,7 +102,7 @@ for r in 1 2; do
   pid=
   for _ in $(seq 1 600); do
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-      RUST_LOG=warn $BIN serve --listen "127.0.0.1:$port" --no-ui --redis-url "$redis_url" \
+      RUST_LOG=${SERVE_LOG:-warn} $BIN serve --listen "127.0.0.1:$port" --no-ui --redis-url "$redis_url" \
         --redis-shards "$SHARDS" --redis-wait-replicas 1 --nats-url "$nats_seeds" \
         --nats-stream-replicas 3 >>"$work/serve$r.log" 2>&1 & pid=$!
     fi
@@ -111,7 +125,7 @@ declare -A cpu_before
 for r in "${!roles[@]}"; do cpu_before[$r]=$(cpu_of "${roles[$r]}"); done
 
 loadgen() { $BIN loadgen --gateway "$(IFS=,; echo "${gateways[*]}")" --concurrency "$C" \
-  --batch "$BATCH" --topic job.echo --timeout 10m "$@"; }
+  --batch "$BATCH" --topic job.echo --timeout "$TIMEOUT" "$@"; }
 
 echo "== 1. $N jobs: 3 Redis masters (+3 replicas, $SHARDS shards), 3 NATS nodes, 2 serve, 2 workers, $(nproc) cores"
 line=$(loadgen --jobs "$N"); echo "$line"
@@ -136,11 +150,17 @@ echo "== 2. $KILL_N jobs; a Redis master and a NATS node killed under load"
 loadgen --jobs "$KILL_N" >"$work/kill.out" 2>"$work/kill.err" & lg=$!
 sleep 1
 victim=$(masters | sed -n 1p)
-echo "  killing the Redis master on port $victim and NATS node n0"
-kill -9 "$(redis-cli -p "$victim" info server | tr -d '\r' | sed -n 's/^process_id://p')"
-kill -9 "${nats_pids[0]}"
+if [ "$KILL" != nats ]; then
+  echo "  killing the Redis master on port $victim"
+  kill -9 "$(redis-cli -p "$victim" info server | tr -d '\r' | sed -n 's/^process_id://p')"
+fi
+if [ "$KILL" != redis ]; then
+  echo "  killing NATS node n0"
+  kill -9 "${nats_pids[0]}"
+fi
 wait "$lg" || true
 line=$(cat "$work/kill.out"); echo "$line"
+echo "  $(date +%T) loadgen done"
 for _ in $(seq 1 150); do [ "$(masters | wc -l)" = 3 ] && break; sleep 0.1; done
 echo "  masters now: $(masters | wc -l) (a replica promoted)"
 [ "$(masters | wc -l)" = 3 ] || { echo "FAIL: no replica took the dead master's place" >&2; exit 1; }

@@ -273,7 +273,29 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { ports };
         cluster.wait_ok(Duration::from_secs(30));
+        cluster.wait_replicas_synced(Duration::from_secs(30));
         cluster
+    }
+
+    /// Waits until every replica has its master's data: a replica that never synced may not
+    /// take over (Redis refuses a failover to it as too stale), and one that did not has
+    /// nothing to take over with.
+    pub fn wait_replicas_synced(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let synced = self.live_ports().iter().all(|p| {
+                let info = Self::cli(*p, &["info", "replication"]);
+                !info.contains("role:slave") || info.contains("master_link_status:up")
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster's replicas did not sync within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The cluster's URL for the store: every node as a seed.

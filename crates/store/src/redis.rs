@@ -801,8 +801,8 @@ pub struct RedisStore {
     shards: Vec<String>,
     opts: StoreOptions,
     scripts: Scripts,
-    creates: Batcher,
-    transitions: Batcher,
+    creates: Batchers,
+    transitions: Batchers,
 }
 
 /// Most jobs one create or transition script call carries. A script blocks Redis while it runs
@@ -851,10 +851,9 @@ impl Args {
     }
 }
 
-/// One job's part of a batched script call (its shard, and its arguments, which start with the
-/// shard's prefix), and where its answer goes.
+/// One job's part of a batched script call (its arguments, which start with its shard's
+/// prefix), and where its answer goes.
 struct BatchItem {
-    shard: usize,
     args: Args,
     reply: oneshot::Sender<StoreResult<Vec<String>>>,
 }
@@ -867,12 +866,23 @@ struct BatchItem {
 /// Redis runs one script call — one parse, one Lua entry, one reply — for many jobs instead of
 /// one per job. Each item's answer is `width` strings of the script's flat reply.
 ///
-/// On one Redis a call carries the jobs of every shard; on a cluster, a batch is cut into one
-/// call per shard, each naming its shard's prefix as its key (so it is routed to the node that
-/// holds the shard, and Redis checks the script's keys are in that slot).
+/// On one Redis one batcher carries the jobs of every shard. On a cluster each shard has its
+/// own, whose calls name the shard's prefix as their key (so they are routed to the node that
+/// holds the shard, and Redis checks the script's keys are in that slot) and whose calls in
+/// flight are its own: a node that is slow or failing over holds up its own shards only.
 struct Batcher {
     tx: mpsc::UnboundedSender<BatchItem>,
 }
+
+/// The longest a batched script call may take, answer included, before its callers are told
+/// the store is unavailable (the write may still have happened: a create answered so is retried
+/// by its client under its idempotency key, a transition is checked again by the reconciler).
+const BATCH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batcher stops waiting for replicas after a `WAIT` came up short (a master with no
+/// replica attached, as right after a failover until the old master returns): every batch would
+/// otherwise wait out the whole timeout, and the shard's throughput with it.
+const WAIT_BACKOFF_MS: Millis = 5_000;
 
 impl Batcher {
     fn start(
@@ -880,15 +890,21 @@ impl Batcher {
         script: Script,
         head: Vec<String>,
         width: usize,
-        routes: Option<Arc<Vec<String>>>,
+        route: Option<String>,
         wait_replicas: u8,
     ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<BatchItem>();
         let script = Arc::new(script);
         let head = Arc::new(head);
+        let route = Arc::new(route);
+        // Until when (ms) this batcher writes without waiting for replicas.
+        let wait_off_until = Arc::new(std::sync::atomic::AtomicI64::new(0));
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
             while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -896,39 +912,33 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let calls: Vec<(Option<String>, Vec<BatchItem>)> = match &routes {
-                    None => vec![(None, batch)],
-                    Some(routes) => {
-                        let mut by_shard: std::collections::BTreeMap<usize, Vec<BatchItem>> =
-                            std::collections::BTreeMap::new();
-                        for item in batch {
-                            by_shard.entry(item.shard).or_default().push(item);
-                        }
-                        by_shard
-                            .into_iter()
-                            .map(|(shard, items)| (routes.get(shard).cloned(), items))
-                            .collect()
-                    }
-                };
-                for (route, batch) in calls {
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        return;
+                let (mut conn, script, head, route, wait_off_until) = (
+                    conn.clone(),
+                    script.clone(),
+                    head.clone(),
+                    route.clone(),
+                    wait_off_until.clone(),
+                );
+                tokio::spawn(async move {
+                    let wait = Wait {
+                        replicas: wait_replicas,
+                        off_until: &wait_off_until,
                     };
-                    let (mut conn, script, head) = (conn.clone(), script.clone(), head.clone());
-                    tokio::spawn(async move {
-                        let answer = Self::call_once(
-                            &mut conn,
-                            &script,
-                            &head,
-                            route,
-                            &batch,
-                            wait_replicas,
-                        )
-                        .await;
-                        Self::answer(batch, answer, width);
-                        drop(slot);
-                    });
-                }
+                    let call =
+                        Self::call_once(&mut conn, &script, &head, route.as_deref(), &batch, wait);
+                    // However the client fares with a node that went away (it reconnects and
+                    // follows the slots on its own), a batch never holds its callers, or the
+                    // batcher's calls in flight, longer than this.
+                    let answer = match tokio::time::timeout(BATCH_CALL_TIMEOUT, call).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(::redis::RedisError::from((
+                            ::redis::ErrorKind::Io,
+                            "the batch call timed out",
+                        ))),
+                    };
+                    Self::answer(batch, answer, width);
+                    drop(slot);
+                });
             }
         });
         Batcher { tx }
@@ -940,18 +950,18 @@ impl Batcher {
         conn: &mut Conn,
         script: &Script,
         head: &[String],
-        route: Option<String>,
+        route: Option<&str>,
         batch: &[BatchItem],
-        wait_replicas: u8,
+        wait: Wait<'_>,
     ) -> ::redis::RedisResult<Vec<String>> {
         let count = 4 + head.len() + batch.iter().map(|i| i.args.ends.len()).sum::<usize>();
         let bytes = 64
-            + route.as_ref().map_or(0, String::len)
+            + route.map_or(0, str::len)
             + head.iter().map(String::len).sum::<usize>()
             + batch.iter().map(|i| i.args.data.len()).sum::<usize>();
         let mut cmd = ::redis::Cmd::with_capacity(count, bytes);
         cmd.arg("EVALSHA").arg(script.get_hash());
-        match &route {
+        match route {
             Some(key) => cmd.arg(1).arg(key),
             None => cmd.arg(0),
         };
@@ -963,7 +973,7 @@ impl Batcher {
                 cmd.arg(a);
             }
         }
-        let answer = Self::send(conn, &cmd, wait_replicas).await;
+        let answer = Self::send(conn, &cmd, &wait).await;
         match answer {
             Err(e)
                 if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
@@ -971,35 +981,42 @@ impl Batcher {
                 // A Redis that restarted (or was flushed, or a replica just promoted) lost the
                 // script: load it (on every node of a cluster) and try once more.
                 script.load_async(conn).await?;
-                Self::send(conn, &cmd, wait_replicas).await
+                Self::send(conn, &cmd, &wait).await
             }
             other => other,
         }
     }
 
-    /// Sends the batch's call; with `wait_replicas`, followed by a `WAIT` in the same pipeline
-    /// (so on the same node), answered once that many replicas have the batch — or after
-    /// [`WAIT_REPLICAS_TIMEOUT_MS`], with a warning: the write stands on its master.
+    /// Sends the batch's call; when waiting for replicas, followed by a `WAIT` in the same
+    /// pipeline (so on the same node), answered once that many replicas have the batch — or
+    /// after [`WAIT_REPLICAS_TIMEOUT_MS`]: the write stands on its master, and the batcher
+    /// writes without waiting for [`WAIT_BACKOFF_MS`] (saying so once).
     async fn send(
         conn: &mut Conn,
         cmd: &::redis::Cmd,
-        wait_replicas: u8,
+        wait: &Wait<'_>,
     ) -> ::redis::RedisResult<Vec<String>> {
-        if wait_replicas == 0 {
+        use std::sync::atomic::Ordering;
+        if wait.replicas == 0 || now_ms() < wait.off_until.load(Ordering::Relaxed) {
             return cmd.query_async::<Vec<String>>(conn).await;
         }
         let mut pipe = ::redis::pipe();
         pipe.add_command(cmd.clone())
             .cmd("WAIT")
-            .arg(wait_replicas)
+            .arg(wait.replicas)
             .arg(WAIT_REPLICAS_TIMEOUT_MS);
         let (reply, acked): (Vec<String>, u64) = pipe.query_async(conn).await?;
-        if acked < u64::from(wait_replicas) {
-            tracing::warn!(
-                acked,
-                wanted = wait_replicas,
-                "a batch of job writes reached fewer replicas than asked within {WAIT_REPLICAS_TIMEOUT_MS} ms"
-            );
+        if acked < u64::from(wait.replicas) {
+            let until = now_ms() + WAIT_BACKOFF_MS;
+            if wait.off_until.swap(until, Ordering::Relaxed) < now_ms() {
+                tracing::warn!(
+                    acked,
+                    wanted = wait.replicas,
+                    "a batch of job writes reached fewer replicas than asked within \
+                     {WAIT_REPLICAS_TIMEOUT_MS} ms; writing without waiting for \
+                     {WAIT_BACKOFF_MS} ms"
+                );
+            }
         }
         Ok(reply)
     }
@@ -1031,14 +1048,37 @@ impl Batcher {
     }
 
     /// Queues one item and waits for its answer.
-    async fn call(&self, shard: usize, args: Args) -> StoreResult<Vec<String>> {
+    async fn call(&self, args: Args) -> StoreResult<Vec<String>> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(BatchItem { shard, args, reply })
+            .send(BatchItem { args, reply })
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the batch call was dropped".into()))?
+    }
+}
+
+/// What a batch waits for after its write: `replicas` replicas, unless a short `WAIT` turned
+/// waiting off until `off_until` (ms).
+#[derive(Clone, Copy)]
+struct Wait<'a> {
+    replicas: u8,
+    off_until: &'a std::sync::atomic::AtomicI64,
+}
+
+/// The batchers of one script: one for every shard on one Redis, one per shard on a cluster.
+struct Batchers(Vec<Batcher>);
+
+impl Batchers {
+    /// Queues one item of shard `shard` and waits for its answer.
+    async fn call(&self, shard: usize, args: Args) -> StoreResult<Vec<String>> {
+        let batcher = match self.0.as_slice() {
+            [one] => Some(one),
+            all => all.get(shard),
+        }
+        .ok_or_else(|| StoreError::Corrupt(format!("no batcher for shard {shard}")))?;
+        batcher.call(args).await
     }
 }
 
@@ -1101,30 +1141,48 @@ impl RedisStore {
             .into_iter()
             .map(|tag| format!("{prefix}{tag}:"))
             .collect();
-        let routes = matches!(conn, Conn::Cluster(_)).then(|| Arc::new(shards.clone()));
+        // One batcher per script on one Redis; one per shard and script on a cluster.
+        let routes: Vec<Option<String>> = match conn {
+            Conn::Cluster(_) => shards.iter().cloned().map(Some).collect(),
+            Conn::Single(_) => vec![None],
+        };
         let tables = lua_state_tables();
-        let creates = Batcher::start(
-            conn.clone(),
-            Script::new(&format!(
-                "{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}"
-            )),
-            vec![
-                opts.job_ttl_ms.to_string(),
-                opts.idempotency_ttl_ms.to_string(),
-            ],
-            2,
-            routes.clone(),
-            opts.wait_replicas,
+        let create_script = format!("{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}");
+        let transition_script = format!(
+            "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
         );
-        let transitions = Batcher::start(
-            conn.clone(),
-            Script::new(&format!(
-                "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
-            )),
-            vec![opts.job_ttl_ms.to_string()],
-            5,
-            routes,
-            opts.wait_replicas,
+        let creates = Batchers(
+            routes
+                .iter()
+                .map(|route| {
+                    Batcher::start(
+                        conn.clone(),
+                        Script::new(&create_script),
+                        vec![
+                            opts.job_ttl_ms.to_string(),
+                            opts.idempotency_ttl_ms.to_string(),
+                        ],
+                        2,
+                        route.clone(),
+                        opts.wait_replicas,
+                    )
+                })
+                .collect(),
+        );
+        let transitions = Batchers(
+            routes
+                .iter()
+                .map(|route| {
+                    Batcher::start(
+                        conn.clone(),
+                        Script::new(&transition_script),
+                        vec![opts.job_ttl_ms.to_string()],
+                        5,
+                        route.clone(),
+                        opts.wait_replicas,
+                    )
+                })
+                .collect(),
         );
         let scripts = Scripts {
             annotate: Script::new(&format!(
