@@ -24,6 +24,9 @@ SHARDS=${SHARDS:-12}
 # What phase 2 kills: `both` (a Redis master and a NATS node), `redis` or `nats`.
 KILL=${KILL:-both}
 TIMEOUT=${TIMEOUT:-10m}
+# Phase 2's loadgen stops waiting sooner: its completion feed may miss events while its host
+# moves NATS nodes, and the store is asked afterwards anyway.
+KILL_TIMEOUT=${KILL_TIMEOUT:-2m}
 
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
@@ -147,7 +150,7 @@ for n in "${counts[@]}"; do
 done
 
 echo "== 2. $KILL_N jobs; a Redis master and a NATS node killed under load"
-loadgen --jobs "$KILL_N" >"$work/kill.out" 2>"$work/kill.err" & lg=$!
+TIMEOUT=$KILL_TIMEOUT loadgen --jobs "$KILL_N" >"$work/kill.out" 2>"$work/kill.err" & lg=$!
 sleep 1
 victim=$(masters | sed -n 1p)
 if [ "$KILL" != nats ]; then
@@ -164,8 +167,17 @@ echo "  $(date +%T) loadgen done"
 for _ in $(seq 1 150); do [ "$(masters | wc -l)" = 3 ] && break; sleep 0.1; done
 echo "  masters now: $(masters | wc -l) (a replica promoted)"
 [ "$(masters | wc -l)" = 3 ] || { echo "FAIL: no replica took the dead master's place" >&2; exit 1; }
-ok=$(echo "$line" | field ok); rejected=$(echo "$line" | field rejected); lost=$(echo "$line" | field lost)
-rejected=${rejected:-0}; lost=${lost:-0}
-[ "$lost" = 0 ] || { echo "FAIL: $lost accepted jobs lost" >&2; exit 1; }
-[ "$((ok + rejected))" = "$KILL_N" ] || { echo "FAIL: $ok succeeded + $rejected rejected of $KILL_N" >&2; exit 1; }
-echo "PASS: every accepted job succeeded ($ok; $rejected submits refused during the failover)"
+rejected=$(echo "$line" | field rejected); rejected=${rejected:-0}
+# loadgen counts a job it did not see finish within its wait as lost; the store says whether it
+# is: every accepted job of both phases must end SUCCEEDED (jobs whose dispatch went down with
+# the NATS node finish once redelivered).
+accepted=$((N + KILL_N - rejected))
+status() { curl -s "${gateways[1]}/api/v1/status"; }
+for _ in $(seq 1 600); do
+  read -r live done_ok < <(status | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"]; print(sum(j["live"].values()), j["ended"]["SUCCEEDED"])')
+  [ "$live" = 0 ] && break
+  sleep 1
+done
+echo "  $(date +%T) in the store: $done_ok SUCCEEDED, $live live; $accepted accepted over both phases"
+[ "$done_ok" = "$accepted" ] || { echo "FAIL: $done_ok of $accepted accepted jobs succeeded" >&2; exit 1; }
+echo "PASS: every accepted job succeeded ($rejected submits refused during the failover)"

@@ -742,7 +742,79 @@ struct Scripts {
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(::redis::cluster_async::ClusterConnection),
+    Cluster(Arc<ClusterConn>),
+}
+
+/// The cluster client, made anew when it stops answering. Under load, after a master died, the
+/// redis crate's cluster connection was seen to time out every request — to the live masters
+/// too — for minutes after the cluster had recovered (`benches/cluster.sh`); a connection made
+/// afresh from the same seeds answered at once. So a run of timeouts and I/O errors makes the
+/// next request build a new one (one at a time, at most every few seconds), which every request
+/// after uses.
+struct ClusterConn {
+    client: ::redis::cluster::ClusterClient,
+    current: parking_lot::RwLock<::redis::cluster_async::ClusterConnection>,
+    /// Timeouts and I/O errors in a row.
+    failures: std::sync::atomic::AtomicU32,
+    /// When the connection was last made (ms).
+    made_at: std::sync::atomic::AtomicI64,
+    rebuilding: tokio::sync::Mutex<()>,
+}
+
+/// Timeouts or I/O errors in a row after which the cluster connection is made anew.
+const CLUSTER_REBUILD_AFTER: u32 = 20;
+/// The least time between two rebuilds of the cluster connection.
+const CLUSTER_REBUILD_EVERY_MS: Millis = 5_000;
+
+impl ClusterConn {
+    async fn connect(client: ::redis::cluster::ClusterClient) -> ::redis::RedisResult<Self> {
+        let conn = client.get_async_connection().await?;
+        Ok(ClusterConn {
+            client,
+            current: parking_lot::RwLock::new(conn),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            made_at: std::sync::atomic::AtomicI64::new(now_ms()),
+            rebuilding: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn conn(&self) -> ::redis::cluster_async::ClusterConnection {
+        self.current.read().clone()
+    }
+
+    /// Counts a request's outcome, and makes the connection anew after a run of failures.
+    async fn note<T>(&self, result: &::redis::RedisResult<T>) {
+        use std::sync::atomic::Ordering;
+        let failed = matches!(result, Err(e) if e.is_timeout() || e.is_io_error()
+            || e.is_connection_dropped() || e.is_connection_refusal());
+        if !failed {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let run = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if run < CLUSTER_REBUILD_AFTER
+            || now_ms() - self.made_at.load(Ordering::Relaxed) < CLUSTER_REBUILD_EVERY_MS
+        {
+            return;
+        }
+        let Ok(_one) = self.rebuilding.try_lock() else {
+            return;
+        };
+        self.made_at.store(now_ms(), Ordering::Relaxed);
+        match self.client.get_async_connection().await {
+            Ok(fresh) => {
+                *self.current.write() = fresh;
+                self.failures.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    failures = run,
+                    "the Redis Cluster connection stopped answering; made it anew"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the Redis Cluster connection could not be made anew")
+            }
+        }
+    }
 }
 
 impl ::redis::aio::ConnectionLike for Conn {
@@ -752,7 +824,11 @@ impl ::redis::aio::ConnectionLike for Conn {
     ) -> ::redis::RedisFuture<'a, ::redis::Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(async move {
+                let result = c.conn().req_packed_command(cmd).await;
+                c.note(&result).await;
+                result
+            }),
         }
     }
 
@@ -764,14 +840,18 @@ impl ::redis::aio::ConnectionLike for Conn {
     ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                let result = c.conn().req_packed_commands(pipeline, offset, count).await;
+                c.note(&result).await;
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
         }
     }
 }
@@ -1117,7 +1197,9 @@ impl RedisStore {
                     .max_retry_wait(1_000)
                     .build()
                     .map_err(unavailable)?;
-                Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+                Conn::Cluster(Arc::new(
+                    ClusterConn::connect(client).await.map_err(unavailable)?,
+                ))
             }
             None => {
                 let info = ::redis::IntoConnectionInfo::into_connection_info(url)
