@@ -1642,48 +1642,15 @@ impl RedisStore {
         Ok((removed, empty))
     }
 
-    /// The positions of `ids` grouped by shard: one pipeline per shard (a pipeline to a cluster
-    /// must stay in one slot).
-    fn by_shard(&self, ids: &[String]) -> std::collections::BTreeMap<usize, Vec<usize>> {
-        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> =
-            std::collections::BTreeMap::new();
-        for (pos, id) in ids.iter().enumerate() {
-            groups.entry(self.shard(id)).or_default().push(pos);
-        }
-        groups
-    }
-
-    /// One pipeline per shard of the ids' records, `command(id)` each, run side by side; the
-    /// replies back in the order of `ids`.
+    /// One pipeline per shard of the ids' records (a pipeline to a cluster must stay in one
+    /// slot), `command(id)` each, run side by side; the replies back in the order of `ids`.
     async fn per_record<T: ::redis::FromRedisValue + Send>(
         &self,
         ids: &[String],
         command: &(dyn Fn(&str) -> ::redis::Cmd + Sync),
     ) -> StoreResult<Vec<T>> {
-        let groups = self.by_shard(ids);
-        let calls = groups.into_values().map(|positions| async move {
-            let mut pipe = ::redis::pipe();
-            for &pos in &positions {
-                if let Some(id) = ids.get(pos) {
-                    pipe.add_command(command(id));
-                }
-            }
-            let mut conn = self.conn.clone();
-            let replies: Vec<T> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-            Ok::<_, StoreError>(positions.into_iter().zip(replies).collect::<Vec<_>>())
-        });
-        let mut slots: Vec<Option<T>> = (0..ids.len()).map(|_| None).collect();
-        for answer in futures::future::join_all(calls).await {
-            for (pos, reply) in answer? {
-                if let Some(slot) = slots.get_mut(pos) {
-                    *slot = Some(reply);
-                }
-            }
-        }
-        slots
-            .into_iter()
-            .map(|r| r.ok_or_else(|| StoreError::Corrupt("a pipeline answered short".into())))
-            .collect()
+        let shards = ids.iter().map(|id| self.shard(id)).collect();
+        self.per_key(ids, shards, command).await
     }
 
     /// Reads jobs with one pipeline per shard: each job's hash holds its history.
@@ -1738,7 +1705,8 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Like [`Self::per_record`], for keys whose shards are given.
+    /// One pipeline per shard of `command(key)` for each key, `shards[i]` the shard of `keys[i]`,
+    /// run side by side; the replies back in the order of `keys`.
     async fn per_key<T: ::redis::FromRedisValue + Send>(
         &self,
         keys: &[String],
