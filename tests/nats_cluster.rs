@@ -170,29 +170,8 @@ async fn jobs_survive_the_loss_of_the_node_the_host_is_on() {
     let (h, prefix) = host_on(&cluster).await;
 
     // The worker is a client of its own, as a worker process would be, seeded with every node.
-    let subjects = Subjects::new(&prefix);
-    let worker_bus = NatsBus::connect(&cluster.seeds(), subjects)
-        .await
-        .expect("the worker connects to the cluster");
     let topic = "job.cluster";
-    let worker = Worker::new(
-        Arc::new(worker_bus),
-        WorkerOptions {
-            id: "cluster-worker".into(),
-            pool: "p".into(),
-            topics: vec![topic.into()],
-            max_parallel: 16,
-            labels: Default::default(),
-            mode: Mode::Echo,
-            heartbeat_interval: Duration::from_millis(200),
-            report_cpu: false,
-            started_delay: coretex::worker::STARTED_DELAY,
-        },
-    );
-    let stop = h.workers.child_token();
-    let s = stop.clone();
-    tokio::spawn(async move { worker.run(s).await });
-    h.wait_worker("cluster-worker").await;
+    cluster_worker(&h, &cluster, &prefix, "cluster-worker", topic).await;
 
     let before = submit_all(&h, topic, "before").await;
     for id in &before {
@@ -209,6 +188,5 @@ async fn jobs_survive_the_loss_of_the_node_the_host_is_on() {
             .wait_state(id, "SUCCEEDED", Duration::from_secs(60))
             .await;
     }
-    stop.cancel();
     h.stop().await;
 }

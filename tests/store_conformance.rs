@@ -2872,6 +2872,7 @@ async fn cluster_keys_spread_evenly_over_the_masters() {
             .await
             .unwrap_or_else(|e| redis_unreachable(&url, e)),
     );
+    assert_eq!(store.backend(), "redis-cluster");
     let now = now_ms();
     let jobs: Vec<NewJob> = (0..3_000).map(|_| new_job(&simple_spec(now))).collect();
     for chunk in jobs.chunks(500) {

@@ -1404,10 +1404,15 @@ impl RedisStore {
             .as_deref()
             .filter(|_| !key_reserved)
             .unwrap_or("");
-        let idem_shard = self.shard(&format!("{}~{idem}", spec.tenant_id));
+        // The key's shard only when there is a key (the script reads the prefix only then).
+        let idem_prefix = if idem.is_empty() {
+            ""
+        } else {
+            self.sp(self.shard(&idem_name(&spec.tenant_id, idem)))
+        };
         let mut a = Args::with_capacity(16, payload.len() + rest.len() + 320);
         a.push(self.sp(self.shard(&spec.id)))
-            .push(self.sp(idem_shard))
+            .push(idem_prefix)
             .push(&spec.id)
             .push_num(spec.created_at)
             .push(payload)
@@ -1463,7 +1468,7 @@ impl RedisStore {
                     .await?,
             );
         };
-        let ik_name = format!("{}~{idem}", spec.tenant_id);
+        let ik_name = idem_name(&spec.tenant_id, idem);
         let ik_shard = self.shard(&ik_name);
         if ik_shard == shard {
             return Self::parse_create(
@@ -1748,6 +1753,12 @@ impl RedisStore {
 /// that has not written it yet) before it takes the key over: far longer than the two steps of
 /// a create take, short enough that a create that died between them holds its key up briefly.
 const RESERVATION_WAIT: Duration = Duration::from_secs(2);
+
+/// What an idempotency key is stored under, and hashed by for its shard: `tenant~key` (the
+/// create script builds the same name).
+fn idem_name(tenant: &str, key: &str) -> String {
+    format!("{tenant}~{key}")
+}
 
 /// `(member, score)` pairs of a flat `member, score, …` reply.
 fn pairs(flat: &[String], index: &str) -> StoreResult<Vec<(String, i64)>> {
