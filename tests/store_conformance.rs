@@ -2921,8 +2921,12 @@ async fn cluster_a_master_failover_loses_no_acknowledged_job() {
             .unwrap_or_else(|e| redis_unreachable(&url, e)),
     );
     let acknowledged = Arc::new(parking_lot::Mutex::new(BTreeMap::<String, JobState>::new()));
+    // Moves asked for: one whose answer was lost (a call cut off by the failover) may still
+    // have been applied, so its job may be a step past its acknowledged state, never behind.
+    let attempted = Arc::new(parking_lot::Mutex::new(HashSet::<String>::new()));
     let writer = {
-        let (store, acknowledged) = (store.clone(), acknowledged.clone());
+        let (store, acknowledged, attempted) =
+            (store.clone(), acknowledged.clone(), attempted.clone());
         tokio::spawn(async move {
             let mut refused = 0;
             while acknowledged.lock().len() < 600 {
@@ -2944,6 +2948,7 @@ async fn cluster_a_master_failover_loses_no_acknowledged_job() {
                     if !acknowledged.lock().contains_key(id) {
                         continue;
                     }
+                    attempted.lock().insert(id.clone());
                     if let Ok(TransitionOutcome::Applied { .. }) = store
                         .transition(id, &Transition::to(Scheduled, now_ms()))
                         .await
@@ -2985,8 +2990,13 @@ async fn cluster_a_master_failover_loses_no_acknowledged_job() {
         "{} acknowledged jobs lost: {lost:?}",
         lost.len()
     );
+    let attempted = attempted.lock().clone();
     for (job, want) in jobs.iter().flatten().zip(acknowledged.values()) {
-        assert_eq!(job.state, *want, "{}", job.spec.id);
+        let unanswered_move =
+            *want == Pending && job.state == Scheduled && attempted.contains(&job.spec.id);
+        if !unanswered_move {
+            assert_eq!(job.state, *want, "{}", job.spec.id);
+        }
     }
     println!(
         "failover: {} jobs acknowledged, {refused} creates refused while the slots moved",
