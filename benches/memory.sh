@@ -64,12 +64,13 @@ one_run() {
   used1=$(info_field "$rp" memory used_memory); cpu1=$(redis_cpu "$rp"); scpu1=$(cpu_of "$serve")
   script_us=$(redis-cli -p "$rp" info commandstats | tr -d '\r' |
     sed -n 's/^cmdstat_evalsha:calls=[0-9]*,usec=\([0-9]*\),.*/\1/p')
-  # Each shard keeps its own indexes (`coretex:{tag}:idx:…`): the count is their sum.
+  # Each shard keeps its own indexes (`coretex:{tag}:idx:…`); a finished job is in its shard's
+  # paged index (pages `coretex:{tag}:idx:done:{n}`): the count is their sum.
   ok=0
-  for k in $(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:idx:state:SUCCEEDED'); do
+  for k in $(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:idx:done:[0-9]*'); do
     ok=$((ok + $(redis-cli -p "$rp" zcard "$k")))
   done
-  [ "$ok" = "$N" ] || { echo "only $ok of $N jobs SUCCEEDED" >&2; exit 1; }
+  [ "$ok" = "$N" ] || { echo "only $ok of $N jobs finished" >&2; exit 1; }
   echo "run $run: used_memory before=$used0 after=$used1 keys=$(redis-cli -p "$rp" dbsize)"
   printf 'run %s: bytes_per_job=%.0f redis_cpu_us_per_job=%.2f script_us_per_job=%.2f serve_cpu_us_per_job=%.2f\n' \
     "$run" "$(echo "($used1 - $used0) / $N" | bc -l)" "$(echo "($cpu1 - $cpu0) * 1000000 / $N" | bc -l)" \
@@ -95,13 +96,28 @@ one_run() {
     done | sort | uniq -c | sed 's/^/  /'
     echo "== keys other than the jobs' own (MEMORY USAGE, exact; per entry for sorted sets)"
     redis-cli -p "$rp" --scan --pattern 'coretex:*' | grep -v "{$job}" | grep -v ':job:{' |
-      grep -v ':cfg:{' | sort | while read -r k; do
+      grep -v ':cfg:{' | grep -Ev ':idx:done:([0-9]|\{.*\}:[0-9])' | sort | while read -r k; do
         local t bytes n
         t=$(redis-cli -p "$rp" type "$k"); bytes=$(redis-cli -p "$rp" memory usage "$k" samples 0)
         case $t in zset) n=$(redis-cli -p "$rp" zcard "$k") ;; hash) n=$(redis-cli -p "$rp" hlen "$k") ;; *) n=1 ;; esac
         printf '  %-60s %-6s %8s entries %10s B %8.1f B/entry\n' "$k" "$t" "$n" "$bytes" "$(echo "$bytes / $n" | bc -l)"
       done
     echo "  (config records: $(redis-cli -p "$rp" --scan --pattern 'coretex:*:cfg:{*' | wc -l) keys)"
+    echo "== the pages of the finished jobs' indexes (MEMORY USAGE, exact, summed)"
+    for kind in shard tenant; do
+      if [ "$kind" = shard ]; then pat='coretex:{*}:idx:done:[0-9]*'; else pat='coretex:{*}:idx:done:{*}:[0-9]*'; fi
+      redis-cli -p "$rp" --scan --pattern "$pat" | {
+        pages=0 entries=0 bytes=0 compact=0
+        while read -r k; do
+          pages=$((pages + 1))
+          entries=$((entries + $(redis-cli -p "$rp" zcard "$k")))
+          bytes=$((bytes + $(redis-cli -p "$rp" memory usage "$k" samples 0)))
+          [ "$(redis-cli -p "$rp" object encoding "$k")" = listpack ] && compact=$((compact + 1))
+        done
+        printf '  %-7s %6s pages (%s listpack) %8s entries %10s B %8.1f B/entry\n' "$kind" "$pages" \
+          "$compact" "$entries" "$bytes" "$(echo "$bytes / ($entries + ($entries == 0))" | bc -l)"
+      }
+    done
   fi
   # This run's processes end here; the next run starts on fresh servers.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

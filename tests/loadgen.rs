@@ -108,6 +108,47 @@ async fn zcard(prefix: &str, index: &str) -> u64 {
     total
 }
 
+/// The entries of the paged index of finished jobs (`idx:done`, pages `idx:done:{n}`), summed
+/// over the shards, and how many of them are the jobs' in `state`.
+async fn finished(prefix: &str, state: &str) -> (u64, u64) {
+    let client = redis::Client::open(common::redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is running");
+    let (mut entries, mut in_state) = (0, 0);
+    for tag in coretex::store::shards::shard_tags(coretex::store::DEFAULT_SHARDS) {
+        let dir = format!("{prefix}{tag}:idx:done");
+        let pages: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&dir)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("zrange");
+        for page in pages {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(format!("{dir}:{page}"))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .expect("zrange");
+            for id in ids {
+                entries += 1;
+                let s: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{prefix}{tag}:job:{{{id}}}"))
+                    .arg("state")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("hget");
+                in_state += u64::from(s.as_deref() == Some(state));
+            }
+        }
+    }
+    (entries, in_state)
+}
+
 fn assert_all_ok(s: &Summary, n: usize) {
     assert_eq!(
         (s.jobs, s.ok, s.failed, s.lost),
@@ -133,7 +174,12 @@ async fn ten_thousand_jobs_through_redis_and_nats_none_lost() {
     assert_all_ok(&summary, n);
 
     // The store agrees: every job SUCCEEDED, and a job's history is whole.
-    assert_eq!(zcard(&prefix, "idx:state:SUCCEEDED").await, n as u64);
+    assert_eq!(
+        finished(&prefix, "SUCCEEDED").await,
+        (n as u64, n as u64),
+        "every job is finished, SUCCEEDED, and indexed once"
+    );
+    assert_eq!(zcard(&prefix, "idx:recent").await, 0, "no live job is left");
     assert_eq!(zcard(&prefix, "idx:state:DISPATCHED").await, 0);
     assert_eq!(zcard(&prefix, "idx:state:PENDING").await, 0);
     let api = Api::new(running.addr);

@@ -57,6 +57,9 @@ async fn a_job_whose_worker_dies_runs_again_on_another(backend: Backend) {
         )
         .await;
     let id = running_job(&h, &topic).await;
+    // The lease the dying worker holds (a finished job's record keeps none).
+    let lease = h.stored_job(&id).await.lease;
+    assert!(lease.is_some(), "the dispatch of {id} has a lease");
     // The worker dies: no more heartbeats, no result, ever. Another takes the topic.
     doomed.cancel();
     h.ready_worker(&unique("w-heir-"), "p", &[&topic], &[], Mode::Echo)
@@ -71,8 +74,11 @@ async fn a_job_whose_worker_dies_runs_again_on_another(backend: Backend) {
 
     // The dead worker's result, should it come after all (under the lease it was given), is
     // written down and changes nothing.
-    let lease = h.stored_job(&id).await.lease;
-    assert!(lease.is_some(), "the dispatch of {id} has a lease");
+    assert_eq!(
+        h.stored_job(&id).await.lease,
+        None,
+        "a finished job keeps no lease"
+    );
     let late = ResultMsg {
         v: VERSION,
         job_id: id.clone(),

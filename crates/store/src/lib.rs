@@ -373,7 +373,10 @@ pub trait JobStore: Backend {
     /// Returns false (and changes nothing) when the job is not in `a.expect`.
     async fn annotate(&self, id: &str, a: &Annotation) -> StoreResult<bool>;
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>>;
-    /// How many jobs are in each of `states` now, in order.
+    /// How many jobs are in each of `states` now, in order. Counts are of live jobs: a
+    /// terminal state counts 0 (finished jobs are listed, not counted, and on Redis they are in
+    /// no state index of their own). The same holds for `jobs_due` and `holdings`, which
+    /// answer nothing for a terminal state.
     async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>>;
     /// Ids in `state` whose recheck time (when they entered the state, or the
     /// [`Annotation::recheck_at`] set since) is ≤ `before`, oldest first.
@@ -586,6 +589,11 @@ pub struct StoreOptions {
     /// answered (`WAIT`, at most [`WAIT_REPLICAS_TIMEOUT_MS`]): with 1, a write acknowledged
     /// survives the loss of its master, which replicates asynchronously. 0 waits for none.
     pub wait_replicas: u8,
+    /// Entries of one page of a finished jobs' index (see `redis.rs`): Redis keeps a sorted set
+    /// of up to `zset-max-listpack-entries` (128 by default) in its compact encoding, about a
+    /// third of the memory per entry. Past this many, a page is still written to when a late
+    /// entry belongs in it, and then takes the larger encoding.
+    pub index_page: u16,
 }
 
 /// How long a batched write waits for [`StoreOptions::wait_replicas`] before it is answered
@@ -606,6 +614,7 @@ impl Default for StoreOptions {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             shards: DEFAULT_SHARDS,
             wait_replicas: 0,
+            index_page: 128,
         }
     }
 }

@@ -405,6 +405,8 @@ impl JobStore for MemoryStore {
         rec.job.reason = None;
         if t.to.is_terminal() {
             rec.expires_at = now + ttl;
+            // Only a report on the live job could use it (as on Redis).
+            rec.job.lease = None;
         }
         // The spec is immutable and small next to the history: clone it, not the whole job.
         let spec = rec.job.spec.clone();
@@ -464,6 +466,7 @@ impl JobStore for MemoryStore {
                 inner
                     .indexes
                     .get(&index_key(IndexName::State(*s)))
+                    .filter(|_| !s.is_terminal())
                     .map_or(0, |z| z.scores.len() as u64)
             })
             .collect())
@@ -525,6 +528,7 @@ impl JobStore for MemoryStore {
         Ok(inner
             .indexes
             .get(&index_key(IndexName::State(state)))
+            .filter(|_| !state.is_terminal())
             .map(|z| z.ascending_up_to(before, limit))
             .unwrap_or_default())
     }
@@ -535,6 +539,9 @@ impl JobStore for MemoryStore {
         after: Option<&Cursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Holding>, Option<Cursor>)> {
+        if state.is_terminal() {
+            return Ok((Vec::new(), None));
+        }
         let mut inner = self.inner.lock();
         let entries: Vec<(i64, String)> = inner
             .index(IndexName::State(state))

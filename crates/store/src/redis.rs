@@ -31,12 +31,14 @@
 //! | `S job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
 //! | `S cfg:{ref}` | string | an effective config too large to inline, stored once per shard under `ref` (SHA-256 of its JSON, base64url) for every job of the shard dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
 //! | `S idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair), in the shard of `tenant~key` |
-//! | `S idx:recent` | zset | every job of the shard, scored by `updated_at` |
-//! | `S idx:state:{STATE}` | zset | jobs in a state, scored by the time they entered it (or a recheck time set by the scheduler) |
-//! | `S idx:tenant:{t}` | zset | scored by `updated_at` (topic and team filters are answered by walking the tenant, state or recent index: every index entry is two sorted-set writes per job, the most expensive part of its Redis time) |
+//! | `S idx:recent` | zset | the shard's live jobs, scored by `updated_at` |
+//! | `S idx:state:{STATE}` | zset | live jobs in a live state, scored by the time they entered it (or a recheck time set by the scheduler) |
+//! | `S idx:tenant:{t}` | zset | the tenant's live jobs, scored by `updated_at` (topic and team filters are answered by walking the tenant or recent index) |
+//! | `S idx:done`, `S idx:done:{t}` | zset | finished jobs, the shard's and a tenant's: paged indexes (below), each page number scored by the least `updated_at` its page holds |
+//! | `S idx:done:{n}`, `S idx:done:{t}:{n}` | zset | a page of finished jobs scored by `updated_at`, [`StoreOptions::index_page`] entries (128) |
 //! | `S idx:trace:{t}` | zset | the shard's jobs of a trace, scored by `created_at`, but for the one it is named after (a job submitted without a trace starts its own, named after it: it is listed from its record, and most traces need no key at all); a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
 //! | `S idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
-//! | `S idx:names` | set | the shard's tenant index keys, for pruning |
+//! | `S idx:names` | set | the shard's tenant index keys (live and finished), for pruning |
 //! | `S dlq:{id}` | string | a dead letter (JSON), in its job's shard |
 //! | `S idx:dlq`, `S idx:dlq:{tenant}` | zset | dead letters by time, all and per tenant (a tenant's list, and its cursor, never meet another tenant's entry) |
 //! | `S run:{id}` | hash | a workflow run: `doc` (the whole run, JSON), `rev` (its revision, for compare-and-set), `status`; once the run has finished it expires `job_ttl` after its last save, as a job does |
@@ -80,6 +82,25 @@
 //! name to its long one. (A replica of that version reads no lean record: upgrade every
 //! replica before it serves reads, or accept that its reads miss the new jobs meanwhile.)
 //!
+//! # Finished jobs' indexes are paged
+//!
+//! Retained finished jobs are nearly all of a store's jobs, and a sorted-set entry in Redis's
+//! table encoding costs ~136 bytes (the member, a skip-list node, a hash-table entry), where
+//! one in a sorted set of at most 128 entries (`zset-max-listpack-entries`), kept in one
+//! allocation, costs ~50. So a job that finishes leaves the live indexes (recent, tenant,
+//! state) for two paged ones: `idx:done` (the shard's) and `idx:done:{tenant}`, each a
+//! directory of pages, sorted sets of [`StoreOptions::index_page`] entries. The directory
+//! scores each page by the least score it may hold, so the pages split the scores into ranges,
+//! newest on top: a finish goes to the top page until that is full and the finish scores above
+//! all of its entries, then to a new one; a late one (older than the top page's range) to the
+//! page whose range holds it. A listing walks the pages from the one holding its cursor down,
+//! as if they were one sorted set, and merges that walk with the live index's (a state
+//! filter walks only the half its state can be in: a finished state's listing filters the
+//! finished jobs of the shard or tenant by state). A prune drops an expired job's page entry
+//! and a page left empty. Finished jobs are counted by no state ([`JobStore::count_jobs`]).
+//! A finished job of a store written before the paged indexes stays in the recent, tenant and
+//! state indexes, where it is listed and pruned as before.
+//!
 //! # Recheck times are state-index scores
 //!
 //! A job's score in `idx:state:{STATE}` is its recheck time: when it entered the state, or the
@@ -93,7 +114,8 @@
 //! A state change is one `EVALSHA`: read the current state, check the move against the table
 //! (the Lua table is generated from [`crate::job::TRANSITIONS`] when the store starts), then set
 //! the fields, append to the history, move the job between state indexes, re-score the recent and
-//! tenant indexes, drop the deadline entry of a terminal job, set its TTL and,
+//! tenant indexes (or, for a finish, move it to the paged ones), drop the deadline entry and
+//! the lease of a finished job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
 //! A transition a worker's report asks for carries its claim (worker and lease), and the script
 //! first checks it against the job's recorded assignment ([`Claim::admits`], spelled again in
@@ -142,6 +164,71 @@ local function zrem(key, id)
   local a = zadds[key]
   if a then a[id] = nil end
 end
+-- A finished job's entries go to paged indexes (see "Finished jobs' indexes are paged"):
+-- `done(dir, score, id)` gathers them, `write_indexes` appends them.
+local dones = {}
+local function done(dir, score, id)
+  local m = dones[dir]
+  if not m then m = {}; dones[dir] = m end
+  m[#m + 1] = {tonumber(score), id}
+end
+local function zadd_pairs(key, a)
+  for i = 1, #a, 4000 do redis.call('ZADD', key, unpack(a, i, math.min(i + 3999, #a))) end
+end
+-- Appends entries to the paged index `dir`: a page is `dir:{n}`, and `dir` scores each page
+-- by the least score it may hold, so the pages split the scores into ranges, newest on top.
+-- An entry goes to the top page until that holds PAGE entries; then to a new top page, which
+-- takes the full one's entries that score as much or more. One older than the top page's
+-- range (a late finish) goes to the page whose range holds it, or lowers the first page's
+-- bound.
+local function write_pages(dir, entries)
+  table.sort(entries, function(a, b) return a[1] < b[1] end)
+  local n, min, count, max = 0, nil, 0, nil
+  local top = redis.call('ZREVRANGE', dir, 0, 0, 'WITHSCORES')
+  if #top > 0 then
+    n, min = tonumber(top[1]), tonumber(top[2])
+    count = redis.call('ZCARD', dir .. ':' .. n)
+    local last = redis.call('ZREVRANGE', dir .. ':' .. n, 0, 0, 'WITHSCORES')
+    if #last > 0 then max = tonumber(last[2]) end
+  end
+  local pending = {}
+  for _, e in ipairs(entries) do
+    local s, id = e[1], e[2]
+    if n > 0 and s < min then
+      local page = redis.call('ZREVRANGEBYSCORE', dir, s, '-inf', 'LIMIT', 0, 1)[1]
+      if not page then
+        page = redis.call('ZRANGE', dir, 0, 0)[1]
+        redis.call('ZADD', dir, s, page)
+        if tonumber(page) == n then min = s end
+      end
+      redis.call('ZADD', dir .. ':' .. page, s, id)
+    else
+      if n == 0 or (count >= PAGE and s > min) then
+        -- A new top page from `s` up: the entries of the full one that score `s` or more
+        -- (finishes written out of order, a few) move to it, so the ranges stay apart.
+        local top = dir .. ':' .. n
+        zadd_pairs(top, pending)
+        pending = {}
+        local moved_max = s
+        if n > 0 and s <= max then
+          pending = redis.call('ZRANGEBYSCORE', top, s, '+inf', 'WITHSCORES')
+          redis.call('ZREMRANGEBYSCORE', top, s, '+inf')
+          for i = 1, #pending, 2 do
+            pending[i], pending[i + 1] = pending[i + 1], pending[i]
+            moved_max = math.max(moved_max, tonumber(pending[i]))
+          end
+        end
+        n, min, count, max = n + 1, s, #pending / 2, moved_max
+        redis.call('ZADD', dir, s, n)
+      end
+      pending[#pending + 1] = s
+      pending[#pending + 1] = id
+      count = count + 1
+      if not max or s > max then max = s end
+    end
+  end
+  zadd_pairs(dir .. ':' .. n, pending)
+end
 local function write_indexes()
   for key, m in pairs(zrems) do
     local a = {}
@@ -151,8 +238,9 @@ local function write_indexes()
   for key, m in pairs(zadds) do
     local a = {}
     for id, score in pairs(m) do a[#a + 1] = score; a[#a + 1] = id end
-    for i = 1, #a, 4000 do redis.call('ZADD', key, unpack(a, i, math.min(i + 3999, #a))) end
+    zadd_pairs(key, a)
   end
+  for dir, entries in pairs(dones) do write_pages(dir, entries) end
 end
 "#;
 
@@ -388,7 +476,7 @@ return out
 /// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
 local ttl = ARGV[1]
-local out = {}
+local out, named = {}, {}
 local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'h', 'deadline',
@@ -430,16 +518,26 @@ local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, 
     drop_pieces(key, 'reason', 2, pieces_of(h[10]))
   end
   zrem(p .. 'idx:state:' .. cur, id)
-  zadd(p .. 'idx:state:' .. to, at, id)
-  zadd(p .. 'idx:recent', at, id)
-  zadd(braced(p, 'idx:tenant', tenant), at, id)
   if TERMINAL[to] then
+    -- A finished job leaves the live indexes for the paged ones, where it stays.
+    zrem(p .. 'idx:recent', id)
+    zrem(braced(p, 'idx:tenant', tenant), id)
+    done(p .. 'idx:done', at, id)
+    local td = braced(p, 'idx:done', tenant)
+    done(td, at, id)
+    if not named[td] then named[td] = true; redis.call('SADD', p .. 'idx:names', td) end
     -- A record expires a TTL after it finished (a live job never does), its trace with it,
-    -- and the config it references no sooner.
+    -- and the config it references no sooner. Its lease, which only a report on the live job
+    -- could use, goes.
     redis.call('PEXPIRE', key, ttl)
     if h[3] and h[3] ~= id then redis.call('PEXPIRE', braced(p, 'idx:trace', h[3]), ttl) end
     if h[6] then zrem(p .. 'idx:deadline', id) end
     if cfg then redis.call('PEXPIRE', braced(p, 'cfg', cfg), ttl, 'GT') end
+    if h[8] then redis.call('HDEL', key, 'lease') end
+  else
+    zadd(p .. 'idx:state:' .. to, at, id)
+    zadd(p .. 'idx:recent', at, id)
+    zadd(braced(p, 'idx:tenant', tenant), at, id)
   end
   if dl ~= '' then
     redis.call('SET', braced(p, 'dlq', id), dl)
@@ -535,8 +633,29 @@ local function visit(id, s)
   end
   if scanned >= budget then return {items, ls, lid, 1} end
 end
+-- The next entries from the cursor down: of the index, or (`ARGV[14]` = '1') of the pages of
+-- the paged index `idx`, newest page first, from the one whose range holds the cursor.
+local paged, pages_seen, page = ARGV[14] == '1', 0, nil
+local function next_chunk()
+  if not paged then
+    local c = redis.call('ZREVRANGEBYSCORE', idx, maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
+    offset = offset + #c / 2
+    return c
+  end
+  while true do
+    if not page then
+      local d = redis.call('ZREVRANGEBYSCORE', idx, maxs, '-inf', 'LIMIT', pages_seen, 1)
+      if #d == 0 then return d end
+      pages_seen, page, offset = pages_seen + 1, idx .. ':' .. d[1], 0
+    end
+    local c = redis.call('ZREVRANGEBYSCORE', page, maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
+    offset = offset + #c / 2
+    if #c > 0 then return c end
+    page = nil
+  end
+end
 while true do
-  local chunk = redis.call('ZREVRANGEBYSCORE', idx, maxs, '-inf', 'WITHSCORES', 'LIMIT', offset, 256)
+  local chunk = next_chunk()
   if #chunk == 0 then
     if rs then
       rs = nil
@@ -545,7 +664,6 @@ while true do
     end
     return {items, '', '', 0}
   end
-  offset = offset + #chunk / 2
   for i = 1, #chunk, 2 do
     local id, s = chunk[i], chunk[i + 1]
     if id ~= root and not (cs and tonumber(s) == cs and not lt(id, cid)) then
@@ -643,6 +761,39 @@ end
 return {removed, redis.call('ZCARD', KEYS[1]), offset}
 "#;
 
+/// The same for a paged index `KEYS[1]` (see "Finished jobs' indexes are paged"): walks its pages
+/// whose range starts before `ARGV[2]`, oldest first, from the `ARGV[3]`th of them, dropping
+/// their entries scored before it whose record is gone, and a page left empty (its key and its
+/// place in the index). Answers as [`LUA_PRUNE`] does, counting pages: how many entries went,
+/// how many pages are left, and the page to go on from (-1 when done).
+const LUA_PRUNE_PAGES: &str = r#"
+local dir, before = KEYS[1], '(' .. ARGV[2]
+local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
+while seen < budget do
+  local pages = redis.call('ZRANGEBYSCORE', dir, '-inf', before, 'LIMIT', offset, 16)
+  if #pages == 0 then return {removed, redis.call('ZCARD', dir), -1} end
+  for _, n in ipairs(pages) do
+    local page = dir .. ':' .. n
+    local gone = {}
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', page, '-inf', before)) do
+      seen = seen + 1
+      if redis.call('EXISTS', ARGV[1] .. id .. '}') == 0 then gone[#gone + 1] = id end
+    end
+    for i = 1, #gone, 4000 do
+      redis.call('ZREM', page, unpack(gone, i, math.min(i + 3999, #gone)))
+    end
+    removed = removed + #gone
+    if redis.call('EXISTS', page) == 0 then
+      redis.call('ZREM', dir, n)
+    else
+      offset = offset + 1
+    end
+    if seen >= budget then break end
+  end
+end
+return {removed, redis.call('ZCARD', dir), offset}
+"#;
+
 /// Entries one prune call looks at (a few milliseconds of Redis time).
 const PRUNE_BUDGET: usize = 2048;
 
@@ -733,6 +884,7 @@ struct Scripts {
     workflow_put: Script,
     run_put: Script,
     prune: Script,
+    prune_pages: Script,
 }
 
 /// A connection to one Redis, or to a Redis Cluster: the two clients of the redis crate behind
@@ -1162,6 +1314,14 @@ impl Batchers {
     }
 }
 
+/// An index a listing walks: a sorted set of live jobs, or the paged index of finished ones
+/// (the shard's, or a tenant's).
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Live(IndexName<'a>),
+    Done(Option<&'a str>),
+}
+
 fn unavailable(e: ::redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -1229,9 +1389,11 @@ impl RedisStore {
             Conn::Single(_) => vec![None],
         };
         let tables = lua_state_tables();
-        let create_script = format!("{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}");
+        let page = format!("local PAGE = {}\n", opts.index_page.max(1));
+        let create_script =
+            format!("{page}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}");
         let transition_script = format!(
-            "{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
+            "{page}{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
         );
         let creates = Batchers(
             routes
@@ -1280,6 +1442,7 @@ impl RedisStore {
             workflow_put: Script::new(LUA_WORKFLOW_PUT),
             run_put: Script::new(LUA_RUN_PUT),
             prune: Script::new(LUA_PRUNE),
+            prune_pages: Script::new(LUA_PRUNE_PAGES),
         };
         Ok(RedisStore {
             conn,
@@ -1387,6 +1550,32 @@ impl RedisStore {
             IndexName::Tenant(t) => self.in_shard(shard, "idx:tenant", t),
             IndexName::Trace(t) => self.in_shard(shard, "idx:trace", t),
             IndexName::State(s) => format!("{}idx:state:{s}", self.sp(shard)),
+        }
+    }
+
+    /// The indexes a listing walks in each shard: a live job is in the recent and tenant
+    /// indexes, a finished one in the paged `done` indexes (the shard's, and its tenant's); a
+    /// state filter walks only the half its state can be in, and a trace has one index for all.
+    fn list_sources<'a>(filter: &'a JobFilter) -> Vec<Source<'a>> {
+        let live = match list_index(filter) {
+            IndexName::Trace(t) => return vec![Source::Live(IndexName::Trace(t))],
+            IndexName::Tenant(t) => IndexName::Tenant(t),
+            _ => IndexName::Recent,
+        };
+        let done = Source::Done(filter.tenant.as_deref());
+        match filter.state {
+            Some(s) if s.is_terminal() => vec![done],
+            Some(_) => vec![Source::Live(live)],
+            None => vec![Source::Live(live), done],
+        }
+    }
+
+    /// The key of a listing's source in shard `i`.
+    fn source_key(&self, i: usize, source: Source<'_>) -> String {
+        match source {
+            Source::Live(index) => self.index_key(i, index),
+            Source::Done(Some(t)) => self.in_shard(i, "idx:done", t),
+            Source::Done(None) => format!("{}idx:done", self.sp(i)),
         }
     }
 
@@ -1610,22 +1799,27 @@ impl RedisStore {
 
     /// Drops the entries scored before `before` of the indexes `keys` whose record (`record`
     /// .. id) has expired, a budget of entries per script call. Answers how many went and which
-    /// of the first `named` keys (those listed in a names set) are left empty.
+    /// of the first `named` keys (those listed in a names set) are left empty. A key `paged`
+    /// says is a paged index is walked page by page.
     async fn prune(
         &self,
         keys: &[String],
         named: usize,
         record: &str,
         before: Millis,
+        paged: &(dyn Fn(&str) -> bool + Sync),
     ) -> StoreResult<(u64, Vec<String>)> {
         let mut conn = self.conn.clone();
         let (mut removed, mut empty) = (0, Vec::new());
         for (i, k) in keys.iter().enumerate() {
+            let script = if paged(k) {
+                &self.scripts.prune_pages
+            } else {
+                &self.scripts.prune
+            };
             let mut offset = 0i64;
             loop {
-                let (gone, left, next): (u64, u64, i64) = self
-                    .scripts
-                    .prune
+                let (gone, left, next): (u64, u64, i64) = script
                     .key(k)
                     .arg(record)
                     .arg(before)
@@ -2191,12 +2385,14 @@ impl JobStore for RedisStore {
     }
 
     async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
-        if states.is_empty() {
-            return Ok(Vec::new());
+        if states.iter().all(|s| s.is_terminal()) {
+            return Ok(vec![0; states.len()]);
         }
         let calls = (0..self.shards.len()).map(|i| async move {
             let mut pipe = ::redis::pipe();
-            for s in states {
+            // (A finished job is in no state index; one of a store written before the paged
+            // indexes is, and is not counted either.)
+            for s in states.iter().filter(|s| !s.is_terminal()) {
                 pipe.zcard(self.index_key(i, IndexName::State(*s)));
             }
             let mut conn = self.conn.clone();
@@ -2206,7 +2402,11 @@ impl JobStore for RedisStore {
         });
         let mut totals = vec![0u64; states.len()];
         for counts in futures::future::join_all(calls).await {
-            for (total, n) in totals.iter_mut().zip(counts?) {
+            let live = totals
+                .iter_mut()
+                .zip(states)
+                .filter(|(_, s)| !s.is_terminal());
+            for ((total, _), n) in live.zip(counts?) {
                 *total += n;
             }
         }
@@ -2216,54 +2416,59 @@ impl JobStore for RedisStore {
     async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest) -> StoreResult<Page<Job>> {
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         let (after_score, after_id) = after_args(page.cursor.as_ref());
-        let index = list_index(filter);
+        let sources = Self::list_sources(filter);
         // A trace's own job is met from its record, in its own shard only.
-        let root = match index {
-            IndexName::Trace(t) => Some((self.shard(t), t)),
-            _ => None,
-        };
-        // The page's scan budget shared among the shards (each looks at least a page's worth),
-        // so a selective filter answers a short page with a cursor as soon on many shards as on
-        // one, instead of scanning the shard count's multiple of entries.
-        let budget = (scan_budget(page.limit) / self.shards.len().max(1)).max(page.limit);
-        let calls = (0..self.shards.len()).map(|i| {
-            let sp = self.sp(i);
-            let mut inv = self.scripts.list.prepare_invoke();
-            inv.key(sp)
-                .arg(sp)
-                .arg(self.index_key(i, index))
-                .arg(&after_score)
-                .arg(&after_id)
-                .arg(page.limit)
-                .arg(budget)
-                .arg(filter.state.map(|s| s.as_str()).unwrap_or(""))
-                .arg(opt(&filter.topic))
-                .arg(opt(&filter.tenant))
-                .arg(opt(&filter.team))
-                .arg(
-                    filter
-                        .updated_after
-                        .map(|v| v.to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(
-                    filter
-                        .updated_before
-                        .map(|v| v.to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(match root {
-                    Some((shard, t)) if shard == i => t,
-                    _ => "",
-                });
-            async move {
-                let mut conn = self.conn.clone();
-                inv.invoke_async::<(Vec<String>, String, String, i64)>(&mut conn)
-                    .await
-                    .map_err(unavailable)
-            }
-        });
-        let mut pages = Vec::with_capacity(self.shards.len());
+        let root = filter.trace_id.as_deref().map(|t| (self.shard(t), t));
+        // The page's scan budget shared among the shards' indexes (each looks at least a
+        // page's worth), so a selective filter answers a short page with a cursor as soon on
+        // many shards as on one, instead of scanning the shard count's multiple of entries.
+        let walks = self.shards.len().max(1) * sources.len();
+        let budget = (scan_budget(page.limit) / walks).max(page.limit);
+        let calls = (0..self.shards.len())
+            .flat_map(|i| sources.iter().map(move |source| (i, *source)))
+            .map(|(i, source)| {
+                let sp = self.sp(i);
+                let mut inv = self.scripts.list.prepare_invoke();
+                inv.key(sp)
+                    .arg(sp)
+                    .arg(self.source_key(i, source))
+                    .arg(&after_score)
+                    .arg(&after_id)
+                    .arg(page.limit)
+                    .arg(budget)
+                    .arg(filter.state.map(|s| s.as_str()).unwrap_or(""))
+                    .arg(opt(&filter.topic))
+                    .arg(opt(&filter.tenant))
+                    .arg(opt(&filter.team))
+                    .arg(
+                        filter
+                            .updated_after
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                    )
+                    .arg(
+                        filter
+                            .updated_before
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                    )
+                    .arg(match root {
+                        Some((shard, t)) if shard == i => t,
+                        _ => "",
+                    })
+                    .arg(if matches!(source, Source::Done(_)) {
+                        "1"
+                    } else {
+                        ""
+                    });
+                async move {
+                    let mut conn = self.conn.clone();
+                    inv.invoke_async::<(Vec<String>, String, String, i64)>(&mut conn)
+                        .await
+                        .map_err(unavailable)
+                }
+            });
+        let mut pages = Vec::with_capacity(walks);
         for answer in futures::future::join_all(calls).await {
             let (flat, last_score, last_id, more) = answer?;
             let items = pairs(&flat, "a job list")?
@@ -2297,6 +2502,9 @@ impl JobStore for RedisStore {
         before: Millis,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
+        if state.is_terminal() {
+            return Ok(Vec::new());
+        }
         self.merged_due(&format!("idx:state:{state}"), before, limit)
             .await
     }
@@ -2307,6 +2515,9 @@ impl JobStore for RedisStore {
         after: Option<&Cursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Holding>, Option<Cursor>)> {
+        if state.is_terminal() {
+            return Ok((Vec::new(), None));
+        }
         let (entries, next) = self
             .merged_after(
                 &|i| self.index_key(i, IndexName::State(state)),
@@ -2359,13 +2570,23 @@ impl JobStore for RedisStore {
             let named: Vec<String> = conn.smembers(&names_key).await.map_err(unavailable)?;
             let mut keys = named.clone();
             keys.push(self.index_key(i, IndexName::Recent));
+            keys.push(self.source_key(i, Source::Done(None)));
+            // (A store written before the finished jobs' paged indexes has them in the
+            // terminal states' indexes, pruned here as they expire.)
             keys.extend(
                 JobState::ALL
                     .iter()
                     .map(|s| self.index_key(i, IndexName::State(*s))),
             );
             let record = format!("{}job:{{", self.sp(i));
-            let (gone, empty) = self.prune(&keys, named.len(), &record, before).await?;
+            let sp = self.sp(i);
+            let paged = |k: &str| {
+                k.strip_prefix(sp)
+                    .is_some_and(|k| k.starts_with("idx:done"))
+            };
+            let (gone, empty) = self
+                .prune(&keys, named.len(), &record, before, &paged)
+                .await?;
             removed += gone;
             if !empty.is_empty() {
                 let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
@@ -2888,7 +3109,9 @@ impl WorkflowStore for RedisStore {
                     .map(|s| self.run_index(i, &RunIndex::Status(*s))),
             );
             let record = format!("{}run:{{", self.sp(i));
-            let (gone, empty) = self.prune(&keys, by_workflow, &record, before).await?;
+            let (gone, empty) = self
+                .prune(&keys, by_workflow, &record, before, &|_| false)
+                .await?;
             removed += gone;
             if !empty.is_empty() {
                 let _: () = conn.srem(&names_key, empty).await.map_err(unavailable)?;
