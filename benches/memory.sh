@@ -78,6 +78,19 @@ one_run() {
     tee -a "$work/figures"
   if [ "$run" = 1 ]; then
     report_redis "$rp" "$N"
+    # What the keys hold (MEMORY USAGE summed over every key, by a script) against Redis's own
+    # overhead (its key and expiry tables, the clients, the scripts).
+    local sum
+    sum=$(redis-cli -p "$rp" eval "local c, t = '0', 0
+      repeat
+        local r = redis.call('SCAN', c, 'COUNT', 1000); c = r[1]
+        for _, k in ipairs(r[2]) do t = t + redis.call('MEMORY', 'USAGE', k, 'SAMPLES', 0) end
+      until c == '0'
+      return t" 0)
+    printf '== per job: keys %.0f B (MEMORY USAGE summed), Redis overhead %.0f B (used_memory_overhead)\n' \
+      "$(echo "$sum / $N" | bc -l)" \
+      "$(echo "($(info_field "$rp" memory used_memory_overhead) - $(info_field "$rp" memory used_memory_startup)) / $N" | bc -l)"
+    redis-cli -p "$rp" memory stats | tr -d '\r' | paste - - | grep -E 'overhead|keys|dataset|fragmentation\s' | sed 's/^/  /'
     # Where the bytes are: one job's keys (exactly), and each index per entry.
     job_key=$(redis-cli -p "$rp" --scan --pattern 'coretex:{*}:job:{*' | sed -n 1p)
     job=${job_key#*:job:\{}; job=${job%\}}

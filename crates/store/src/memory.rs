@@ -405,8 +405,10 @@ impl JobStore for MemoryStore {
         rec.job.reason = None;
         if t.to.is_terminal() {
             rec.expires_at = now + ttl;
-            // Only a report on the live job could use it (as on Redis).
+            // Only a report on the live job and the reconciler's watch over it use them (as on
+            // Redis).
             rec.job.lease = None;
+            rec.job.worker_instance = None;
         }
         // The spec is immutable and small next to the history: clone it, not the whole job.
         let spec = rec.job.spec.clone();

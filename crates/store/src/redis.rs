@@ -28,7 +28,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P layout` | string | `shards={S}`: the shard count this store was first written with |
-//! | `S job:{id}` | hash | the lean record (see "The job record" below): `state`, `created`, `updated_at`, `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`worker_id`, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
+//! | `S job:{id}` | hash | the lean record (see "The job record" below): `state`, `c` (created), `u` (updated at), `topic`, `p` (the payload, JSON), `x` (the rest of the spec, JSON, when there is any), `h` (the history), `team`, `trace`, `tenant`, `run`, `deadline`, `hbt` (each only when set and not implied by the id), and the changing fields (`w` the worker's id, `worker_instance`, `lease`, `r` result, `err` error, `sd`/`sr` safety decision and reason, `reason`, `ms` execution time, `ec` the effective config or `ecr` its reference); a value over 64 bytes in pieces, `{name}#2` … |
 //! | `S cfg:{ref}` | string | an effective config too large to inline, stored once per shard under `ref` (SHA-256 of its JSON, base64url) for every job of the shard dispatched with it; it expires `job_ttl` after the last of them was dispatched or finished |
 //! | `S idem:{tenant~key}` | string | idempotency key → job id (a tenant holds no `~`: one key per pair), in the shard of `tenant~key` |
 //! | `S idx:recent` | zset | the shard's live jobs, scored by `updated_at` |
@@ -71,15 +71,19 @@
 //! longer than 64 bytes (a payload, a result, a waiting reason) is stored in 64-byte pieces
 //! ([`LUA_PIECES`]). The history is one field of compact events (`{ms after created},{state code}[,{note as JSON}]`, one a
 //! line, about 5 bytes each where the JSON events took 55), appended by the scripts; the
-//! fields no script reads have short names. An effective config longer than 48 bytes — every
+//! fields have short names but for the state, topic and the few a live job needs (its worker's
+//! instance, lease, waiting reason: a finished record drops the first two), since a listpack
+//! holds each name in every record. A finished record loses its lease and worker instance. An
+//! effective config longer than 48 bytes — every
 //! job of a tenant or team carries the same merged document — is stored once under its digest
 //! (`cfg:{ref}`) and referenced (`ecr`); a shorter one, such as the empty config, inline (`ec`).
 //! Figures are in the README's Performance section (`benches/memory.sh`).
 //!
 //! A record written by the version before (its whole spec in `spec`, its history as JSON
 //! events `h:1` … `h:{hn}`, the long field names, its tenant and trace) is still read, and
-//! moved on: new events go to `h` after the old ones, and the reader prefers a short field
-//! name to its long one. (A replica of that version reads no lean record: upgrade every
+//! moved on: new events go to `h` after the old ones, and the reader (the scripts too, for
+//! `c`/`created`, `u`/`updated_at` and `w`/`worker_id`) prefers a short field name to its
+//! long one. (A replica of that version reads no lean record: upgrade every
 //! replica before it serves reads, or accept that its reads miss the new jobs meanwhile.)
 //!
 //! # Finished jobs' indexes are paged
@@ -114,8 +118,8 @@
 //! A state change is one `EVALSHA`: read the current state, check the move against the table
 //! (the Lua table is generated from [`crate::job::TRANSITIONS`] when the store starts), then set
 //! the fields, append to the history, move the job between state indexes, re-score the recent and
-//! tenant indexes (or, for a finish, move it to the paged ones), drop the deadline entry and
-//! the lease of a finished job, set its TTL and,
+//! tenant indexes (or, for a finish, move it to the paged ones), drop the deadline entry,
+//! the lease and the worker's instance of a finished job, set its TTL and,
 //! for a failure that is dead-lettered, write the DLQ entry — all or nothing, in one round trip.
 //! A transition a worker's report asks for carries its claim (worker and lease), and the script
 //! first checks it against the job's recorded assignment ([`Claim::admits`], spelled again in
@@ -423,7 +427,7 @@ local function create(p, ip, id, created, payload, rest, tenant, topic, team, tr
   elseif redis.call('EXISTS', key) == 1 then
     return 'exists', id
   end
-  local f = {'state', 'PENDING', 'created', created, 'updated_at', created, 'topic', topic}
+  local f = {'state', 'PENDING', 'c', created, 'u', created, 'topic', topic}
   put(f, 'h', event)
   if payload ~= '' then put(f, 'p', payload) end
   if rest ~= '' then put(f, 'x', rest) end
@@ -479,18 +483,20 @@ local ttl = ARGV[1]
 local out, named = {}, {}
 local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
+  -- (`worker_id` and `created` are the long names of `w` and `c`, in records written before.)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'h', 'deadline',
-    'worker_id', 'lease', 'created', 'reason', 'ecr')
+    'w', 'lease', 'c', 'reason', 'ecr', 'worker_id', 'created')
   local cur = h[1]
   if not cur then return 'missing', '', '', '', '' end
-  local run, tenant, created = h[4] or '', h[2] or tenant_of(id), h[9] or ''
+  local worker = h[7] or h[12]
+  local run, tenant, created = h[4] or '', h[2] or tenant_of(id), h[9] or h[13] or ''
   -- A worker's claim: the recorded lease (and worker) must be its own; with none recorded,
   -- the recorded worker; with neither, the host has verified the lease (Claim::admits).
-  if cw ~= '' and ((h[8] and h[8] ~= cl) or (h[7] and h[7] ~= cw)) then
+  if cw ~= '' and ((h[8] and h[8] ~= cl) or (worker and worker ~= cw)) then
     return 'other', cur, run, tenant, created
   end
   if cur == to then return 'same', cur, run, tenant, created end
-  local fields = {'state', to, 'updated_at', at}
+  local fields = {'state', to, 'u', at}
   local add = {}
   -- The walk through the via states: after the current one when it is on the path.
   local start = vfirst
@@ -527,13 +533,13 @@ local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, 
     done(td, at, id)
     if not named[td] then named[td] = true; redis.call('SADD', p .. 'idx:names', td) end
     -- A record expires a TTL after it finished (a live job never does), its trace with it,
-    -- and the config it references no sooner. Its lease, which only a report on the live job
-    -- could use, goes.
+    -- and the config it references no sooner. Its lease and its worker's instance, which only
+    -- a report on the live job and the reconciler's watch over it use, go.
     redis.call('PEXPIRE', key, ttl)
     if h[3] and h[3] ~= id then redis.call('PEXPIRE', braced(p, 'idx:trace', h[3]), ttl) end
     if h[6] then zrem(p .. 'idx:deadline', id) end
     if cfg then redis.call('PEXPIRE', braced(p, 'cfg', cfg), ttl, 'GT') end
-    if h[8] then redis.call('HDEL', key, 'lease') end
+    redis.call('HDEL', key, 'lease', 'worker_instance')
   else
     zadd(p .. 'idx:state:' .. to, at, id)
     zadd(p .. 'idx:recent', at, id)
@@ -572,8 +578,9 @@ return out
 const LUA_ANNOTATE: &str = r#"
 local p, ttl, id, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = braced(p, 'job', id)
-local h = redis.call('HMGET', key, 'state', 'reason', 'created', 'h')
+local h = redis.call('HMGET', key, 'state', 'reason', 'c', 'h', 'created')
 if not h[1] then return 'missing' end
+h[3] = h[3] or h[5]
 if h[1] ~= expect then return 'skip' end
 local fields = {}
 if ARGV[5] ~= '' and not holds(key, 'reason', h[2], ARGV[5]) then
@@ -613,7 +620,8 @@ local items, scanned, offset, ls, lid = {}, 0, 0, '', ''
 local root, rs, rss = ARGV[13], nil, nil
 if root ~= '' then
   -- (A record leaves out a trace named after its job.)
-  local r = redis.call('HMGET', p .. 'job:{' .. root .. '}', 'trace', 'created')
+  local r = redis.call('HMGET', p .. 'job:{' .. root .. '}', 'trace', 'c', 'created')
+  r[2] = r[2] or r[3]
   if (r[1] or root) == root and r[2] then
     rss = r[2]
     rs = tonumber(rss)
@@ -623,7 +631,9 @@ end
 local function visit(id, s)
   scanned = scanned + 1
   ls, lid = s, id
-  local h = redis.call('HMGET', p .. 'job:{' .. id .. '}', 'state', 'topic', 'tenant', 'team', 'updated_at')
+  local h = redis.call('HMGET', p .. 'job:{' .. id .. '}', 'state', 'topic', 'tenant', 'team', 'u',
+    'updated_at')
+  h[5] = h[5] or h[6]
   if h[1] and (fs == '' or h[1] == fs) and (ftopic == '' or h[2] == ftopic)
     and (ften == '' or (h[3] or tenant_of(id)) == ften) and (fteam == '' or h[4] == fteam)
     and (fa == '' or tonumber(h[5]) > tonumber(fa)) and (fb == '' or tonumber(h[5]) < tonumber(fb)) then
@@ -2029,7 +2039,7 @@ const INLINE_CONFIG_MAX: usize = 48;
 fn update_fields(u: &JobUpdate) -> Vec<(&'static str, String)> {
     let mut f = Vec::new();
     if let Some(v) = &u.worker_id {
-        f.push(("worker_id", v.clone()));
+        f.push(("w", v.clone()));
     }
     if let Some(v) = &u.worker_instance {
         f.push(("worker_instance", v.clone()));
@@ -2191,7 +2201,10 @@ fn job_from_hash(
         return Ok(None);
     };
     let state: JobState = state.parse().map_err(|e: String| corrupt("state", &e))?;
-    let created: Option<Millis> = h.get("created").and_then(|c| c.parse().ok());
+    let created: Option<Millis> = h
+        .get("c")
+        .or_else(|| h.get("created"))
+        .and_then(|c| c.parse().ok());
     let spec: JobSpec = match h.remove("spec") {
         Some(spec) => serde_json::from_str(&spec).map_err(|e| corrupt("spec", &e))?,
         None => spec_of(
@@ -2230,7 +2243,7 @@ fn job_from_hash(
     }
     Ok(Some(Job {
         state,
-        worker_id: h.remove("worker_id"),
+        worker_id: h.remove("w").or_else(|| h.remove("worker_id")),
         worker_instance: h.remove("worker_instance"),
         lease: h.remove("lease"),
         safety_decision,
@@ -2241,7 +2254,8 @@ fn job_from_hash(
         execution_ms,
         effective_config,
         updated_at: h
-            .get("updated_at")
+            .get("u")
+            .or_else(|| h.get("updated_at"))
             .and_then(|v| v.parse().ok())
             .unwrap_or(spec.created_at),
         history,
@@ -2529,15 +2543,22 @@ impl JobStore for RedisStore {
             return Ok((Vec::new(), next));
         }
         let ids: Vec<String> = entries.iter().map(|(id, _, _)| id.clone()).collect();
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<u64>);
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+        );
         let workers: Vec<Fields> = self
             .per_record(&ids, &|id| {
                 let mut c = ::redis::cmd("HMGET");
                 c.arg(self.record("job", id))
-                    .arg("worker_id")
+                    .arg("w")
                     .arg("worker_instance")
                     .arg("lease")
-                    .arg("hbt");
+                    .arg("hbt")
+                    .arg("worker_id");
                 c
             })
             .await?;
@@ -2545,9 +2566,9 @@ impl JobStore for RedisStore {
             .into_iter()
             .zip(workers)
             .map(
-                |((job_id, since, _), (worker_id, worker_instance, lease, hbt))| Holding {
+                |((job_id, since, _), (worker_id, worker_instance, lease, hbt, long_id))| Holding {
                     job_id,
-                    worker_id,
+                    worker_id: worker_id.or(long_id),
                     worker_instance,
                     lease,
                     heartbeat_timeout_ms: hbt,
