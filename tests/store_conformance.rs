@@ -2623,7 +2623,16 @@ async fn redis_job_records_are_compact_and_share_their_effective_config() {
         );
         assert_eq!(encoding(&mut conn, &key).await, "listpack", "{key}");
         let stored: Vec<String> = conn.hkeys(&key).await.expect("HKEYS");
-        for derived in ["tenant", "trace", "spec", "team", "reason"] {
+        // (Nor a finished job's lease and worker instance, written with its finish here.)
+        for derived in [
+            "tenant",
+            "trace",
+            "spec",
+            "team",
+            "reason",
+            "lease",
+            "worker_instance",
+        ] {
             assert!(
                 !stored.iter().any(|f| f == derived),
                 "{key} holds {derived}"

@@ -591,8 +591,9 @@ pub struct StoreOptions {
     pub wait_replicas: u8,
     /// Entries of one page of a finished jobs' index (see `redis.rs`): Redis keeps a sorted set
     /// of up to `zset-max-listpack-entries` (128 by default) in its compact encoding, about a
-    /// third of the memory per entry. Past this many, a page is still written to when a late
-    /// entry belongs in it, and then takes the larger encoding.
+    /// third of the memory per entry. An insert scans the listpack, so half that is cheaper:
+    /// 64 took a Lua `ZADD` 2.26 µs where 128 took 3.11 and a skip list 2.09, for 1 B more
+    /// an entry. Past this many, a page is still written to when a late entry belongs in it.
     pub index_page: u16,
 }
 
@@ -614,7 +615,7 @@ impl Default for StoreOptions {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             shards: DEFAULT_SHARDS,
             wait_replicas: 0,
-            index_page: 128,
+            index_page: 64,
         }
     }
 }

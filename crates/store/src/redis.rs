@@ -35,7 +35,7 @@
 //! | `S idx:state:{STATE}` | zset | live jobs in a live state, scored by the time they entered it (or a recheck time set by the scheduler) |
 //! | `S idx:tenant:{t}` | zset | the tenant's live jobs, scored by `updated_at` (topic and team filters are answered by walking the tenant or recent index) |
 //! | `S idx:done`, `S idx:done:{t}` | zset | finished jobs, the shard's and a tenant's: paged indexes (below), each page number scored by the least `updated_at` its page holds |
-//! | `S idx:done:{n}`, `S idx:done:{t}:{n}` | zset | a page of finished jobs scored by `updated_at`, [`StoreOptions::index_page`] entries (128) |
+//! | `S idx:done:{n}`, `S idx:done:{t}:{n}` | zset | a page of finished jobs scored by `updated_at`, [`StoreOptions::index_page`] entries (64) |
 //! | `S idx:trace:{t}` | zset | the shard's jobs of a trace, scored by `created_at`, but for the one it is named after (a job submitted without a trace starts its own, named after it: it is listed from its record, and most traces need no key at all); a create clears its TTL, a job's finish sets it (so a job still live a TTL after a sibling that finished later than it was created drops out of the trace listing; its record stays) |
 //! | `S idx:deadline` | zset | non-terminal jobs with a deadline, scored by it |
 //! | `S idx:names` | set | the shard's tenant index keys (live and finished), for pruning |
@@ -93,11 +93,11 @@
 //! one in a sorted set of at most 128 entries (`zset-max-listpack-entries`), kept in one
 //! allocation, costs ~50. So a job that finishes leaves the live indexes (recent, tenant,
 //! state) for two paged ones: `idx:done` (the shard's) and `idx:done:{tenant}`, each a
-//! directory of pages, sorted sets of [`StoreOptions::index_page`] entries. The directory
+//! directory of pages, sorted sets of [`StoreOptions::index_page`] entries (64). The directory
 //! scores each page by the least score it may hold, so the pages split the scores into ranges,
-//! newest on top: a finish goes to the top page until that is full and the finish scores above
-//! all of its entries, then to a new one; a late one (older than the top page's range) to the
-//! page whose range holds it. A listing walks the pages from the one holding its cursor down,
+//! newest on top: a finish goes to the top page until that is full, then to a new one, which
+//! takes the full one's entries that score as much or more; a late one (older than the top
+//! page's range) to the page whose range holds it. A listing walks the pages from the one holding its cursor down,
 //! as if they were one sorted set, and merges that walk with the live index's (a state
 //! filter walks only the half its state can be in: a finished state's listing filters the
 //! finished jobs of the shard or tenant by state). A prune drops an expired job's page entry
@@ -170,10 +170,11 @@ local function zrem(key, id)
 end
 -- A finished job's entries go to paged indexes (see "Finished jobs' indexes are paged"):
 -- `done(dir, score, id)` gathers them, `write_indexes` appends them.
-local dones = {}
-local function done(dir, score, id)
+local dones, done_names = {}, {}
+-- `names` is the set the index is listed in (for pruning), joined when its first page is made.
+local function done(dir, score, id, names)
   local m = dones[dir]
-  if not m then m = {}; dones[dir] = m end
+  if not m then m = {}; dones[dir] = m; done_names[dir] = names end
   m[#m + 1] = {tonumber(score), id}
 end
 local function zadd_pairs(key, a)
@@ -185,15 +186,15 @@ end
 -- takes the full one's entries that score as much or more. One older than the top page's
 -- range (a late finish) goes to the page whose range holds it, or lowers the first page's
 -- bound.
-local function write_pages(dir, entries)
+local function write_pages(dir, entries, names)
   table.sort(entries, function(a, b) return a[1] < b[1] end)
-  local n, min, count, max = 0, nil, 0, nil
+  local n, min, count = 0, nil, 0
   local top = redis.call('ZREVRANGE', dir, 0, 0, 'WITHSCORES')
   if #top > 0 then
     n, min = tonumber(top[1]), tonumber(top[2])
     count = redis.call('ZCARD', dir .. ':' .. n)
-    local last = redis.call('ZREVRANGE', dir .. ':' .. n, 0, 0, 'WITHSCORES')
-    if #last > 0 then max = tonumber(last[2]) end
+  elseif names then
+    redis.call('SADD', names, dir)
   end
   local pending = {}
   for _, e in ipairs(entries) do
@@ -213,22 +214,19 @@ local function write_pages(dir, entries)
         local top = dir .. ':' .. n
         zadd_pairs(top, pending)
         pending = {}
-        local moved_max = s
-        if n > 0 and s <= max then
+        if n > 0 then
           pending = redis.call('ZRANGEBYSCORE', top, s, '+inf', 'WITHSCORES')
-          redis.call('ZREMRANGEBYSCORE', top, s, '+inf')
+          if #pending > 0 then redis.call('ZREMRANGEBYSCORE', top, s, '+inf') end
           for i = 1, #pending, 2 do
             pending[i], pending[i + 1] = pending[i + 1], pending[i]
-            moved_max = math.max(moved_max, tonumber(pending[i]))
           end
         end
-        n, min, count, max = n + 1, s, #pending / 2, moved_max
+        n, min, count = n + 1, s, #pending / 2
         redis.call('ZADD', dir, s, n)
       end
       pending[#pending + 1] = s
       pending[#pending + 1] = id
       count = count + 1
-      if not max or s > max then max = s end
     end
   end
   zadd_pairs(dir .. ':' .. n, pending)
@@ -244,7 +242,7 @@ local function write_indexes()
     for id, score in pairs(m) do a[#a + 1] = score; a[#a + 1] = id end
     zadd_pairs(key, a)
   end
-  for dir, entries in pairs(dones) do write_pages(dir, entries) end
+  for dir, entries in pairs(dones) do write_pages(dir, entries, done_names[dir]) end
 end
 "#;
 
@@ -382,11 +380,15 @@ local function add_history(fields, key, v, add)
     pos = pos + PIECE
   end
 end
-local function add_fields(p, ttl, fields, first, last)
+-- The fields a finished record keeps no more (see the transition script).
+local LIVE_ONLY = {lease = true, worker_instance = true}
+local function add_fields(p, ttl, fields, first, last, finished)
   local cfg = nil
   for i = first, last, 2 do
     local k, v = ARGV[i], ARGV[i + 1]
-    if k == '@cfg' then
+    if finished and LIVE_ONLY[k] then
+      -- (A dispatch written together with its job's finish.)
+    elseif k == '@cfg' then
       local sp = string.find(v, ' ', 1, true)
       cfg = string.sub(v, 1, sp - 1)
       redis.call('SET', braced(p, 'cfg', cfg), string.sub(v, sp + 1), 'PX', ttl)
@@ -480,12 +482,12 @@ return out
 /// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
 local ttl = ARGV[1]
-local out, named = {}, {}
+local out = {}
 local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
   local key = braced(p, 'job', id)
   -- (`worker_id` and `created` are the long names of `w` and `c`, in records written before.)
   local h = redis.call('HMGET', key, 'state', 'tenant', 'trace', 'run', 'h', 'deadline',
-    'w', 'lease', 'c', 'reason', 'ecr', 'worker_id', 'created')
+    'w', 'lease', 'c', 'reason', 'ecr', 'worker_id', 'created', 'worker_instance')
   local cur = h[1]
   if not cur then return 'missing', '', '', '', '' end
   local worker = h[7] or h[12]
@@ -517,7 +519,7 @@ local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, 
   end
   add[#add + 1] = event(created, at, to, note)
   add_history(fields, key, h[5], table.concat(add, '\n'))
-  local cfg = add_fields(p, ttl, fields, first, last) or h[11]
+  local cfg = add_fields(p, ttl, fields, first, last, TERMINAL[to]) or h[11]
   redis.call('HSET', key, unpack(fields))
   if h[10] then
     redis.call('HDEL', key, 'reason')
@@ -529,9 +531,7 @@ local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, 
     zrem(p .. 'idx:recent', id)
     zrem(braced(p, 'idx:tenant', tenant), id)
     done(p .. 'idx:done', at, id)
-    local td = braced(p, 'idx:done', tenant)
-    done(td, at, id)
-    if not named[td] then named[td] = true; redis.call('SADD', p .. 'idx:names', td) end
+    done(braced(p, 'idx:done', tenant), at, id, p .. 'idx:names')
     -- A record expires a TTL after it finished (a live job never does), its trace with it,
     -- and the config it references no sooner. Its lease and its worker's instance, which only
     -- a report on the live job and the reconciler's watch over it use, go.
@@ -539,7 +539,7 @@ local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, 
     if h[3] and h[3] ~= id then redis.call('PEXPIRE', braced(p, 'idx:trace', h[3]), ttl) end
     if h[6] then zrem(p .. 'idx:deadline', id) end
     if cfg then redis.call('PEXPIRE', braced(p, 'cfg', cfg), ttl, 'GT') end
-    redis.call('HDEL', key, 'lease', 'worker_instance')
+    if h[8] or h[14] then redis.call('HDEL', key, 'lease', 'worker_instance') end
   else
     zadd(p .. 'idx:state:' .. to, at, id)
     zadd(p .. 'idx:recent', at, id)
