@@ -3010,6 +3010,94 @@ async fn cluster_keys_spread_evenly_over_the_masters() {
 /// A master killed while jobs are being created and moved: its replica takes over, the store
 /// follows it, and every job a create acknowledged (with `wait_replicas: 1`) is there after, its
 /// last acknowledged state with it — and the store goes on working.
+/// `--redis-wait-replicas` while the replicas cannot answer (stopped): each shard's first batch
+/// waits out its `WAIT` (100 ms) and is acknowledged on its master, and that shard's batches
+/// then stop waiting for a while — the creates go on, each acknowledged and readable, without
+/// a `WAIT` each — and wait again once the replicas are back and the while is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_replicas_that_do_not_answer_stop_the_waits_for_a_while() {
+    let cluster = servers::RedisCluster::start(3, 1);
+    let opts = StoreOptions {
+        wait_replicas: 1,
+        ..StoreOptions::default()
+    };
+    let url = cluster.url();
+    let store: SharedStore = Arc::new(
+        RedisStore::connect(&url, "waits:", opts)
+            .await
+            .unwrap_or_else(|e| redis_unreachable(&url, e)),
+    );
+    let masters = cluster.masters();
+    let waits = |reset: bool| -> u64 {
+        masters
+            .iter()
+            .map(|p| {
+                let stats = servers::RedisCluster::cli(*p, &["info", "commandstats"]);
+                if reset {
+                    servers::RedisCluster::cli(*p, &["config", "resetstat"]);
+                }
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let create_one_by_one = async |n: usize| {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let spec = simple_spec(now_ms());
+            create(&store, &spec).await;
+            ids.push(spec.id);
+        }
+        for id in &ids {
+            get(&store, id).await;
+        }
+    };
+    // The replicas answer: every batch waits for one.
+    waits(true);
+    create_one_by_one(24).await;
+    assert!(waits(true) >= 24, "a WAIT after each batch");
+
+    let replicas: Vec<String> = cluster
+        .replicas()
+        .into_iter()
+        .map(servers::RedisCluster::pid)
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    // Stopped, not dead: their connections stay open and silent, as a hung host's would.
+    struct Resume(Vec<String>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                servers::RedisCluster::signal(pid, "CONT");
+            }
+        }
+    }
+    for pid in &replicas {
+        servers::RedisCluster::signal(pid, "STOP");
+    }
+    let resume = Resume(replicas);
+    let started = std::time::Instant::now();
+    create_one_by_one(120).await;
+    drop(resume);
+    let shards = usize::from(coretex::store::DEFAULT_SHARDS) as u64;
+    let waited = waits(true);
+    assert!(
+        (1..=shards).contains(&waited),
+        "a WAIT for each shard's first batch at most, then none: {waited} for 120 creates"
+    );
+    // The while (5 s) over and the replicas back, batches wait again.
+    cluster.wait_replicas_synced(Duration::from_secs(30));
+    if let Some(rest) = Duration::from_millis(5_300).checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    create_one_by_one(24).await;
+    assert!(waits(false) >= 1, "the batches wait for a replica again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_a_master_failover_loses_no_acknowledged_job() {
     let cluster = servers::RedisCluster::start(3, 1);

@@ -359,6 +359,33 @@ impl RedisCluster {
         Self::cli(port, &["dbsize"]).trim().parse().unwrap_or(0)
     }
 
+    /// The ports of the replicas that answer.
+    pub fn replicas(&self) -> Vec<u16> {
+        self.live_ports()
+            .into_iter()
+            .filter(|p| Self::cli(*p, &["role"]).starts_with("slave"))
+            .collect()
+    }
+
+    /// The process id of the node at `port`.
+    pub fn pid(port: u16) -> String {
+        Self::cli(port, &["info", "server"])
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_else(|| panic!("the pid of the node at {port}"))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to process `pid` (a stopped node answers nothing,
+    /// not even its pid: ask it first).
+    pub fn signal(pid: &str, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), pid])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Kills (SIGKILL) the node at `port`.
     pub fn kill(&self, port: u16) {
         let i = self
