@@ -858,6 +858,17 @@ async fn cancel_stops_a_running_command_and_leaves_terminal_jobs_alone(backend: 
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["state"], "SUCCEEDED");
     assert_eq!(r.body["history"], before["history"]);
+    // No body is the defaults; a body of blanks is malformed, not none.
+    let blank = h
+        .api
+        .http
+        .post(format!("{}/api/v1/jobs/{done}/cancel", h.api.base))
+        .header("content-type", "application/json")
+        .body(" ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blank.status().as_u16(), 400);
 
     let (status, _) = h
         .api

@@ -87,9 +87,10 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(ApiError::malformed)
 }
 
-/// A body that may be absent (an empty body means the defaults).
+/// A body that may be absent (an empty body means the defaults). One that is there is JSON:
+/// a body of blanks is not (a 400, as any other malformed body).
 pub fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.is_empty() {
         return Ok(T::default());
     }
     json(bytes)
