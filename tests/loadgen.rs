@@ -134,16 +134,20 @@ async fn finished(prefix: &str, state: &str) -> (u64, u64) {
                 .query_async(&mut conn)
                 .await
                 .expect("zrange");
-            for id in ids {
-                entries += 1;
-                let s: Option<String> = redis::cmd("HGET")
-                    .arg(format!("{prefix}{tag}:job:{{{id}}}"))
-                    .arg("state")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("hget");
-                in_state += u64::from(s.as_deref() == Some(state));
+            if ids.is_empty() {
+                continue;
             }
+            // The page's jobs' states in one round trip.
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hget(format!("{prefix}{tag}:job:{{{id}}}"), "state");
+            }
+            let states: Vec<Option<String>> = pipe.query_async(&mut conn).await.expect("hget");
+            entries += ids.len() as u64;
+            in_state += states
+                .iter()
+                .filter(|s| s.as_deref() == Some(state))
+                .count() as u64;
         }
     }
     (entries, in_state)

@@ -2399,29 +2399,32 @@ impl JobStore for RedisStore {
     }
 
     async fn count_jobs(&self, states: &[JobState]) -> StoreResult<Vec<u64>> {
-        if states.iter().all(|s| s.is_terminal()) {
-            return Ok(vec![0; states.len()]);
+        // A finished job is in no state index (one of a store written before the paged indexes
+        // is, and is not counted either): only the live states are asked for.
+        let live: Vec<usize> = (0..states.len())
+            .filter(|&k| states.get(k).is_some_and(|s| !s.is_terminal()))
+            .collect();
+        let mut totals = vec![0u64; states.len()];
+        if live.is_empty() {
+            return Ok(totals);
         }
-        let calls = (0..self.shards.len()).map(|i| async move {
+        let calls = (0..self.shards.len()).map(|i| {
             let mut pipe = ::redis::pipe();
-            // (A finished job is in no state index; one of a store written before the paged
-            // indexes is, and is not counted either.)
-            for s in states.iter().filter(|s| !s.is_terminal()) {
+            for s in live.iter().filter_map(|&k| states.get(k)) {
                 pipe.zcard(self.index_key(i, IndexName::State(*s)));
             }
-            let mut conn = self.conn.clone();
-            pipe.query_async::<Vec<u64>>(&mut conn)
-                .await
-                .map_err(unavailable)
+            async move {
+                let mut conn = self.conn.clone();
+                pipe.query_async::<Vec<u64>>(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            }
         });
-        let mut totals = vec![0u64; states.len()];
         for counts in futures::future::join_all(calls).await {
-            let live = totals
-                .iter_mut()
-                .zip(states)
-                .filter(|(_, s)| !s.is_terminal());
-            for ((total, _), n) in live.zip(counts?) {
-                *total += n;
+            for (&k, n) in live.iter().zip(counts?) {
+                if let Some(total) = totals.get_mut(k) {
+                    *total += n;
+                }
             }
         }
         Ok(totals)
