@@ -370,9 +370,11 @@ impl Bus for NatsBus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// As the server said when the client connected (`INFO`).
+    /// As the server said when the client connected (`INFO`), kept by the client in an atomic
+    /// it updates on every `INFO`: `server_info()` would clone the whole `ServerInfo` (a dozen
+    /// strings), and this is asked once per job accepted and once per message published.
     fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        self.client.max_payload()
     }
 
     async fn publish(&self, subject: &str, payload: Bytes) -> BusResult<()> {
