@@ -65,8 +65,16 @@ run_loadgen() {
 echo "== throughput: N=$N C=$C batch=$BATCH, $REPLICAS serve, $WORKERS worker(s), $(nproc) cores"
 : >"$work/tp"
 for i in $(seq 1 "$RUNS"); do
+  declare -A run_before
+  for r in "${!roles[@]}"; do run_before[$r]=$(cpu_of "${roles[$r]}"); done
   line=$(run_loadgen "$i" --jobs "$N" --concurrency "$C" --batch "$BATCH" --topic job.echo)
   echo "$line"; echo "$line" >>"$work/tp"
+  # This run's CPU per 10,000 jobs, so a drift from run to run (the store filling up) shows.
+  per_run="  cpu/10k:"
+  for r in $(printf '%s\n' "${!roles[@]}" | sort); do
+    per_run+=" $r=$(echo "($(cpu_of "${roles[$r]}") - ${run_before[$r]}) * 10000 / $N" | bc -l | xargs printf '%.2f')"
+  done
+  echo "$per_run"
 done
 # Where the CPU went during the throughput runs (what limits the figure), and what Redis did.
 report_cpu "$((N * RUNS))" loadgen "$work/loadgen.cpu"
