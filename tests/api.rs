@@ -447,6 +447,93 @@ async fn idempotency_key_answers_the_first_job(backend: Backend) {
     h.stop().await;
 }
 
+/// A submit whose store write does not answer in time (Redis stopped under it) is answered 503
+/// "outcome unknown", naming each job it may have stored: the write can still land once Redis
+/// answers again, so the client is told which ids to look up, and a resubmit under the same
+/// Idempotency-Key finds the job if it was stored or stores one if it was not — never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_the_store_does_not_answer_names_the_jobs_it_may_have_stored() {
+    let (url, port) = common::servers::private_redis();
+    let mut opts = options(Backend::Real);
+    opts.redis_url = Some(url);
+    let h = Host::start_with(opts).await;
+    let topic = unique("doubt.");
+    let body = json!({"topic": topic, "payload": {"n": 1}});
+    assert_eq!(h.api.post("/api/v1/jobs", body.clone()).await.0, 201);
+
+    let pid = common::servers::RedisCluster::pid(port);
+    let resume = common::servers::Resume(pid.clone());
+    common::servers::RedisCluster::signal(&pid, "STOP");
+    let key = unique("key-");
+    let batch = json!({"jobs": [body, 7, {"topic": topic}]});
+    let keyed = [("Idempotency-Key", key.as_str())];
+    let (single, batched) = tokio::join!(
+        post_with(&h.api, "/api/v1/jobs", &body, &keyed),
+        post_with(&h.api, "/api/v1/jobs/batch", &batch, &[]),
+    );
+    drop(resume);
+
+    assert_problem(&single, 503, "job_id");
+    assert_eq!(single.body["title"], "outcome unknown", "{}", single.body);
+    let named = |problem: &Value| -> Vec<(String, String)> {
+        problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let m = e["message"].as_str().unwrap();
+                let id = m
+                    .split('`')
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("no id in {m}"));
+                (e["field"].as_str().unwrap().to_string(), id.to_string())
+            })
+            .collect()
+    };
+    let single_ids = named(&single.body);
+    assert_eq!(single_ids.len(), 1, "{}", single.body);
+    // The batch's items in doubt answer 503 in their places, naming their jobs; the malformed
+    // one is refused as it would be anyway. (A store that fails the whole call answers one
+    // problem naming `jobs[i].job_id` instead: the gateway handles both.)
+    assert_eq!(batched.status, 503, "{}", batched.body);
+    assert_eq!(batched.body["accepted"], 0, "{}", batched.body);
+    let item_status: Vec<&Value> = (0..3)
+        .map(|i| &batched.body["items"][i]["error"]["status"])
+        .collect();
+    assert_eq!(
+        item_status,
+        [&json!(503), &json!(422), &json!(503)],
+        "{}",
+        batched.body
+    );
+    let batch_ids: Vec<(String, String)> = [0, 2]
+        .iter()
+        .flat_map(|&i| named(&batched.body["items"][i]["error"]))
+        .collect();
+    let fields: Vec<&str> = batch_ids.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["jobs[0].job_id", "jobs[2].job_id"],
+        "{}",
+        batched.body
+    );
+
+    // Redis answers again: each job named is stored or not, and the keyed resubmit agrees.
+    let (_, id) = &single_ids[0];
+    let again = post_with(&h.api, "/api/v1/jobs", &body, &keyed).await;
+    let (stored, _) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+    match (again.status, stored) {
+        (200, 200) => assert_eq!(again.body["job_id"], id.as_str(), "{}", again.body),
+        (201, 404) => assert_ne!(again.body["job_id"], id.as_str(), "{}", again.body),
+        other => panic!("resubmit {other:?}: {}", again.body),
+    }
+    for (_, id) in &batch_ids {
+        let (status, _) = h.api.get(&format!("/api/v1/jobs/{id}")).await;
+        assert!(matches!(status, 200 | 404), "job {id}: {status}");
+    }
+    h.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Batch
 // ---------------------------------------------------------------------------------------------

@@ -72,6 +72,38 @@ pub fn nats_url() -> String {
     .clone()
 }
 
+/// A Redis of one test's own, watched like the shared one, for a test that stops or kills it:
+/// its URL and its port.
+pub fn private_redis() -> (String, u16) {
+    let port = free_port();
+    let dir = private_dir("redis");
+    let (port_arg, dir_arg) = (port.to_string(), dir.display().to_string());
+    let args = [
+        "--port",
+        port_arg.as_str(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir_arg.as_str(),
+    ];
+    spawn_watched("redis-server", "REDIS_URL", &args, &dir, port);
+    (format!("redis://127.0.0.1:{port}"), port)
+}
+
+/// Sends SIGCONT to a process when dropped: a test that stops a server (SIGSTOP) resumes it
+/// however the test ends, so its watchdog can stop it.
+pub struct Resume(pub String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
 /// A port nobody listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

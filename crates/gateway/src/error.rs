@@ -204,7 +204,30 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::Store(s) => s.into(),
             SchedulerError::NotFound(id) => ApiError::not_found(format!("no such job `{id}`")),
             SchedulerError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            SchedulerError::OutcomeUnknown { detail, jobs } => outcome_unknown(
+                &detail,
+                jobs.into_iter().map(|(_, id)| ("job_id".into(), id)),
+            ),
         }
+    }
+}
+
+/// A submit the store did not answer in time: 503, and each job it may have stored named in
+/// `errors` (`field` says which: `job_id`, or `jobs[{i}].job_id` in a batch).
+pub fn outcome_unknown(detail: &str, jobs: impl Iterator<Item = (String, String)>) -> ApiError {
+    let errors: Vec<FieldError> = jobs
+        .map(|(field, id)| FieldError::new(field, format!("job `{id}` may have been stored")))
+        .collect();
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        title: "outcome unknown",
+        detail: format!(
+            "the store did not answer in time ({detail}): the {} job(s) named in `errors` may \
+             have been stored — a stored one runs; GET /api/v1/jobs/{{id}} tells, and a \
+             resubmit under the same Idempotency-Key or job id cannot store it twice",
+            errors.len()
+        ),
+        errors,
     }
 }
 

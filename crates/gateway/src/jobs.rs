@@ -8,12 +8,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, outcome_unknown};
 use super::{
     AppState, Body, Path, Query, RawBody, check_idents, check_reason, page_request, time_param,
 };
 use crate::job::{JobRequest, JobState};
 use crate::limits::{MAX_BATCH_JOBS, MAX_IDEMPOTENCY_KEY_LEN};
+use crate::scheduler::SchedulerError;
 use crate::store::{JobFilter, StoreError};
 
 pub async fn submit(
@@ -87,8 +88,27 @@ pub async fn submit_batch(
                 "status": 422, "errors": [{"field": format!("jobs[{i}]"), "message": e.to_string()}]}}))),
         }
     }
-    let mut answers = s.scheduler.submit_batch(parsed).await?.into_iter();
+    let mut answers = match s.scheduler.submit_batch(parsed).await {
+        Ok(answers) => answers.into_iter(),
+        // Name each job in doubt by its place in the request.
+        Err(SchedulerError::OutcomeUnknown { detail, jobs }) => {
+            let places: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, slot)| slot.is_none().then_some(i))
+                .collect();
+            return Err(outcome_unknown(
+                &detail,
+                jobs.into_iter().map(|(k, id)| {
+                    let i = places.get(k).copied().unwrap_or(k);
+                    (format!("jobs[{i}].job_id"), id)
+                }),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut accepted = 0;
+    let mut in_doubt = false;
     let items: Vec<_> = slots
         .into_iter()
         .enumerate()
@@ -103,6 +123,7 @@ pub async fn submit_batch(
                 }
                 Err(e) => {
                     let e = ApiError::from(e);
+                    in_doubt |= e.status == StatusCode::SERVICE_UNAVAILABLE;
                     let errors: Vec<_> = e
                         .errors
                         .iter()
@@ -113,8 +134,11 @@ pub async fn submit_batch(
             },
         })
         .collect();
+    // None stored: 503 when some may have been (the store did not answer), else 422.
     let code = if accepted > 0 {
         StatusCode::CREATED
+    } else if in_doubt {
+        StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };

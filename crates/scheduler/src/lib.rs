@@ -218,6 +218,27 @@ pub enum SchedulerError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The store did not answer a create in time: each job named (by its place among the
+    /// requests, and its id) may have been stored or not — a write that timed out can still
+    /// land. A stored one is PENDING, and the reconciler schedules it; a client learns which
+    /// with `GET /jobs/{id}`, and a resubmit under the same Idempotency-Key or id cannot store
+    /// a second job.
+    #[error("the store did not answer ({detail}); {} job(s) may have been stored", jobs.len())]
+    OutcomeUnknown {
+        detail: String,
+        jobs: Vec<(usize, String)>,
+    },
+}
+
+/// A create's error: an unavailable store leaves the jobs `jobs` names in doubt.
+fn create_error(e: StoreError, jobs: impl FnOnce() -> Vec<(usize, String)>) -> SchedulerError {
+    match e {
+        StoreError::Unavailable(detail) => SchedulerError::OutcomeUnknown {
+            detail,
+            jobs: jobs(),
+        },
+        other => other.into(),
+    }
 }
 
 impl From<crate::configsvc::ConfigError> for SchedulerError {
@@ -404,7 +425,11 @@ impl Scheduler {
             idempotency_key,
             note: None,
         };
-        let outcome = self.store.create_job(&new).await?;
+        let outcome = self
+            .store
+            .create_job(&new)
+            .await
+            .map_err(|e| create_error(e, || vec![(0, new.spec.id.clone())]))?;
         self.after_create(new.spec, outcome).await
     }
 
@@ -431,7 +456,15 @@ impl Scheduler {
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        let outcomes = self.store.create_jobs(&valid).await?;
+        let outcomes = self.store.create_jobs(&valid).await.map_err(|e| {
+            create_error(e, || {
+                let places = answers.iter().enumerate().filter(|(_, a)| a.is_none());
+                places
+                    .zip(&valid)
+                    .map(|((i, _), new)| (i, new.spec.id.clone()))
+                    .collect()
+            })
+        })?;
         if outcomes.len() != valid.len() {
             return Err(StoreError::Corrupt(format!(
                 "{} outcomes for {} created jobs",
@@ -445,7 +478,7 @@ impl Scheduler {
         for (slot, (new, outcome)) in slots.zip(stored) {
             *slot = Some(match outcome {
                 Ok(o) => self.after_create(new.spec, o).await,
-                Err(e) => Err(e.into()),
+                Err(e) => Err(create_error(e, || vec![(0, new.spec.id.clone())])),
             });
         }
         Ok(answers.into_iter().flatten().collect())
