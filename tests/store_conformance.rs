@@ -1951,6 +1951,7 @@ async fn check_a_claimed_transition_applies_only_for_the_assignment(store: Share
     let a = created(&store, Req::default(), t0).await;
     let mut t = Transition::to(Dispatched, t0 + 1).claimed_by(claim("w-1", "L1"));
     t.update.worker_id = Some("w-1".into());
+    t.update.worker_instance = Some("i-1".into());
     t.update.lease = Some("L1".into());
     assert!(matches!(
         store.transition(&a.id, &t).await.unwrap(),
@@ -1958,8 +1959,12 @@ async fn check_a_claimed_transition_applies_only_for_the_assignment(store: Share
     ));
     let job = get(&store, &a.id).await;
     assert_eq!(
-        (job.worker_id.as_deref(), job.lease.as_deref()),
-        (Some("w-1"), Some("L1"))
+        (
+            job.worker_id.as_deref(),
+            job.worker_instance.as_deref(),
+            job.lease.as_deref()
+        ),
+        (Some("w-1"), Some("i-1"), Some("L1"))
     );
     // Another lease, another worker, or the lease under another worker's name: refused, and
     // nothing changes — before the state is even looked at.
@@ -1985,6 +1990,17 @@ async fn check_a_claimed_transition_applies_only_for_the_assignment(store: Share
         claimed(&store, &a.id, Succeeded, None).await,
         TransitionOutcome::Applied { .. }
     ));
+    // A finished job keeps the worker it ran on, not the lease and instance only a live
+    // job's reports and watch use.
+    let job = get(&store, &a.id).await;
+    assert_eq!(
+        (
+            job.worker_id.as_deref(),
+            job.worker_instance.as_deref(),
+            job.lease.as_deref()
+        ),
+        (Some("w-1"), None, None)
+    );
     // Finished: the assignment's claim meets the transition table, a stranger's is refused.
     assert!(matches!(
         store
@@ -2014,6 +2030,31 @@ async fn check_a_claimed_transition_applies_only_for_the_assignment(store: Share
         claimed(&store, &b.id, Running, claim("w-old", "L")).await,
         TransitionOutcome::Applied { .. }
     ));
+
+    // A dispatch written together with the job's finish (a quick job's one script): the
+    // finished record holds neither its lease nor its instance either.
+    let c = created(&store, Req::default(), t0).await;
+    let mut t = Transition::to(Succeeded, t0 + 3)
+        .through(Dispatched, t0 + 1)
+        .through(Running, t0 + 2)
+        .claimed_by(claim("w-3", "L3"));
+    t.update.worker_id = Some("w-3".into());
+    t.update.worker_instance = Some("i-3".into());
+    t.update.lease = Some("L3".into());
+    assert!(matches!(
+        store.transition(&c.id, &t).await.unwrap(),
+        TransitionOutcome::Applied { .. }
+    ));
+    let job = get(&store, &c.id).await;
+    assert_eq!(states(&job), vec![Pending, Dispatched, Running, Succeeded]);
+    assert_eq!(
+        (
+            job.worker_id.as_deref(),
+            job.worker_instance.as_deref(),
+            job.lease.as_deref()
+        ),
+        (Some("w-3"), None, None)
+    );
 
     // A job that is not stored answers so, claim or not.
     assert!(matches!(
