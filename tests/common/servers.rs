@@ -22,28 +22,7 @@ pub fn redis_url() -> String {
         return url;
     }
     static REDIS: OnceLock<String> = OnceLock::new();
-    REDIS
-        .get_or_init(|| {
-            let port = free_port();
-            let dir = private_dir("redis");
-            let port_arg = port.to_string();
-            let dir_arg = dir.display().to_string();
-            let args = [
-                "--port",
-                port_arg.as_str(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir_arg.as_str(),
-            ];
-            spawn_watched("redis-server", "REDIS_URL", &args, &dir, port);
-            format!("redis://127.0.0.1:{port}")
-        })
-        .clone()
+    REDIS.get_or_init(|| private_redis().0).clone()
 }
 
 /// The NATS URL the tests use: `NATS_URL`, or a private JetStream server started on first use.
