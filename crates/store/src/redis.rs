@@ -900,7 +900,9 @@ struct Scripts {
 /// A connection to one Redis, or to a Redis Cluster: the two clients of the redis crate behind
 /// one [`ConnectionLike`](::redis::aio::ConnectionLike), so every command and script is written
 /// once. Both reconnect by themselves; the cluster client also follows MOVED and ASK replies
-/// (a resharding in progress) and reloads the slot map after a failover.
+/// and reloads the slot map after a failover. (A slot moved while scripts write to it is not
+/// handled yet: a script declares only its shard's routing key, so a half-moved slot can stop
+/// it midway or run it where some of its keys are not — `benches/reshard.sh` shows the loss.)
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
