@@ -3241,6 +3241,200 @@ async fn cluster_a_master_failover_loses_no_acknowledged_job() {
     );
 }
 
+/// A slot moved while the store writes to it (as `redis-cli --cluster reshard` moves one: the
+/// target `IMPORTING`, the source `MIGRATING`, its keys sent over a few at a time). Every
+/// write to the moving shard — a create, a state change, an annotation — is refused whole while
+/// the slot is half moved: nothing written on either side, no key made on the target that the
+/// source still holds (which would stop the move). Other shards go on. Once the slot has moved,
+/// the same writes apply and every record is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_writes_to_a_slot_being_moved_are_refused_whole_then_go_on() {
+    use servers::RedisCluster;
+    let cluster = RedisCluster::start(3, 0);
+    let url = cluster.url();
+    let prefix = "moving:";
+    let store: SharedStore = Arc::new(
+        RedisStore::connect(&url, prefix, StoreOptions::default())
+            .await
+            .unwrap_or_else(|e| redis_unreachable(&url, e)),
+    );
+    let t0 = now_ms() - 10_000;
+    let first = simple_spec(t0);
+    let target = shard_of(&first.id, DEFAULT_SHARDS);
+    let in_shard = |yes: bool| loop {
+        let spec = simple_spec(t0);
+        if (shard_of(&spec.id, DEFAULT_SHARDS) == target) == yes {
+            return spec;
+        }
+    };
+    // The shard holds records and indexes: jobs created, some dispatched.
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let spec = if i == 0 {
+            first.clone()
+        } else {
+            in_shard(true)
+        };
+        create(&store, &spec).await;
+        if i % 2 == 0 {
+            go(&store, &spec.id, Dispatched, t0 + 1).await;
+        }
+        ids.push(spec.id);
+    }
+
+    // The shard's slot, its master and another.
+    let p = shard_prefix(prefix, &ids[0], DEFAULT_SHARDS);
+    let tag = p.split(['{', '}']).nth(1).expect("a hash tag").to_string();
+    let masters = cluster.masters();
+    let slot = RedisCluster::cli(masters[0], &["cluster", "keyslot", &format!("{{{tag}}}")])
+        .trim()
+        .to_string();
+    let count = |port: u16| {
+        RedisCluster::cli(port, &["cluster", "countkeysinslot", &slot])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let src = *masters
+        .iter()
+        .find(|&&m| count(m) > 0)
+        .expect("the slot's master");
+    let dst = *masters.iter().find(|&&m| m != src).unwrap();
+    let id_of = |port: u16| {
+        RedisCluster::cli(port, &["cluster", "myid"])
+            .trim()
+            .to_string()
+    };
+    let (src_id, dst_id) = (id_of(src), id_of(dst));
+    let keys_in = |port: u16| -> Vec<String> {
+        let mut k: Vec<String> =
+            RedisCluster::cli(port, &["cluster", "getkeysinslot", &slot, "10000"])
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect();
+        k.sort();
+        k
+    };
+    // What each side holds, value by value.
+    let snapshot = || -> Vec<(u16, String, String)> {
+        [src, dst]
+            .into_iter()
+            .flat_map(|port| {
+                keys_in(port).into_iter().map(move |k| {
+                    let dump = RedisCluster::cli(port, &["dump", &k]);
+                    (port, k, dump)
+                })
+            })
+            .collect()
+    };
+    let migrate = |keys: &[String]| {
+        let dst_port = dst.to_string();
+        let mut args = vec![
+            "migrate",
+            "127.0.0.1",
+            dst_port.as_str(),
+            "",
+            "0",
+            "5000",
+            "keys",
+        ];
+        args.extend(keys.iter().map(String::as_str));
+        let out = RedisCluster::cli(src, &args);
+        assert_eq!(out.trim(), "OK", "MIGRATE {keys:?}: {out}");
+    };
+
+    // The move starts, and half the slot's keys go over.
+    RedisCluster::cli(dst, &["cluster", "setslot", &slot, "importing", &src_id]);
+    RedisCluster::cli(src, &["cluster", "setslot", &slot, "migrating", &dst_id]);
+    let keys = keys_in(src);
+    assert!(keys.len() >= 8, "the shard's keys: {keys:?}");
+    migrate(&keys[..keys.len() / 2]);
+    let before = snapshot();
+    assert!(
+        before.iter().any(|(port, ..)| *port == dst),
+        "some keys moved"
+    );
+    assert!(
+        before.iter().any(|(port, ..)| *port == src),
+        "some keys stayed"
+    );
+
+    // Writes to the moving shard are refused, each whole.
+    let late = in_shard(true);
+    let created = store.create_jobs(&[new_job(&late)]).await;
+    assert!(
+        !matches!(created.as_deref(), Ok([Ok(_)])),
+        "a create in a moving slot: {created:?}"
+    );
+    for id in [&ids[0], &ids[6]] {
+        let moved = store.transition(id, &Transition::to(Running, t0 + 2)).await;
+        assert!(moved.is_err(), "a transition in a moving slot: {moved:?}");
+    }
+    let note = Annotation {
+        expect: Pending,
+        at: t0 + 3,
+        reason: Some("waiting for capacity".into()),
+        update: JobUpdate::default(),
+        recheck_at: Some(t0 + 3),
+    };
+    let noted = store.annotate(&ids[1], &note).await;
+    assert!(noted.is_err(), "an annotation in a moving slot: {noted:?}");
+    assert!(
+        snapshot() == before,
+        "nothing is written on either side of a moving slot"
+    );
+    // Another shard's writes go on meanwhile.
+    let elsewhere = in_shard(false);
+    create(&store, &elsewhere).await;
+
+    // The move ends (the rest of the keys, then the slot is the target's on every master).
+    let rest = keys_in(src);
+    if !rest.is_empty() {
+        migrate(&rest);
+    }
+    for port in [dst, src].into_iter().chain(masters.iter().copied()) {
+        RedisCluster::cli(port, &["cluster", "setslot", &slot, "node", &dst_id]);
+    }
+    assert_eq!(count(src), 0, "the source holds none of the slot's keys");
+
+    // The refused writes apply now, and every record is whole.
+    let created = store.create_jobs(&[new_job(&late)]).await.unwrap();
+    assert!(
+        matches!(created.as_slice(), [Ok(CreateOutcome::Created)]),
+        "{created:?}"
+    );
+    for id in [&ids[0], &ids[6]] {
+        let moved = store
+            .transition(id, &Transition::to(Running, t0 + 4))
+            .await
+            .unwrap_or_else(|e| panic!("{id} after the move: {e}"));
+        assert!(
+            matches!(moved, TransitionOutcome::Applied { .. }),
+            "{id}: {moved:?}"
+        );
+    }
+    assert!(store.annotate(&ids[1], &note).await.unwrap());
+    for (i, id) in ids.iter().enumerate() {
+        let job = get(&store, id).await;
+        let want = match i {
+            0 | 6 => vec![Pending, Dispatched, Running],
+            // (The waiting reason is an event of its own.)
+            1 => vec![Pending, Pending],
+            i if i % 2 == 0 => vec![Pending, Dispatched],
+            _ => vec![Pending],
+        };
+        assert_eq!(states(&job), want, "{id}");
+    }
+    assert_eq!(get(&store, &late.id).await.state, Pending);
+    let listed = list_all(&store, &JobFilter::default(), 5).await;
+    assert_eq!(
+        listed.len(),
+        ids.len() + 2,
+        "every job is listed after the move"
+    );
+}
+
 /// A store on a Redis Cluster (`REDIS_CLUSTER_URL`, else a private three-master cluster the
 /// tests start), under a key prefix of its own. Its keys are left behind: the private cluster
 /// goes with the test process.

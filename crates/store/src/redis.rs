@@ -148,6 +148,19 @@ use crate::job::{Job, JobEvent, JobSpec, JobState, Priority, TRANSITIONS};
 use crate::time::now_ms;
 use crate::workflow::definition::{Run, Status, Workflow};
 
+/// On a Redis Cluster, a script that writes first checks that its slot is not being moved:
+/// two keys of the slot (its first key, and a name next to it that never exists) in one
+/// command. A slot that stays put answers 0; one being moved (`MIGRATING` on its source,
+/// `IMPORTING` on its target) refuses a multi-key command with a key missing (`TRYAGAIN`, or
+/// `ASK` when all are), which stops the script before its first write — so a script never runs
+/// half on either side of a move, and never makes on the target a key the source still holds.
+/// Its caller is answered "unavailable" and tries again (a batch of transitions by the event
+/// stream's redelivery, a create by its client, a prune at its next round): a shard's writes
+/// wait out the move of its slot. On one Redis it is a cheap `EXISTS` answered 0.
+const LUA_GUARD: &str = r#"
+local function guard(key) redis.call('EXISTS', key, key .. '#unmoved') end
+"#;
+
 /// Sorted-set writes gathered over a batch script and sent at its end: one `ZREM` and one `ZADD`
 /// per index key for the whole batch instead of one call per job. A call from Lua costs more
 /// than the set operation it runs (argument conversion, command dispatch, the reply), and the
@@ -415,6 +428,7 @@ end
 /// A field that would hold what the id already says (the tenant, a trace named after the job)
 /// or nothing (an empty team) is left out.
 const LUA_CREATE: &str = r#"
+if #KEYS > 0 then guard(KEYS[1]) end
 local idem_ttl = ARGV[2]
 local named, persisted = {}, {}
 local out = {}
@@ -481,6 +495,7 @@ return out
 /// A record written before the compact history keeps its events in `h:1` … `h:{hn}`; the new
 /// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
+if #KEYS > 0 then guard(KEYS[1]) end
 local ttl = ARGV[1]
 local out = {}
 local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
@@ -576,6 +591,7 @@ return out
 /// ARGV: prefix, record TTL, id, the expected state, the reason (or ''), the reason as a JSON
 /// string (the event's note), the recheck score (or ''), the time, then field/value pairs.
 const LUA_ANNOTATE: &str = r#"
+guard(KEYS[1])
 local p, ttl, id, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = braced(p, 'job', id)
 local h = redis.call('HMGET', key, 'state', 'reason', 'c', 'h', 'created')
@@ -732,6 +748,7 @@ return {'ok', cur + 1}
 /// its org index. ARGV: expected revision, doc, status, score, id, status index prefix, TTL in
 /// ms (empty while the run has not finished).
 const LUA_RUN_PUT: &str = r#"
+guard(KEYS[1])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if cur ~= tonumber(ARGV[1]) then return {'conflict', cur} end
 local old = redis.call('HGET', KEYS[1], 'status')
@@ -753,6 +770,7 @@ return {'ok', cur + 1}
 /// never holds Redis up for long. Returns how many went, how many are left in the index, and the
 /// offset to go on from (-1 when the range is done).
 const LUA_PRUNE: &str = r#"
+guard(KEYS[1])
 local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
 while seen < budget do
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', offset,
@@ -777,6 +795,7 @@ return {removed, redis.call('ZCARD', KEYS[1]), offset}
 /// place in the index). Answers as [`LUA_PRUNE`] does, counting pages: how many entries went,
 /// how many pages are left, and the page to go on from (-1 when done).
 const LUA_PRUNE_PAGES: &str = r#"
+guard(KEYS[1])
 local dir, before = KEYS[1], '(' .. ARGV[2]
 local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
 while seen < budget do
@@ -900,9 +919,8 @@ struct Scripts {
 /// A connection to one Redis, or to a Redis Cluster: the two clients of the redis crate behind
 /// one [`ConnectionLike`](::redis::aio::ConnectionLike), so every command and script is written
 /// once. Both reconnect by themselves; the cluster client also follows MOVED and ASK replies
-/// and reloads the slot map after a failover. (A slot moved while scripts write to it is not
-/// handled yet: a script declares only its shard's routing key, so a half-moved slot can stop
-/// it midway or run it where some of its keys are not — `benches/reshard.sh` shows the loss.)
+/// and reloads the slot map after a failover. A slot being moved refuses the scripts that
+/// write to it until it has moved ([`LUA_GUARD`]).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -1403,9 +1421,9 @@ impl RedisStore {
         let tables = lua_state_tables();
         let page = format!("local PAGE = {}\n", opts.index_page.max(1));
         let create_script =
-            format!("{page}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}");
+            format!("{page}{LUA_GUARD}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_CREATE}");
         let transition_script = format!(
-            "{page}{tables}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
+            "{page}{tables}{LUA_GUARD}{LUA_INDEX_WRITES}{LUA_TENANT_OF}{LUA_PIECES}{LUA_RECORD}{LUA_TRANSITION}"
         );
         let creates = Batchers(
             routes
@@ -1442,7 +1460,7 @@ impl RedisStore {
         );
         let scripts = Scripts {
             annotate: Script::new(&format!(
-                "{tables}{LUA_INDEX_WRITES}{LUA_PIECES}{LUA_RECORD}{LUA_ANNOTATE}"
+                "{tables}{LUA_GUARD}{LUA_INDEX_WRITES}{LUA_PIECES}{LUA_RECORD}{LUA_ANNOTATE}"
             )),
             list: Script::new(&format!("{LUA_BYTE_LT}{LUA_TENANT_OF}{LUA_LIST}")),
             after: Script::new(&format!("{LUA_BYTE_LT}{LUA_AFTER}")),
@@ -1452,9 +1470,9 @@ impl RedisStore {
             lock_acquire: Script::new(LUA_LOCK_ACQUIRE),
             lock_release: Script::new(LUA_LOCK_RELEASE),
             workflow_put: Script::new(LUA_WORKFLOW_PUT),
-            run_put: Script::new(LUA_RUN_PUT),
-            prune: Script::new(LUA_PRUNE),
-            prune_pages: Script::new(LUA_PRUNE_PAGES),
+            run_put: Script::new(&format!("{LUA_GUARD}{LUA_RUN_PUT}")),
+            prune: Script::new(&format!("{LUA_GUARD}{LUA_PRUNE}")),
+            prune_pages: Script::new(&format!("{LUA_GUARD}{LUA_PRUNE_PAGES}")),
         };
         Ok(RedisStore {
             conn,
