@@ -156,9 +156,13 @@ use crate::workflow::definition::{Run, Status, Workflow};
 /// half on either side of a move, and never makes on the target a key the source still holds.
 /// Its caller is answered "unavailable" and tries again (a batch of transitions by the event
 /// stream's redelivery, a create by its client, a prune at its next round): a shard's writes
-/// wait out the move of its slot. On one Redis it is a cheap `EXISTS` answered 0.
+/// wait out the move of its slot. On one Redis it is a cheap `EXISTS` answered 0, and the batch
+/// scripts, which name no key there, skip it.
 const LUA_GUARD: &str = r#"
-local function guard(key) redis.call('EXISTS', key, key .. '#unmoved') end
+local function guard()
+  local key = KEYS[1]
+  if key then redis.call('EXISTS', key, key .. '#unmoved') end
+end
 "#;
 
 /// Sorted-set writes gathered over a batch script and sent at its end: one `ZREM` and one `ZADD`
@@ -428,7 +432,7 @@ end
 /// A field that would hold what the id already says (the tenant, a trace named after the job)
 /// or nothing (an empty team) is left out.
 const LUA_CREATE: &str = r#"
-if #KEYS > 0 then guard(KEYS[1]) end
+guard()
 local idem_ttl = ARGV[2]
 local named, persisted = {}, {}
 local out = {}
@@ -495,7 +499,7 @@ return out
 /// A record written before the compact history keeps its events in `h:1` … `h:{hn}`; the new
 /// ones go to `h` after them (the reader joins the two).
 const LUA_TRANSITION: &str = r#"
-if #KEYS > 0 then guard(KEYS[1]) end
+guard()
 local ttl = ARGV[1]
 local out = {}
 local function transition(p, id, to, at, note, dl, dlat, cw, cl, vfirst, vlast, first, last)
@@ -591,7 +595,7 @@ return out
 /// ARGV: prefix, record TTL, id, the expected state, the reason (or ''), the reason as a JSON
 /// string (the event's note), the recheck score (or ''), the time, then field/value pairs.
 const LUA_ANNOTATE: &str = r#"
-guard(KEYS[1])
+guard()
 local p, ttl, id, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = braced(p, 'job', id)
 local h = redis.call('HMGET', key, 'state', 'reason', 'c', 'h', 'created')
@@ -748,7 +752,7 @@ return {'ok', cur + 1}
 /// its org index. ARGV: expected revision, doc, status, score, id, status index prefix, TTL in
 /// ms (empty while the run has not finished).
 const LUA_RUN_PUT: &str = r#"
-guard(KEYS[1])
+guard()
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if cur ~= tonumber(ARGV[1]) then return {'conflict', cur} end
 local old = redis.call('HGET', KEYS[1], 'status')
@@ -770,7 +774,7 @@ return {'ok', cur + 1}
 /// never holds Redis up for long. Returns how many went, how many are left in the index, and the
 /// offset to go on from (-1 when the range is done).
 const LUA_PRUNE: &str = r#"
-guard(KEYS[1])
+guard()
 local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
 while seen < budget do
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', offset,
@@ -795,7 +799,7 @@ return {removed, redis.call('ZCARD', KEYS[1]), offset}
 /// place in the index). Answers as [`LUA_PRUNE`] does, counting pages: how many entries went,
 /// how many pages are left, and the page to go on from (-1 when done).
 const LUA_PRUNE_PAGES: &str = r#"
-guard(KEYS[1])
+guard()
 local dir, before = KEYS[1], '(' .. ARGV[2]
 local offset, removed, seen, budget = tonumber(ARGV[3]), 0, 0, tonumber(ARGV[4])
 while seen < budget do
