@@ -57,9 +57,17 @@ pub fn private_redis() -> (String, u16) {
     let port = free_port();
     let dir = private_dir("redis");
     let (port_arg, dir_arg) = (port.to_string(), dir.display().to_string());
-    let args = [
+    let args = redis_args(&port_arg, &dir_arg, &[]);
+    spawn_watched("redis-server", "REDIS_URL", &args, &dir, port);
+    (format!("redis://127.0.0.1:{port}"), port)
+}
+
+/// A private redis-server's arguments: on `port` of the loopback, keeping nothing on disk but
+/// in `dir`, then `extra`.
+fn redis_args<'a>(port: &'a str, dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "--port",
-        port_arg.as_str(),
+        port,
         "--bind",
         "127.0.0.1",
         "--save",
@@ -67,10 +75,10 @@ pub fn private_redis() -> (String, u16) {
         "--appendonly",
         "no",
         "--dir",
-        dir_arg.as_str(),
+        dir,
     ];
-    spawn_watched("redis-server", "REDIS_URL", &args, &dir, port);
-    (format!("redis://127.0.0.1:{port}"), port)
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Sends SIGCONT to a process when dropped: a test that stops a server (SIGSTOP) resumes it
@@ -245,27 +253,21 @@ impl RedisCluster {
             let dir = private_dir(&format!("redis-cluster-{i}"));
             let (port_arg, bus_arg) = (port.to_string(), bus.to_string());
             let dir_arg = dir.display().to_string();
-            let args = [
-                "--port",
-                port_arg.as_str(),
-                "--cluster-port",
-                bus_arg.as_str(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                // A master silent for a second is failed over to its replica.
-                "--cluster-node-timeout",
-                "1000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir_arg.as_str(),
-            ];
+            let args = redis_args(
+                &port_arg,
+                &dir_arg,
+                &[
+                    "--cluster-port",
+                    &bus_arg,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    // A master silent for a second is failed over to its replica.
+                    "--cluster-node-timeout",
+                    "1000",
+                ],
+            );
             spawn_watched("redis-server", "REDIS_CLUSTER_URL", &args, &dir, port);
             ports.push(port);
         }
