@@ -26,12 +26,10 @@ if [ -z "${BIN:-}" ]; then
 fi
 source benches/lib.sh
 
-REDIS_PORT=$(free_port); NATS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
-declare -A roles=([redis]=$!)
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
-roles[nats]=$!
-wait_port "$REDIS_PORT"; wait_port "$NATS_PORT"
+start_redis redis; REDIS_PORT=$port
+declare -A roles=([redis]=$pid)
+start_nats nats; NATS_PORT=$port
+roles[nats]=$pid
 
 gateways=()
 for r in $(seq 1 "$REPLICAS"); do

@@ -15,6 +15,20 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
+# start_redis NAME / start_nats NAME: a private Redis without persistence, or a NATS with
+# JetStream (its store in $work/NAME), on a free port, its log in $work/NAME.log; sets $port
+# and $pid (the pid also goes to `pids`, for the cleanup) once it accepts connections.
+start_redis() {
+  port=$(free_port)
+  redis-server --port "$port" --save "" --appendonly no --daemonize no >"$work/$1.log" 2>&1 &
+  pid=$!; pids+=("$pid"); wait_port "$port"
+}
+start_nats() {
+  port=$(free_port)
+  nats-server -js -a 127.0.0.1 -p "$port" -sd "$work/$1" >"$work/$1.log" 2>&1 &
+  pid=$!; pids+=("$pid"); wait_port "$port"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 # CPU seconds (user + system) a process has used so far.

@@ -41,9 +41,8 @@ for _ in $(seq 1 100); do
   redis-cli -p "${ports[0]}" cluster info | grep -q cluster_state:ok && break
   sleep 0.1
 done
-NATS_PORT=$(free_port); HTTP=$(free_port)
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
-wait_port "$NATS_PORT"
+start_nats nats; NATS_PORT=$port
+HTTP=$(free_port)
 RUST_LOG=warn $BIN serve --listen "127.0.0.1:$HTTP" --no-ui \
   --redis-url "redis+cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}" \
   --nats-url "nats://127.0.0.1:$NATS_PORT" >"$work/serve.log" 2>&1 & pids+=($!)

@@ -32,10 +32,9 @@ fi
 source benches/lib.sh
 
 # Coretex.
-CORETEX_REDIS=$(free_port); NATS_PORT=$(free_port); HTTP=$(free_port)
-redis-server --port "$CORETEX_REDIS" --save "" --appendonly no --daemonize no >"$work/coretex-redis.log" 2>&1 & pids+=($!)
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
-wait_port "$CORETEX_REDIS"; wait_port "$NATS_PORT"
+start_redis coretex-redis; CORETEX_REDIS=$port
+start_nats nats; NATS_PORT=$port
+HTTP=$(free_port)
 RUST_LOG=warn $BIN serve --listen "127.0.0.1:$HTTP" --no-ui --redis-url "redis://127.0.0.1:$CORETEX_REDIS" \
   --nats-url "nats://127.0.0.1:$NATS_PORT" >"$work/serve.log" 2>&1 & pids+=($!)
 wait_port "$HTTP"
@@ -43,9 +42,7 @@ RUST_LOG=warn $BIN worker --nats-url "nats://127.0.0.1:$NATS_PORT" --id versus -
   --topic job.echo --max-parallel 50 --echo >"$work/worker.log" 2>&1 & pids+=($!)
 
 # BullMQ (completions from QueueEvents, as loadgen's from Coretex's live feed).
-BULLMQ_REDIS=$(free_port)
-redis-server --port "$BULLMQ_REDIS" --save "" --appendonly no --daemonize no >"$work/bullmq-redis.log" 2>&1 & pids+=($!)
-wait_port "$BULLMQ_REDIS"
+start_redis bullmq-redis; BULLMQ_REDIS=$port
 export REDIS_HOST=127.0.0.1 REDIS_PORT=$BULLMQ_REDIS COMPLETIONS=events
 CONC=50 node benches/bullmq/bench.mjs worker >"$work/bullmq-worker.log" 2>&1 & pids+=($!)
 bullmq_worker=$!
